@@ -1,0 +1,263 @@
+//! Builtin constructors: `hf_model`, `jsonl`, tuning specs (`full`, `freeze`, `lora`, `qlora`) and `env`.
+
+use super::{Checker, Frame};
+use crate::lang::ast::Arg;
+use crate::lang::diag::Diag;
+use crate::lang::source::{Loc, Span};
+use crate::lang::types::{Format, Type};
+use crate::lang::value::{LocalPath, Lora, Tuning, Value};
+
+pub const NAMES: &[&str] = &["env", "freeze", "full", "hf_model", "jsonl", "lora", "qlora"];
+
+const FORMAT_NAMES: &[&str] = &["auto", "alpaca", "sharegpt", "messages", "text", "preference", "kto"];
+
+/// The value a builtin's bare name stands for (`full` is a tuning; the others are functions).
+pub fn value(name: &str) -> Option<Value> {
+    match name {
+        "full" => Some(Value::Tuning(Tuning::Full)),
+        _ => NAMES.iter().find(|n| **n == name).map(|n| Value::Builtin(n)),
+    }
+}
+
+/// One parameter of a builtin: name, type, default (`None`: required).
+struct P(&'static str, Type, Option<Value>);
+
+fn signature(name: &str, params: &[P]) -> String {
+    let list: Vec<String> = params
+        .iter()
+        .map(|P(n, _, d)| if d.is_some() { format!("{n} = ...") } else { n.to_string() })
+        .collect();
+    format!("{name}({})", list.join(", "))
+}
+
+fn lora_params(extra: Vec<P>) -> Vec<P> {
+    let mut p = vec![
+        P("rank", Type::Int, Some(Value::Int(8))),
+        P("alpha", Type::Float, Some(Value::None)),
+        P("dropout", Type::Float, Some(Value::Float(0.0))),
+        P("targets", Type::list(Type::Str), Some(Value::List(vec![Value::Str("all-linear".into())]))),
+        P("rslora", Type::Bool, Some(Value::Bool(false))),
+    ];
+    p.extend(extra);
+    p
+}
+
+pub fn call(c: &mut Checker, frame: &Frame, binding: &str, name: &'static str, args: &[Arg], span: Span) -> Value {
+    let params = match name {
+        "hf_model" => vec![P("path", Type::Str, None)],
+        "jsonl" => vec![
+            P("path", Type::Str, None),
+            P("format", Type::Enum(FORMAT_NAMES), Some(Value::Str("auto".into()))),
+        ],
+        "full" => vec![],
+        "freeze" => vec![
+            P("layers", Type::Int, Some(Value::None)),
+            P("modules", Type::list(Type::Str), Some(Value::List(vec![]))),
+        ],
+        "lora" => lora_params(vec![]),
+        "qlora" => lora_params(vec![P("double_quant", Type::Bool, Some(Value::Bool(true)))]),
+        "env" => return env(c, frame, binding, args, span),
+        _ => return Value::Error,
+    };
+    let sig = signature(name, &params);
+    let shape: Vec<(&str, bool)> = params.iter().map(|P(n, _, d)| (*n, d.is_some())).collect();
+    let bound = c.bind_args(frame, name, &sig, &shape, args, span);
+    let mut values = Vec::with_capacity(params.len());
+    let mut locs = Vec::with_capacity(params.len());
+    for (P(pname, ty, default), arg) in params.iter().zip(&bound) {
+        match arg {
+            Some(a) => {
+                let v = c.eval(frame, binding, &a.value);
+                // `targets = "all-linear"` is short for a one-element list.
+                let v = match (*pname, v) {
+                    ("targets", Value::Str(s)) => Value::List(vec![Value::Str(s)]),
+                    (_, v) => v,
+                };
+                let loc = c.loc(frame, a.value.span);
+                values.push(c.expect_type(v, ty, loc, &format!("argument `{pname}` of `{name}`")));
+                locs.push(loc);
+            }
+            None => {
+                values.push(default.clone().unwrap_or(Value::Error));
+                locs.push(c.loc(frame, span));
+            }
+        }
+    }
+    if values.contains(&Value::Error) {
+        return Value::Error;
+    }
+    match name {
+        "hf_model" => path_value(c, frame, &values[0], locs[0], true).map_or(Value::Error, Value::HfModel),
+        "jsonl" => {
+            let format = match &values[1] {
+                Value::Str(f) => Format::parse(f).unwrap_or(Format::Auto),
+                _ => Format::Auto,
+            };
+            path_value(c, frame, &values[0], locs[0], false).map_or(Value::Error, |path| Value::Dataset { path, format })
+        }
+        "full" => Value::Tuning(Tuning::Full),
+        "freeze" => {
+            let layers = match values[0] {
+                Value::Int(n) => Some(n),
+                _ => None,
+            };
+            let modules = strings(&values[1]);
+            if layers.is_some_and(|n| n <= 0) {
+                c.error(range_error("layers", "must be at least 1", locs[0]));
+                return Value::Error;
+            }
+            if layers.is_none() && modules.is_empty() {
+                c.error(
+                    Diag::error("ptl::missing_field", "freeze needs `layers` or `modules`")
+                        .label(c.loc(frame, span), "trains nothing as written")
+                        .help("write `freeze(layers = 2)` to train the last 2 layers, or name modules to train"),
+                );
+                return Value::Error;
+            }
+            Value::Tuning(Tuning::Freeze { layers, modules })
+        }
+        _ => {
+            let rank = match values[0] {
+                Value::Int(r) => r,
+                _ => 0,
+            };
+            let alpha = match values[1] {
+                Value::Float(a) => a,
+                _ => 2.0 * rank as f64,
+            };
+            let dropout = match values[2] {
+                Value::Float(d) => d,
+                _ => 0.0,
+            };
+            let mut ok = true;
+            if rank <= 0 {
+                c.error(range_error("rank", "must be at least 1", locs[0]));
+                ok = false;
+            }
+            if alpha <= 0.0 && rank > 0 {
+                c.error(range_error("alpha", "must be greater than 0", locs[1]));
+                ok = false;
+            }
+            if !(0.0..1.0).contains(&dropout) {
+                c.error(range_error("dropout", "must be in [0, 1)", locs[2]));
+                ok = false;
+            }
+            let targets = strings(&values[3]);
+            if targets.is_empty() {
+                c.error(
+                    Diag::error("ptl::empty_list", "LoRA `targets` is empty")
+                        .label(locs[3], "no modules")
+                        .help("name modules such as [\"q_proj\", \"v_proj\"], or write \"all-linear\""),
+                );
+                ok = false;
+            }
+            if !ok {
+                return Value::Error;
+            }
+            let lora = Lora {
+                rank,
+                alpha,
+                dropout,
+                targets,
+                rslora: values[4] == Value::Bool(true),
+            };
+            if name == "qlora" {
+                Value::Tuning(Tuning::Qlora {
+                    lora,
+                    double_quant: values[5] == Value::Bool(true),
+                })
+            } else {
+                Value::Tuning(Tuning::Lora(lora))
+            }
+        }
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::List(items) => items
+            .iter()
+            .filter_map(|i| match i {
+                Value::Str(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => vec![],
+    }
+}
+
+fn range_error(arg: &str, why: &str, loc: Loc) -> Diag {
+    Diag::error("ptl::out_of_range", format!("`{arg}` {why}"))
+        .label(loc, "out of range")
+        .help(format!("`{arg}` {why}"))
+}
+
+/// A path argument, resolved against the directory of the file that wrote it; it must exist.
+fn path_value(c: &mut Checker, frame: &Frame, v: &Value, loc: Loc, dir: bool) -> Option<LocalPath> {
+    let Value::Str(written) = v else { return None };
+    let resolved = c.modules[frame.module].dir.join(written);
+    let found = if dir { resolved.is_dir() } else { resolved.is_file() };
+    if !found {
+        let what = if dir { "model directory" } else { "data file" };
+        let help = if resolved.exists() {
+            format!("`{written}` exists but is not a {}", if dir { "directory" } else { "file" })
+        } else {
+            format!("paths are relative to the file that names them; looked for {}", resolved.display())
+        };
+        c.error(
+            Diag::error("ptl::path_not_found", format!("{what} `{written}` not found"))
+                .label(loc, "no such path")
+                .help(help),
+        );
+        return None;
+    }
+    Some(LocalPath {
+        written: written.clone(),
+        resolved,
+    })
+}
+
+/// `env("NAME", default)`: the variable's value, typed like the default.
+fn env(c: &mut Checker, frame: &Frame, binding: &str, args: &[Arg], span: Span) -> Value {
+    let bound = c.bind_args(frame, "env", "env(name, default = ...)", &[("name", false), ("default", true)], args, span);
+    let name = bound[0].map(|a| (c.eval(frame, binding, &a.value), c.loc(frame, a.value.span)));
+    let default = bound[1].map(|a| c.eval(frame, binding, &a.value));
+    let Some((name_value, name_loc)) = name else {
+        return Value::Error;
+    };
+    let Value::Str(var) = c.expect_type(name_value, &Type::Str, name_loc, "argument `name` of `env`") else {
+        return Value::Error;
+    };
+    let Ok(raw) = std::env::var(&var) else {
+        return match default {
+            Some(d) => d,
+            None => {
+                c.error(
+                    Diag::error("ptl::env_missing", format!("environment variable `{var}` is not set"))
+                        .label(name_loc, "not set")
+                        .help(format!("set it, or give a default: env(\"{var}\", \"...\")")),
+                );
+                Value::Error
+            }
+        };
+    };
+    let parsed = match &default {
+        Some(Value::Int(_)) => raw.trim().parse().ok().map(Value::Int),
+        Some(Value::Float(_)) => raw.trim().parse().ok().filter(|f: &f64| f.is_finite()).map(Value::Float),
+        Some(Value::Bool(_)) => match raw.trim() {
+            "true" | "1" => Some(Value::Bool(true)),
+            "false" | "0" => Some(Value::Bool(false)),
+            _ => None,
+        },
+        _ => Some(Value::Str(raw.clone())),
+    };
+    parsed.unwrap_or_else(|| {
+        let want = default.as_ref().map_or("string".to_string(), Value::describe);
+        c.error(
+            Diag::error("ptl::type_mismatch", format!("environment variable `{var}` is not a {want}"))
+                .label(c.loc(frame, span), format!("`{var}` = {raw:?}"))
+                .help(format!("the default makes this a {want}; set `{var}` to one")),
+        );
+        Value::Error
+    })
+}

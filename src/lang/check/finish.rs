@@ -1,0 +1,160 @@
+//! The last pass: settings defaults, semantic rules, unused overrides, cycles, and the pipeline itself.
+
+use super::{Checker, Frame};
+use crate::lang::diag::Diag;
+use crate::lang::pipeline::{Pipeline, Stage};
+use crate::lang::source::{Loc, Span};
+use crate::lang::value::{StageId, Value};
+use crate::stages::schema::{Default, StageView};
+use petgraph::graph::{DiGraph, NodeIndex};
+use std::path::Path;
+
+impl Checker {
+    pub(super) fn finish(&mut self, path: &Path) -> Option<Pipeline> {
+        let root_file = self.modules[0].file;
+        let frame = Frame {
+            module: 0,
+            file: root_file,
+            locals: None,
+            prefix: String::new(),
+        };
+        let top = Loc {
+            file: root_file,
+            span: Span::new(0, 0),
+        };
+        if self.config.seen.is_none() {
+            self.apply_settings(&frame, true, None, top);
+        }
+        if self.track.seen.is_none() {
+            self.apply_settings(&frame, false, None, top);
+        }
+        self.fill_config_defaults();
+        self.stage_rules();
+        self.unused_overrides();
+        self.cycles();
+        if self.stages.is_empty() {
+            let d = if self.modules[0].ast.items.is_empty() {
+                Diag::error("ptl::empty", "the pipeline file is empty")
+                    .label(top, "nothing here")
+                    .help("declare a stage: `stage sft = sft { model = hf_model(\"...\"), data = jsonl(\"...\") }`")
+            } else {
+                Diag::error("ptl::no_stages", "the pipeline declares no stages")
+                    .label(top, "no `stage` in this file")
+                    .help("a pipeline runs its stages: add `stage NAME = KIND { ... }`")
+            };
+            self.error(d);
+        }
+        if self.diags.has_errors() {
+            return None;
+        }
+        let stages = self
+            .stages
+            .iter()
+            .filter_map(|s| {
+                let mut deps: Vec<StageId> = s.deps.iter().map(|(d, _)| *d).collect();
+                deps.sort_unstable();
+                deps.dedup();
+                Some(Stage {
+                    name: s.name.clone(),
+                    kind: s.kind?,
+                    params: s.params.iter().filter(|(_, v)| **v != Value::None).map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    decl: s.decl,
+                    deps,
+                })
+            })
+            .collect();
+        Some(Pipeline {
+            name: path
+                .file_stem()
+                .map_or("pipeline".into(), |s| s.to_string_lossy().into_owned()),
+            file: path.to_path_buf(),
+            config: self.config.values.clone(),
+            track: self.track.values.clone(),
+            stages,
+        })
+    }
+
+    fn fill_config_defaults(&mut self) {
+        for s in &mut self.stages {
+            let Some(kind) = s.kind else { continue };
+            for f in &kind.fields {
+                if let Default::Config(key) = f.default {
+                    if !s.params.contains_key(f.name) {
+                        let v = self.config.values.get(key).cloned().unwrap_or(Value::None);
+                        s.params.insert(f.name.to_string(), v);
+                    }
+                }
+            }
+        }
+    }
+
+    fn stage_rules(&mut self) {
+        let tunings: Vec<Option<Value>> = self.stages.iter().map(|s| s.params.get("tuning").cloned()).collect();
+        let upstream = |id: StageId| tunings.get(id).cloned().flatten();
+        let mut found = Vec::new();
+        for s in &self.stages {
+            let Some(kind) = s.kind else { continue };
+            if s.params.is_empty() {
+                continue;
+            }
+            let view = StageView {
+                name: &s.name,
+                decl: s.decl,
+                params: &s.params,
+                locs: &s.locs,
+                upstream_tuning: &upstream,
+            };
+            for rule in &kind.rules {
+                rule(&view, &mut found);
+            }
+        }
+        for d in found {
+            self.error(d);
+        }
+    }
+
+    /// Stages that depend on themselves through other stages: every stage on the cycle is labeled.
+    fn cycles(&mut self) {
+        let mut g: DiGraph<StageId, ()> = DiGraph::new();
+        let nodes: Vec<NodeIndex> = (0..self.stages.len()).map(|i| g.add_node(i)).collect();
+        for (i, s) in self.stages.iter().enumerate() {
+            for (d, _) in &s.deps {
+                g.update_edge(nodes[i], nodes[*d], ());
+            }
+        }
+        for scc in petgraph::algo::tarjan_scc(&g) {
+            let mut members: Vec<StageId> = scc.iter().map(|n| g[*n]).collect();
+            members.sort_unstable();
+            let first = members[0];
+            let self_loop = self.stages[first].deps.iter().any(|(d, _)| *d == first);
+            if members.len() == 1 && !self_loop {
+                continue;
+            }
+            // Walk the cycle from its first stage so the message reads in order.
+            let mut order = vec![first];
+            let mut labels = Vec::new();
+            let mut cur = first;
+            loop {
+                let next = self.stages[cur]
+                    .deps
+                    .iter()
+                    .find(|(d, _)| members.contains(d) && (!order.contains(d) || *d == first))
+                    .copied();
+                let Some((next, loc)) = next else { break };
+                labels.push((loc, format!("`{}` uses `{}`", self.stages[cur].name, self.stages[next].name)));
+                if next == first {
+                    break;
+                }
+                order.push(next);
+                cur = next;
+            }
+            let mut names: Vec<&str> = order.iter().map(|i| self.stages[*i].name.as_str()).collect();
+            names.push(&self.stages[first].name);
+            let mut d = Diag::error("ptl::cycle", format!("stages depend on each other in a cycle: {}", names.join(" → ")));
+            for (loc, text) in labels {
+                d = d.label(loc, text);
+            }
+            self.error(d.help("a pipeline is a DAG: one of these references has to go"));
+        }
+    }
+}

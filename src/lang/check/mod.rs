@@ -1,0 +1,285 @@
+//! The checker: evaluates a parsed pipeline (imports, lets, functions, stages, overrides) into a
+//! typed [`Pipeline`], collecting every error it finds rather than stopping at the first.
+
+mod builtins;
+mod eval;
+mod finish;
+mod load;
+mod overrides;
+mod stage;
+mod typing;
+
+use super::ast;
+use super::diag::{Diag, Diags};
+use super::pipeline::Pipeline;
+use super::source::{FileId, Loc, SourceMap};
+use super::value::{ModuleId, StageId, Value};
+use crate::stages::schema::Kind;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+pub use overrides::Override;
+
+/// Evaluation steps one check may take; a pipeline that needs more is reported, not run forever.
+const BUDGET: u64 = 2_000_000;
+/// Nesting of user function calls.
+const MAX_CALL_DEPTH: usize = 32;
+
+/// Everything a check produced: the sources it read (to render diagnostics), the diagnostics, and
+/// the pipeline when there were no errors.
+pub struct Checked {
+    pub sources: SourceMap,
+    pub diags: Vec<Diag>,
+    pub pipeline: Option<Pipeline>,
+}
+
+/// Checks the pipeline file at `path` with `--set` overrides (`path=value` strings).
+pub fn check_file(path: &Path, overrides: &[String]) -> Checked {
+    let mut c = Checker::new();
+    let ovs = overrides::parse_all(&mut c, overrides);
+    c.overrides = ovs;
+    let root = c.load_root(path);
+    let pipeline = root.and_then(|m| {
+        c.run_module(m);
+        c.finish(path)
+    });
+    let failed = c.diags.has_errors();
+    Checked {
+        sources: c.sources,
+        diags: c.diags.list,
+        pipeline: if failed { None } else { pipeline },
+    }
+}
+
+/// A name bound in a scope, and where.
+#[derive(Clone)]
+struct Binding {
+    value: Value,
+    loc: Loc,
+}
+
+struct ModuleState {
+    file: FileId,
+    /// Relative paths in this module resolve against this directory.
+    dir: PathBuf,
+    ast: Rc<ast::Module>,
+    globals: HashMap<String, Binding>,
+    /// Qualifier of the stages this module declares at its top level (`""` for the pipeline file).
+    prefix: String,
+}
+
+/// The scope an expression is evaluated in.
+struct Frame {
+    module: ModuleId,
+    /// The file spans of evaluated expressions point into (the module's, or a `--set` source).
+    file: FileId,
+    /// A function call's parameters and locals; `None` at a module's top level.
+    locals: Option<HashMap<String, Binding>>,
+    /// Qualifier for stages declared in this frame.
+    prefix: String,
+}
+
+struct StageSlot {
+    name: String,
+    kind: Option<&'static Kind>,
+    decl: Loc,
+    params: BTreeMap<String, Value>,
+    locs: BTreeMap<String, Loc>,
+    /// Upstream stages and where the reference was written.
+    deps: Vec<(StageId, Loc)>,
+}
+
+struct Settings {
+    values: BTreeMap<String, Value>,
+    seen: Option<Loc>,
+}
+
+pub(crate) struct Checker {
+    sources: SourceMap,
+    diags: Diags,
+    modules: Vec<ModuleState>,
+    module_keys: HashMap<String, ModuleId>,
+    /// Files being loaded, for import cycles: (key, name to show).
+    loading: Vec<(String, String)>,
+    stages: Vec<StageSlot>,
+    stage_index: HashMap<String, StageId>,
+    overrides: Vec<Override>,
+    config: Settings,
+    track: Settings,
+    budget: u64,
+    depth: usize,
+}
+
+impl Checker {
+    fn new() -> Self {
+        Checker {
+            sources: SourceMap::default(),
+            diags: Diags::default(),
+            modules: Vec::new(),
+            module_keys: HashMap::new(),
+            loading: Vec::new(),
+            stages: Vec::new(),
+            stage_index: HashMap::new(),
+            overrides: Vec::new(),
+            config: Settings {
+                values: BTreeMap::new(),
+                seen: None,
+            },
+            track: Settings {
+                values: BTreeMap::new(),
+                seen: None,
+            },
+            budget: BUDGET,
+            depth: 0,
+        }
+    }
+
+    fn error(&mut self, d: Diag) {
+        self.diags.push(d);
+    }
+
+    fn loc(&self, frame: &Frame, span: super::source::Span) -> Loc {
+        Loc { file: frame.file, span }
+    }
+
+    /// Evaluates a module's top-level statements in order (stages are declared first, so they may
+    /// refer to each other in any order).
+    fn run_module(&mut self, m: ModuleId) {
+        let ast = self.modules[m].ast.clone();
+        let mut frame = Frame {
+            module: m,
+            file: self.modules[m].file,
+            locals: None,
+            prefix: self.modules[m].prefix.clone(),
+        };
+        for item in &ast.items {
+            if let ast::ItemKind::Import { path, alias } = &item.kind {
+                self.import(&mut frame, path, alias.as_ref());
+            }
+        }
+        for (index, item) in ast.items.iter().enumerate() {
+            if let ast::ItemKind::Fn(f) = &item.kind {
+                let value = Value::Function { module: m, index };
+                self.bind(&mut frame, &f.name, value, false);
+            }
+        }
+        let slots = self.hoist(&mut frame, &ast.items);
+        for (item, slot) in ast.items.iter().zip(slots) {
+            self.statement(&mut frame, item, slot);
+        }
+    }
+
+    /// Runs one `let`, `stage`, `config` or `track` statement.
+    fn statement(&mut self, frame: &mut Frame, item: &ast::Item, slot: Option<StageId>) {
+        match &item.kind {
+            ast::ItemKind::Let { name, value } => {
+                let binding = qualify(&frame.prefix, &name.name);
+                let v = match self.let_override(frame, &name.name) {
+                    Some(v) => v,
+                    None => self.eval(frame, &binding, value),
+                };
+                self.bind(frame, name, v, false);
+            }
+            ast::ItemKind::Stage { name, body } => match body {
+                ast::StageBody::Kind { kind, block } => {
+                    if let Some(id) = slot {
+                        self.instantiate(frame, id, kind, block);
+                    }
+                }
+                ast::StageBody::Expr(e) => {
+                    let binding = qualify(&frame.prefix, &name.name);
+                    let ret = self.eval(frame, &binding, e);
+                    let value = Value::Group {
+                        prefix: binding,
+                        ret: Box::new(ret),
+                    };
+                    self.bind(frame, name, value, true);
+                }
+            },
+            ast::ItemKind::Config(block) => self.settings(frame, true, Some(block), item),
+            ast::ItemKind::Track(block) => self.settings(frame, false, Some(block), item),
+            ast::ItemKind::Import { .. } | ast::ItemKind::Fn(_) => {}
+        }
+    }
+
+    /// Declares the `stage NAME = KIND { ... }` statements of a block before any runs.
+    fn hoist(&mut self, frame: &mut Frame, items: &[ast::Item]) -> Vec<Option<StageId>> {
+        items
+            .iter()
+            .map(|item| match &item.kind {
+                ast::ItemKind::Stage {
+                    name,
+                    body: ast::StageBody::Kind { kind, .. },
+                } => {
+                    let qualified = qualify(&frame.prefix, &name.name);
+                    let decl = self.loc(frame, name.span);
+                    let id = self.declare_stage(qualified, crate::stages::kind(&kind.name), decl)?;
+                    self.bind(frame, name, Value::Stage(id), true);
+                    Some(id)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn declare_stage(&mut self, name: String, kind: Option<&'static Kind>, decl: Loc) -> Option<StageId> {
+        if let Some(&other) = self.stage_index.get(&name) {
+            let first = self.stages[other].decl;
+            let mut d = Diag::error("ptl::duplicate_stage", format!("stage `{name}` is declared twice"))
+                .label(decl, "declared again here");
+            if first.file == decl.file {
+                d = d.label(first, "first declared here");
+            }
+            self.error(d.help("stage names are unique in a pipeline; rename one of them"));
+            return None;
+        }
+        let id = self.stages.len();
+        self.stages.push(StageSlot {
+            name: name.clone(),
+            kind,
+            decl,
+            params: BTreeMap::new(),
+            locs: BTreeMap::new(),
+            deps: Vec::new(),
+        });
+        self.stage_index.insert(name, id);
+        Some(id)
+    }
+
+    /// Binds a name in the frame's scope; a name may be bound once per scope.
+    fn bind(&mut self, frame: &mut Frame, name: &ast::Ident, value: Value, is_stage: bool) {
+        let loc = self.loc(frame, name.span);
+        let scope = match &mut frame.locals {
+            Some(l) => l,
+            None => &mut self.modules[frame.module].globals,
+        };
+        if let Some(prev) = scope.get(&name.name) {
+            let prev_loc = prev.loc;
+            if is_stage && matches!(prev.value, Value::Stage(_)) && prev_loc != loc {
+                // Reported by declare_stage already.
+                return;
+            }
+            if prev_loc == loc {
+                scope.insert(name.name.clone(), Binding { value, loc });
+                return;
+            }
+            let d = Diag::error("ptl::duplicate_name", format!("`{}` is defined twice", name.name))
+                .label(loc, "defined again here")
+                .label(prev_loc, "first defined here")
+                .help("names of lets, stages, functions and imports are unique in their scope");
+            self.error(d);
+            return;
+        }
+        scope.insert(name.name.clone(), Binding { value, loc });
+    }
+}
+
+/// `prefix.name`, or `name` at the top level.
+fn qualify(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}

@@ -1,0 +1,115 @@
+//! Whether a value fits a type (ints widen to floats; datasets must be in an accepted format).
+
+use super::Checker;
+use crate::lang::diag::{did_you_mean, Diag};
+use crate::lang::source::Loc;
+use crate::lang::types::{Format, Type};
+use crate::lang::value::Value;
+
+/// Why a value does not fit.
+struct Mismatch {
+    found: String,
+    help: String,
+}
+
+fn conform(v: Value, ty: &Type) -> Result<Value, Mismatch> {
+    let fail = |v: &Value, help: &str| Mismatch {
+        found: v.describe(),
+        help: help.to_string(),
+    };
+    match (ty, v) {
+        (_, Value::Error) => Ok(Value::Error),
+        (Type::Int, v @ Value::Int(_)) => Ok(v),
+        (Type::Float, Value::Int(i)) => Ok(Value::Float(i as f64)),
+        (Type::Float, v @ Value::Float(_)) => Ok(v),
+        (Type::Bool, v @ Value::Bool(_)) => Ok(v),
+        (Type::Str, v @ Value::Str(_)) => Ok(v),
+        (Type::Enum(options), Value::Str(s)) => {
+            if options.contains(&s.as_str()) {
+                Ok(Value::Str(s))
+            } else {
+                let help = did_you_mean(&s, options.iter().copied())
+                    .unwrap_or_else(|| format!("choose one of: {}", options.join(", ")));
+                Err(Mismatch {
+                    found: format!("\"{s}\""),
+                    help,
+                })
+            }
+        }
+        (Type::List(inner), Value::List(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                match conform(item, inner) {
+                    Ok(v) => out.push(v),
+                    Err(m) => {
+                        return Err(Mismatch {
+                            found: format!("a list whose item {i} is {}", m.found),
+                            help: m.help,
+                        })
+                    }
+                }
+            }
+            Ok(Value::List(out))
+        }
+        (Type::Record, v @ Value::Record(_)) => Ok(v),
+        (Type::Model, v @ Value::HfModel(_)) => Ok(v),
+        (Type::Model | Type::RewardModel | Type::Metrics, Value::Output { stage, output, ty: found }) => {
+            if &found == ty {
+                Ok(Value::Output { stage, output, ty: found })
+            } else {
+                let help = match (ty, &found) {
+                    (Type::Model, Type::RewardModel) => "a reward model scores text; it cannot be trained or generate",
+                    (Type::RewardModel, _) => "a reward model is the `model` output of a `reward_model` stage",
+                    _ => "use an output of the right type",
+                };
+                Err(Mismatch {
+                    found: found.to_string(),
+                    help: help.to_string(),
+                })
+            }
+        }
+        (Type::RewardModel, v @ Value::HfModel(_)) => Err(fail(
+            &v,
+            "a reward model is the `model` output of a `reward_model` stage, e.g. `rm.model`",
+        )),
+        (Type::Dataset(formats), Value::Dataset { path, format }) => {
+            if formats.is_empty() || format == Format::Auto || formats.contains(&format) {
+                Ok(Value::Dataset { path, format })
+            } else {
+                let names: Vec<&str> = formats.iter().map(|f| f.name()).collect();
+                Err(Mismatch {
+                    found: format!("dataset ({})", format.name()),
+                    help: format!("this field takes rows in format {}", names.join(" or ")),
+                })
+            }
+        }
+        (Type::Tuning, v @ Value::Tuning(_)) => Ok(v),
+        (_, v @ Value::Stage(_)) => Err(fail(
+            &v,
+            "a stage is not a value: use one of its outputs, such as `.model` or `.metrics`",
+        )),
+        (_, v @ Value::Group { .. }) => Err(fail(
+            &v,
+            "this name holds the stages a function declared: use one of them, or an output of what it returned",
+        )),
+        (_, v @ Value::Dataset { .. }) => Err(fail(&v, "datasets go in `data` fields")),
+        (_, v) => Err(fail(&v, "see `ptl doc` for the type each field takes")),
+    }
+}
+
+impl Checker {
+    /// Checks `v` against `ty`; on a mismatch reports `ptl::type_mismatch` at `loc` and yields `Value::Error`.
+    pub(super) fn expect_type(&mut self, v: Value, ty: &Type, loc: Loc, what: &str) -> Value {
+        match conform(v, ty) {
+            Ok(v) => v,
+            Err(m) => {
+                self.error(
+                    Diag::error("ptl::type_mismatch", format!("{what} expects {ty}, found {}", m.found))
+                        .label(loc, format!("expected {ty}"))
+                        .help(m.help),
+                );
+                Value::Error
+            }
+        }
+    }
+}

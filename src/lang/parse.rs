@@ -1,0 +1,529 @@
+//! The pest parser and the conversion of its parse tree into the AST (grammar/ptl.pest).
+
+use super::ast::*;
+use super::diag::Diag;
+use super::scan;
+use super::source::{FileId, Loc, Span};
+use pest::iterators::{Pair, Pairs};
+use pest::pratt_parser::{Assoc, Op, PrattParser};
+use pest::Parser as _;
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+
+#[derive(pest_derive::Parser)]
+#[grammar = "../grammar/ptl.pest"]
+struct PtlParser;
+
+/// An expression may chain at most this many operators.
+const MAX_OPERATORS: usize = 256;
+
+/// Parses one file. Syntax errors stop at the first one; value errors (bad escapes, numbers out
+/// of range) are all collected.
+pub fn parse(file: FileId, text: &str) -> Result<Module, Vec<Diag>> {
+    if let Some(d) = scan::scan(file, text) {
+        return Err(vec![d]);
+    }
+    pest::set_error_detail(true);
+    let mut pairs = match PtlParser::parse(Rule::file, text) {
+        Ok(p) => p,
+        Err(e) => return Err(vec![syntax_error(file, text, &e)]),
+    };
+    let mut b = Builder { file, errors: Vec::new() };
+    let root = pairs.next().expect("file rule");
+    let items = root
+        .into_inner()
+        .filter(|p| p.as_rule() != Rule::EOI)
+        .map(|p| b.item(p))
+        .collect();
+    if b.errors.is_empty() {
+        Ok(Module { items })
+    } else {
+        Err(b.errors)
+    }
+}
+
+/// Parses the value of a `--set path=value` override: the expression `text[start..]`, nothing
+/// else; spans point into `text`.
+pub fn parse_expr(file: FileId, text: &str, start: usize) -> Result<Expr, Vec<Diag>> {
+    let value = &text[start..];
+    if let Some(mut d) = scan::scan(file, value) {
+        shift_diag(&mut d, start as isize);
+        return Err(vec![d]);
+    }
+    // `expr ~ EOI` is not a rule of its own: parse `let _v = <value>` and take the value.
+    let prefix = "let _v = ";
+    let wrapped = format!("{prefix}{value}");
+    let delta = start as isize - prefix.len() as isize;
+    let mut b = Builder { file, errors: Vec::new() };
+    let items: Vec<Item> = match PtlParser::parse(Rule::file, &wrapped) {
+        Ok(mut p) => p
+            .next()
+            .expect("file rule")
+            .into_inner()
+            .filter(|p| p.as_rule() != Rule::EOI)
+            .map(|p| b.item(p))
+            .collect(),
+        Err(e) => {
+            b.errors.push(syntax_error(file, &wrapped, &e));
+            Vec::new()
+        }
+    };
+    if !b.errors.is_empty() {
+        for d in &mut b.errors {
+            shift_diag(d, delta);
+        }
+        return Err(b.errors);
+    }
+    let single = items.len() == 1;
+    match items.into_iter().next() {
+        Some(Item {
+            kind: ItemKind::Let { mut value, .. },
+            ..
+        }) if single => {
+            shift_expr(&mut value, delta);
+            Ok(value)
+        }
+        _ => Err(vec![Diag::error("ptl::bad_set", "expected one value")
+            .label(Loc { file, span: Span::new(start, text.len()) }, "not a single value")
+            .help("write a value such as `0.2`, `\"text\"` or `lora(rank = 8)`")]),
+    }
+}
+
+fn shift_span(s: &mut Span, delta: isize) {
+    s.start = (s.start as isize + delta).max(0) as usize;
+    s.end = (s.end as isize + delta).max(0) as usize;
+}
+
+fn shift_diag(d: &mut Diag, delta: isize) {
+    for (span, _) in &mut d.labels {
+        shift_span(span, delta);
+    }
+}
+
+fn shift_expr(e: &mut Expr, delta: isize) {
+    shift_span(&mut e.span, delta);
+    match &mut e.kind {
+        ExprKind::List(items) => items.iter_mut().for_each(|i| shift_expr(i, delta)),
+        ExprKind::Record(fields) => {
+            for f in fields {
+                shift_span(&mut f.span, delta);
+                shift_span(&mut f.name.span, delta);
+                shift_expr(&mut f.value, delta);
+            }
+        }
+        ExprKind::Path(parts) => parts.iter_mut().for_each(|p| shift_span(&mut p.span, delta)),
+        ExprKind::Call { callee, args } => {
+            callee.iter_mut().for_each(|p| shift_span(&mut p.span, delta));
+            for a in args {
+                shift_span(&mut a.span, delta);
+                if let Some(n) = &mut a.name {
+                    shift_span(&mut n.span, delta);
+                }
+                shift_expr(&mut a.value, delta);
+            }
+        }
+        ExprKind::Neg(x) | ExprKind::Paren(x) => shift_expr(x, delta),
+        ExprKind::Binary { lhs, rhs, .. } => {
+            shift_expr(lhs, delta);
+            shift_expr(rhs, delta);
+        }
+        ExprKind::Int(_) | ExprKind::Float(_) | ExprKind::Str(_) | ExprKind::Bool(_) => {}
+    }
+}
+
+fn describe(rule: Rule) -> &'static str {
+    match rule {
+        Rule::EOI => "end of file",
+        Rule::file | Rule::item | Rule::fn_stmt => "a statement",
+        Rule::import => "`import`",
+        Rule::config_block => "`config`",
+        Rule::track_block => "`track`",
+        Rule::let_decl => "`let`",
+        Rule::stage_decl => "`stage`",
+        Rule::fn_decl => "`fn`",
+        Rule::ident | Rule::keyword => "a name",
+        Rule::string | Rule::str_body => "a string",
+        Rule::block | Rule::record => "`{`",
+        Rule::field => "a field (`name = value`)",
+        Rule::kind_block => "a stage kind",
+        Rule::params | Rule::param => "a parameter",
+        Rule::arg => "an argument",
+        Rule::return_stmt => "`return`",
+        Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::infix => "an operator",
+        _ => "a value",
+    }
+}
+
+fn syntax_error(file: FileId, text: &str, e: &pest::error::Error<Rule>) -> Diag {
+    let pos = match e.location {
+        pest::error::InputLocation::Pos(p) => p,
+        pest::error::InputLocation::Span((s, _)) => s,
+    };
+    let mut expected: BTreeSet<String> = BTreeSet::new();
+    if let pest::error::ErrorVariant::ParsingError { positives, .. } = &e.variant {
+        for r in positives {
+            expected.insert(describe(*r).to_string());
+        }
+    }
+    if let Some(attempts) = e.parse_attempts() {
+        for t in attempts.expected_tokens() {
+            // ParsingToken is not exported; literal tokens are its `Sensitive` variant.
+            if format!("{t:?}").starts_with("Sensitive") {
+                let token = t.to_string();
+                let named = match token.as_str() {
+                    "+" | "-" | "*" | "/" => "an operator".to_string(),
+                    "#" => continue,
+                    "true" | "false" => "a value".to_string(),
+                    "stage" | "let" | "fn" | "import" | "config" | "track" if expected.contains("a statement") => continue,
+                    t => format!("`{t}`"),
+                };
+                expected.insert(named);
+            }
+        }
+    }
+    // Operators can follow any value; naming them only adds noise next to a real expectation.
+    if expected.len() > 1 {
+        expected.remove("an operator");
+    }
+    let expected: Vec<String> = expected.into_iter().collect();
+    let wanted = match expected.as_slice() {
+        [] => "something else".to_string(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} or {}", init.join(", "), last),
+    };
+    let found = text[pos.min(text.len())..].chars().next();
+    let (message, label, len) = match found {
+        None => (format!("expected {wanted}, found end of file"), "the file ends here".to_string(), 0),
+        Some(c) => {
+            let tok = token_at(text, pos);
+            (
+                format!("expected {wanted}, found `{tok}`"),
+                format!("unexpected `{tok}`"),
+                tok.len().max(c.len_utf8()),
+            )
+        }
+    };
+    let help = if expected.iter().any(|e| e == "`=`") {
+        "fields and bindings are written `name = value`".to_string()
+    } else if expected.iter().any(|e| e == "a statement") {
+        "a file holds `import`, `config`, `track`, `let`, `stage` and `fn` statements".to_string()
+    } else {
+        format!("write {wanted} here")
+    };
+    Diag::error("ptl::syntax", message)
+        .label(Loc { file, span: Span::new(pos, pos + len) }, label)
+        .help(help)
+}
+
+/// The word or symbol starting at `pos`, for messages.
+fn token_at(text: &str, pos: usize) -> &str {
+    let rest = &text[pos..];
+    let word = rest
+        .char_indices()
+        .find(|(_, c)| !(c.is_alphanumeric() || *c == '_'))
+        .map_or(rest.len(), |(i, _)| i);
+    if word > 0 {
+        &rest[..word.min(40)]
+    } else {
+        let c = rest.chars().next().map_or(0, char::len_utf8);
+        &rest[..c]
+    }
+}
+
+fn pratt() -> &'static PrattParser<Rule> {
+    static P: OnceLock<PrattParser<Rule>> = OnceLock::new();
+    P.get_or_init(|| {
+        PrattParser::new()
+            .op(Op::infix(Rule::add, Assoc::Left) | Op::infix(Rule::sub, Assoc::Left))
+            .op(Op::infix(Rule::mul, Assoc::Left) | Op::infix(Rule::div, Assoc::Left))
+            .op(Op::prefix(Rule::neg))
+    })
+}
+
+struct Builder {
+    file: FileId,
+    errors: Vec<Diag>,
+}
+
+impl Builder {
+    fn loc(&self, span: Span) -> Loc {
+        Loc { file: self.file, span }
+    }
+
+    fn ident(&self, p: Pair<Rule>) -> Ident {
+        Ident {
+            name: p.as_str().to_string(),
+            span: p.as_span().into(),
+        }
+    }
+
+    fn item(&mut self, p: Pair<Rule>) -> Item {
+        let span: Span = p.as_span().into();
+        let rule = p.as_rule();
+        let mut inner = p.into_inner();
+        let kind = match rule {
+            Rule::import => {
+                let s = inner.next().expect("import path");
+                let path = self.string(s);
+                let alias = inner.next().map(|a| self.ident(a));
+                ItemKind::Import { path, alias }
+            }
+            Rule::config_block => ItemKind::Config(self.block(inner.next().expect("block"))),
+            Rule::track_block => ItemKind::Track(self.block(inner.next().expect("block"))),
+            Rule::let_decl => {
+                let name = self.ident(inner.next().expect("name"));
+                let value = self.expr(inner.next().expect("value"));
+                ItemKind::Let { name, value }
+            }
+            Rule::stage_decl => {
+                let name = self.ident(inner.next().expect("name"));
+                let body = inner.next().expect("body");
+                let body = if body.as_rule() == Rule::kind_block {
+                    let mut kb = body.into_inner();
+                    let kind = self.ident(kb.next().expect("kind"));
+                    let block = self.block(kb.next().expect("block"));
+                    StageBody::Kind { kind, block }
+                } else {
+                    StageBody::Expr(self.expr(body))
+                };
+                ItemKind::Stage { name, body }
+            }
+            Rule::fn_decl => {
+                let name = self.ident(inner.next().expect("name"));
+                let params = inner
+                    .next()
+                    .expect("params")
+                    .into_inner()
+                    .map(|param| {
+                        let pspan = param.as_span().into();
+                        let mut pi = param.into_inner();
+                        let name = self.ident(pi.next().expect("param name"));
+                        let default = pi.next().map(|d| self.expr(d));
+                        Param {
+                            name,
+                            default,
+                            span: pspan,
+                        }
+                    })
+                    .collect();
+                let mut body = Vec::new();
+                let mut ret = None;
+                for s in inner {
+                    if s.as_rule() == Rule::return_stmt {
+                        ret = Some(self.expr(s.into_inner().next().expect("return value")));
+                    } else {
+                        body.push(self.item(s));
+                    }
+                }
+                ItemKind::Fn(FnDecl {
+                    name,
+                    params,
+                    body,
+                    ret,
+                    close: Span::new(span.end - 1, span.end),
+                })
+            }
+            r => unreachable!("item rule {r:?}"),
+        };
+        Item { kind, span }
+    }
+
+    fn block(&mut self, p: Pair<Rule>) -> Block {
+        let span = p.as_span().into();
+        Block {
+            fields: self.fields(p.into_inner()),
+            span,
+        }
+    }
+
+    fn fields(&mut self, pairs: Pairs<Rule>) -> Vec<Field> {
+        pairs
+            .map(|f| {
+                let span = f.as_span().into();
+                let mut fi = f.into_inner();
+                let name = self.ident(fi.next().expect("field name"));
+                let value = self.expr(fi.next().expect("field value"));
+                Field { name, value, span }
+            })
+            .collect()
+    }
+
+    fn expr(&mut self, p: Pair<Rule>) -> Expr {
+        let span: Span = p.as_span().into();
+        let ops = p
+            .clone()
+            .into_inner()
+            .filter(|q| matches!(q.as_rule(), Rule::add | Rule::sub | Rule::mul | Rule::div))
+            .count();
+        if ops > MAX_OPERATORS {
+            self.errors.push(
+                Diag::error("ptl::too_deep", format!("an expression chains more than {MAX_OPERATORS} operators"))
+                    .label(self.loc(span), "too long")
+                    .help("split the value into `let` bindings"),
+            );
+            return Expr {
+                kind: ExprKind::Int(0),
+                span,
+            };
+        }
+        let this = std::cell::RefCell::new(self);
+        pratt()
+            .map_primary(|q| this.borrow_mut().primary(q))
+            .map_prefix(|op, rhs| {
+                let span = Span::new(op.as_span().start(), rhs.span.end);
+                Expr {
+                    kind: ExprKind::Neg(Box::new(rhs)),
+                    span,
+                }
+            })
+            .map_infix(|lhs, op, rhs| {
+                let op = match op.as_rule() {
+                    Rule::add => BinOp::Add,
+                    Rule::sub => BinOp::Sub,
+                    Rule::mul => BinOp::Mul,
+                    _ => BinOp::Div,
+                };
+                let span = Span::new(lhs.span.start, rhs.span.end);
+                Expr {
+                    kind: ExprKind::Binary {
+                        op,
+                        lhs: Box::new(lhs),
+                        rhs: Box::new(rhs),
+                    },
+                    span,
+                }
+            })
+            .parse(p.into_inner())
+    }
+
+    fn primary(&mut self, p: Pair<Rule>) -> Expr {
+        let span: Span = p.as_span().into();
+        let kind = match p.as_rule() {
+            Rule::int => {
+                let digits: String = p.as_str().chars().filter(|c| *c != '_').collect();
+                match digits.parse::<i64>() {
+                    Ok(v) => ExprKind::Int(v),
+                    Err(_) => {
+                        self.errors.push(
+                            Diag::error("ptl::bad_number", "integer out of range")
+                                .label(self.loc(span), "does not fit in 64 bits")
+                                .help("integers range from -9223372036854775808 to 9223372036854775807"),
+                        );
+                        ExprKind::Int(0)
+                    }
+                }
+            }
+            Rule::float => {
+                let digits: String = p.as_str().chars().filter(|c| *c != '_').collect();
+                match digits.parse::<f64>() {
+                    Ok(v) if v.is_finite() => ExprKind::Float(v),
+                    _ => {
+                        self.errors.push(
+                            Diag::error("ptl::bad_number", "number out of range")
+                                .label(self.loc(span), "not a finite number")
+                                .help("floats must fit in 64 bits"),
+                        );
+                        ExprKind::Float(0.0)
+                    }
+                }
+            }
+            Rule::string => return self.string_expr(p),
+            Rule::boolean => ExprKind::Bool(p.as_str() == "true"),
+            Rule::list => ExprKind::List(p.into_inner().map(|e| self.expr(e)).collect()),
+            Rule::record => ExprKind::Record(self.fields(p.into_inner())),
+            Rule::path => ExprKind::Path(p.into_inner().map(|i| self.ident(i)).collect()),
+            Rule::paren => ExprKind::Paren(Box::new(self.expr(p.into_inner().next().expect("inner")))),
+            Rule::call => {
+                let mut inner = p.into_inner();
+                let head = inner.next().expect("call head");
+                let callee = head
+                    .into_inner()
+                    .next()
+                    .expect("callee path")
+                    .into_inner()
+                    .map(|i| self.ident(i))
+                    .collect();
+                let args = inner
+                    .map(|a| {
+                        let aspan = a.as_span().into();
+                        let mut ai = a.into_inner();
+                        let first = ai.next().expect("arg");
+                        let (name, value) = match ai.next() {
+                            Some(v) => (Some(self.ident(first)), self.expr(v)),
+                            None => (None, self.expr(first)),
+                        };
+                        Arg {
+                            name,
+                            value,
+                            span: aspan,
+                        }
+                    })
+                    .collect();
+                ExprKind::Call { callee, args }
+            }
+            r => unreachable!("primary rule {r:?}"),
+        };
+        Expr { kind, span }
+    }
+
+    fn string_expr(&mut self, p: Pair<Rule>) -> Expr {
+        let s = self.string(p);
+        Expr {
+            kind: ExprKind::Str(s.value),
+            span: s.span,
+        }
+    }
+
+    fn string(&mut self, p: Pair<Rule>) -> StrLit {
+        let span: Span = p.as_span().into();
+        let body = p.into_inner().next().expect("string body");
+        let base = body.as_span().start();
+        let raw = body.as_str();
+        let mut value = String::with_capacity(raw.len());
+        let mut chars = raw.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if c != '\\' {
+                value.push(c);
+                continue;
+            }
+            let (_, e) = chars.next().unwrap_or((i + 1, '\\'));
+            match e {
+                'n' => value.push('\n'),
+                't' => value.push('\t'),
+                'r' => value.push('\r'),
+                '0' => value.push('\0'),
+                '\\' => value.push('\\'),
+                '"' => value.push('"'),
+                'u' => {
+                    // \u{XXXX}
+                    let rest = &raw[i + 2..];
+                    let parsed = rest
+                        .strip_prefix('{')
+                        .and_then(|r| r.find('}').map(|end| &r[..end]))
+                        .filter(|hex| !hex.is_empty() && hex.len() <= 6)
+                        .and_then(|hex| u32::from_str_radix(hex, 16).ok().map(|v| (hex.len(), v)))
+                        .and_then(|(n, v)| char::from_u32(v).map(|c| (n, c)));
+                    match parsed {
+                        Some((n, ch)) => {
+                            value.push(ch);
+                            for _ in 0..n + 2 {
+                                chars.next();
+                            }
+                        }
+                        None => self.bad_escape(base + i, 2),
+                    }
+                }
+                other => self.bad_escape(base + i, 1 + other.len_utf8()),
+            }
+        }
+        StrLit { value, span }
+    }
+
+    fn bad_escape(&mut self, at: usize, len: usize) {
+        self.errors.push(
+            Diag::error("ptl::bad_escape", "unknown escape in string")
+                .label(self.loc(Span::new(at, at + len)), "not a valid escape")
+                .help("valid escapes: \\\" \\\\ \\n \\t \\r \\0 \\u{1F600}"),
+        );
+    }
+}

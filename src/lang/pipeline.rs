@@ -1,0 +1,49 @@
+//! The checked pipeline: stages with fully resolved, typed parameters and their dependencies.
+
+use super::source::Loc;
+use super::value::{StageId, Value};
+use crate::stages::schema::Kind;
+use serde_json::{Map, Value as Json};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub struct Pipeline {
+    /// The pipeline file's stem (`chat_assistant` for chat_assistant.ptl).
+    pub name: String,
+    pub file: PathBuf,
+    pub config: BTreeMap<String, Value>,
+    pub track: BTreeMap<String, Value>,
+    pub stages: Vec<Stage>,
+}
+
+pub struct Stage {
+    /// Qualified name: `sft`, or `v1.sft` for a stage a function declared.
+    pub name: String,
+    pub kind: &'static Kind,
+    /// Every field of the kind that has a value, defaults filled in.
+    pub params: BTreeMap<String, Value>,
+    pub decl: Loc,
+    /// Upstream stages whose outputs this stage reads, sorted, without repeats.
+    pub deps: Vec<StageId>,
+}
+
+impl Pipeline {
+    pub fn edge_count(&self) -> usize {
+        self.stages.iter().map(|s| s.deps.len()).sum()
+    }
+
+    pub fn stage_id(&self, name: &str) -> Option<StageId> {
+        self.stages.iter().position(|s| s.name == name)
+    }
+
+    /// A stage's parameters as canonical JSON (sorted keys; stage outputs by name).
+    pub fn params_json(&self, id: StageId) -> Json {
+        let name = |s: StageId| self.stages[s].name.clone();
+        let map: Map<String, Json> = self.stages[id]
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_json(&name)))
+            .collect();
+        Json::Object(map)
+    }
+}

@@ -1,0 +1,46 @@
+//! The schemas of the `config` and `track` blocks.
+
+use crate::lang::types::Type;
+use crate::lang::value::Value;
+use crate::stages::schema::{choice, field, int, optional, Default, FieldSchema};
+use std::sync::OnceLock;
+
+pub const DTYPES: &[&str] = &["auto", "f32", "bf16", "f16"];
+
+pub fn config_fields() -> &'static [FieldSchema] {
+    static F: OnceLock<Vec<FieldSchema>> = OnceLock::new();
+    F.get_or_init(|| {
+        vec![
+            int("seed", 42, "seed every stage uses unless it sets its own"),
+            field(
+                "device",
+                Type::Str,
+                Default::Value(Value::Str("auto".into())),
+                "\"auto\", \"cpu\", \"cuda\" or \"cuda:N\" (auto: cuda when present)",
+            ),
+            choice("dtype", DTYPES, "auto", "compute dtype (auto: f32 on cpu, bf16 on cuda)"),
+            int("threads", 0, "CPU threads (0: all cores)"),
+        ]
+    })
+}
+
+pub fn track_fields() -> &'static [FieldSchema] {
+    static F: OnceLock<Vec<FieldSchema>> = OnceLock::new();
+    F.get_or_init(|| {
+        vec![
+            optional("tensorboard", Type::Str, "directory for TensorBoard event files (unset: off)"),
+            optional("mlflow", Type::Str, "MLflow tracking URI (unset or \"\": off)"),
+            optional("experiment", Type::Str, "MLflow experiment name (default: the pipeline file's name)"),
+        ]
+    })
+}
+
+/// Whether `device` names a device ptl knows.
+pub fn valid_device(d: &str) -> bool {
+    match d {
+        "auto" | "cpu" | "cuda" => true,
+        _ => d
+            .strip_prefix("cuda:")
+            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())),
+    }
+}

@@ -1,0 +1,156 @@
+//! Values the checker computes: literals, models, datasets, tuning specs, stage outputs.
+
+use super::types::{Format, Type};
+use serde_json::{json, Value as Json};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Index of a stage in the checked pipeline.
+pub type StageId = usize;
+/// Index of a loaded module (a .ptl file).
+pub type ModuleId = usize;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+    List(Vec<Value>),
+    Record(BTreeMap<String, Value>),
+    /// `hf_model("dir")`: a local Hugging Face model directory.
+    HfModel(LocalPath),
+    /// `jsonl("file", format = ...)`.
+    Dataset { path: LocalPath, format: Format },
+    Tuning(Tuning),
+    /// `stage.output`, e.g. `sft.model`.
+    Output { stage: StageId, output: String, ty: Type },
+    /// A stage itself (its outputs are read with `.name`).
+    Stage(StageId),
+    /// What `stage v1 = f(...)` binds: the stages `f` declared (as `v1.<name>`) and its return value.
+    Group { prefix: String, ret: Box<Value> },
+    Module(ModuleId),
+    Function { module: ModuleId, index: usize },
+    Builtin(&'static str),
+    /// No value: an optional field left out, or a function without `return`.
+    None,
+    /// The result of an expression that already reported an error; accepted everywhere.
+    Error,
+}
+
+/// A path as written in the source, and where it points (relative to the file that wrote it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalPath {
+    pub written: String,
+    pub resolved: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Tuning {
+    Full,
+    /// Train only the last `layers` decoder layers and/or the named modules.
+    Freeze { layers: Option<i64>, modules: Vec<String> },
+    Lora(Lora),
+    /// LoRA over a base quantized to NF4 (shared/reference §8).
+    Qlora { lora: Lora, double_quant: bool },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lora {
+    pub rank: i64,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Module names, or `["all-linear"]`.
+    pub targets: Vec<String>,
+    pub rslora: bool,
+}
+
+impl Tuning {
+    pub fn lora(&self) -> Option<&Lora> {
+        match self {
+            Tuning::Lora(l) | Tuning::Qlora { lora: l, .. } => Some(l),
+            _ => None,
+        }
+    }
+}
+
+impl Value {
+    /// A short description of the value's type, for "expected X, found Y" messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Value::Int(_) => "int".into(),
+            Value::Float(_) => "float".into(),
+            Value::Bool(_) => "bool".into(),
+            Value::Str(_) => "string".into(),
+            Value::List(_) => "list".into(),
+            Value::Record(_) => "record".into(),
+            Value::HfModel(_) => "model".into(),
+            Value::Dataset { format, .. } => format!("dataset ({})", format.name()),
+            Value::Tuning(_) => "tuning".into(),
+            Value::Output { ty, .. } => ty.to_string(),
+            Value::Stage(_) => "stage".into(),
+            Value::Group { .. } => "group of stages".into(),
+            Value::Module(_) => "module".into(),
+            Value::Function { .. } | Value::Builtin(_) => "function".into(),
+            Value::None => "nothing".into(),
+            Value::Error => "error".into(),
+        }
+    }
+
+    /// Every stage this value reads an output of.
+    pub fn stage_refs(&self, out: &mut Vec<StageId>) {
+        match self {
+            Value::Output { stage, .. } => out.push(*stage),
+            Value::List(items) => items.iter().for_each(|v| v.stage_refs(out)),
+            Value::Record(fields) => fields.values().for_each(|v| v.stage_refs(out)),
+            _ => {}
+        }
+    }
+
+    /// Canonical JSON: what cache keys, `ptl plan --format json` and tracking read.
+    /// Paths appear as written; stage outputs by stage name.
+    pub fn to_json(&self, stage_name: &dyn Fn(StageId) -> String) -> Json {
+        match self {
+            Value::Int(i) => json!(i),
+            Value::Float(f) => json!(f),
+            Value::Bool(b) => json!(b),
+            Value::Str(s) => json!(s),
+            Value::List(items) => Json::Array(items.iter().map(|v| v.to_json(stage_name)).collect()),
+            Value::Record(fields) => Json::Object(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_json(stage_name)))
+                    .collect(),
+            ),
+            Value::HfModel(p) => json!({"hf_model": p.written}),
+            Value::Dataset { path, format } => json!({"jsonl": path.written, "format": format.name()}),
+            Value::Tuning(t) => t.to_json(),
+            Value::Output { stage, output, .. } => json!({"stage": stage_name(*stage), "output": output}),
+            Value::None => Json::Null,
+            other => json!(other.describe()),
+        }
+    }
+}
+
+impl Tuning {
+    pub fn to_json(&self) -> Json {
+        let lora = |l: &Lora| {
+            json!({"rank": l.rank, "alpha": l.alpha, "dropout": l.dropout, "targets": l.targets, "rslora": l.rslora})
+        };
+        match self {
+            Tuning::Full => json!({"mode": "full"}),
+            Tuning::Freeze { layers, modules } => json!({"mode": "freeze", "layers": layers, "modules": modules}),
+            Tuning::Lora(l) => {
+                let mut j = lora(l);
+                j["mode"] = json!("lora");
+                j
+            }
+            Tuning::Qlora { lora: l, double_quant } => {
+                let mut j = lora(l);
+                j["mode"] = json!("qlora");
+                j["double_quant"] = json!(double_quant);
+                j
+            }
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The `ptl` command.
+
+fn main() {
+    std::process::exit(ptl::cli::main());
+}

@@ -1,0 +1,71 @@
+//! Fields and rules every training stage kind shares (names and defaults follow TRL / transformers).
+
+use super::rules;
+use super::schema::*;
+use crate::lang::diag::Diag;
+use crate::lang::types::{Format, Type};
+use crate::lang::value::{Tuning, Value};
+
+pub const SCHEDULES: &[&str] = &["constant", "linear", "cosine"];
+
+/// `model`, `data` (in the given formats) and `tuning`.
+pub fn inputs(data: &'static [Format], data_doc: &'static str) -> Vec<FieldSchema> {
+    vec![
+        required("model", Type::Model, "the model to start from: `hf_model(...)` or an upstream `stage.model`"),
+        required("data", Type::Dataset(data), data_doc),
+        field(
+            "tuning",
+            Type::Tuning,
+            Default::Value(Value::Tuning(Tuning::Full)),
+            "which weights train: `full`, `freeze(...)`, `lora(...)` or `qlora(...)`",
+        ),
+    ]
+}
+
+/// The optimizer, schedule and loop fields, with this kind's default learning rate.
+pub fn training(lr: f64, max_len: i64) -> Vec<FieldSchema> {
+    vec![
+        float("epochs", 3.0, "passes over the data (ignored when `max_steps` is set)"),
+        optional("max_steps", Type::Int, "stop after this many optimizer steps"),
+        float("lr", lr, "peak learning rate (AdamW)"),
+        choice("schedule", SCHEDULES, "linear", "learning-rate schedule after warmup"),
+        float("warmup_ratio", 0.0, "fraction of the steps spent warming up linearly from 0"),
+        int("warmup_steps", 0, "warmup steps (instead of `warmup_ratio`)"),
+        int("batch_size", 8, "sequences per micro-batch"),
+        int("grad_accum", 1, "micro-batches per optimizer step"),
+        int("max_len", max_len, "tokens per sequence; longer rows are truncated"),
+        float("weight_decay", 0.0, "AdamW decoupled weight decay (never applied to norms and biases)"),
+        float("adam_beta1", 0.9, "AdamW beta1"),
+        float("adam_beta2", 0.999, "AdamW beta2"),
+        float("adam_eps", 1e-8, "AdamW epsilon"),
+        float("max_grad_norm", 1.0, "clip gradients to this global norm (0: no clipping)"),
+        field("seed", Type::Int, Default::Config("seed"), "seed for initialization and data order (default: config.seed)"),
+        int("save_every", 100, "checkpoint every N steps so a killed run resumes (0: only at the end)"),
+        int("log_every", 1, "log metrics every N steps"),
+    ]
+}
+
+/// Range rules for the fields of [`training`] and the tuning spec.
+pub fn training_rules(s: &StageView, d: &mut Vec<Diag>) {
+    rules::positive(s, d, "lr");
+    rules::positive(s, d, "epochs");
+    rules::positive(s, d, "max_steps");
+    rules::positive(s, d, "batch_size");
+    rules::positive(s, d, "grad_accum");
+    rules::positive(s, d, "max_len");
+    rules::within(s, d, "warmup_ratio", 0.0, 1.0, false);
+    rules::non_negative(s, d, "warmup_steps");
+    rules::exclusive(s, d, "warmup_ratio", "warmup_steps");
+    rules::non_negative(s, d, "weight_decay");
+    rules::within(s, d, "adam_beta1", 0.0, 1.0, false);
+    rules::within(s, d, "adam_beta2", 0.0, 1.0, false);
+    rules::positive(s, d, "adam_eps");
+    rules::non_negative(s, d, "max_grad_norm");
+    rules::non_negative(s, d, "save_every");
+    rules::positive(s, d, "log_every");
+}
+
+/// Fields of preference-optimization kinds: `beta` and `label_smoothing`.
+pub fn beta(default: f64, doc: &'static str) -> FieldSchema {
+    float("beta", default, doc)
+}

@@ -1,0 +1,43 @@
+//! Stage kinds: one file per kind with its schema (fields, outputs, rules); execution comes with the engine.
+
+pub mod common;
+pub mod dpo;
+pub mod eval;
+pub mod export;
+pub mod kto;
+pub mod merge;
+pub mod orpo;
+pub mod ppo;
+pub mod pt;
+pub mod reward_model;
+pub mod rules;
+pub mod schema;
+pub mod sft;
+pub mod simpo;
+
+use schema::Kind;
+use std::sync::OnceLock;
+
+/// Every stage kind, in the order `ptl doc` lists them.
+pub fn kinds() -> &'static [Kind] {
+    static KINDS: OnceLock<Vec<Kind>> = OnceLock::new();
+    KINDS.get_or_init(|| {
+        vec![
+            pt::kind(),
+            sft::kind(),
+            reward_model::kind(),
+            dpo::kind(),
+            simpo::kind(),
+            orpo::kind(),
+            kto::kind(),
+            ppo::kind(),
+            eval::kind(),
+            merge::kind(),
+            export::kind(),
+        ]
+    })
+}
+
+pub fn kind(name: &str) -> Option<&'static Kind> {
+    kinds().iter().find(|k| k.name == name)
+}

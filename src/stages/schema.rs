@@ -1,0 +1,130 @@
+//! The schema of a stage kind: its fields (type, default, doc), its outputs and its semantic rules.
+//! The checker, `ptl doc` and docs/stages.md all read these.
+
+use crate::lang::diag::Diag;
+use crate::lang::source::Loc;
+use crate::lang::types::Type;
+use crate::lang::value::{StageId, Value};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug)]
+pub enum Default {
+    /// The field must be given.
+    Required,
+    /// Left out, the field has no value.
+    Optional,
+    Value(Value),
+    /// Taken from the `config` block's field of this name.
+    Config(&'static str),
+}
+
+#[derive(Clone, Debug)]
+pub struct FieldSchema {
+    pub name: &'static str,
+    pub ty: Type,
+    pub default: Default,
+    pub doc: &'static str,
+}
+
+#[derive(Clone, Debug)]
+pub struct OutputSchema {
+    pub name: &'static str,
+    pub ty: Type,
+    pub doc: &'static str,
+}
+
+/// What a semantic rule sees of one stage.
+pub struct StageView<'a> {
+    pub name: &'a str,
+    pub decl: Loc,
+    pub params: &'a BTreeMap<String, Value>,
+    /// Where each field's value was written (absent for defaults).
+    pub locs: &'a BTreeMap<String, Loc>,
+    /// The tuning of another stage, for rules that look upstream (merge).
+    pub upstream_tuning: &'a dyn Fn(StageId) -> Option<Value>,
+}
+
+impl StageView<'_> {
+    pub fn get(&self, field: &str) -> &Value {
+        self.params.get(field).unwrap_or(&Value::None)
+    }
+
+    /// The field's location, or the stage's name when the value is a default.
+    pub fn loc(&self, field: &str) -> Loc {
+        self.locs.get(field).copied().unwrap_or(self.decl)
+    }
+
+    pub fn num(&self, field: &str) -> Option<f64> {
+        match self.get(field) {
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+
+    pub fn str(&self, field: &str) -> Option<&str> {
+        match self.get(field) {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn is_set(&self, field: &str) -> bool {
+        !matches!(self.get(field), Value::None)
+    }
+}
+
+pub type Rule = fn(&StageView, &mut Vec<Diag>);
+
+pub struct Kind {
+    pub name: &'static str,
+    /// One line for `ptl doc`.
+    pub summary: &'static str,
+    pub fields: Vec<FieldSchema>,
+    pub outputs: Vec<OutputSchema>,
+    /// Fields users coming from other tools write that this kind refuses, with the reason.
+    pub refused: Vec<(&'static str, &'static str)>,
+    pub rules: Vec<Rule>,
+}
+
+impl Kind {
+    pub fn field(&self, name: &str) -> Option<&FieldSchema> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    pub fn output(&self, name: &str) -> Option<&OutputSchema> {
+        self.outputs.iter().find(|o| o.name == name)
+    }
+}
+
+pub fn field(name: &'static str, ty: Type, default: Default, doc: &'static str) -> FieldSchema {
+    FieldSchema { name, ty, default, doc }
+}
+
+pub fn required(name: &'static str, ty: Type, doc: &'static str) -> FieldSchema {
+    field(name, ty, Default::Required, doc)
+}
+
+pub fn optional(name: &'static str, ty: Type, doc: &'static str) -> FieldSchema {
+    field(name, ty, Default::Optional, doc)
+}
+
+pub fn float(name: &'static str, v: f64, doc: &'static str) -> FieldSchema {
+    field(name, Type::Float, Default::Value(Value::Float(v)), doc)
+}
+
+pub fn int(name: &'static str, v: i64, doc: &'static str) -> FieldSchema {
+    field(name, Type::Int, Default::Value(Value::Int(v)), doc)
+}
+
+pub fn boolean(name: &'static str, v: bool, doc: &'static str) -> FieldSchema {
+    field(name, Type::Bool, Default::Value(Value::Bool(v)), doc)
+}
+
+pub fn choice(name: &'static str, options: &'static [&'static str], v: &'static str, doc: &'static str) -> FieldSchema {
+    field(name, Type::Enum(options), Default::Value(Value::Str(v.into())), doc)
+}
+
+pub fn output(name: &'static str, ty: Type, doc: &'static str) -> OutputSchema {
+    OutputSchema { name, ty, doc }
+}
