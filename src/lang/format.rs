@@ -14,7 +14,7 @@ const WIDTH: usize = 100;
 pub fn format(text: &str, module: &Module) -> String {
     let mut p = Printer {
         src: text,
-        comments: comments(text),
+        comments: super::scan::comments(text),
         next: 0,
         out: String::new(),
         indent: 0,
@@ -35,42 +35,9 @@ pub fn format(text: &str, module: &Module) -> String {
     out
 }
 
-struct Comment {
-    span: Span,
-}
-
-/// Every `#` comment outside strings.
-fn comments(text: &str) -> Vec<Comment> {
-    let b = text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'"' => {
-                i += 1;
-                while i < b.len() && b[i] != b'"' && b[i] != b'\n' {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
-                }
-                i += 1;
-            }
-            b'#' => {
-                let start = i;
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-                out.push(Comment {
-                    span: Span::new(start, i),
-                });
-            }
-            _ => i += 1,
-        }
-    }
-    out
-}
-
 struct Printer<'a> {
     src: &'a str,
-    comments: Vec<Comment>,
+    comments: Vec<Span>,
     /// The first comment not printed yet.
     next: usize,
     out: String,
@@ -89,7 +56,7 @@ impl Printer<'_> {
     fn has_comment(&self, span: Span) -> bool {
         self.comments[self.next..]
             .iter()
-            .any(|c| c.span.start >= span.start && c.span.start < span.end)
+            .any(|c| c.start >= span.start && c.start < span.end)
     }
 
     fn pad(&mut self) {
@@ -110,10 +77,10 @@ impl Printer<'_> {
     /// Prints the comments that start before `pos`, each on its own line.
     fn leading(&mut self, pos: usize) {
         while let Some(c) = self.comments.get(self.next) {
-            if c.span.start >= pos {
+            if c.start >= pos {
                 break;
             }
-            let span = c.span;
+            let span = *c;
             self.next += 1;
             self.gap(span.start);
             self.pad();
@@ -127,8 +94,9 @@ impl Printer<'_> {
     fn end_line(&mut self, end: usize) {
         self.last_end = end;
         if let Some(c) = self.comments.get(self.next) {
-            if c.span.start >= end && !self.src[end..c.span.start].contains('\n') {
-                let span = c.span;
+            let between = self.src.get(end..c.start).unwrap_or("\n");
+            if c.start >= end && between.chars().all(|ch| ch == ' ' || ch == '\t' || ch == ',') {
+                let span = *c;
                 self.next += 1;
                 self.out.push_str("  ");
                 self.out.push_str(self.src[span.start..span.end].trim_end());

@@ -28,7 +28,7 @@ pub fn parse(file: FileId, text: &str) -> Result<Module, Vec<Diag>> {
         Ok(p) => p,
         Err(e) => return Err(vec![syntax_error(file, text, &e)]),
     };
-    let mut b = Builder { file, errors: Vec::new() };
+    let mut b = Builder::new(file, text);
     let root = pairs.next().expect("file rule");
     let items = root
         .into_inner()
@@ -54,7 +54,7 @@ pub fn parse_expr(file: FileId, text: &str, start: usize) -> Result<Expr, Vec<Di
     let prefix = "let _v = ";
     let wrapped = format!("{prefix}{value}");
     let delta = start as isize - prefix.len() as isize;
-    let mut b = Builder { file, errors: Vec::new() };
+    let mut b = Builder::new(file, &wrapped);
     let items: Vec<Item> = match PtlParser::parse(Rule::file, &wrapped) {
         Ok(mut p) => p
             .next()
@@ -243,9 +243,37 @@ fn pratt() -> &'static PrattParser<Rule> {
 struct Builder {
     file: FileId,
     errors: Vec<Diag>,
+    text: String,
+    comments: Vec<Span>,
 }
 
 impl Builder {
+    fn new(file: FileId, text: &str) -> Self {
+        Builder {
+            file,
+            errors: Vec::new(),
+            text: text.to_string(),
+            comments: scan::comments(text),
+        }
+    }
+
+    /// A node's span without the whitespace and comments pest includes after its last token.
+    fn span(&self, s: pest::Span) -> Span {
+        let start = s.start();
+        let mut end = s.end();
+        loop {
+            let trimmed = start + self.text[start..end].trim_end().len();
+            let comment = self.comments.iter().find(|c| c.end == trimmed && c.start >= start);
+            end = match comment {
+                Some(c) => c.start,
+                None => trimmed,
+            };
+            if comment.is_none() {
+                return Span::new(start, end);
+            }
+        }
+    }
+
     fn loc(&self, span: Span) -> Loc {
         Loc { file: self.file, span }
     }
@@ -258,7 +286,7 @@ impl Builder {
     }
 
     fn item(&mut self, p: Pair<Rule>) -> Item {
-        let span: Span = p.as_span().into();
+        let span = self.span(p.as_span());
         let rule = p.as_rule();
         let mut inner = p.into_inner();
         let kind = match rule {
@@ -295,7 +323,7 @@ impl Builder {
                     .expect("params")
                     .into_inner()
                     .map(|param| {
-                        let pspan = param.as_span().into();
+                        let pspan = self.span(param.as_span());
                         let mut pi = param.into_inner();
                         let name = self.ident(pi.next().expect("param name"));
                         let default = pi.next().map(|d| self.expr(d));
@@ -329,7 +357,7 @@ impl Builder {
     }
 
     fn block(&mut self, p: Pair<Rule>) -> Block {
-        let span = p.as_span().into();
+        let span = self.span(p.as_span());
         Block {
             fields: self.fields(p.into_inner()),
             span,
@@ -339,7 +367,7 @@ impl Builder {
     fn fields(&mut self, pairs: Pairs<Rule>) -> Vec<Field> {
         pairs
             .map(|f| {
-                let span = f.as_span().into();
+                let span = self.span(f.as_span());
                 let mut fi = f.into_inner();
                 let name = self.ident(fi.next().expect("field name"));
                 let value = self.expr(fi.next().expect("field value"));
@@ -349,7 +377,7 @@ impl Builder {
     }
 
     fn expr(&mut self, p: Pair<Rule>) -> Expr {
-        let span: Span = p.as_span().into();
+        let span = self.span(p.as_span());
         let ops = p
             .clone()
             .into_inner()
@@ -397,7 +425,7 @@ impl Builder {
     }
 
     fn primary(&mut self, p: Pair<Rule>) -> Expr {
-        let span: Span = p.as_span().into();
+        let span = self.span(p.as_span());
         let kind = match p.as_rule() {
             Rule::int => {
                 let digits: String = p.as_str().chars().filter(|c| *c != '_').collect();
@@ -445,7 +473,7 @@ impl Builder {
                     .collect();
                 let args = inner
                     .map(|a| {
-                        let aspan = a.as_span().into();
+                        let aspan = self.span(a.as_span());
                         let mut ai = a.into_inner();
                         let first = ai.next().expect("arg");
                         let (name, value) = match ai.next() {
@@ -475,7 +503,7 @@ impl Builder {
     }
 
     fn string(&mut self, p: Pair<Rule>) -> StrLit {
-        let span: Span = p.as_span().into();
+        let span = self.span(p.as_span());
         let body = p.into_inner().next().expect("string body");
         let base = body.as_span().start();
         let raw = body.as_str();

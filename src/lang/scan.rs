@@ -90,3 +90,30 @@ fn closer(open: u8) -> u8 {
         _ => b')',
     }
 }
+
+/// The spans of every `#` comment outside strings.
+pub fn comments(text: &str) -> Vec<Span> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' && b[i] != b'\n' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'#' => {
+                let start = i;
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                out.push(Span::new(start, i));
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}

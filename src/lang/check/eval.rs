@@ -292,6 +292,9 @@ impl Checker {
     }
 
     fn call(&mut self, frame: &Frame, binding: &str, f: Value, callee: &[ast::Ident], args: &[Arg], span: Span) -> Value {
+        if self.budget == 0 {
+            return Value::Error;
+        }
         match f {
             Value::Builtin(name) => super::builtins::call(self, frame, binding, name, args, span),
             Value::Function { module, index } => self.call_user(frame, binding, module, index, callee, args, span),
@@ -330,6 +333,10 @@ impl Checker {
             return Value::Error;
         };
         if self.depth >= MAX_CALL_DEPTH {
+            // One report is enough; the calls above this one would each hit the limit again.
+            if std::mem::replace(&mut self.recursion_reported, true) {
+                return Value::Error;
+            }
             let d = Diag::error("ptl::recursion_limit", format!("calls nest deeper than {MAX_CALL_DEPTH}"))
                 .label(self.loc(frame, span), "too deep here")
                 .help("a function that calls itself without end never finishes; functions cannot recurse");

@@ -12,18 +12,8 @@ use std::rc::Rc;
 
 impl Checker {
     /// Loads and parses the pipeline file; it becomes module 0.
-    pub(super) fn load_root(&mut self, path: &Path) -> Option<ModuleId> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) => {
-                self.error(
-                    Diag::error("ptl::file_not_found", format!("cannot read {}: {e}", path.display()))
-                        .help("give the path of a .ptl pipeline file"),
-                );
-                return None;
-            }
-        };
-        let file = self.add_source(path.display().to_string(), Some(path.to_path_buf()), &bytes)?;
+    pub(super) fn load_root(&mut self, path: &Path, bytes: &[u8]) -> Option<ModuleId> {
+        let file = self.add_source(path.display().to_string(), Some(path.to_path_buf()), bytes)?;
         let dir = parent_dir(path);
         let key = module_key(path);
         self.loading.push((key.clone(), path.display().to_string()));

@@ -23,6 +23,8 @@ pub use overrides::Override;
 
 /// Evaluation steps one check may take; a pipeline that needs more is reported, not run forever.
 const BUDGET: u64 = 2_000_000;
+/// Diagnostics kept from one check; past this, one line says the rest were dropped.
+const MAX_DIAGNOSTICS: usize = 200;
 /// Nesting of user function calls.
 const MAX_CALL_DEPTH: usize = 32;
 
@@ -36,10 +38,29 @@ pub struct Checked {
 
 /// Checks the pipeline file at `path` with `--set` overrides (`path=value` strings).
 pub fn check_file(path: &Path, overrides: &[String]) -> Checked {
+    match std::fs::read(path) {
+        Ok(bytes) => check_bytes(path, &bytes, overrides),
+        Err(e) => {
+            let mut c = Checker::new();
+            c.error(
+                Diag::error("ptl::file_not_found", format!("cannot read {}: {e}", path.display()))
+                    .help("give the path of a .ptl pipeline file"),
+            );
+            Checked {
+                sources: c.sources,
+                diags: c.diags.list,
+                pipeline: None,
+            }
+        }
+    }
+}
+
+/// Checks pipeline source `bytes` as if read from `path` (imports and data paths resolve from there).
+pub fn check_bytes(path: &Path, bytes: &[u8], overrides: &[String]) -> Checked {
     let mut c = Checker::new();
     let ovs = overrides::parse_all(&mut c, overrides);
     c.overrides = ovs;
-    let root = c.load_root(path);
+    let root = c.load_root(path, bytes);
     let pipeline = root.and_then(|m| {
         c.run_module(m);
         c.finish(path)
@@ -109,6 +130,7 @@ pub(crate) struct Checker {
     track: Settings,
     budget: u64,
     depth: usize,
+    recursion_reported: bool,
 }
 
 impl Checker {
@@ -132,11 +154,19 @@ impl Checker {
             },
             budget: BUDGET,
             depth: 0,
+            recursion_reported: false,
         }
     }
 
     fn error(&mut self, d: Diag) {
-        self.diags.push(d);
+        if self.diags.list.len() < MAX_DIAGNOSTICS {
+            self.diags.push(d);
+        } else if self.diags.list.len() == MAX_DIAGNOSTICS {
+            self.diags.push(
+                Diag::error("ptl::too_many_errors", format!("more than {MAX_DIAGNOSTICS} problems; the rest are not shown"))
+                    .help("fix the problems above and check again"),
+            );
+        }
     }
 
     fn loc(&self, frame: &Frame, span: super::source::Span) -> Loc {
