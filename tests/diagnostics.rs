@@ -14,7 +14,10 @@ fn cases() -> Vec<(String, PathBuf)> {
         let path = entry.expect("entry").path();
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
         if path.is_dir() {
-            out.push((name, path.join("main.ptl")));
+            // Folders without a main.ptl hold fixtures (data/, models/), not cases.
+            if path.join("main.ptl").is_file() {
+                out.push((name, path.join("main.ptl")));
+            }
         } else if path.extension().is_some_and(|e| e == "ptl") {
             out.push((name, path));
         }

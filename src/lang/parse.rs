@@ -23,8 +23,7 @@ pub fn parse(file: FileId, text: &str) -> Result<Module, Vec<Diag>> {
     if let Some(d) = scan::scan(file, text) {
         return Err(vec![d]);
     }
-    pest::set_error_detail(true);
-    let mut pairs = match PtlParser::parse(Rule::file, text) {
+    let mut pairs = match parse_rule(Rule::file, text) {
         Ok(p) => p,
         Err(e) => return Err(vec![syntax_error(file, text, &e)]),
     };
@@ -55,7 +54,7 @@ pub fn parse_expr(file: FileId, text: &str, start: usize) -> Result<Expr, Vec<Di
     let wrapped = format!("{prefix}{value}");
     let delta = start as isize - prefix.len() as isize;
     let mut b = Builder::new(file, &wrapped);
-    let items: Vec<Item> = match PtlParser::parse(Rule::file, &wrapped) {
+    let items: Vec<Item> = match parse_rule(Rule::file, &wrapped) {
         Ok(mut p) => p
             .next()
             .expect("file rule")
@@ -128,6 +127,24 @@ fn shift_expr(e: &mut Expr, delta: isize) {
             shift_expr(rhs, delta);
         }
         ExprKind::Int(_) | ExprKind::Float(_) | ExprKind::Str(_) | ExprKind::Bool(_) => {}
+    }
+}
+
+/// Parses fast; only a failed parse is repeated with pest's error detail on, for a better message.
+/// pest's error-detail switch is process-wide: parses hold this lock so threads do not flip it
+/// under each other.
+fn parse_rule(rule: Rule, text: &str) -> Result<Pairs<'_, Rule>, Box<pest::error::Error<Rule>>> {
+    static DETAIL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = DETAIL.lock().unwrap_or_else(|e| e.into_inner());
+    pest::set_error_detail(false);
+    match PtlParser::parse(rule, text) {
+        Ok(p) => Ok(p),
+        Err(_) => {
+            pest::set_error_detail(true);
+            let detailed = PtlParser::parse(rule, text).map_err(Box::new);
+            pest::set_error_detail(false);
+            detailed
+        }
     }
 }
 
@@ -218,12 +235,14 @@ fn syntax_error(file: FileId, text: &str, e: &pest::error::Error<Rule>) -> Diag 
 /// The word or symbol starting at `pos`, for messages.
 fn token_at(text: &str, pos: usize) -> &str {
     let rest = &text[pos..];
-    let word = rest
-        .char_indices()
-        .find(|(_, c)| !(c.is_alphanumeric() || *c == '_'))
-        .map_or(rest.len(), |(i, _)| i);
+    let word: usize = rest
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .take(40)
+        .map(char::len_utf8)
+        .sum();
     if word > 0 {
-        &rest[..word.min(40)]
+        &rest[..word]
     } else {
         let c = rest.chars().next().map_or(0, char::len_utf8);
         &rest[..c]
@@ -263,7 +282,13 @@ impl Builder {
         let mut end = s.end();
         loop {
             let trimmed = start + self.text[start..end].trim_end().len();
-            let comment = self.comments.iter().find(|c| c.end == trimmed && c.start >= start);
+            // Comments are sorted and disjoint: the one that could end here is found by its end.
+            let comment = self
+                .comments
+                .binary_search_by_key(&trimmed, |c| c.end)
+                .ok()
+                .map(|i| self.comments[i])
+                .filter(|c| c.start >= start);
             end = match comment {
                 Some(c) => c.start,
                 None => trimmed,

@@ -1,0 +1,118 @@
+//! The `ptl` binary: exit codes (0 ok, 1 user error, 2 usage), JSON diagnostics, plain output
+//! without a TTY, `ptl fmt --check`, `ptl doc`, and docs/stages.md kept in step with the schemas.
+
+use std::process::{Command, Output};
+
+fn ptl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args(args)
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn temp(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ptl-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn check_clean_pipeline_prints_a_summary() {
+    let o = ptl(&["check", "pipelines/chat_assistant.ptl"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "ok: pipelines/chat_assistant.ptl: 4 stages, 4 edges\n");
+}
+
+#[test]
+fn check_errors_exit_1_without_color_when_piped() {
+    let o = ptl(&["check", "pipelines/chat_assistant.ptl", "--set", "aligned.bta=0.2"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("ptl::bad_set"), "{err}");
+    assert!(err.contains("did you mean `beta`?"), "{err}");
+    assert!(!err.contains('\u{1b}'), "no ANSI escapes when stderr is not a TTY");
+}
+
+#[test]
+fn check_json_lists_every_diagnostic_with_positions() {
+    let f = temp(
+        "two_errors.ptl",
+        "let m = hf_model(\"nowhere\")\nstage s = sft {\n  model = m\n  dta = 1\n}\n",
+    );
+    let o = ptl(&["check", f.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON on stdout");
+    assert_eq!(j["ok"], false);
+    let diags = j["diagnostics"].as_array().unwrap();
+    let codes: Vec<&str> = diags.iter().map(|d| d["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["ptl::path_not_found", "ptl::unknown_field", "ptl::missing_field"]);
+    let d = &diags[1];
+    assert_eq!((d["line"].as_u64(), d["column"].as_u64()), (Some(4), Some(3)));
+    assert_eq!((d["end_line"].as_u64(), d["end_column"].as_u64()), (Some(4), Some(6)));
+    assert_eq!(d["severity"], "error");
+    assert_eq!(d["help"], "did you mean `data`?");
+    assert!(d["file"].as_str().unwrap().ends_with("two_errors.ptl"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(ptl(&["check"]).status.code(), Some(2));
+    assert_eq!(ptl(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(ptl(&["check", "x.ptl", "--format", "xml"]).status.code(), Some(2));
+}
+
+#[test]
+fn missing_file_is_a_user_error() {
+    let o = ptl(&["check", "does/not/exist.ptl"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("ptl::file_not_found"));
+}
+
+#[test]
+fn fmt_check_names_files_that_would_change_and_fmt_fixes_them() {
+    let f = temp("messy.ptl", "stage  x=merge{model=hf_model(\"m\")}\n");
+    let path = f.to_str().unwrap();
+    let o = ptl(&["fmt", "--check", path]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stdout(&o), format!("would reformat: {path}\n"));
+    assert_eq!(ptl(&["fmt", path]).status.code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(&f).unwrap(),
+        "stage x = merge {\n  model = hf_model(\"m\")\n}\n"
+    );
+    assert_eq!(ptl(&["fmt", "--check", path]).status.code(), Some(0));
+}
+
+#[test]
+fn doc_lists_kinds_and_shows_a_schema() {
+    let o = ptl(&["doc"]);
+    assert_eq!(o.status.code(), Some(0));
+    for kind in ["pt", "sft", "reward_model", "dpo", "simpo", "orpo", "kto", "ppo", "eval", "merge", "export"] {
+        assert!(stdout(&o).contains(&format!("  {kind} ")), "{kind} missing from `ptl doc`");
+    }
+    let o = ptl(&["doc", "dpo"]);
+    let text = stdout(&o);
+    assert!(text.contains("beta") && text.contains("0.1"), "{text}");
+    assert!(text.contains("outputs:") && text.contains("metrics"), "{text}");
+    let o = ptl(&["doc", "dpp"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("did you mean `dpo`?"));
+}
+
+#[test]
+fn stage_reference_doc_is_current() {
+    let generated = ptl::cli::stage_reference_markdown();
+    let committed = std::fs::read_to_string("docs/stages.md").unwrap_or_default();
+    assert!(generated == committed, "docs/stages.md is stale: run `ptl doc --markdown > docs/stages.md`");
+}
