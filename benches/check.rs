@@ -12,7 +12,11 @@ fn generate() -> PathBuf {
     std::fs::create_dir_all(dir.join("data")).unwrap();
     std::fs::write(dir.join("models/base/config.json"), "{}").unwrap();
     std::fs::write(dir.join("data/chat.jsonl"), "{\"messages\": []}\n").unwrap();
-    std::fs::write(dir.join("data/prefs.jsonl"), "{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}\n").unwrap();
+    std::fs::write(
+        dir.join("data/prefs.jsonl"),
+        "{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}\n",
+    )
+    .unwrap();
     let mut text = String::from(
         "config {\n  seed = 1\n}\n\nlet base = hf_model(\"models/base\")\nlet chat = jsonl(\"data/chat.jsonl\", format = \"messages\")\nlet prefs = jsonl(\"data/prefs.jsonl\", format = \"preference\")\n",
     );
@@ -54,13 +58,18 @@ fn bench(c: &mut Criterion) {
     let path = generate();
     let checked = ptl::lang::check::check_file(&path, &[]);
     let Some(pipeline) = checked.pipeline else {
-        panic!("{}", ptl::lang::diag::render(&checked.diags, &checked.sources, false));
+        panic!(
+            "{}",
+            ptl::lang::diag::render(&checked.diags, &checked.sources, false)
+        );
     };
     assert_eq!(pipeline.stages.len(), 2000);
     let text = std::fs::read_to_string(&path).unwrap();
     let mut g = c.benchmark_group("check");
     g.sample_size(20).measurement_time(Duration::from_secs(4));
-    g.bench_function("parse_2000_stages", |b| b.iter(|| ptl::lang::parse::parse(0, &text).unwrap()));
+    g.bench_function("parse_2000_stages", |b| {
+        b.iter(|| ptl::lang::parse::parse(0, &text).unwrap())
+    });
     g.bench_function("parse_and_check_2000_stages", |b| {
         b.iter(|| ptl::lang::check::check_file(&path, &[]).pipeline.unwrap())
     });

@@ -20,7 +20,9 @@ fn check(text: &str, set: &[&str]) -> Checked {
 }
 
 fn param<'a>(p: &'a Pipeline, stage: &str, field: &str) -> &'a Value {
-    let id = p.stage_id(stage).unwrap_or_else(|| panic!("no stage {stage}"));
+    let id = p
+        .stage_id(stage)
+        .unwrap_or_else(|| panic!("no stage {stage}"));
     p.stages[id].params.get(field).unwrap_or(&Value::None)
 }
 
@@ -41,10 +43,17 @@ fn chat_assistant_resolves_with_defaults() {
     assert_eq!(param(&p, "aligned", "lr"), &Value::Float(1e-6));
     assert_eq!(param(&p, "aligned", "seed"), &Value::Int(42));
     assert_eq!(param(&p, "sft", "lr"), &Value::Float(2e-4));
-    assert_eq!(param(&p, "sft", "epochs"), &Value::Float(2.0), "ints widen to floats");
+    assert_eq!(
+        param(&p, "sft", "epochs"),
+        &Value::Float(2.0),
+        "ints widen to floats"
+    );
     match param(&p, "sft", "tuning") {
         Value::Tuning(Tuning::Lora(l)) => {
-            assert_eq!((l.rank, l.alpha, l.targets.clone()), (16, 32.0, vec!["all-linear".to_string()]))
+            assert_eq!(
+                (l.rank, l.alpha, l.targets.clone()),
+                (16, 32.0, vec!["all-linear".to_string()])
+            )
         }
         other => panic!("tuning {other:?}"),
     }
@@ -53,10 +62,17 @@ fn chat_assistant_resolves_with_defaults() {
         other => panic!("tuning {other:?}"),
     }
     let report = p.stage_id("report").unwrap();
-    let deps: Vec<&str> = p.stages[report].deps.iter().map(|d| p.stages[*d].name.as_str()).collect();
+    let deps: Vec<&str> = p.stages[report]
+        .deps
+        .iter()
+        .map(|d| p.stages[*d].name.as_str())
+        .collect();
     assert_eq!(deps, ["sft", "rm", "aligned"]);
     let json = p.params_json(p.stage_id("aligned").unwrap());
-    assert_eq!(json["model"], serde_json::json!({"stage": "sft", "output": "model"}));
+    assert_eq!(
+        json["model"],
+        serde_json::json!({"stage": "sft", "output": "model"})
+    );
 }
 
 #[test]
@@ -76,14 +92,24 @@ fn overrides_reach_stages_config_and_lets() {
     );
     let p = ok(check(
         &text,
-        &["b.beta=0.25", "b.loss=ipo", "config.seed=7", "epochs=5", "a.tuning=lora(rank = 2)", "track.experiment=exp one"],
+        &[
+            "b.beta=0.25",
+            "b.loss=ipo",
+            "config.seed=7",
+            "epochs=5",
+            "a.tuning=lora(rank = 2)",
+            "track.experiment=exp one",
+        ],
     ));
     assert_eq!(param(&p, "b", "beta"), &Value::Float(0.25));
     assert_eq!(param(&p, "b", "loss"), &Value::Str("ipo".into()));
     assert_eq!(param(&p, "b", "seed"), &Value::Int(7));
     assert_eq!(param(&p, "a", "epochs"), &Value::Float(5.0));
     assert!(matches!(param(&p, "a", "tuning"), Value::Tuning(Tuning::Lora(l)) if l.rank == 2));
-    assert_eq!(p.track.get("experiment"), Some(&Value::Str("exp one".into())));
+    assert_eq!(
+        p.track.get("experiment"),
+        Some(&Value::Str("exp one".into()))
+    );
 }
 
 #[test]
@@ -99,7 +125,11 @@ fn a_stdlib_recipe_declares_qualified_stages() {
     assert_eq!(param(&p, "v2.dpo", "beta"), &Value::Float(0.3));
     assert_eq!(param(&p, "v1.sft", "epochs"), &Value::Float(2.0));
     let report = p.stage_id("report").unwrap();
-    let mut deps: Vec<&str> = p.stages[report].deps.iter().map(|d| p.stages[*d].name.as_str()).collect();
+    let mut deps: Vec<&str> = p.stages[report]
+        .deps
+        .iter()
+        .map(|d| p.stages[*d].name.as_str())
+        .collect();
     deps.sort();
     assert_eq!(deps, ["v1.dpo", "v1.sft", "v2.dpo"]);
 }
@@ -111,8 +141,12 @@ fn relative_imports_and_their_functions() {
         b"import \"lib.ptl\"\nlet m = hf_model(\"../../pipelines/models/qwen3-tiny\")\nlet d = jsonl(\"../../pipelines/data/chat.jsonl\")\nstage small = lib.tuned(m, d)\nstage big = lib.tuned(m, d, rank = 32)\n",
         &[],
     ));
-    assert!(matches!(param(&p, "small.sft", "tuning"), Value::Tuning(Tuning::Lora(l)) if l.rank == 4));
-    assert!(matches!(param(&p, "big.sft", "tuning"), Value::Tuning(Tuning::Lora(l)) if l.rank == 32));
+    assert!(
+        matches!(param(&p, "small.sft", "tuning"), Value::Tuning(Tuning::Lora(l)) if l.rank == 4)
+    );
+    assert!(
+        matches!(param(&p, "big.sft", "tuning"), Value::Tuning(Tuning::Lora(l)) if l.rank == 32)
+    );
 }
 
 #[test]
@@ -122,7 +156,9 @@ fn arithmetic_and_env_defaults() {
         "{HEAD}let r = 8\nstage a = sft {{ model = base, data = chat, tuning = lora(rank = r * 2, alpha = r / 2), epochs = env(\"PTL_TEST_EPOCHS\", 1), lr = 1e-4 * 2, max_len = 512 + 512 }}\n"
     );
     let p = ok(check(&text, &[]));
-    assert!(matches!(param(&p, "a", "tuning"), Value::Tuning(Tuning::Lora(l)) if l.rank == 16 && l.alpha == 4.0));
+    assert!(
+        matches!(param(&p, "a", "tuning"), Value::Tuning(Tuning::Lora(l)) if l.rank == 16 && l.alpha == 4.0)
+    );
     assert_eq!(param(&p, "a", "epochs"), &Value::Float(4.0));
     assert_eq!(param(&p, "a", "lr"), &Value::Float(2e-4));
     assert_eq!(param(&p, "a", "max_len"), &Value::Int(1024));
@@ -135,5 +171,13 @@ fn all_errors_are_reported_not_just_the_first() {
     );
     let c = check(&text, &[]);
     let codes: Vec<&str> = c.diags.iter().map(|d| d.code).collect();
-    assert_eq!(codes, ["ptl::unknown_field", "ptl::unknown_output", "ptl::type_mismatch", "ptl::unknown_kind"]);
+    assert_eq!(
+        codes,
+        [
+            "ptl::unknown_field",
+            "ptl::unknown_output",
+            "ptl::type_mismatch",
+            "ptl::unknown_kind"
+        ]
+    );
 }

@@ -31,17 +31,28 @@ fn temp(name: &str, text: &str) -> std::path::PathBuf {
 fn check_clean_pipeline_prints_a_summary() {
     let o = ptl(&["check", "pipelines/chat_assistant.ptl"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert_eq!(stdout(&o), "ok: pipelines/chat_assistant.ptl: 4 stages, 4 edges\n");
+    assert_eq!(
+        stdout(&o),
+        "ok: pipelines/chat_assistant.ptl: 4 stages, 4 edges\n"
+    );
 }
 
 #[test]
 fn check_errors_exit_1_without_color_when_piped() {
-    let o = ptl(&["check", "pipelines/chat_assistant.ptl", "--set", "aligned.bta=0.2"]);
+    let o = ptl(&[
+        "check",
+        "pipelines/chat_assistant.ptl",
+        "--set",
+        "aligned.bta=0.2",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(err.contains("ptl::bad_set"), "{err}");
     assert!(err.contains("did you mean `beta`?"), "{err}");
-    assert!(!err.contains('\u{1b}'), "no ANSI escapes when stderr is not a TTY");
+    assert!(
+        !err.contains('\u{1b}'),
+        "no ANSI escapes when stderr is not a TTY"
+    );
 }
 
 #[test]
@@ -56,10 +67,23 @@ fn check_json_lists_every_diagnostic_with_positions() {
     assert_eq!(j["ok"], false);
     let diags = j["diagnostics"].as_array().unwrap();
     let codes: Vec<&str> = diags.iter().map(|d| d["code"].as_str().unwrap()).collect();
-    assert_eq!(codes, ["ptl::path_not_found", "ptl::unknown_field", "ptl::missing_field"]);
+    assert_eq!(
+        codes,
+        [
+            "ptl::path_not_found",
+            "ptl::unknown_field",
+            "ptl::missing_field"
+        ]
+    );
     let d = &diags[1];
-    assert_eq!((d["line"].as_u64(), d["column"].as_u64()), (Some(4), Some(3)));
-    assert_eq!((d["end_line"].as_u64(), d["end_column"].as_u64()), (Some(4), Some(6)));
+    assert_eq!(
+        (d["line"].as_u64(), d["column"].as_u64()),
+        (Some(4), Some(3))
+    );
+    assert_eq!(
+        (d["end_line"].as_u64(), d["end_column"].as_u64()),
+        (Some(4), Some(6))
+    );
     assert_eq!(d["severity"], "error");
     assert_eq!(d["help"], "did you mean `data`?");
     assert!(d["file"].as_str().unwrap().ends_with("two_errors.ptl"));
@@ -69,7 +93,10 @@ fn check_json_lists_every_diagnostic_with_positions() {
 fn usage_errors_exit_2() {
     assert_eq!(ptl(&["check"]).status.code(), Some(2));
     assert_eq!(ptl(&["frobnicate"]).status.code(), Some(2));
-    assert_eq!(ptl(&["check", "x.ptl", "--format", "xml"]).status.code(), Some(2));
+    assert_eq!(
+        ptl(&["check", "x.ptl", "--format", "xml"]).status.code(),
+        Some(2)
+    );
 }
 
 #[test]
@@ -98,13 +125,31 @@ fn fmt_check_names_files_that_would_change_and_fmt_fixes_them() {
 fn doc_lists_kinds_and_shows_a_schema() {
     let o = ptl(&["doc"]);
     assert_eq!(o.status.code(), Some(0));
-    for kind in ["pt", "sft", "reward_model", "dpo", "simpo", "orpo", "kto", "ppo", "eval", "merge", "export"] {
-        assert!(stdout(&o).contains(&format!("  {kind} ")), "{kind} missing from `ptl doc`");
+    for kind in [
+        "pt",
+        "sft",
+        "reward_model",
+        "dpo",
+        "simpo",
+        "orpo",
+        "kto",
+        "ppo",
+        "eval",
+        "merge",
+        "export",
+    ] {
+        assert!(
+            stdout(&o).contains(&format!("  {kind} ")),
+            "{kind} missing from `ptl doc`"
+        );
     }
     let o = ptl(&["doc", "dpo"]);
     let text = stdout(&o);
     assert!(text.contains("beta") && text.contains("0.1"), "{text}");
-    assert!(text.contains("outputs:") && text.contains("metrics"), "{text}");
+    assert!(
+        text.contains("outputs:") && text.contains("metrics"),
+        "{text}"
+    );
     let o = ptl(&["doc", "dpp"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("did you mean `dpo`?"));
@@ -114,5 +159,8 @@ fn doc_lists_kinds_and_shows_a_schema() {
 fn stage_reference_doc_is_current() {
     let generated = ptl::cli::stage_reference_markdown();
     let committed = std::fs::read_to_string("docs/stages.md").unwrap_or_default();
-    assert!(generated == committed, "docs/stages.md is stale: run `ptl doc --markdown > docs/stages.md`");
+    assert!(
+        generated == committed,
+        "docs/stages.md is stale: run `ptl doc --markdown > docs/stages.md`"
+    );
 }

@@ -28,7 +28,11 @@ fn cases() -> Vec<(String, PathBuf)> {
 
 fn overrides(path: &Path) -> Vec<String> {
     let text = std::fs::read(path).unwrap_or_default();
-    let first = String::from_utf8_lossy(&text).lines().next().unwrap_or("").to_string();
+    let first = String::from_utf8_lossy(&text)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
     match first.strip_prefix("# args:") {
         Some(args) => args
             .split_whitespace()
@@ -43,7 +47,11 @@ fn overrides(path: &Path) -> Vec<String> {
 fn golden_diagnostics() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let cases = cases();
-    assert!(cases.len() >= 30, "expected at least 30 diagnostic cases, found {}", cases.len());
+    assert!(
+        cases.len() >= 30,
+        "expected at least 30 diagnostic cases, found {}",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for (name, path) in &cases {
         let checked = check_file(path, &overrides(path));
@@ -56,10 +64,17 @@ fn golden_diagnostics() {
         }
         let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
         if expected != rendered {
-            failures.push(format!("--- {name}: expected\n{expected}\n--- got\n{rendered}"));
+            failures.push(format!(
+                "--- {name}: expected\n{expected}\n--- got\n{rendered}"
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} golden mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} golden mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Every case names its error code in its file name's diagnostics: no case passes silently.
@@ -69,9 +84,15 @@ fn every_case_fails_the_check_or_warns() {
         let checked = check_file(&path, &overrides(&path));
         let warns_only = name.starts_with("warn_");
         if warns_only {
-            assert!(checked.pipeline.is_some(), "{name}: a warn_ case must still pass");
+            assert!(
+                checked.pipeline.is_some(),
+                "{name}: a warn_ case must still pass"
+            );
         } else {
-            assert!(checked.pipeline.is_none(), "{name}: expected the check to fail");
+            assert!(
+                checked.pipeline.is_none(),
+                "{name}: expected the check to fail"
+            );
         }
     }
 }

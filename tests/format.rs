@@ -43,7 +43,9 @@ fn tokens(text: &str) -> String {
 }
 
 fn ptl_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
@@ -64,14 +66,20 @@ pub fn check_invariants(name: &str, text: &str) {
         "{name}: comments were lost"
     );
     // Tokens are the same modulo commas, which the formatter may add or drop.
-    assert_eq!(tokens(text), tokens(&once), "{name}: formatting changed the tokens");
+    assert_eq!(
+        tokens(text),
+        tokens(&once),
+        "{name}: formatting changed the tokens"
+    );
 }
 
 #[test]
 fn golden_layouts() {
     for entry in std::fs::read_dir("tests/format").unwrap() {
         let path = entry.unwrap().path();
-        let Some(name) = path.to_str().and_then(|p| p.strip_suffix(".in")) else { continue };
+        let Some(name) = path.to_str().and_then(|p| p.strip_suffix(".in")) else {
+            continue;
+        };
         let input = std::fs::read_to_string(&path).unwrap();
         let expected = std::fs::read_to_string(name).expect("expected output beside the .in file");
         assert_eq!(fmt(&input), expected, "{name}");
@@ -93,11 +101,17 @@ fn every_ptl_file_in_the_repo_is_formatted() {
             Err(_) => continue, // invalid UTF-8 test inputs
         };
         // Syntax-error test inputs do not parse; everything that parses must be formatted.
-        let Ok(module) = parse::parse(0, &text) else { continue };
+        let Ok(module) = parse::parse(0, &text) else {
+            continue;
+        };
         check_invariants(&f.display().to_string(), &text);
         if format::format(&text, &module) != text {
             unformatted.push(f.display().to_string());
         }
     }
-    assert!(unformatted.is_empty(), "run `ptl fmt` on: {}", unformatted.join(", "));
+    assert!(
+        unformatted.is_empty(),
+        "run `ptl fmt` on: {}",
+        unformatted.join(", ")
+    );
 }

@@ -7,18 +7,69 @@ use ptl::lang::{format, parse};
 use std::path::Path;
 
 const VOCAB: &[&str] = &[
-    "stage", "let", "fn", "import", "as", "config", "track", "return", "true", "false", "{", "}", "[",
-    "]", "(", ")", "=", ",", ".", "+", "-", "*", "/", "#", "\"", "\n", "sft", "dpo", "eval", "merge",
-    "model", "data", "lr", "beta", "x", "sft.model", "1", "2e-4", "0", "\"s\"", "\"\\u{41}\"", "lora(",
-    "hf_model(\"models/qwen3-tiny\")", "jsonl(\"data/chat.jsonl\")", "env(\"HOME\")", "full", "freeze(",
-    "\"std/recipes.ptl\"", "recipes.sft_dpo(", "é", "\u{0}", "\\",
+    "stage",
+    "let",
+    "fn",
+    "import",
+    "as",
+    "config",
+    "track",
+    "return",
+    "true",
+    "false",
+    "{",
+    "}",
+    "[",
+    "]",
+    "(",
+    ")",
+    "=",
+    ",",
+    ".",
+    "+",
+    "-",
+    "*",
+    "/",
+    "#",
+    "\"",
+    "\n",
+    "sft",
+    "dpo",
+    "eval",
+    "merge",
+    "model",
+    "data",
+    "lr",
+    "beta",
+    "x",
+    "sft.model",
+    "1",
+    "2e-4",
+    "0",
+    "\"s\"",
+    "\"\\u{41}\"",
+    "lora(",
+    "hf_model(\"models/qwen3-tiny\")",
+    "jsonl(\"data/chat.jsonl\")",
+    "env(\"HOME\")",
+    "full",
+    "freeze(",
+    "\"std/recipes.ptl\"",
+    "recipes.sft_dpo(",
+    "é",
+    "\u{0}",
+    "\\",
 ];
 
 fn seeds() -> Vec<(&'static str, String)> {
-    ["pipelines/chat_assistant.ptl", "stdlib/recipes.ptl", "tests/format/messy.ptl"]
-        .iter()
-        .map(|p| (*p, std::fs::read_to_string(p).expect("seed file")))
-        .collect()
+    [
+        "pipelines/chat_assistant.ptl",
+        "stdlib/recipes.ptl",
+        "tests/format/messy.ptl",
+    ]
+    .iter()
+    .map(|p| (*p, std::fs::read_to_string(p).expect("seed file")))
+    .collect()
 }
 
 /// Parse + check, and when the text parses, format it twice (idempotence).
@@ -28,7 +79,11 @@ fn exercise(path: &str, bytes: &[u8], overrides: &[String]) {
         if let Ok(module) = parse::parse(0, text) {
             let once = format::format(text, &module);
             let again = parse::parse(0, &once).expect("formatted output parses");
-            assert_eq!(format::format(&once, &again), once, "fmt is not idempotent on {text:?}");
+            assert_eq!(
+                format::format(&once, &again),
+                once,
+                "fmt is not idempotent on {text:?}"
+            );
         }
     }
 }
@@ -87,13 +142,19 @@ fn deep_nesting_is_an_error_not_a_crash() {
 fn exponential_calls_stop_on_the_budget() {
     let mut text = String::from("fn f0(x) {\n  return x\n}\n");
     for i in 1..30 {
-        text.push_str(&format!("fn f{i}(x) {{\n  return f{p}(x) + f{p}(x)\n}}\n", p = i - 1));
+        text.push_str(&format!(
+            "fn f{i}(x) {{\n  return f{p}(x) + f{p}(x)\n}}\n",
+            p = i - 1
+        ));
     }
     text.push_str("let big = f29(1)\n");
     let start = std::time::Instant::now();
     let c = check_bytes(Path::new("pipelines/blowup.ptl"), text.as_bytes(), &[]);
     assert!(c.diags.iter().any(|d| d.code == "ptl::too_complex"));
-    assert!(start.elapsed().as_secs() < 30, "the budget must bound the work");
+    assert!(
+        start.elapsed().as_secs() < 30,
+        "the budget must bound the work"
+    );
 }
 
 #[test]
@@ -112,14 +173,22 @@ fn the_binary_never_exits_101() {
     for (i, input) in inputs.iter().enumerate() {
         let file = dir.join("main.ptl");
         std::fs::write(&file, input).unwrap();
-        for args in [vec!["check"], vec!["check", "--format", "json"], vec!["fmt", "--check"]] {
+        for args in [
+            vec!["check"],
+            vec!["check", "--format", "json"],
+            vec!["fmt", "--check"],
+        ] {
             let out = std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
                 .args(&args)
                 .arg(&file)
                 .output()
                 .unwrap();
             let code = out.status.code();
-            assert!(matches!(code, Some(0) | Some(1)), "input {i} {args:?}: exit {code:?}\n{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                matches!(code, Some(0) | Some(1)),
+                "input {i} {args:?}: exit {code:?}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

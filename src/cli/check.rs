@@ -10,7 +10,11 @@ pub fn run(file: &Path, set: &[String], format: OutputFormat) -> i32 {
     let ok = checked.pipeline.is_some();
     match format {
         OutputFormat::Json => {
-            let diags: Vec<_> = checked.diags.iter().map(|d| to_json(d, &checked.sources)).collect();
+            let diags: Vec<_> = checked
+                .diags
+                .iter()
+                .map(|d| to_json(d, &checked.sources))
+                .collect();
             let out = serde_json::json!({
                 "ok": ok,
                 "file": file.display().to_string(),
@@ -18,12 +22,15 @@ pub fn run(file: &Path, set: &[String], format: OutputFormat) -> i32 {
                 "edges": checked.pipeline.as_ref().map(|p| p.edge_count()),
                 "diagnostics": diags,
             });
-            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         }
         OutputFormat::Human => {
-            eprint!("{}", render(&checked.diags, &checked.sources, super::color()));
+            err!(
+                "{}",
+                render(&checked.diags, &checked.sources, super::color())
+            );
             match &checked.pipeline {
-                Some(p) => println!(
+                Some(p) => outln!(
                     "ok: {}: {} stage{}, {} edge{}",
                     file.display(),
                     p.stages.len(),
@@ -33,7 +40,7 @@ pub fn run(file: &Path, set: &[String], format: OutputFormat) -> i32 {
                 ),
                 None => {
                     let n = checked.diags.iter().filter(|d| d.is_error()).count();
-                    eprintln!("error: {}: {n} error{} found", file.display(), plural(n));
+                    errln!("error: {}: {n} error{} found", file.display(), plural(n));
                 }
             }
         }

@@ -7,37 +7,44 @@ use crate::stages::{kind, kinds};
 
 pub fn run(name: Option<&str>, as_markdown: bool) -> i32 {
     if as_markdown {
-        print!("{}", markdown());
+        out!("{}", markdown());
         return 0;
     }
     match name {
         None => {
-            println!("stage kinds (ptl doc KIND for fields and outputs):");
+            outln!("stage kinds (ptl doc KIND for fields and outputs):");
             for k in kinds() {
-                println!("  {:<13} {}", k.name, k.summary);
+                outln!("  {:<13} {}", k.name, k.summary);
             }
-            println!("blocks:");
-            println!("  {:<13} seed, device, dtype, threads", "config");
-            println!("  {:<13} tensorboard, mlflow, experiment", "track");
+            outln!("blocks:");
+            outln!("  {:<13} seed, device, dtype, threads", "config");
+            outln!("  {:<13} tensorboard, mlflow, experiment", "track");
             0
         }
         Some("config") => {
-            print!("{}", fields_text("config", "run-wide settings", settings::config_fields()));
+            out!(
+                "{}",
+                fields_text("config", "run-wide settings", settings::config_fields())
+            );
             0
         }
         Some("track") => {
-            print!("{}", fields_text("track", "where metrics go", settings::track_fields()));
+            out!(
+                "{}",
+                fields_text("track", "where metrics go", settings::track_fields())
+            );
             0
         }
         Some(n) => match kind(n) {
             Some(k) => {
-                print!("{}", kind_text(k));
+                out!("{}", kind_text(k));
                 0
             }
             None => {
                 let names = kinds().iter().map(|k| k.name).chain(["config", "track"]);
-                let hint = did_you_mean(n, names).unwrap_or_else(|| "run `ptl doc` for the list".into());
-                eprintln!("error: unknown stage kind `{n}`: {hint}");
+                let hint =
+                    did_you_mean(n, names).unwrap_or_else(|| "run `ptl doc` for the list".into());
+                errln!("error: unknown stage kind `{n}`: {hint}");
                 1
             }
         },
@@ -49,14 +56,22 @@ fn default_text(d: &Default) -> String {
         Default::Required => "required".into(),
         Default::Optional => "optional".into(),
         Default::Config(key) => format!("config.{key}"),
-        Default::Value(v) => serde_json::to_string(&v.to_json(&|_| String::new())).unwrap_or_default(),
+        Default::Value(v) => {
+            serde_json::to_string(&v.to_json(&|_| String::new())).unwrap_or_default()
+        }
     }
 }
 
 fn fields_text(name: &str, summary: &str, fields: &[FieldSchema]) -> String {
     let mut s = format!("{name}: {summary}\n\nfields:\n");
     for f in fields {
-        s.push_str(&format!("  {:<27} {:<22} {:<12} {}\n", f.name, f.ty.to_string(), default_text(&f.default), f.doc));
+        s.push_str(&format!(
+            "  {:<27} {:<22} {:<12} {}\n",
+            f.name,
+            f.ty.to_string(),
+            default_text(&f.default),
+            f.doc
+        ));
     }
     s
 }
@@ -65,7 +80,12 @@ fn kind_text(k: &Kind) -> String {
     let mut s = fields_text(k.name, k.summary, &k.fields);
     s.push_str("\noutputs:\n");
     for o in &k.outputs {
-        s.push_str(&format!("  {:<27} {:<22} {}\n", o.name, o.ty.to_string(), o.doc));
+        s.push_str(&format!(
+            "  {:<27} {:<22} {}\n",
+            o.name,
+            o.ty.to_string(),
+            o.doc
+        ));
     }
     for (field, why) in &k.refused {
         s.push_str(&format!("\nnot accepted: `{field}`: {why}\n"));
@@ -94,10 +114,17 @@ pub fn markdown() -> String {
     );
     s.push_str("| kind | what it does |\n|---|---|\n");
     for k in kinds() {
-        s.push_str(&format!("| [`{}`](#{}) | {} |\n", k.name, k.name, k.summary));
+        s.push_str(&format!(
+            "| [`{}`](#{}) | {} |\n",
+            k.name, k.name, k.summary
+        ));
     }
     for k in kinds() {
-        s.push_str(&format!("\n## {}\n\n{}.\n\n", k.name, capitalize(k.summary)));
+        s.push_str(&format!(
+            "\n## {}\n\n{}.\n\n",
+            k.name,
+            capitalize(k.summary)
+        ));
         s.push_str(&md_table(&k.fields));
         s.push_str("\nOutputs:\n\n| output | type | meaning |\n|---|---|---|\n");
         for o in &k.outputs {
@@ -116,5 +143,6 @@ pub fn markdown() -> String {
 
 fn capitalize(s: &str) -> String {
     let mut c = s.chars();
-    c.next().map_or(String::new(), |f| f.to_uppercase().chain(c).collect())
+    c.next()
+        .map_or(String::new(), |f| f.to_uppercase().chain(c).collect())
 }

@@ -11,17 +11,21 @@ pub fn run(files: &[PathBuf], check: bool) -> i32 {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("error: cannot read {}: {e}", path.display());
+                errln!("error: cannot read {}: {e}", path.display());
                 code = 1;
                 continue;
             }
         };
         let mut sources = SourceMap::default();
-        let file = sources.add(path.display().to_string(), Some(path.clone()), text.as_str());
+        let file = sources.add(
+            path.display().to_string(),
+            Some(path.clone()),
+            text.as_str(),
+        );
         let module = match parse::parse(file, &text) {
             Ok(m) => m,
             Err(diags) => {
-                eprint!("{}", render(&diags, &sources, super::color()));
+                err!("{}", render(&diags, &sources, super::color()));
                 code = 1;
                 continue;
             }
@@ -31,13 +35,13 @@ pub fn run(files: &[PathBuf], check: bool) -> i32 {
             continue;
         }
         if check {
-            println!("would reformat: {}", path.display());
+            outln!("would reformat: {}", path.display());
             code = 1;
         } else if let Err(e) = std::fs::write(path, &formatted) {
-            eprintln!("error: cannot write {}: {e}", path.display());
+            errln!("error: cannot write {}: {e}", path.display());
             code = 1;
         } else {
-            println!("formatted: {}", path.display());
+            outln!("formatted: {}", path.display());
         }
     }
     code

@@ -1,5 +1,37 @@
 //! Command-line interface: argument parsing and the exit-code contract (0 ok, 1 user error, 2 usage).
 
+/// `print!` that ignores a closed stdout (`ptl check ... | head`) instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `println!` that ignores a closed stdout.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that ignores a closed stderr.
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that ignores a closed stderr.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod check;
 mod doc;
 mod fmt;
@@ -11,7 +43,11 @@ use std::path::PathBuf;
 pub use doc::markdown as stage_reference_markdown;
 
 #[derive(Parser)]
-#[command(name = "ptl", version, about = "Checked, cached, reproducible LLM post-training pipelines")]
+#[command(
+    name = "ptl",
+    version,
+    about = "Checked, cached, reproducible LLM post-training pipelines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -116,9 +116,16 @@ pub enum ExprKind {
     Record(Vec<Field>),
     /// `name` or `a.b.c`
     Path(Vec<Ident>),
-    Call { callee: Vec<Ident>, args: Vec<Arg> },
+    Call {
+        callee: Vec<Ident>,
+        args: Vec<Arg>,
+    },
     Neg(Box<Expr>),
-    Binary { op: BinOp, lhs: Box<Expr>, rhs: Box<Expr> },
+    Binary {
+        op: BinOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
     Paren(Box<Expr>),
 }
 
@@ -131,7 +138,11 @@ pub struct Arg {
 
 /// `a.b.c` as written.
 pub fn path_text(parts: &[Ident]) -> String {
-    parts.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(".")
+    parts
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// The span covering a whole dotted path.

@@ -87,11 +87,15 @@ impl Diags {
 }
 
 /// A "did you mean" help line for `name` among `candidates`, if one is close enough.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     let mut best: Option<(f64, &str)> = None;
     for c in candidates {
         let score = strsim::jaro_winkler(name, c);
-        let edits = strsim::levenshtein(name, c);
+        // Optimal string alignment counts a swap of two letters (`stf` → `sft`) as one edit.
+        let edits = strsim::osa_distance(name, c);
         let close = if name.chars().count() < 3 {
             edits <= 1 && c.chars().count() > 1
         } else {
@@ -137,7 +141,10 @@ impl miette::Diagnostic for Report<'_> {
     }
 
     fn help<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
-        self.diag.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.diag
+            .help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
 
     fn source_code(&self) -> Option<&dyn SourceCode> {
@@ -147,16 +154,18 @@ impl miette::Diagnostic for Report<'_> {
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
         self.source.as_ref()?;
         let len = self.source.as_ref().map_or(0, |s| s.inner().len());
-        Some(Box::new(self.diag.labels.iter().enumerate().map(move |(i, (span, text))| {
-            let start = span.start.min(len);
-            let end = span.end.clamp(start, len);
-            let text = (!text.is_empty()).then(|| text.clone());
-            if i == 0 {
-                LabeledSpan::new_primary_with_span(text, (start, end - start))
-            } else {
-                LabeledSpan::new_with_span(text, (start, end - start))
-            }
-        })))
+        Some(Box::new(self.diag.labels.iter().enumerate().map(
+            move |(i, (span, text))| {
+                let start = span.start.min(len);
+                let end = span.end.clamp(start, len);
+                let text = (!text.is_empty()).then(|| text.clone());
+                if i == 0 {
+                    LabeledSpan::new_primary_with_span(text, (start, end - start))
+                } else {
+                    LabeledSpan::new_with_span(text, (start, end - start))
+                }
+            },
+        )))
     }
 }
 
@@ -167,7 +176,9 @@ pub fn render(diags: &[Diag], sources: &SourceMap, color: bool) -> String {
     } else {
         GraphicalTheme::unicode_nocolor()
     };
-    let handler = GraphicalReportHandler::new_themed(theme).with_width(100).with_links(false);
+    let handler = GraphicalReportHandler::new_themed(theme)
+        .with_width(100)
+        .with_links(false);
     let mut out = String::new();
     for d in diags {
         let source = d.file.map(|f| {

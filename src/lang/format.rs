@@ -95,7 +95,11 @@ impl Printer<'_> {
         self.last_end = end;
         if let Some(c) = self.comments.get(self.next) {
             let between = self.src.get(end..c.start).unwrap_or("\n");
-            if c.start >= end && between.chars().all(|ch| ch == ' ' || ch == '\t' || ch == ',') {
+            if c.start >= end
+                && between
+                    .chars()
+                    .all(|ch| ch == ' ' || ch == '\t' || ch == ',')
+            {
                 let span = *c;
                 self.next += 1;
                 self.out.push_str("  ");
@@ -170,7 +174,8 @@ impl Printer<'_> {
             (Some(a), Some(b)) => Span::new(a.span.start, b.span.end),
             _ => Span::new(f.name.span.end, f.name.span.end),
         };
-        let fits = self.indent * 2 + head.len() <= WIDTH && !self.has_comment(params_span)
+        let fits = self.indent * 2 + head.len() <= WIDTH
+            && !self.has_comment(params_span)
             && params.len() == f.params.len();
         if fits {
             self.out.push_str(&head);
@@ -326,7 +331,9 @@ impl Printer<'_> {
 
     fn plain(&self, e: &Expr) -> String {
         match &e.kind {
-            ExprKind::Int(_) | ExprKind::Float(_) | ExprKind::Str(_) => self.text(e.span).to_string(),
+            ExprKind::Int(_) | ExprKind::Float(_) | ExprKind::Str(_) => {
+                self.text(e.span).to_string()
+            }
             ExprKind::Bool(b) => b.to_string(),
             ExprKind::List(items) => {
                 let parts: Vec<String> = items.iter().map(|i| self.plain(i)).collect();

@@ -63,7 +63,12 @@ pub fn parse_expr(file: FileId, text: &str, start: usize) -> Result<Expr, Vec<Di
             .map(|p| b.item(p))
             .collect(),
         Err(e) => {
-            b.errors.push(syntax_error(file, &wrapped, &e));
+            let d = syntax_error(file, &wrapped, &e);
+            let pos = d.labels.first().map_or(prefix.len(), |(s, _)| s.start);
+            let d = Diag::error("ptl::bad_set", "`--set` takes one value")
+                .label(Loc { file, span: Span::new(pos, wrapped.len()) }, "not part of one value")
+                .help("write one value: `0.2`, `\"text\"`, `[1, 2]` or `lora(rank = 8)`; quote the whole argument in the shell");
+            b.errors.push(d);
             Vec::new()
         }
     };
@@ -83,8 +88,16 @@ pub fn parse_expr(file: FileId, text: &str, start: usize) -> Result<Expr, Vec<Di
             Ok(value)
         }
         _ => Err(vec![Diag::error("ptl::bad_set", "expected one value")
-            .label(Loc { file, span: Span::new(start, text.len()) }, "not a single value")
-            .help("write a value such as `0.2`, `\"text\"` or `lora(rank = 8)`")]),
+            .label(
+                Loc {
+                    file,
+                    span: Span::new(start, text.len()),
+                },
+                "not a single value",
+            )
+            .help(
+                "write a value such as `0.2`, `\"text\"` or `lora(rank = 8)`",
+            )]),
     }
 }
 
@@ -110,9 +123,13 @@ fn shift_expr(e: &mut Expr, delta: isize) {
                 shift_expr(&mut f.value, delta);
             }
         }
-        ExprKind::Path(parts) => parts.iter_mut().for_each(|p| shift_span(&mut p.span, delta)),
+        ExprKind::Path(parts) => parts
+            .iter_mut()
+            .for_each(|p| shift_span(&mut p.span, delta)),
         ExprKind::Call { callee, args } => {
-            callee.iter_mut().for_each(|p| shift_span(&mut p.span, delta));
+            callee
+                .iter_mut()
+                .for_each(|p| shift_span(&mut p.span, delta));
             for a in args {
                 shift_span(&mut a.span, delta);
                 if let Some(n) = &mut a.name {
@@ -151,13 +168,15 @@ fn parse_rule(rule: Rule, text: &str) -> Result<Pairs<'_, Rule>, Box<pest::error
 fn describe(rule: Rule) -> &'static str {
     match rule {
         Rule::EOI => "end of file",
-        Rule::file | Rule::item | Rule::fn_stmt => "a statement",
-        Rule::import => "`import`",
-        Rule::config_block => "`config`",
-        Rule::track_block => "`track`",
-        Rule::let_decl => "`let`",
-        Rule::stage_decl => "`stage`",
-        Rule::fn_decl => "`fn`",
+        Rule::file
+        | Rule::item
+        | Rule::fn_stmt
+        | Rule::import
+        | Rule::config_block
+        | Rule::track_block
+        | Rule::let_decl
+        | Rule::stage_decl
+        | Rule::fn_decl => "a statement",
         Rule::ident | Rule::keyword => "a name",
         Rule::string | Rule::str_body => "a string",
         Rule::block | Rule::record => "`{`",
@@ -171,10 +190,24 @@ fn describe(rule: Rule) -> &'static str {
     }
 }
 
+const KEYWORDS: &[&str] = &[
+    "stage", "let", "fn", "import", "as", "config", "track", "return", "true", "false",
+];
+
 fn syntax_error(file: FileId, text: &str, e: &pest::error::Error<Rule>) -> Diag {
-    let pos = match e.location {
-        pest::error::InputLocation::Pos(p) => p,
-        pest::error::InputLocation::Span((s, _)) => s,
+    let attempts = e.parse_attempts();
+    // The furthest position any token was tried at is where the text stopped making sense.
+    let pos = match (&attempts, e.location.clone()) {
+        (Some(a), _) => a.max_position,
+        (None, pest::error::InputLocation::Pos(p)) => p,
+        (None, pest::error::InputLocation::Span((s, _))) => s,
+    }
+    .min(text.len());
+    // Point at the next token, not at the whitespace before it.
+    let pos = pos + (text[pos..].len() - text[pos..].trim_start().len());
+    let at = |start: usize, len: usize| Loc {
+        file,
+        span: Span::new(start, start + len),
     };
     let mut expected: BTreeSet<String> = BTreeSet::new();
     if let pest::error::ErrorVariant::ParsingError { positives, .. } = &e.variant {
@@ -182,25 +215,34 @@ fn syntax_error(file: FileId, text: &str, e: &pest::error::Error<Rule>) -> Diag 
             expected.insert(describe(*r).to_string());
         }
     }
-    if let Some(attempts) = e.parse_attempts() {
+    if let Some(attempts) = &attempts {
         for t in attempts.expected_tokens() {
             // ParsingToken is not exported; literal tokens are its `Sensitive` variant.
-            if format!("{t:?}").starts_with("Sensitive") {
-                let token = t.to_string();
-                let named = match token.as_str() {
-                    "+" | "-" | "*" | "/" => "an operator".to_string(),
-                    "#" => continue,
-                    "true" | "false" => "a value".to_string(),
-                    "stage" | "let" | "fn" | "import" | "config" | "track" if expected.contains("a statement") => continue,
-                    t => format!("`{t}`"),
-                };
-                expected.insert(named);
+            if !format!("{t:?}").starts_with("Sensitive") {
+                continue;
             }
+            let token = t.to_string();
+            let named = match token.as_str() {
+                "+" | "-" | "*" | "/" => "an operator".to_string(),
+                "true" | "false" | "\"" | "(" | "[" => "a value".to_string(),
+                "_" => "a name".to_string(),
+                t if t.trim().is_empty() || t == "#" => continue,
+                t if KEYWORDS.contains(&t) && t != "as" && t != "return" => {
+                    "a statement".to_string()
+                }
+                t => format!("`{t}`"),
+            };
+            expected.insert(named);
         }
     }
     // Operators can follow any value; naming them only adds noise next to a real expectation.
     if expected.len() > 1 {
         expected.remove("an operator");
+    }
+    if expected.contains("a value") {
+        expected.remove("`{`");
+        expected.remove("a string");
+        expected.remove("a name");
     }
     let expected: Vec<String> = expected.into_iter().collect();
     let wanted = match expected.as_slice() {
@@ -208,27 +250,110 @@ fn syntax_error(file: FileId, text: &str, e: &pest::error::Error<Rule>) -> Diag 
         [one] => one.clone(),
         [init @ .., last] => format!("{} or {}", init.join(", "), last),
     };
-    let found = text[pos.min(text.len())..].chars().next();
-    let (message, label, len) = match found {
-        None => (format!("expected {wanted}, found end of file"), "the file ends here".to_string(), 0),
-        Some(c) => {
-            let tok = token_at(text, pos);
-            (
-                format!("expected {wanted}, found `{tok}`"),
-                format!("unexpected `{tok}`"),
-                tok.len().max(c.len_utf8()),
-            )
+    let tok = token_at(text, pos);
+    if tok.is_empty() {
+        return Diag::error(
+            "ptl::syntax",
+            format!("expected {wanted}, found end of file"),
+        )
+        .label(at(pos, 0), "the file ends here")
+        .help(format!("write {wanted} here"));
+    }
+    if let Some(c) = tok
+        .chars()
+        .next()
+        .filter(|c| !c.is_ascii() && !c.is_alphanumeric())
+    {
+        let ascii = match c {
+            '\u{2010}'..='\u{2015}' | '\u{2212}' => " (did you mean `-`?)",
+            '\u{201C}' | '\u{201D}' | '\u{201E}' => " (did you mean `\"`?)",
+            _ => "",
+        };
+        return Diag::error(
+            "ptl::syntax",
+            format!("unexpected `{c}` (U+{:04X})", c as u32),
+        )
+        .label(at(pos, c.len_utf8()), "not an ASCII symbol")
+        .help(format!("ptl's symbols are ASCII{ascii}"));
+    }
+    // `name =` at the end of a line, then the next field: the value is missing.
+    if tok == "=" {
+        let before = text[..pos].trim_end();
+        let word = before.len()
+            - before
+                .trim_end_matches(|c: char| c.is_alphanumeric() || c == '_')
+                .len();
+        let before_word = before[..before.len() - word].trim_end_matches([' ', '\t']);
+        if word > 0 && before_word.ends_with('\n') && before_word.trim_end().ends_with('=') {
+            let eq = before_word.trim_end().len() - 1;
+            return Diag::error("ptl::syntax", "expected a value after `=`")
+                .label(at(eq, 1), "no value after this `=`")
+                .help("write the value on the same line as its `=`, e.g. `lr = 2e-4`");
         }
-    };
-    let help = if expected.iter().any(|e| e == "`=`") {
+    }
+    if expected.iter().any(|e| e == "a name") {
+        // The keyword is either the token here or the word just before (pest looks past it).
+        let before = text[..pos].trim_end();
+        let prev_start = before
+            .trim_end_matches(|c: char| c.is_alphanumeric() || c == '_')
+            .len();
+        let (kw, kw_pos) = if KEYWORDS.contains(&tok) {
+            (tok, pos)
+        } else {
+            (&before[prev_start..], prev_start)
+        };
+        let decl = before[..prev_start].trim_end();
+        let after_decl = ["stage", "let", "fn"].iter().any(|d| decl.ends_with(d));
+        if KEYWORDS.contains(&kw) && (kw_pos == pos || after_decl) {
+            return Diag::error(
+                "ptl::syntax",
+                format!("`{kw}` is a keyword and cannot be a name"),
+            )
+            .label(at(kw_pos, kw.len()), "keyword")
+            .help(format!(
+                "keywords: {}; choose another name",
+                KEYWORDS.join(", ")
+            ));
+        }
+    }
+    if expected.iter().any(|e| e == "`=`") {
+        let before = text[..pos].trim_end();
+        let word = &before[before
+            .trim_end_matches(|c: char| c.is_alphanumeric() || c == '_')
+            .len()..];
+        let is_name = word.starts_with(|c: char| c.is_alphabetic() || c == '_');
+        if is_name && !KEYWORDS.contains(&word) {
+            return Diag::error(
+                "ptl::syntax",
+                format!("expected `=` after `{word}`, found `{tok}`"),
+            )
+            .label(at(pos, tok.len()), "expected `=` before this")
+            .help(format!(
+                "fields and bindings are written `name = value`: `{word} = {tok}`"
+            ));
+        }
+    }
+    let mut help = if expected.iter().any(|e| e == "`=`") {
         "fields and bindings are written `name = value`".to_string()
     } else if expected.iter().any(|e| e == "a statement") {
         "a file holds `import`, `config`, `track`, `let`, `stage` and `fn` statements".to_string()
     } else {
         format!("write {wanted} here")
     };
-    Diag::error("ptl::syntax", message)
-        .label(Loc { file, span: Span::new(pos, pos + len) }, label)
+    // A look-alike of an ASCII symbol (en dash, curly quote) is the usual cause of a puzzling error.
+    let line_end = text[pos..].find('\n').map_or(text.len(), |i| pos + i);
+    let line_start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+    if let Some(c) = text[line_start..line_end]
+        .chars()
+        .find(|c| !c.is_ascii() && !c.is_alphanumeric())
+    {
+        help = format!(
+            "this line holds `{c}` (U+{:04X}), which is not ASCII: ptl's symbols are ASCII",
+            c as u32
+        );
+    }
+    Diag::error("ptl::syntax", format!("expected {wanted}, found `{tok}`"))
+        .label(at(pos, tok.len()), format!("unexpected `{tok}`"))
         .help(help)
 }
 
@@ -300,7 +425,10 @@ impl Builder {
     }
 
     fn loc(&self, span: Span) -> Loc {
-        Loc { file: self.file, span }
+        Loc {
+            file: self.file,
+            span,
+        }
     }
 
     fn ident(&self, p: Pair<Rule>) -> Ident {
@@ -403,16 +531,20 @@ impl Builder {
 
     fn expr(&mut self, p: Pair<Rule>) -> Expr {
         let span = self.span(p.as_span());
-        let ops = p
+        let too_many = p
             .clone()
             .into_inner()
             .filter(|q| matches!(q.as_rule(), Rule::add | Rule::sub | Rule::mul | Rule::div))
-            .count();
-        if ops > MAX_OPERATORS {
+            .nth(MAX_OPERATORS);
+        if let Some(op) = too_many {
+            let op_span = Span::from(op.as_span());
             self.errors.push(
-                Diag::error("ptl::too_deep", format!("an expression chains more than {MAX_OPERATORS} operators"))
-                    .label(self.loc(span), "too long")
-                    .help("split the value into `let` bindings"),
+                Diag::error(
+                    "ptl::too_deep",
+                    format!("an expression chains more than {MAX_OPERATORS} operators"),
+                )
+                .label(self.loc(op_span), "one operator too many")
+                .help("split the value into `let` bindings"),
             );
             return Expr {
                 kind: ExprKind::Int(0),
@@ -460,7 +592,7 @@ impl Builder {
                         self.errors.push(
                             Diag::error("ptl::bad_number", "integer out of range")
                                 .label(self.loc(span), "does not fit in 64 bits")
-                                .help("integers range from -9223372036854775808 to 9223372036854775807"),
+                                .help("integers range from -9223372036854775807 to 9223372036854775807"),
                         );
                         ExprKind::Int(0)
                     }
@@ -485,7 +617,9 @@ impl Builder {
             Rule::list => ExprKind::List(p.into_inner().map(|e| self.expr(e)).collect()),
             Rule::record => ExprKind::Record(self.fields(p.into_inner())),
             Rule::path => ExprKind::Path(p.into_inner().map(|i| self.ident(i)).collect()),
-            Rule::paren => ExprKind::Paren(Box::new(self.expr(p.into_inner().next().expect("inner")))),
+            Rule::paren => {
+                ExprKind::Paren(Box::new(self.expr(p.into_inner().next().expect("inner"))))
+            }
             Rule::call => {
                 let mut inner = p.into_inner();
                 let head = inner.next().expect("call head");

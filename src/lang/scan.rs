@@ -45,9 +45,12 @@ pub fn scan(file: FileId, text: &str) -> Option<Diag> {
                 stack.push((open, i));
                 if stack.len() > MAX_DEPTH {
                     return Some(
-                        Diag::error("ptl::too_deep", format!("brackets nest more than {MAX_DEPTH} deep"))
-                            .label(at(i, 1), "too deep here")
-                            .help("split the value into `let` bindings"),
+                        Diag::error(
+                            "ptl::too_deep",
+                            format!("brackets nest more than {MAX_DEPTH} deep"),
+                        )
+                        .label(at(i, 1), "too deep here")
+                        .help("split the value into `let` bindings"),
                     );
                 }
             }
@@ -59,16 +62,22 @@ pub fn scan(file: FileId, text: &str) -> Option<Diag> {
                             "ptl::mismatched_delimiter",
                             format!("`{}` closes `{}`", close as char, open as char),
                         )
-                        .label(at(i, 1), format!("expected `{}` here", closer(open) as char))
+                        .label(
+                            at(i, 1),
+                            format!("expected `{}` here", closer(open) as char),
+                        )
                         .label(at(pos, 1), "opened here")
                         .help("check that every bracket is closed in the order it was opened"),
                     );
                 }
                 None => {
                     return Some(
-                        Diag::error("ptl::unexpected_delimiter", format!("unexpected `{}`", close as char))
-                            .label(at(i, 1), "nothing is open here")
-                            .help("remove it, or add the opening bracket it belongs to"),
+                        Diag::error(
+                            "ptl::unexpected_delimiter",
+                            format!("unexpected `{}`", close as char),
+                        )
+                        .label(at(i, 1), "nothing is open here")
+                        .help("remove it, or add the opening bracket it belongs to"),
                     );
                 }
             },
@@ -77,9 +86,12 @@ pub fn scan(file: FileId, text: &str) -> Option<Diag> {
         i += 1;
     }
     stack.pop().map(|(open, pos)| {
-        Diag::error("ptl::unclosed_delimiter", format!("unclosed `{}`", open as char))
-            .label(at(pos, 1), "this is never closed")
-            .help(format!("add `{}` to close it", closer(open) as char))
+        Diag::error(
+            "ptl::unclosed_delimiter",
+            format!("unclosed `{}`", open as char),
+        )
+        .label(at(pos, 1), "this is never closed")
+        .help(format!("add `{}` to close it", closer(open) as char))
     })
 }
 

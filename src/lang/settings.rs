@@ -18,7 +18,12 @@ pub fn config_fields() -> &'static [FieldSchema] {
                 Default::Value(Value::Str("auto".into())),
                 "\"auto\", \"cpu\", \"cuda\" or \"cuda:N\" (auto: cuda when present)",
             ),
-            choice("dtype", DTYPES, "auto", "compute dtype (auto: f32 on cpu, bf16 on cuda)"),
+            choice(
+                "dtype",
+                DTYPES,
+                "auto",
+                "compute dtype (auto: f32 on cpu, bf16 on cuda)",
+            ),
             int("threads", 0, "CPU threads (0: all cores)"),
         ]
     })
@@ -28,9 +33,21 @@ pub fn track_fields() -> &'static [FieldSchema] {
     static F: OnceLock<Vec<FieldSchema>> = OnceLock::new();
     F.get_or_init(|| {
         vec![
-            optional("tensorboard", Type::Str, "directory for TensorBoard event files (unset: off)"),
-            optional("mlflow", Type::Str, "MLflow tracking URI (unset or \"\": off)"),
-            optional("experiment", Type::Str, "MLflow experiment name (default: the pipeline file's name)"),
+            optional(
+                "tensorboard",
+                Type::Str,
+                "directory for TensorBoard event files (unset: off)",
+            ),
+            optional(
+                "mlflow",
+                Type::Str,
+                "MLflow tracking URI (unset or \"\": off)",
+            ),
+            optional(
+                "experiment",
+                Type::Str,
+                "MLflow experiment name (default: the pipeline file's name)",
+            ),
         ]
     })
 }

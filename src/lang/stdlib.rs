@@ -3,5 +3,8 @@
 pub const FILES: &[(&str, &str)] = &[("recipes.ptl", include_str!("../../stdlib/recipes.ptl"))];
 
 pub fn get(name: &str) -> Option<&'static str> {
-    FILES.iter().find(|(n, _)| *n == name).map(|(_, text)| *text)
+    FILES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, text)| *text)
 }

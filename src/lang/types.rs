@@ -100,7 +100,7 @@ impl fmt::Display for Type {
             Type::Record => f.write_str("record"),
             Type::Model => f.write_str("model"),
             Type::RewardModel => f.write_str("reward model"),
-            Type::Dataset(formats) if formats.is_empty() => f.write_str("dataset"),
+            Type::Dataset([]) => f.write_str("dataset"),
             Type::Dataset(formats) => {
                 let names: Vec<&str> = formats.iter().map(|x| x.name()).collect();
                 write!(f, "dataset ({})", names.join(" | "))

@@ -21,16 +21,29 @@ pub enum Value {
     /// `hf_model("dir")`: a local Hugging Face model directory.
     HfModel(LocalPath),
     /// `jsonl("file", format = ...)`.
-    Dataset { path: LocalPath, format: Format },
+    Dataset {
+        path: LocalPath,
+        format: Format,
+    },
     Tuning(Tuning),
     /// `stage.output`, e.g. `sft.model`.
-    Output { stage: StageId, output: String, ty: Type },
+    Output {
+        stage: StageId,
+        output: String,
+        ty: Type,
+    },
     /// A stage itself (its outputs are read with `.name`).
     Stage(StageId),
     /// What `stage v1 = f(...)` binds: the stages `f` declared (as `v1.<name>`) and its return value.
-    Group { prefix: String, ret: Box<Value> },
+    Group {
+        prefix: String,
+        ret: Box<Value>,
+    },
     Module(ModuleId),
-    Function { module: ModuleId, index: usize },
+    Function {
+        module: ModuleId,
+        index: usize,
+    },
     Builtin(&'static str),
     /// No value: an optional field left out, or a function without `return`.
     None,
@@ -49,10 +62,16 @@ pub struct LocalPath {
 pub enum Tuning {
     Full,
     /// Train only the last `layers` decoder layers and/or the named modules.
-    Freeze { layers: Option<i64>, modules: Vec<String> },
+    Freeze {
+        layers: Option<i64>,
+        modules: Vec<String>,
+    },
     Lora(Lora),
     /// LoRA over a base quantized to NF4 (shared/reference §8).
-    Qlora { lora: Lora, double_quant: bool },
+    Qlora {
+        lora: Lora,
+        double_quant: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -97,6 +116,46 @@ impl Value {
         }
     }
 
+    /// The description with its article: "an int", "a model".
+    pub fn a_describe(&self) -> String {
+        let d = self.describe();
+        let article = if d.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
+        format!("{article} {d}")
+    }
+
+    /// How much work copying this value costs, counted up to `cap` (strings by 16 bytes).
+    pub fn weight(&self, cap: usize) -> usize {
+        match self {
+            Value::Str(s) => 1 + s.len() / 16,
+            Value::List(items) => {
+                let mut w = 1;
+                for i in items {
+                    w += i.weight(cap - w.min(cap));
+                    if w >= cap {
+                        return cap;
+                    }
+                }
+                w
+            }
+            Value::Record(fields) => {
+                let mut w = 1;
+                for v in fields.values() {
+                    w += v.weight(cap - w.min(cap));
+                    if w >= cap {
+                        return cap;
+                    }
+                }
+                w
+            }
+            Value::Group { ret, .. } => 1 + ret.weight(cap),
+            _ => 1,
+        }
+    }
+
     /// Every stage this value reads an output of.
     pub fn stage_refs(&self, out: &mut Vec<StageId>) {
         match self {
@@ -115,7 +174,9 @@ impl Value {
             Value::Float(f) => json!(f),
             Value::Bool(b) => json!(b),
             Value::Str(s) => json!(s),
-            Value::List(items) => Json::Array(items.iter().map(|v| v.to_json(stage_name)).collect()),
+            Value::List(items) => {
+                Json::Array(items.iter().map(|v| v.to_json(stage_name)).collect())
+            }
             Value::Record(fields) => Json::Object(
                 fields
                     .iter()
@@ -123,9 +184,13 @@ impl Value {
                     .collect(),
             ),
             Value::HfModel(p) => json!({"hf_model": p.written}),
-            Value::Dataset { path, format } => json!({"jsonl": path.written, "format": format.name()}),
+            Value::Dataset { path, format } => {
+                json!({"jsonl": path.written, "format": format.name()})
+            }
             Value::Tuning(t) => t.to_json(),
-            Value::Output { stage, output, .. } => json!({"stage": stage_name(*stage), "output": output}),
+            Value::Output { stage, output, .. } => {
+                json!({"stage": stage_name(*stage), "output": output})
+            }
             Value::None => Json::Null,
             other => json!(other.describe()),
         }
@@ -134,18 +199,21 @@ impl Value {
 
 impl Tuning {
     pub fn to_json(&self) -> Json {
-        let lora = |l: &Lora| {
-            json!({"rank": l.rank, "alpha": l.alpha, "dropout": l.dropout, "targets": l.targets, "rslora": l.rslora})
-        };
+        let lora = |l: &Lora| json!({"rank": l.rank, "alpha": l.alpha, "dropout": l.dropout, "targets": l.targets, "rslora": l.rslora});
         match self {
             Tuning::Full => json!({"mode": "full"}),
-            Tuning::Freeze { layers, modules } => json!({"mode": "freeze", "layers": layers, "modules": modules}),
+            Tuning::Freeze { layers, modules } => {
+                json!({"mode": "freeze", "layers": layers, "modules": modules})
+            }
             Tuning::Lora(l) => {
                 let mut j = lora(l);
                 j["mode"] = json!("lora");
                 j
             }
-            Tuning::Qlora { lora: l, double_quant } => {
+            Tuning::Qlora {
+                lora: l,
+                double_quant,
+            } => {
                 let mut j = lora(l);
                 j["mode"] = json!("qlora");
                 j["double_quant"] = json!(double_quant);

@@ -11,7 +11,11 @@ pub const SCHEDULES: &[&str] = &["constant", "linear", "cosine"];
 /// `model`, `data` (in the given formats) and `tuning`.
 pub fn inputs(data: &'static [Format], data_doc: &'static str) -> Vec<FieldSchema> {
     vec![
-        required("model", Type::Model, "the model to start from: `hf_model(...)` or an upstream `stage.model`"),
+        required(
+            "model",
+            Type::Model,
+            "the model to start from: `hf_model(...)` or an upstream `stage.model`",
+        ),
         required("data", Type::Dataset(data), data_doc),
         field(
             "tuning",
@@ -25,22 +29,64 @@ pub fn inputs(data: &'static [Format], data_doc: &'static str) -> Vec<FieldSchem
 /// The optimizer, schedule and loop fields, with this kind's default learning rate.
 pub fn training(lr: f64, max_len: i64) -> Vec<FieldSchema> {
     vec![
-        float("epochs", 3.0, "passes over the data (ignored when `max_steps` is set)"),
-        optional("max_steps", Type::Int, "stop after this many optimizer steps"),
+        float(
+            "epochs",
+            3.0,
+            "passes over the data (ignored when `max_steps` is set)",
+        ),
+        optional(
+            "max_steps",
+            Type::Int,
+            "stop after this many optimizer steps",
+        ),
         float("lr", lr, "peak learning rate (AdamW)"),
-        choice("schedule", SCHEDULES, "linear", "learning-rate schedule after warmup"),
-        float("warmup_ratio", 0.0, "fraction of the steps spent warming up linearly from 0"),
-        int("warmup_steps", 0, "warmup steps (instead of `warmup_ratio`)"),
+        choice(
+            "schedule",
+            SCHEDULES,
+            "linear",
+            "learning-rate schedule after warmup",
+        ),
+        float(
+            "warmup_ratio",
+            0.0,
+            "fraction of the steps spent warming up linearly from 0",
+        ),
+        int(
+            "warmup_steps",
+            0,
+            "warmup steps (instead of `warmup_ratio`)",
+        ),
         int("batch_size", 8, "sequences per micro-batch"),
         int("grad_accum", 1, "micro-batches per optimizer step"),
-        int("max_len", max_len, "tokens per sequence; longer rows are truncated"),
-        float("weight_decay", 0.0, "AdamW decoupled weight decay (never applied to norms and biases)"),
+        int(
+            "max_len",
+            max_len,
+            "tokens per sequence; longer rows are truncated",
+        ),
+        float(
+            "weight_decay",
+            0.0,
+            "AdamW decoupled weight decay (never applied to norms and biases)",
+        ),
         float("adam_beta1", 0.9, "AdamW beta1"),
         float("adam_beta2", 0.999, "AdamW beta2"),
         float("adam_eps", 1e-8, "AdamW epsilon"),
-        float("max_grad_norm", 1.0, "clip gradients to this global norm (0: no clipping)"),
-        field("seed", Type::Int, Default::Config("seed"), "seed for initialization and data order (default: config.seed)"),
-        int("save_every", 100, "checkpoint every N steps so a killed run resumes (0: only at the end)"),
+        float(
+            "max_grad_norm",
+            1.0,
+            "clip gradients to this global norm (0: no clipping)",
+        ),
+        field(
+            "seed",
+            Type::Int,
+            Default::Config("seed"),
+            "seed for initialization and data order (default: config.seed)",
+        ),
+        int(
+            "save_every",
+            100,
+            "checkpoint every N steps so a killed run resumes (0: only at the end)",
+        ),
         int("log_every", 1, "log metrics every N steps"),
     ]
 }
@@ -69,3 +115,32 @@ pub fn training_rules(s: &StageView, d: &mut Vec<Diag>) {
 pub fn beta(default: f64, doc: &'static str) -> FieldSchema {
     float("beta", default, doc)
 }
+
+/// Names TRL, transformers and LLaMA-Factory users write, and the ptl field each one means.
+pub const ALIASES: &[(&str, &str)] = &[
+    ("learning_rate", "lr"),
+    ("num_train_epochs", "epochs"),
+    ("num_epochs", "epochs"),
+    ("per_device_train_batch_size", "batch_size"),
+    ("train_batch_size", "batch_size"),
+    ("gradient_accumulation_steps", "grad_accum"),
+    ("max_length", "max_len"),
+    ("max_seq_length", "max_len"),
+    ("cutoff_len", "max_len"),
+    ("lr_scheduler_type", "schedule"),
+    ("scheduler", "schedule"),
+    ("save_steps", "save_every"),
+    ("logging_steps", "log_every"),
+    ("loss_type", "loss"),
+    ("simpo_gamma", "gamma"),
+    ("ref_model", "reference"),
+    ("model_name_or_path", "model"),
+    ("dataset", "data"),
+    ("train_dataset", "data"),
+    ("finetuning_type", "tuning"),
+    ("peft_config", "tuning"),
+    ("reward_model", "reward"),
+    ("kl_penalty", "kl_estimator"),
+    ("init_kl_coef", "kl_coef"),
+    ("num_ppo_epochs", "ppo_epochs"),
+];

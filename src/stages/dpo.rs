@@ -9,7 +9,10 @@ use crate::lang::types::{Format, Type};
 pub const LOSSES: &[&str] = &["sigmoid", "ipo", "hinge", "robust"];
 
 pub fn kind() -> Kind {
-    let mut fields = common::inputs(&[Format::Preference], "preference rows: prompt, chosen, rejected");
+    let mut fields = common::inputs(
+        &[Format::Preference],
+        "preference rows: prompt, chosen, rejected",
+    );
     fields.insert(
         1,
         optional(
@@ -21,17 +24,38 @@ pub fn kind() -> Kind {
     fields.extend(common::training(1e-6, 1024));
     fields.extend([
         common::beta(0.1, "strength of the KL penalty toward the reference"),
-        choice("loss", LOSSES, "sigmoid", "loss: sigmoid (DPO), ipo, hinge (SLiC) or robust"),
-        float("label_smoothing", 0.0, "assumed label noise ε for the robust loss, in [0, 0.5)"),
-        boolean("precompute_ref", true, "compute reference log-probs once, cached as their own artifact"),
+        choice(
+            "loss",
+            LOSSES,
+            "sigmoid",
+            "loss: sigmoid (DPO), ipo, hinge (SLiC) or robust",
+        ),
+        float(
+            "label_smoothing",
+            0.0,
+            "assumed label noise ε for the robust loss, in [0, 0.5)",
+        ),
+        boolean(
+            "precompute_ref",
+            true,
+            "compute reference log-probs once, cached as their own artifact",
+        ),
     ]);
     Kind {
         name: "dpo",
         summary: "direct preference optimization against a frozen reference",
         fields,
         outputs: vec![
-            output("model", Type::Model, "the aligned model (or base + adapter)"),
-            output("metrics", Type::Metrics, "metrics.jsonl: loss, rewards/chosen, rewards/margins, ..."),
+            output(
+                "model",
+                Type::Model,
+                "the aligned model (or base + adapter)",
+            ),
+            output(
+                "metrics",
+                Type::Metrics,
+                "metrics.jsonl: loss, rewards/chosen, rewards/margins, ...",
+            ),
         ],
         refused: vec![],
         rules: vec![common::training_rules, dpo_rules],

@@ -7,24 +7,43 @@ use crate::lang::diag::Diag;
 use crate::lang::types::{Format, Type};
 
 pub fn kind() -> Kind {
-    let mut fields = common::inputs(&[Format::Kto], "unpaired rows: prompt, completion, label (true/false)");
+    let mut fields = common::inputs(
+        &[Format::Kto],
+        "unpaired rows: prompt, completion, label (true/false)",
+    );
     fields.insert(
         1,
-        optional("reference", Type::Model, "the frozen reference (default: the starting model)"),
+        optional(
+            "reference",
+            Type::Model,
+            "the frozen reference (default: the starting model)",
+        ),
     );
     fields.extend(common::training(1e-6, 1024));
     fields.extend([
         common::beta(0.1, "strength of the KL penalty toward the reference"),
         float("desirable_weight", 1.0, "weight λD of desirable examples"),
-        float("undesirable_weight", 1.0, "weight λU of undesirable examples"),
+        float(
+            "undesirable_weight",
+            1.0,
+            "weight λU of undesirable examples",
+        ),
     ]);
     Kind {
         name: "kto",
         summary: "KTO on unpaired desirable / undesirable completions",
         fields,
         outputs: vec![
-            output("model", Type::Model, "the aligned model (or base + adapter)"),
-            output("metrics", Type::Metrics, "metrics.jsonl: loss, kl, rewards/chosen, ..."),
+            output(
+                "model",
+                Type::Model,
+                "the aligned model (or base + adapter)",
+            ),
+            output(
+                "metrics",
+                Type::Metrics,
+                "metrics.jsonl: loss, kl, rewards/chosen, ...",
+            ),
         ],
         refused: vec![],
         rules: vec![common::training_rules, kto_rules],

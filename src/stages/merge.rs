@@ -14,7 +14,11 @@ pub fn kind() -> Kind {
             Type::Model,
             "the output of a stage trained with `lora(...)` or `qlora(...)`",
         )],
-        outputs: vec![output("model", Type::Model, "the merged model, a plain HF directory")],
+        outputs: vec![output(
+            "model",
+            Type::Model,
+            "the merged model, a plain HF directory",
+        )],
         refused: vec![],
         rules: vec![merge_rules],
     }

@@ -7,7 +7,10 @@ use crate::lang::diag::Diag;
 use crate::lang::types::{Format, Type};
 
 pub fn kind() -> Kind {
-    let mut fields = common::inputs(&[Format::Preference], "preference rows: prompt, chosen, rejected");
+    let mut fields = common::inputs(
+        &[Format::Preference],
+        "preference rows: prompt, chosen, rejected",
+    );
     fields.extend(common::training(1e-6, 1024));
     fields.push(common::beta(0.1, "weight λ of the odds-ratio term"));
     Kind {
@@ -15,10 +18,21 @@ pub fn kind() -> Kind {
         summary: "ORPO: odds-ratio preference optimization without a reference",
         fields,
         outputs: vec![
-            output("model", Type::Model, "the aligned model (or base + adapter)"),
-            output("metrics", Type::Metrics, "metrics.jsonl: nll_loss, log_odds_ratio, ..."),
+            output(
+                "model",
+                Type::Model,
+                "the aligned model (or base + adapter)",
+            ),
+            output(
+                "metrics",
+                Type::Metrics,
+                "metrics.jsonl: nll_loss, log_odds_ratio, ...",
+            ),
         ],
-        refused: vec![("reference", "ORPO is reference-free: it uses no reference model")],
+        refused: vec![(
+            "reference",
+            "ORPO is reference-free: it uses no reference model",
+        )],
         rules: vec![common::training_rules, orpo_rules],
     }
 }

@@ -7,19 +7,43 @@ use crate::lang::diag::Diag;
 use crate::lang::types::{Type, PROMPT_FORMATS};
 
 pub fn kind() -> Kind {
-    let mut fields = common::inputs(PROMPT_FORMATS, "prompts to answer (alpaca, sharegpt, messages, preference or kto rows)");
+    let mut fields = common::inputs(
+        PROMPT_FORMATS,
+        "prompts to answer (alpaca, sharegpt, messages, preference or kto rows)",
+    );
     fields.splice(
         1..1,
         [
-            optional("reference", Type::Model, "the frozen reference (default: the starting model)"),
-            required("reward", Type::RewardModel, "the reward model that scores responses: `rm.model`"),
-            optional("value_model", Type::RewardModel, "initial value model (default: the reward model)"),
+            optional(
+                "reference",
+                Type::Model,
+                "the frozen reference (default: the starting model)",
+            ),
+            required(
+                "reward",
+                Type::RewardModel,
+                "the reward model that scores responses: `rm.model`",
+            ),
+            optional(
+                "value_model",
+                Type::RewardModel,
+                "initial value model (default: the reward model)",
+            ),
         ],
     );
     fields.extend(common::training(3e-6, 1024));
     fields.extend([
-        float("kl_coef", 0.05, "weight of the per-token KL penalty in the reward"),
-        choice("kl_estimator", &["k1", "k3"], "k1", "KL estimator: k1 (log ratio) or k3"),
+        float(
+            "kl_coef",
+            0.05,
+            "weight of the per-token KL penalty in the reward",
+        ),
+        choice(
+            "kl_estimator",
+            &["k1", "k3"],
+            "k1",
+            "KL estimator: k1 (log ratio) or k3",
+        ),
         float("cliprange", 0.2, "policy ratio clip range"),
         float("cliprange_value", 0.2, "value clip range"),
         float("vf_coef", 0.1, "weight of the value loss"),
@@ -28,15 +52,27 @@ pub fn kind() -> Kind {
         int("ppo_epochs", 4, "PPO epochs per batch of rollouts"),
         int("response_length", 53, "tokens sampled per response"),
         float("temperature", 0.7, "sampling temperature"),
-        optional("missing_eos_penalty", Type::Float, "subtracted from the score of responses without an end token"),
+        optional(
+            "missing_eos_penalty",
+            Type::Float,
+            "subtracted from the score of responses without an end token",
+        ),
     ]);
     Kind {
         name: "ppo",
         summary: "PPO against a reward model (RLHF)",
         fields,
         outputs: vec![
-            output("model", Type::Model, "the policy after PPO (or base + adapter)"),
-            output("metrics", Type::Metrics, "metrics.jsonl: objective/kl, objective/scores, policy/clipfrac_avg, ..."),
+            output(
+                "model",
+                Type::Model,
+                "the policy after PPO (or base + adapter)",
+            ),
+            output(
+                "metrics",
+                Type::Metrics,
+                "metrics.jsonl: objective/kl, objective/scores, policy/clipfrac_avg, ...",
+            ),
         ],
         refused: vec![],
         rules: vec![common::training_rules, ppo_rules],

@@ -7,13 +7,21 @@ use crate::lang::types::{Format, Type};
 pub fn kind() -> Kind {
     let mut fields = common::inputs(&[Format::Text], "text rows `{\"text\": ...}`");
     fields.extend(common::training(5e-5, 1024));
-    fields.push(boolean("packing", true, "pack rows into full sequences (no attention across rows)"));
+    fields.push(boolean(
+        "packing",
+        true,
+        "pack rows into full sequences (no attention across rows)",
+    ));
     Kind {
         name: "pt",
         summary: "continued pretraining on plain text",
         fields,
         outputs: vec![
-            output("model", Type::Model, "the trained model (or base + adapter)"),
+            output(
+                "model",
+                Type::Model,
+                "the trained model (or base + adapter)",
+            ),
             output("metrics", Type::Metrics, "metrics.jsonl of the run"),
         ],
         refused: vec![],

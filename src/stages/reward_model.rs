@@ -7,7 +7,10 @@ use crate::lang::diag::Diag;
 use crate::lang::types::{Format, Type};
 
 pub fn kind() -> Kind {
-    let mut fields = common::inputs(&[Format::Preference], "preference rows: prompt, chosen, rejected");
+    let mut fields = common::inputs(
+        &[Format::Preference],
+        "preference rows: prompt, chosen, rejected",
+    );
     fields.extend(common::training(1e-4, 1024));
     fields.push(float(
         "center_rewards_coefficient",
@@ -19,7 +22,11 @@ pub fn kind() -> Kind {
         summary: "Bradley-Terry reward model on preference pairs",
         fields,
         outputs: vec![
-            output("model", Type::RewardModel, "the reward model: base weights plus `score.weight`"),
+            output(
+                "model",
+                Type::RewardModel,
+                "the reward model: base weights plus `score.weight`",
+            ),
             output("metrics", Type::Metrics, "metrics.jsonl of the run"),
         ],
         refused: vec![],

@@ -27,25 +27,37 @@ pub fn within(s: &StageView, d: &mut Vec<Diag>, field: &str, lo: f64, hi: f64, c
         let ok = v >= lo && if closed { v <= hi } else { v < hi };
         if !ok {
             let bracket = if closed { "]" } else { ")" };
-            d.push(out_of_range(s, field, v, &format!("must be in [{lo}, {hi}{bracket}")));
+            d.push(out_of_range(
+                s,
+                field,
+                v,
+                &format!("must be in [{lo}, {hi}{bracket}"),
+            ));
         }
     }
 }
 
 pub fn out_of_range(s: &StageView, field: &str, v: f64, why: &str) -> Diag {
-    Diag::error("ptl::out_of_range", format!("`{field}` of stage `{}` {why}", s.name))
-        .label(s.loc(field), format!("{v} is out of range"))
-        .help(format!("`ptl doc` lists the fields of each stage kind; `{field}` {why}"))
+    let doc = s.kind.field(field).map_or("", |f| f.doc);
+    Diag::error(
+        "ptl::out_of_range",
+        format!("`{field}` of stage `{}` {why}", s.name),
+    )
+    .label(s.loc(field), format!("{v} is out of range"))
+    .help(format!("`{field}` is the {doc}"))
 }
 
 /// Two fields that may not both be set.
 pub fn exclusive(s: &StageView, d: &mut Vec<Diag>, a: &str, b: &str) {
     if s.locs.contains_key(a) && s.locs.contains_key(b) {
         d.push(
-            Diag::error("ptl::conflicting_fields", format!("`{a}` and `{b}` cannot both be set"))
-                .label(s.loc(b), format!("`{b}` set here"))
-                .label(s.loc(a), format!("`{a}` set here"))
-                .help(format!("keep one of `{a}` and `{b}`")),
+            Diag::error(
+                "ptl::conflicting_fields",
+                format!("`{a}` and `{b}` cannot both be set"),
+            )
+            .label(s.loc(b), format!("`{b}` set here"))
+            .label(s.loc(a), format!("`{a}` set here"))
+            .help(format!("keep one of `{a}` and `{b}`")),
         );
     }
 }

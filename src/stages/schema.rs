@@ -36,6 +36,7 @@ pub struct OutputSchema {
 /// What a semantic rule sees of one stage.
 pub struct StageView<'a> {
     pub name: &'a str,
+    pub kind: &'a Kind,
     pub decl: Loc,
     pub params: &'a BTreeMap<String, Value>,
     /// Where each field's value was written (absent for defaults).
@@ -98,7 +99,12 @@ impl Kind {
 }
 
 pub fn field(name: &'static str, ty: Type, default: Default, doc: &'static str) -> FieldSchema {
-    FieldSchema { name, ty, default, doc }
+    FieldSchema {
+        name,
+        ty,
+        default,
+        doc,
+    }
 }
 
 pub fn required(name: &'static str, ty: Type, doc: &'static str) -> FieldSchema {
@@ -121,8 +127,18 @@ pub fn boolean(name: &'static str, v: bool, doc: &'static str) -> FieldSchema {
     field(name, Type::Bool, Default::Value(Value::Bool(v)), doc)
 }
 
-pub fn choice(name: &'static str, options: &'static [&'static str], v: &'static str, doc: &'static str) -> FieldSchema {
-    field(name, Type::Enum(options), Default::Value(Value::Str(v.into())), doc)
+pub fn choice(
+    name: &'static str,
+    options: &'static [&'static str],
+    v: &'static str,
+    doc: &'static str,
+) -> FieldSchema {
+    field(
+        name,
+        Type::Enum(options),
+        Default::Value(Value::Str(v.into())),
+        doc,
+    )
 }
 
 pub fn output(name: &'static str, ty: Type, doc: &'static str) -> OutputSchema {

@@ -5,20 +5,43 @@ use super::schema::*;
 use crate::lang::types::{Type, CHAT_FORMATS};
 
 pub fn kind() -> Kind {
-    let mut fields = common::inputs(CHAT_FORMATS, "conversations: alpaca, sharegpt or messages rows");
+    let mut fields = common::inputs(
+        CHAT_FORMATS,
+        "conversations: alpaca, sharegpt or messages rows",
+    );
     fields.extend(common::training(2e-5, 1024));
     fields.extend([
-        boolean("train_on_prompt", false, "also train on system and user tokens"),
-        boolean("mask_history", false, "train on the last assistant turn only"),
-        boolean("packing", false, "pack rows into full sequences (no attention across rows)"),
-        optional("template", Type::Str, "a chat template file to use instead of the tokenizer's own"),
+        boolean(
+            "train_on_prompt",
+            false,
+            "also train on system and user tokens",
+        ),
+        boolean(
+            "mask_history",
+            false,
+            "train on the last assistant turn only",
+        ),
+        boolean(
+            "packing",
+            false,
+            "pack rows into full sequences (no attention across rows)",
+        ),
+        optional(
+            "template",
+            Type::Str,
+            "a chat template file to use instead of the tokenizer's own",
+        ),
     ]);
     Kind {
         name: "sft",
         summary: "supervised fine-tuning on conversations or instructions",
         fields,
         outputs: vec![
-            output("model", Type::Model, "the trained model (or base + adapter)"),
+            output(
+                "model",
+                Type::Model,
+                "the trained model (or base + adapter)",
+            ),
             output("metrics", Type::Metrics, "metrics.jsonl of the run"),
         ],
         refused: vec![],

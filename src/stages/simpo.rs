@@ -7,12 +7,22 @@ use crate::lang::diag::Diag;
 use crate::lang::types::{Format, Type};
 
 pub fn kind() -> Kind {
-    let mut fields = common::inputs(&[Format::Preference], "preference rows: prompt, chosen, rejected");
+    let mut fields = common::inputs(
+        &[Format::Preference],
+        "preference rows: prompt, chosen, rejected",
+    );
     fields.extend(common::training(1e-6, 1024));
     fields.extend([
-        common::beta(0.1, "scale of the reward (TRL's default; the SimPO paper uses 2.0-2.5)"),
+        common::beta(
+            0.1,
+            "scale of the reward (TRL's default; the SimPO paper uses 2.0-2.5)",
+        ),
         float("gamma", 0.5, "target reward margin (TRL's simpo_gamma)"),
-        float("cpo_alpha", 0.0, "weight of the NLL term on chosen answers (0: pure SimPO; TRL's CPO uses 1.0)"),
+        float(
+            "cpo_alpha",
+            0.0,
+            "weight of the NLL term on chosen answers (0: pure SimPO; TRL's CPO uses 1.0)",
+        ),
         float("label_smoothing", 0.0, "label smoothing ε in [0, 0.5)"),
     ]);
     Kind {
@@ -20,10 +30,17 @@ pub fn kind() -> Kind {
         summary: "SimPO: reference-free preference optimization with a target margin",
         fields,
         outputs: vec![
-            output("model", Type::Model, "the aligned model (or base + adapter)"),
+            output(
+                "model",
+                Type::Model,
+                "the aligned model (or base + adapter)",
+            ),
             output("metrics", Type::Metrics, "metrics.jsonl of the run"),
         ],
-        refused: vec![("reference", "SimPO is reference-free: it uses no reference model")],
+        refused: vec![(
+            "reference",
+            "SimPO is reference-free: it uses no reference model",
+        )],
         rules: vec![common::training_rules, simpo_rules],
     }
 }

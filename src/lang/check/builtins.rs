@@ -7,15 +7,28 @@ use crate::lang::source::{Loc, Span};
 use crate::lang::types::{Format, Type};
 use crate::lang::value::{LocalPath, Lora, Tuning, Value};
 
-pub const NAMES: &[&str] = &["env", "freeze", "full", "hf_model", "jsonl", "lora", "qlora"];
+pub const NAMES: &[&str] = &[
+    "env", "freeze", "full", "hf_model", "jsonl", "lora", "qlora",
+];
 
-const FORMAT_NAMES: &[&str] = &["auto", "alpaca", "sharegpt", "messages", "text", "preference", "kto"];
+const FORMAT_NAMES: &[&str] = &[
+    "auto",
+    "alpaca",
+    "sharegpt",
+    "messages",
+    "text",
+    "preference",
+    "kto",
+];
 
 /// The value a builtin's bare name stands for (`full` is a tuning; the others are functions).
 pub fn value(name: &str) -> Option<Value> {
     match name {
         "full" => Some(Value::Tuning(Tuning::Full)),
-        _ => NAMES.iter().find(|n| **n == name).map(|n| Value::Builtin(n)),
+        _ => NAMES
+            .iter()
+            .find(|n| **n == name)
+            .map(|n| Value::Builtin(n)),
     }
 }
 
@@ -25,7 +38,13 @@ struct P(&'static str, Type, Option<Value>);
 fn signature(name: &str, params: &[P]) -> String {
     let list: Vec<String> = params
         .iter()
-        .map(|P(n, _, d)| if d.is_some() { format!("{n} = ...") } else { n.to_string() })
+        .map(|P(n, _, d)| {
+            if d.is_some() {
+                format!("{n} = ...")
+            } else {
+                n.to_string()
+            }
+        })
         .collect();
     format!("{name}({})", list.join(", "))
 }
@@ -35,19 +54,34 @@ fn lora_params(extra: Vec<P>) -> Vec<P> {
         P("rank", Type::Int, Some(Value::Int(8))),
         P("alpha", Type::Float, Some(Value::None)),
         P("dropout", Type::Float, Some(Value::Float(0.0))),
-        P("targets", Type::list(Type::Str), Some(Value::List(vec![Value::Str("all-linear".into())]))),
+        P(
+            "targets",
+            Type::list(Type::Str),
+            Some(Value::List(vec![Value::Str("all-linear".into())])),
+        ),
         P("rslora", Type::Bool, Some(Value::Bool(false))),
     ];
     p.extend(extra);
     p
 }
 
-pub fn call(c: &mut Checker, frame: &Frame, binding: &str, name: &'static str, args: &[Arg], span: Span) -> Value {
+pub fn call(
+    c: &mut Checker,
+    frame: &Frame,
+    binding: &str,
+    name: &'static str,
+    args: &[Arg],
+    span: Span,
+) -> Value {
     let params = match name {
         "hf_model" => vec![P("path", Type::Str, None)],
         "jsonl" => vec![
             P("path", Type::Str, None),
-            P("format", Type::Enum(FORMAT_NAMES), Some(Value::Str("auto".into()))),
+            P(
+                "format",
+                Type::Enum(FORMAT_NAMES),
+                Some(Value::Str("auto".into())),
+            ),
         ],
         "full" => vec![],
         "freeze" => vec![
@@ -87,13 +121,16 @@ pub fn call(c: &mut Checker, frame: &Frame, binding: &str, name: &'static str, a
         return Value::Error;
     }
     match name {
-        "hf_model" => path_value(c, frame, &values[0], locs[0], true).map_or(Value::Error, Value::HfModel),
+        "hf_model" => {
+            path_value(c, frame, &values[0], locs[0], true).map_or(Value::Error, Value::HfModel)
+        }
         "jsonl" => {
             let format = match &values[1] {
                 Value::Str(f) => Format::parse(f).unwrap_or(Format::Auto),
                 _ => Format::Auto,
             };
-            path_value(c, frame, &values[0], locs[0], false).map_or(Value::Error, |path| Value::Dataset { path, format })
+            path_value(c, frame, &values[0], locs[0], false)
+                .map_or(Value::Error, |path| Value::Dataset { path, format })
         }
         "full" => Value::Tuning(Tuning::Full),
         "freeze" => {
@@ -103,7 +140,12 @@ pub fn call(c: &mut Checker, frame: &Frame, binding: &str, name: &'static str, a
             };
             let modules = strings(&values[1]);
             if layers.is_some_and(|n| n <= 0) {
-                c.error(range_error("layers", "must be at least 1", locs[0]));
+                c.error(range_error(
+                    "freeze",
+                    "layers",
+                    "must be at least 1",
+                    locs[0],
+                ));
                 return Value::Error;
             }
             if layers.is_none() && modules.is_empty() {
@@ -131,15 +173,20 @@ pub fn call(c: &mut Checker, frame: &Frame, binding: &str, name: &'static str, a
             };
             let mut ok = true;
             if rank <= 0 {
-                c.error(range_error("rank", "must be at least 1", locs[0]));
+                c.error(range_error(name, "rank", "must be at least 1", locs[0]));
                 ok = false;
             }
             if alpha <= 0.0 && rank > 0 {
-                c.error(range_error("alpha", "must be greater than 0", locs[1]));
+                c.error(range_error(
+                    name,
+                    "alpha",
+                    "must be greater than 0",
+                    locs[1],
+                ));
                 ok = false;
             }
             if !(0.0..1.0).contains(&dropout) {
-                c.error(range_error("dropout", "must be in [0, 1)", locs[2]));
+                c.error(range_error(name, "dropout", "must be in [0, 1)", locs[2]));
                 ok = false;
             }
             let targets = strings(&values[3]);
@@ -186,29 +233,60 @@ fn strings(v: &Value) -> Vec<String> {
     }
 }
 
-fn range_error(arg: &str, why: &str, loc: Loc) -> Diag {
-    Diag::error("ptl::out_of_range", format!("`{arg}` {why}"))
-        .label(loc, "out of range")
-        .help(format!("`{arg}` {why}"))
+fn range_error(func: &str, arg: &str, why: &str, loc: Loc) -> Diag {
+    let help = match arg {
+        "rank" => "LoRA ranks are small positive integers: 8, 16, 64",
+        "alpha" => "alpha scales the adapter (scaling = alpha / rank); 2 × rank is common",
+        "dropout" => "dropout is a probability: 0.0 (off) to 0.1 are common",
+        _ => "train at least the last layer: `freeze(layers = 1)`",
+    };
+    Diag::error(
+        "ptl::out_of_range",
+        format!("`{arg}` of `{func}(...)` {why}"),
+    )
+    .label(loc, "out of range")
+    .help(help)
 }
 
 /// A path argument, resolved against the directory of the file that wrote it; it must exist.
 fn path_value(c: &mut Checker, frame: &Frame, v: &Value, loc: Loc, dir: bool) -> Option<LocalPath> {
     let Value::Str(written) = v else { return None };
     let resolved = c.modules[frame.module].dir.join(written);
-    let found = if dir { resolved.is_dir() } else { resolved.is_file() };
+    let found = if dir {
+        resolved.is_dir()
+    } else {
+        resolved.is_file()
+    };
     if !found {
         let what = if dir { "model directory" } else { "data file" };
-        let help = if resolved.exists() {
-            format!("`{written}` exists but is not a {}", if dir { "directory" } else { "file" })
+        let shown = written.escape_debug().to_string();
+        let d = if resolved.exists() {
+            let is = if dir {
+                "a file, not a directory"
+            } else {
+                "a directory, not a file"
+            };
+            Diag::error("ptl::path_not_found", format!("`{shown}` is {is}"))
+                .label(loc, format!("not a {what}"))
+                .help(if dir {
+                    "hf_model takes the directory that holds config.json and the weights"
+                } else {
+                    "jsonl takes one .jsonl file"
+                })
         } else {
-            format!("paths are relative to the file that names them; looked for {}", resolved.display())
-        };
-        c.error(
-            Diag::error("ptl::path_not_found", format!("{what} `{written}` not found"))
+            let mut help = format!(
+                "paths are relative to the file that names them; looked for {}",
+                resolved.display()
+            );
+            if written.contains(['\t', '\n', '\r']) {
+                help = "the path holds a tab or line break: write `/` between folders, not `\\`"
+                    .to_string();
+            }
+            Diag::error("ptl::path_not_found", format!("{what} `{shown}` not found"))
                 .label(loc, "no such path")
-                .help(help),
-        );
+                .help(help)
+        };
+        c.error(d);
         return None;
     }
     Some(LocalPath {
@@ -219,23 +297,54 @@ fn path_value(c: &mut Checker, frame: &Frame, v: &Value, loc: Loc, dir: bool) ->
 
 /// `env("NAME", default)`: the variable's value, typed like the default.
 fn env(c: &mut Checker, frame: &Frame, binding: &str, args: &[Arg], span: Span) -> Value {
-    let bound = c.bind_args(frame, "env", "env(name, default = ...)", &[("name", false), ("default", true)], args, span);
+    let bound = c.bind_args(
+        frame,
+        "env",
+        "env(name, default = ...)",
+        &[("name", false), ("default", true)],
+        args,
+        span,
+    );
     let name = bound[0].map(|a| (c.eval(frame, binding, &a.value), c.loc(frame, a.value.span)));
     let default = bound[1].map(|a| c.eval(frame, binding, &a.value));
     let Some((name_value, name_loc)) = name else {
         return Value::Error;
     };
-    let Value::Str(var) = c.expect_type(name_value, &Type::Str, name_loc, "argument `name` of `env`") else {
+    let Value::Str(var) =
+        c.expect_type(name_value, &Type::Str, name_loc, "argument `name` of `env`")
+    else {
         return Value::Error;
     };
+    if let Some(d) = &default {
+        if !matches!(
+            d,
+            Value::Str(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_) | Value::Error
+        ) {
+            let loc = bound[1].map_or(c.loc(frame, span), |a| c.loc(frame, a.value.span));
+            c.error(
+                Diag::error(
+                    "ptl::type_mismatch",
+                    format!("the default of `env` is {}", d.a_describe()),
+                )
+                .label(loc, "not a string, number or bool")
+                .help("environment variables hold text: give a string, number or bool default"),
+            );
+            return Value::Error;
+        }
+    }
     let Ok(raw) = std::env::var(&var) else {
         return match default {
             Some(d) => d,
             None => {
                 c.error(
-                    Diag::error("ptl::env_missing", format!("environment variable `{var}` is not set"))
-                        .label(name_loc, "not set")
-                        .help(format!("set it, or give a default: env(\"{var}\", \"...\")")),
+                    Diag::error(
+                        "ptl::env_missing",
+                        format!("environment variable `{var}` is not set"),
+                    )
+                    .label(name_loc, "not set")
+                    .help(format!(
+                        "set it, or give a default: env(\"{var}\", \"...\")"
+                    )),
                 );
                 Value::Error
             }
@@ -243,7 +352,12 @@ fn env(c: &mut Checker, frame: &Frame, binding: &str, args: &[Arg], span: Span) 
     };
     let parsed = match &default {
         Some(Value::Int(_)) => raw.trim().parse().ok().map(Value::Int),
-        Some(Value::Float(_)) => raw.trim().parse().ok().filter(|f: &f64| f.is_finite()).map(Value::Float),
+        Some(Value::Float(_)) => raw
+            .trim()
+            .parse()
+            .ok()
+            .filter(|f: &f64| f.is_finite())
+            .map(Value::Float),
         Some(Value::Bool(_)) => match raw.trim() {
             "true" | "1" => Some(Value::Bool(true)),
             "false" | "0" => Some(Value::Bool(false)),
@@ -252,11 +366,18 @@ fn env(c: &mut Checker, frame: &Frame, binding: &str, args: &[Arg], span: Span) 
         _ => Some(Value::Str(raw.clone())),
     };
     parsed.unwrap_or_else(|| {
-        let want = default.as_ref().map_or("string".to_string(), Value::describe);
+        let want = default
+            .as_ref()
+            .map_or("string".to_string(), Value::describe);
         c.error(
-            Diag::error("ptl::type_mismatch", format!("environment variable `{var}` is not a {want}"))
-                .label(c.loc(frame, span), format!("`{var}` = {raw:?}"))
-                .help(format!("the default makes this a {want}; set `{var}` to one")),
+            Diag::error(
+                "ptl::type_mismatch",
+                format!("environment variable `{var}` is not a {want}"),
+            )
+            .label(c.loc(frame, span), format!("`{var}` = {raw:?}"))
+            .help(format!(
+                "the default makes this a {want}; set `{var}` to one"
+            )),
         );
         Value::Error
     })

@@ -13,20 +13,19 @@ impl Checker {
         if self.budget == 0 {
             return Value::Error;
         }
-        self.budget -= 1;
-        if self.budget == 0 {
-            let d = Diag::error("ptl::too_complex", "the pipeline takes too many steps to evaluate")
-                .label(self.loc(frame, e.span), "evaluation stopped here")
-                .help("look for functions that call each other many times over");
-            self.error(d);
+        if self.budget == 1 {
+            self.exhausted(frame, e.span);
             return Value::Error;
         }
+        self.budget -= 1;
         match &e.kind {
             ExprKind::Int(i) => Value::Int(*i),
             ExprKind::Float(f) => Value::Float(*f),
             ExprKind::Str(s) => Value::Str(s.clone()),
             ExprKind::Bool(b) => Value::Bool(*b),
-            ExprKind::List(items) => Value::List(items.iter().map(|i| self.eval(frame, binding, i)).collect()),
+            ExprKind::List(items) => {
+                Value::List(items.iter().map(|i| self.eval(frame, binding, i)).collect())
+            }
             ExprKind::Record(fields) => {
                 let mut map = BTreeMap::new();
                 let mut seen: HashMap<&str, Span> = HashMap::new();
@@ -39,7 +38,10 @@ impl Checker {
                 }
                 Value::Record(map)
             }
-            ExprKind::Path(parts) => self.resolve_path(frame, parts, false),
+            ExprKind::Path(parts) => {
+                let v = self.resolve_path(frame, parts, false);
+                self.charge(frame, e.span, v)
+            }
             ExprKind::Call { callee, args } => {
                 let f = self.resolve_path(frame, callee, true);
                 self.call(frame, binding, f, callee, args, e.span)
@@ -50,9 +52,15 @@ impl Checker {
                 Value::Float(f) => Value::Float(-f),
                 Value::Error => Value::Error,
                 other => {
-                    let d = Diag::error("ptl::type_mismatch", format!("cannot negate a {}", other.describe()))
-                        .label(self.loc(frame, inner.span), format!("this is a {}", other.describe()))
-                        .help("only numbers can be negated");
+                    let d = Diag::error(
+                        "ptl::type_mismatch",
+                        format!("cannot negate {}", other.a_describe()),
+                    )
+                    .label(
+                        self.loc(frame, inner.span),
+                        format!("this is {}", other.a_describe()),
+                    )
+                    .help("only numbers can be negated");
                     self.error(d);
                     Value::Error
                 }
@@ -60,12 +68,47 @@ impl Checker {
             ExprKind::Binary { op, lhs, rhs } => {
                 let a = self.eval(frame, binding, lhs);
                 let b = self.eval(frame, binding, rhs);
-                self.binary(frame, *op, a, b, e.span, rhs.span)
+                let v = self.binary(frame, *op, a, b, e.span, rhs.span);
+                self.charge(frame, e.span, v)
             }
         }
     }
 
-    fn binary(&mut self, frame: &Frame, op: BinOp, a: Value, b: Value, span: Span, rhs: Span) -> Value {
+    /// Counts a value's size against the budget, so values that double in size stop like loops do.
+    fn charge(&mut self, frame: &Frame, span: Span, v: Value) -> Value {
+        let cost = v.weight(self.budget as usize + 1) as u64;
+        if cost <= 1 {
+            return v;
+        }
+        if cost >= self.budget {
+            self.budget = 1;
+            self.exhausted(frame, span);
+            return Value::Error;
+        }
+        self.budget -= cost;
+        v
+    }
+
+    pub(super) fn exhausted(&mut self, frame: &Frame, span: Span) {
+        if self.budget > 1 {
+            return;
+        }
+        self.budget = 0;
+        let d = Diag::error("ptl::too_complex", "the pipeline takes too many steps to evaluate")
+            .label(self.loc(frame, span), "evaluation stopped here")
+            .help("look for functions that call each other many times over, or values that double in size");
+        self.error(d);
+    }
+
+    fn binary(
+        &mut self,
+        frame: &Frame,
+        op: BinOp,
+        a: Value,
+        b: Value,
+        span: Span,
+        rhs: Span,
+    ) -> Value {
         use Value::*;
         let num = |v: &Value| match v {
             Int(i) => Some(*i as f64),
@@ -117,7 +160,12 @@ impl Checker {
             Option::None => {
                 let d = Diag::error(
                     "ptl::type_mismatch",
-                    format!("cannot apply `{}` to a {} and a {}", op.symbol(), a.describe(), b.describe()),
+                    format!(
+                        "cannot apply `{}` to {} and {}",
+                        op.symbol(),
+                        a.a_describe(),
+                        b.a_describe()
+                    ),
                 )
                 .label(self.loc(frame, span), "here")
                 .help("+ - * / work on numbers; + also joins strings and lists");
@@ -138,12 +186,29 @@ impl Checker {
         super::builtins::value(name)
     }
 
+    /// "declared further down" help when a top-level `let` or `stage v = f()` comes after its use.
+    fn declared_later(&self, frame: &Frame, name: &str) -> Option<String> {
+        let m = &self.modules[frame.module];
+        m.ast.items.iter().find_map(|item| {
+            let declared = match &item.kind {
+                ast::ItemKind::Let { name: n, .. } | ast::ItemKind::Stage { name: n, .. } => n,
+                _ => return None,
+            };
+            (declared.name == name).then(|| {
+                let (line, _) = self.sources.line_col(m.file, declared.span.start);
+                format!("`{name}` is declared further down, on line {line}; `let` and `stage x = f(...)` bindings run in order: move it up")
+            })
+        })
+    }
+
     fn visible_names(&self, frame: &Frame, functions: bool) -> Vec<String> {
         let locals = frame.locals.iter().flat_map(|l| l.iter());
         let globals = self.modules[frame.module].globals.iter();
         let mut names: Vec<String> = locals
             .chain(globals)
-            .filter(|(_, b)| !functions || matches!(b.value, Value::Function { .. } | Value::Module(_)))
+            .filter(|(_, b)| {
+                !functions || matches!(b.value, Value::Function { .. } | Value::Module(_))
+            })
             .map(|(n, _)| n.clone())
             .collect();
         names.extend(super::builtins::NAMES.iter().map(|s| s.to_string()));
@@ -158,7 +223,8 @@ impl Checker {
             Some(v) => v,
             None => {
                 let names = self.visible_names(frame, as_function);
-                let help = did_you_mean(&first.name, names.iter().map(String::as_str));
+                let help = did_you_mean(&first.name, names.iter().map(String::as_str))
+                    .or_else(|| self.declared_later(frame, &first.name));
                 let (code, what) = if as_function {
                     ("ptl::unknown_function", "function")
                 } else if parts.len() > 1 {
@@ -170,9 +236,13 @@ impl Checker {
                     .label(self.loc(frame, first.span), "not defined")
                     .help(help.unwrap_or_else(|| {
                         if as_function {
-                            format!("functions are defined with `fn`; builtins: {}", super::builtins::NAMES.join(", "))
+                            format!(
+                                "functions are defined with `fn`; builtins: {}",
+                                super::builtins::NAMES.join(", ")
+                            )
                         } else {
-                            "names come from `let`, `stage`, `fn`, `import` and function parameters".to_string()
+                            "names come from `let`, `stage`, `fn`, `import` and function parameters"
+                                .to_string()
                         }
                     }));
                 self.error(d);
@@ -206,12 +276,21 @@ impl Checker {
                     },
                     None => {
                         let outputs: Vec<&str> = kind.outputs.iter().map(|o| o.name).collect();
-                        let help = did_you_mean(&seg.name, outputs.iter().copied())
-                            .unwrap_or_else(|| format!("a {} stage's outputs are: {}", kind.name, outputs.join(", ")));
+                        let help =
+                            did_you_mean(&seg.name, outputs.iter().copied()).unwrap_or_else(|| {
+                                format!(
+                                    "a {} stage's outputs are: {}",
+                                    kind.name,
+                                    outputs.join(", ")
+                                )
+                            });
                         self.error(
                             Diag::error(
                                 "ptl::unknown_output",
-                                format!("stage `{owner}` ({}) has no output `{}`", kind.name, seg.name),
+                                format!(
+                                    "stage `{owner}` ({}) has no output `{}`",
+                                    kind.name, seg.name
+                                ),
                             )
                             .label(loc, "unknown output")
                             .help(help),
@@ -232,34 +311,62 @@ impl Checker {
                         ret: Box::new(Value::None),
                     };
                 }
-                if *ret == Value::None {
-                    let inner: Vec<String> = self
-                        .stage_index
-                        .keys()
-                        .filter_map(|k| k.strip_prefix(&format!("{prefix}.")))
-                        .map(|k| k.split('.').next().unwrap_or(k).to_string())
-                        .collect();
-                    let help = did_you_mean(&seg.name, inner.iter().map(String::as_str))
-                        .unwrap_or_else(|| format!("`{owner}` declares: {}", inner.join(", ")));
-                    self.error(
-                        Diag::error("ptl::unknown_reference", format!("`{owner}` has no stage `{}`", seg.name))
-                            .label(loc, "not declared by the function")
-                            .help(help),
-                    );
-                    return Value::Error;
+                // Not one of the group's stages: a member of what the function returned.
+                let ret_has = match &*ret {
+                    Value::Stage(id) => self.stages[*id]
+                        .kind
+                        .is_some_and(|k| k.output(&seg.name).is_some()),
+                    Value::Record(fields) => fields.contains_key(&seg.name),
+                    Value::Group { .. } | Value::Module(_) | Value::Error => true,
+                    _ => false,
+                };
+                if ret_has {
+                    return self.member(frame, *ret, owner, seg);
                 }
-                self.member(frame, *ret, owner, seg)
+                let mut candidates: Vec<String> = self
+                    .stage_index
+                    .keys()
+                    .filter_map(|k| k.strip_prefix(&format!("{prefix}.")))
+                    .map(|k| k.split('.').next().unwrap_or(k).to_string())
+                    .collect();
+                if let Value::Stage(id) = &*ret {
+                    if let Some(k) = self.stages[*id].kind {
+                        candidates.extend(k.outputs.iter().map(|o| o.name.to_string()));
+                    }
+                }
+                candidates.sort();
+                candidates.dedup();
+                let help = did_you_mean(&seg.name, candidates.iter().map(String::as_str))
+                    .unwrap_or_else(|| format!("`{owner}` has: {}", candidates.join(", ")));
+                self.error(
+                    Diag::error(
+                        "ptl::unknown_reference",
+                        format!("`{owner}` has no stage or output `{}`", seg.name),
+                    )
+                    .label(
+                        loc,
+                        "not declared by the function, nor an output of what it returned",
+                    )
+                    .help(help),
+                );
+                Value::Error
             }
             Value::Module(m) => match self.modules[m].globals.get(&seg.name) {
                 Some(b) => b.value.clone(),
                 None => {
                     let names: Vec<String> = self.modules[m].globals.keys().cloned().collect();
                     let help = did_you_mean(&seg.name, names.iter().map(String::as_str))
-                        .unwrap_or_else(|| "an imported file's `let`, `fn` and `stage` names can be used".to_string());
+                        .unwrap_or_else(|| {
+                            "an imported file's `let`, `fn` and `stage` names can be used"
+                                .to_string()
+                        });
                     self.error(
-                        Diag::error("ptl::unknown_reference", format!("module `{owner}` has no `{}`", seg.name))
-                            .label(loc, "not defined there")
-                            .help(help),
+                        Diag::error(
+                            "ptl::unknown_reference",
+                            format!("module `{owner}` has no `{}`", seg.name),
+                        )
+                        .label(loc, "not defined there")
+                        .help(help),
                     );
                     Value::Error
                 }
@@ -267,12 +374,16 @@ impl Checker {
             Value::Record(mut fields) => match fields.remove(&seg.name) {
                 Some(v) => v,
                 None => {
-                    let help = did_you_mean(&seg.name, fields.keys().map(String::as_str))
-                        .unwrap_or_else(|| "the record has no field of that name".to_string());
+                    let names: Vec<&str> = fields.keys().map(String::as_str).collect();
+                    let help = did_you_mean(&seg.name, names.iter().copied())
+                        .unwrap_or_else(|| format!("its fields: {}", names.join(", ")));
                     self.error(
-                        Diag::error("ptl::unknown_reference", format!("record `{owner}` has no field `{}`", seg.name))
-                            .label(loc, "no such field")
-                            .help(help),
+                        Diag::error(
+                            "ptl::unknown_reference",
+                            format!("record `{owner}` has no field `{}`", seg.name),
+                        )
+                        .label(loc, "no such field")
+                        .help(help),
                     );
                     Value::Error
                 }
@@ -281,23 +392,39 @@ impl Checker {
                 self.error(
                     Diag::error(
                         "ptl::no_member",
-                        format!("`{owner}` is a {}; it has no member `{}`", other.describe(), seg.name),
+                        format!(
+                            "`{owner}` is {}; it has no member `{}`",
+                            other.a_describe(),
+                            seg.name
+                        ),
                     )
                     .label(loc, "no such member")
-                    .help("only stages, imported modules, groups of stages and records have members"),
+                    .help(
+                        "only stages, imported modules, groups of stages and records have members",
+                    ),
                 );
                 Value::Error
             }
         }
     }
 
-    fn call(&mut self, frame: &Frame, binding: &str, f: Value, callee: &[ast::Ident], args: &[Arg], span: Span) -> Value {
+    fn call(
+        &mut self,
+        frame: &Frame,
+        binding: &str,
+        f: Value,
+        callee: &[ast::Ident],
+        args: &[Arg],
+        span: Span,
+    ) -> Value {
         if self.budget == 0 {
             return Value::Error;
         }
         match f {
             Value::Builtin(name) => super::builtins::call(self, frame, binding, name, args, span),
-            Value::Function { module, index } => self.call_user(frame, binding, module, index, callee, args, span),
+            Value::Function { module, index } => {
+                self.call_user(frame, binding, module, index, callee, args, span)
+            }
             Value::Error => {
                 for a in args {
                     self.eval(frame, binding, &a.value);
@@ -307,7 +434,11 @@ impl Checker {
             other => {
                 let d = Diag::error(
                     "ptl::not_callable",
-                    format!("`{}` is a {}, not a function", path_text(callee), other.describe()),
+                    format!(
+                        "`{}` is {}, not a function",
+                        path_text(callee),
+                        other.a_describe()
+                    ),
                 )
                 .label(self.loc(frame, path_span(callee)), "called here")
                 .help("only functions (`fn`) and builtins can be called");
@@ -337,19 +468,32 @@ impl Checker {
             if std::mem::replace(&mut self.recursion_reported, true) {
                 return Value::Error;
             }
-            let d = Diag::error("ptl::recursion_limit", format!("calls nest deeper than {MAX_CALL_DEPTH}"))
-                .label(self.loc(frame, span), "too deep here")
-                .help("a function that calls itself without end never finishes; functions cannot recurse");
+            let d = Diag::error(
+                "ptl::recursion_limit",
+                format!("calls nest deeper than {MAX_CALL_DEPTH}"),
+            )
+            .label(self.loc(frame, span), "too deep here")
+            .help(
+                "a function that calls itself without end never finishes; functions cannot recurse",
+            );
             self.error(d);
             return Value::Error;
         }
-        let params: Vec<(&str, bool)> = decl.params.iter().map(|p| (p.name.name.as_str(), p.default.is_some())).collect();
+        let params: Vec<(&str, bool)> = decl
+            .params
+            .iter()
+            .map(|p| (p.name.name.as_str(), p.default.is_some()))
+            .collect();
         let signature = format!(
             "{}({})",
             decl.name.name,
             decl.params
                 .iter()
-                .map(|p| if p.default.is_some() { format!("{} = ...", p.name.name) } else { p.name.name.clone() })
+                .map(|p| if p.default.is_some() {
+                    format!("{} = ...", p.name.name)
+                } else {
+                    p.name.name.clone()
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -365,6 +509,7 @@ impl Checker {
             file: self.modules[module].file,
             locals: Some(HashMap::new()),
             prefix: binding.to_string(),
+            origin: frame.origin.or(Some(self.loc(frame, span))),
         };
         let callee_file = self.modules[module].file;
         for (p, v) in decl.params.iter().zip(values) {
@@ -378,10 +523,15 @@ impl Checker {
                 span: p.name.span,
             };
             if let Some(l) = &mut callee_frame.locals {
-                if l.insert(p.name.name.clone(), Binding { value: v, loc }).is_some() {
-                    let d = Diag::error("ptl::duplicate_name", format!("parameter `{}` is declared twice", p.name.name))
-                        .label(loc, "declared again here")
-                        .help("give each parameter its own name");
+                if l.insert(p.name.name.clone(), Binding { value: v, loc })
+                    .is_some()
+                {
+                    let d = Diag::error(
+                        "ptl::duplicate_name",
+                        format!("parameter `{}` is declared twice", p.name.name),
+                    )
+                    .label(loc, "declared again here")
+                    .help("give each parameter its own name");
                     self.error(d);
                 }
             }
@@ -413,20 +563,29 @@ impl Checker {
         let mut bound: Vec<Option<&Arg>> = vec![None; params.len()];
         let mut positional = 0;
         let mut seen_named = false;
+        let mut misplaced = false;
         for a in args {
             match &a.name {
                 None => {
                     if seen_named {
-                        let d = Diag::error("ptl::bad_argument", "positional argument after a named one")
-                            .label(self.loc(frame, a.span), "positional")
-                            .help("put positional arguments first, or name this one too");
+                        let d = Diag::error(
+                            "ptl::bad_argument",
+                            "positional argument after a named one",
+                        )
+                        .label(self.loc(frame, a.span), "positional")
+                        .help("put positional arguments first, or name this one too");
                         self.error(d);
+                        misplaced = true;
                         continue;
                     }
                     if positional >= params.len() {
                         let d = Diag::error(
                             "ptl::arity",
-                            format!("`{name}` takes {} argument(s), found {}", params.len(), positional + 1),
+                            format!(
+                                "`{name}` takes {} argument(s), found {}",
+                                params.len(),
+                                positional + 1
+                            ),
                         )
                         .label(self.loc(frame, a.span), "unexpected argument")
                         .help(format!("the signature is `{signature}`"));
@@ -466,7 +625,7 @@ impl Checker {
             }
         }
         for (i, (p, has_default)) in params.iter().enumerate() {
-            if bound[i].is_none() && !has_default {
+            if bound[i].is_none() && !has_default && !misplaced {
                 let d = Diag::error("ptl::arity", format!("missing argument `{p}` of `{name}`"))
                     .label(self.loc(frame, span), format!("`{p}` is not given"))
                     .help(format!("the signature is `{signature}`"));
@@ -477,10 +636,13 @@ impl Checker {
     }
 
     pub(super) fn duplicate_field(&mut self, frame: &Frame, name: &ast::Ident, first: Span) {
-        let d = Diag::error("ptl::duplicate_field", format!("field `{}` is set twice", name.name))
-            .label(self.loc(frame, name.span), "set again here")
-            .label(self.loc(frame, first), "first set here")
-            .help("remove one of them");
+        let d = Diag::error(
+            "ptl::duplicate_field",
+            format!("field `{}` is set twice", name.name),
+        )
+        .label(self.loc(frame, name.span), "set again here")
+        .label(self.loc(frame, first), "first set here")
+        .help("remove one of them");
         self.error(d);
     }
 }

@@ -17,6 +17,7 @@ impl Checker {
             file: root_file,
             locals: None,
             prefix: String::new(),
+            origin: None,
         };
         let top = Loc {
             file: root_file,
@@ -32,9 +33,14 @@ impl Checker {
         self.stage_rules();
         self.unused_overrides();
         self.cycles();
-        if self.stages.is_empty() {
+        if self.stages.is_empty() && !self.diags.has_errors() {
             let d = if self.modules[0].ast.items.is_empty() {
-                Diag::error("ptl::empty", "the pipeline file is empty")
+                let what = if self.sources.text(root_file).trim().is_empty() {
+                    "is empty"
+                } else {
+                    "holds only comments"
+                };
+                Diag::error("ptl::empty", format!("the pipeline file {what}"))
                     .label(top, "nothing here")
                     .help("declare a stage: `stage sft = sft { model = hf_model(\"...\"), data = jsonl(\"...\") }`")
             } else {
@@ -57,7 +63,12 @@ impl Checker {
                 Some(Stage {
                     name: s.name.clone(),
                     kind: s.kind?,
-                    params: s.params.iter().filter(|(_, v)| **v != Value::None).map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    params: s
+                        .params
+                        .iter()
+                        .filter(|(_, v)| **v != Value::None)
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
                     decl: s.decl,
                     deps,
                 })
@@ -89,7 +100,11 @@ impl Checker {
     }
 
     fn stage_rules(&mut self) {
-        let tunings: Vec<Option<Value>> = self.stages.iter().map(|s| s.params.get("tuning").cloned()).collect();
+        let tunings: Vec<Option<Value>> = self
+            .stages
+            .iter()
+            .map(|s| s.params.get("tuning").cloned())
+            .collect();
         let upstream = |id: StageId| tunings.get(id).cloned().flatten();
         let mut found = Vec::new();
         for s in &self.stages {
@@ -99,6 +114,7 @@ impl Checker {
             }
             let view = StageView {
                 name: &s.name,
+                kind,
                 decl: s.decl,
                 params: &s.params,
                 locs: &s.locs,
@@ -141,16 +157,31 @@ impl Checker {
                     .find(|(d, _)| members.contains(d) && (!order.contains(d) || *d == first))
                     .copied();
                 let Some((next, loc)) = next else { break };
-                labels.push((loc, format!("`{}` uses `{}`", self.stages[cur].name, self.stages[next].name)));
+                labels.push((
+                    loc,
+                    format!(
+                        "`{}` uses `{}`",
+                        self.stages[cur].name, self.stages[next].name
+                    ),
+                ));
                 if next == first {
                     break;
                 }
                 order.push(next);
                 cur = next;
             }
-            let mut names: Vec<&str> = order.iter().map(|i| self.stages[*i].name.as_str()).collect();
+            let mut names: Vec<&str> = order
+                .iter()
+                .map(|i| self.stages[*i].name.as_str())
+                .collect();
             names.push(&self.stages[first].name);
-            let mut d = Diag::error("ptl::cycle", format!("stages depend on each other in a cycle: {}", names.join(" → ")));
+            let mut d = Diag::error(
+                "ptl::cycle",
+                format!(
+                    "stages depend on each other in a cycle: {}",
+                    names.join(" → ")
+                ),
+            );
             for (loc, text) in labels {
                 d = d.label(loc, text);
             }

@@ -45,7 +45,13 @@ impl Checker {
     }
 
     /// Parses a registered file into a new module (without running it).
-    fn add_module(&mut self, key: String, file: FileId, dir: PathBuf, prefix: String) -> Option<ModuleId> {
+    fn add_module(
+        &mut self,
+        key: String,
+        file: FileId,
+        dir: PathBuf,
+        prefix: String,
+    ) -> Option<ModuleId> {
         let ast = match parse::parse(file, self.sources.text(file)) {
             Ok(ast) => ast,
             Err(diags) => {
@@ -77,13 +83,19 @@ impl Checker {
         let name = match alias {
             Some(a) => a.clone(),
             None => {
-                let valid = stem.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                let valid = stem
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                     && stem.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                 if !valid {
                     self.error(
-                        Diag::error("ptl::bad_import", format!("`{}` needs a name to be imported as", lit.value))
-                            .label(at, "the file name is not a valid name")
-                            .help(format!("write `import \"{}\" as some_name`", lit.value)),
+                        Diag::error(
+                            "ptl::bad_import",
+                            format!("`{}` needs a name to be imported as", lit.value),
+                        )
+                        .label(at, "the file name is not a valid name")
+                        .help(format!("write `import \"{}\" as some_name`", lit.value)),
                     );
                     return;
                 }
@@ -108,11 +120,17 @@ impl Checker {
                     None,
                 ),
                 None => {
-                    let names: Vec<String> = stdlib::FILES.iter().map(|(n, _)| format!("std/{n}")).collect();
+                    let names: Vec<String> = stdlib::FILES
+                        .iter()
+                        .map(|(n, _)| format!("std/{n}"))
+                        .collect();
                     self.error(
-                        Diag::error("ptl::import_not_found", format!("no standard library file `{}`", lit.value))
-                            .label(at, "not in the standard library")
-                            .help(format!("the standard library has: {}", names.join(", "))),
+                        Diag::error(
+                            "ptl::import_not_found",
+                            format!("no standard library file `{}`", lit.value),
+                        )
+                        .label(at, "not in the standard library")
+                        .help(format!("the standard library has: {}", names.join(", "))),
                     );
                     return Value::Error;
                 }
@@ -120,26 +138,41 @@ impl Checker {
         } else {
             let path = self.modules[frame.module].dir.join(&lit.value);
             match std::fs::read(&path) {
-                Ok(bytes) => (module_key(&path), lit.value.clone(), bytes, parent_dir(&path), Some(path)),
+                Ok(bytes) => (
+                    module_key(&path),
+                    path.display().to_string(),
+                    bytes,
+                    parent_dir(&path),
+                    Some(path),
+                ),
                 Err(e) => {
                     self.error(
-                        Diag::error("ptl::import_not_found", format!("cannot import `{}`: {e}", lit.value))
-                            .label(at, "not found")
-                            .help(format!(
-                                "imports are relative to the importing file; looked for {}",
-                                path.display()
-                            )),
+                        Diag::error(
+                            "ptl::import_not_found",
+                            format!("cannot import `{}`: {e}", lit.value),
+                        )
+                        .label(at, "not found")
+                        .help(format!(
+                            "imports are relative to the importing file; looked for {}",
+                            path.display()
+                        )),
                     );
                     return Value::Error;
                 }
             }
         };
         if let Some(pos) = self.loading.iter().position(|(k, _)| *k == key) {
-            let mut chain: Vec<&str> = self.loading[pos..].iter().map(|(_, d)| d.as_str()).collect();
+            let mut chain: Vec<&str> = self.loading[pos..]
+                .iter()
+                .map(|(_, d)| d.as_str())
+                .collect();
             chain.push(&display);
             let d = Diag::error("ptl::import_cycle", "import cycle")
                 .label(at, "imports a file that is still being loaded")
-                .help(format!("the imports go {}; move what both need into a third file", chain.join(" → ")));
+                .help(format!(
+                    "the imports go {}; move what both need into a third file",
+                    chain.join(" → ")
+                ));
             self.error(d);
             return Value::Error;
         }

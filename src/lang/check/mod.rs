@@ -43,8 +43,11 @@ pub fn check_file(path: &Path, overrides: &[String]) -> Checked {
         Err(e) => {
             let mut c = Checker::new();
             c.error(
-                Diag::error("ptl::file_not_found", format!("cannot read {}: {e}", path.display()))
-                    .help("give the path of a .ptl pipeline file"),
+                Diag::error(
+                    "ptl::file_not_found",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+                .help("give the path of a .ptl pipeline file"),
             );
             Checked {
                 sources: c.sources,
@@ -99,12 +102,16 @@ struct Frame {
     locals: Option<HashMap<String, Binding>>,
     /// Qualifier for stages declared in this frame.
     prefix: String,
+    /// Inside a function: the outermost call, in the file the user wrote it.
+    origin: Option<Loc>,
 }
 
 struct StageSlot {
     name: String,
     kind: Option<&'static Kind>,
     decl: Loc,
+    /// The top-level call that declared it, for stages declared inside functions.
+    origin: Option<Loc>,
     params: BTreeMap<String, Value>,
     locs: BTreeMap<String, Loc>,
     /// Upstream stages and where the reference was written.
@@ -163,14 +170,20 @@ impl Checker {
             self.diags.push(d);
         } else if self.diags.list.len() == MAX_DIAGNOSTICS {
             self.diags.push(
-                Diag::error("ptl::too_many_errors", format!("more than {MAX_DIAGNOSTICS} problems; the rest are not shown"))
-                    .help("fix the problems above and check again"),
+                Diag::error(
+                    "ptl::too_many_errors",
+                    format!("more than {MAX_DIAGNOSTICS} problems; the rest are not shown"),
+                )
+                .help("fix the problems above and check again"),
             );
         }
     }
 
     fn loc(&self, frame: &Frame, span: super::source::Span) -> Loc {
-        Loc { file: frame.file, span }
+        Loc {
+            file: frame.file,
+            span,
+        }
     }
 
     /// Evaluates a module's top-level statements in order (stages are declared first, so they may
@@ -182,6 +195,7 @@ impl Checker {
             file: self.modules[m].file,
             locals: None,
             prefix: self.modules[m].prefix.clone(),
+            origin: None,
         };
         for item in &ast.items {
             if let ast::ItemKind::Import { path, alias } = &item.kind {
@@ -205,9 +219,19 @@ impl Checker {
         match &item.kind {
             ast::ItemKind::Let { name, value } => {
                 let binding = qualify(&frame.prefix, &name.name);
+                let before = self.stages.len();
                 let v = match self.let_override(frame, &name.name) {
                     Some(v) => v,
                     None => self.eval(frame, &binding, value),
+                };
+                // A function that declared stages: keep them reachable as `name.stage`.
+                let v = if self.stages.len() > before {
+                    Value::Group {
+                        prefix: binding,
+                        ret: Box::new(v),
+                    }
+                } else {
+                    v
                 };
                 self.bind(frame, name, v, false);
             }
@@ -219,7 +243,11 @@ impl Checker {
                 }
                 ast::StageBody::Expr(e) => {
                     let binding = qualify(&frame.prefix, &name.name);
+                    let before = self.stages.len();
                     let ret = self.eval(frame, &binding, e);
+                    if self.stages.len() == before && ret != Value::Error {
+                        self.not_a_stage(frame, name, e);
+                    }
                     let value = Value::Group {
                         prefix: binding,
                         ret: Box::new(ret),
@@ -244,24 +272,74 @@ impl Checker {
                 } => {
                     let qualified = qualify(&frame.prefix, &name.name);
                     let decl = self.loc(frame, name.span);
-                    let id = self.declare_stage(qualified, crate::stages::kind(&kind.name), decl)?;
-                    self.bind(frame, name, Value::Stage(id), true);
-                    Some(id)
+                    let origin = frame.origin;
+                    let id = self.declare_stage(
+                        qualified,
+                        crate::stages::kind(&kind.name),
+                        decl,
+                        origin,
+                    );
+                    // A duplicate is reported once; binding it to an error keeps its uses quiet.
+                    let value = id.map_or(Value::Error, Value::Stage);
+                    self.bind(frame, name, value, true);
+                    id
                 }
                 _ => None,
             })
             .collect()
     }
 
-    fn declare_stage(&mut self, name: String, kind: Option<&'static Kind>, decl: Loc) -> Option<StageId> {
+    /// `stage x = <expression>` where the expression declared no stages.
+    fn not_a_stage(&mut self, frame: &Frame, name: &ast::Ident, e: &ast::Expr) {
+        let loc = self.loc(frame, e.span);
+        let d = match &e.kind {
+            ast::ExprKind::Record(_) => Diag::error("ptl::not_a_stage", format!("stage `{}` has no kind", name.name))
+                .label(loc, "a record, not a stage")
+                .help(format!("name the kind before the block: `stage {} = sft {{ ... }}`; `ptl doc` lists the kinds", name.name)),
+            ast::ExprKind::Call { callee, .. } => Diag::error(
+                "ptl::not_a_stage",
+                format!("`{}` declares no stages", ast::path_text(callee)),
+            )
+            .label(loc, "this call declares no stage")
+            .help(format!("bind a plain value with `let {} = ...`", name.name)),
+            _ => Diag::error("ptl::not_a_stage", format!("`stage {}` is not given a stage", name.name))
+                .label(loc, "not a stage")
+                .help(format!(
+                    "write `stage {} = KIND {{ ... }}`, or call a function that declares stages; bind values with `let`",
+                    name.name
+                )),
+        };
+        self.error(d);
+    }
+
+    fn declare_stage(
+        &mut self,
+        name: String,
+        kind: Option<&'static Kind>,
+        decl: Loc,
+        origin: Option<Loc>,
+    ) -> Option<StageId> {
         if let Some(&other) = self.stage_index.get(&name) {
-            let first = self.stages[other].decl;
-            let mut d = Diag::error("ptl::duplicate_stage", format!("stage `{name}` is declared twice"))
-                .label(decl, "declared again here");
-            if first.file == decl.file {
-                d = d.label(first, "first declared here");
+            let first = &self.stages[other];
+            // Stages a function declares are shown where the user called the function.
+            let (again, before) = match (origin, first.origin) {
+                (Some(a), Some(b)) if a != b => (a, b),
+                _ => (decl, first.decl),
+            };
+            let mut d = Diag::error(
+                "ptl::duplicate_stage",
+                format!("stage `{name}` is declared twice"),
+            )
+            .label(again, "declared again here");
+            if before.file == again.file && before != again {
+                d = d.label(before, "first declared here");
             }
-            self.error(d.help("stage names are unique in a pipeline; rename one of them"));
+            let help = if origin.is_some() {
+                "stage names are unique in a pipeline; call the function from separate `stage` or `let` bindings"
+            } else {
+                "stage names are unique in a pipeline; rename one of them"
+            };
+            self.error(d.help(help));
             return None;
         }
         let id = self.stages.len();
@@ -269,6 +347,7 @@ impl Checker {
             name: name.clone(),
             kind,
             decl,
+            origin,
             params: BTreeMap::new(),
             locs: BTreeMap::new(),
             deps: Vec::new(),
@@ -294,10 +373,13 @@ impl Checker {
                 scope.insert(name.name.clone(), Binding { value, loc });
                 return;
             }
-            let d = Diag::error("ptl::duplicate_name", format!("`{}` is defined twice", name.name))
-                .label(loc, "defined again here")
-                .label(prev_loc, "first defined here")
-                .help("names of lets, stages, functions and imports are unique in their scope");
+            let d = Diag::error(
+                "ptl::duplicate_name",
+                format!("`{}` is defined twice", name.name),
+            )
+            .label(loc, "defined again here")
+            .label(prev_loc, "first defined here")
+            .help("names of lets, stages, functions and imports are unique in their scope");
             self.error(d);
             return;
         }

@@ -37,12 +37,21 @@ pub(super) fn parse_all(c: &mut Checker, raw: &[String]) -> Vec<Override> {
         let path = &text[..eq];
         let valid = !path.is_empty()
             && path.split('.').all(|seg| {
-                seg.chars().next().is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')
-                    && seg.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+                seg.chars()
+                    .next()
+                    .is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')
+                    && seg
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
             });
         if !valid {
+            let message = if path.is_empty() {
+                "`--set` has no path before `=`".to_string()
+            } else {
+                format!("`{path}` is not a path")
+            };
             c.error(
-                Diag::error("ptl::bad_set", format!("`{path}` is not a path"))
+                Diag::error("ptl::bad_set", message)
                     .label(
                         Loc {
                             file,
@@ -92,9 +101,16 @@ impl Checker {
                     file,
                     locals: None,
                     prefix: String::new(),
+                    origin: None,
                 };
                 let value = self.eval(&frame, "", &expr);
-                (value, Loc { file, span: expr.span })
+                (
+                    value,
+                    Loc {
+                        file,
+                        span: expr.span,
+                    },
+                )
             }
             Ok(_) => (Value::Error, loc),
             Err(diags) => {
@@ -119,15 +135,18 @@ impl Checker {
                 let o = &self.overrides[i];
                 let help = did_you_mean(&field, schema.fields.iter().map(|f| f.name))
                     .unwrap_or_else(|| format!("`ptl doc` lists the fields of {}", schema.owner));
-                let d = Diag::error("ptl::bad_set", format!("{} has no field `{field}`", schema.owner))
-                    .label(
-                        Loc {
-                            file: o.file,
-                            span: o.path_span,
-                        },
-                        "unknown field",
-                    )
-                    .help(help);
+                let d = Diag::error(
+                    "ptl::bad_set",
+                    format!("{} has no field `{field}`", schema.owner),
+                )
+                .label(
+                    Loc {
+                        file: o.file,
+                        span: o.path_span,
+                    },
+                    "unknown field",
+                )
+                .help(help);
                 self.error(d);
                 continue;
             };
@@ -144,12 +163,15 @@ impl Checker {
         if frame.module != 0 || frame.locals.is_some() {
             return None;
         }
-        let i = self
-            .overrides
-            .iter()
-            .position(|o| !o.used && o.owner.is_empty() && o.field == name)?;
-        self.overrides[i].used = true;
-        Some(self.override_value(i, false).0)
+        // As for fields, the last `--set` of a name wins.
+        let mut last = None;
+        for (i, o) in self.overrides.iter_mut().enumerate() {
+            if !o.used && o.owner.is_empty() && o.field == name {
+                o.used = true;
+                last = Some(i);
+            }
+        }
+        Some(self.override_value(last?, false).0)
     }
 
     /// Reports overrides whose path named nothing.
@@ -157,7 +179,10 @@ impl Checker {
         let stages: Vec<String> = self.stages.iter().map(|s| s.name.clone()).collect();
         let mut targets = stages.clone();
         targets.extend(["config".to_string(), "track".to_string()]);
-        let lets: Vec<String> = self.modules.first().map_or(vec![], |m| m.globals.keys().cloned().collect());
+        let lets: Vec<String> = self
+            .modules
+            .first()
+            .map_or(vec![], |m| m.globals.keys().cloned().collect());
         for i in 0..self.overrides.len() {
             let o = &self.overrides[i];
             if o.used {
@@ -169,22 +194,31 @@ impl Checker {
                 format!("{}.{}", o.owner, o.field)
             };
             let help = if o.owner.is_empty() {
-                did_you_mean(&o.field, lets.iter().map(String::as_str))
-                    .unwrap_or_else(|| "a path without a dot names a top-level `let` of the pipeline file".to_string())
+                did_you_mean(&o.field, lets.iter().map(String::as_str)).unwrap_or_else(|| {
+                    "a path without a dot names a top-level `let` of the pipeline file".to_string()
+                })
             } else {
                 did_you_mean(&o.owner, targets.iter().map(String::as_str))
                     .map(|d| format!("{d} (as the first part of the path)"))
-                    .unwrap_or_else(|| format!("paths start with a stage ({}), `config` or `track`", stages.join(", ")))
+                    .unwrap_or_else(|| {
+                        format!(
+                            "paths start with a stage ({}), `config` or `track`",
+                            stages.join(", ")
+                        )
+                    })
             };
-            let d = Diag::error("ptl::bad_set", format!("`--set {path}` names nothing in the pipeline"))
-                .label(
-                    Loc {
-                        file: o.file,
-                        span: o.path_span,
-                    },
-                    "no such stage, setting or let",
-                )
-                .help(help);
+            let d = Diag::error(
+                "ptl::bad_set",
+                format!("`--set {path}` names nothing in the pipeline"),
+            )
+            .label(
+                Loc {
+                    file: o.file,
+                    span: o.path_span,
+                },
+                "no such stage, setting or let",
+            )
+            .help(help);
             self.error(d);
         }
     }

@@ -23,16 +23,25 @@ pub(super) struct Schema<'a> {
 
 impl Checker {
     /// Checks a `stage NAME = KIND { ... }` block.
-    pub(super) fn instantiate(&mut self, frame: &Frame, id: StageId, kind_name: &ast::Ident, block: &Block) {
+    pub(super) fn instantiate(
+        &mut self,
+        frame: &Frame,
+        id: StageId,
+        kind_name: &ast::Ident,
+        block: &Block,
+    ) {
         let name = self.stages[id].name.clone();
         let decl = self.stages[id].decl;
         let Some(kind) = self.stages[id].kind else {
             let names: Vec<&str> = crate::stages::kinds().iter().map(|k| k.name).collect();
             let help = did_you_mean(&kind_name.name, names.iter().copied())
                 .unwrap_or_else(|| format!("stage kinds: {}", names.join(", ")));
-            let d = Diag::error("ptl::unknown_kind", format!("unknown stage kind `{}`", kind_name.name))
-                .label(self.loc(frame, kind_name.span), "not a stage kind")
-                .help(help);
+            let d = Diag::error(
+                "ptl::unknown_kind",
+                format!("unknown stage kind `{}`", kind_name.name),
+            )
+            .label(self.loc(frame, kind_name.span), "not a stage kind")
+            .help(help);
             self.error(d);
             // Still look inside, so errors in the values are reported too.
             for f in &block.fields {
@@ -62,9 +71,18 @@ impl Checker {
     }
 
     /// Checks a `config` or `track` block (`block` is `None` when the file has none: overrides still apply).
-    pub(super) fn settings(&mut self, frame: &Frame, is_config: bool, block: Option<&Block>, item: &ast::Item) {
+    pub(super) fn settings(
+        &mut self,
+        frame: &Frame,
+        is_config: bool,
+        block: Option<&Block>,
+        item: &ast::Item,
+    ) {
         let word = if is_config { "config" } else { "track" };
-        let keyword = self.loc(frame, Span::new(item.span.start, item.span.start + word.len()));
+        let keyword = self.loc(
+            frame,
+            Span::new(item.span.start, item.span.start + word.len()),
+        );
         if frame.module != 0 {
             let d = Diag::error("ptl::misplaced_block", format!("`{word}` belongs in the pipeline file"))
                 .label(keyword, "in an imported file")
@@ -72,7 +90,11 @@ impl Checker {
             self.error(d);
             return;
         }
-        let seen = if is_config { self.config.seen } else { self.track.seen };
+        let seen = if is_config {
+            self.config.seen
+        } else {
+            self.track.seen
+        };
         if let Some(first) = seen {
             let d = Diag::error("ptl::duplicate_block", format!("a second `{word}` block"))
                 .label(keyword, "again here")
@@ -84,7 +106,13 @@ impl Checker {
         self.apply_settings(frame, is_config, block, keyword);
     }
 
-    pub(super) fn apply_settings(&mut self, frame: &Frame, is_config: bool, block: Option<&Block>, decl: Loc) {
+    pub(super) fn apply_settings(
+        &mut self,
+        frame: &Frame,
+        is_config: bool,
+        block: Option<&Block>,
+        decl: Loc,
+    ) {
         let word = if is_config { "config" } else { "track" };
         let fields = if is_config {
             settings::config_fields()
@@ -99,6 +127,15 @@ impl Checker {
             decl,
         };
         let (values, locs) = self.fill_fields(frame, word, &schema, block);
+        if let (true, Some(Value::Int(n))) = (is_config, values.get("threads")) {
+            if *n < 0 {
+                let loc = locs.get("threads").copied().unwrap_or(decl);
+                let diag = Diag::error("ptl::out_of_range", "`threads` must not be negative")
+                    .label(loc, format!("{n} is out of range"))
+                    .help("give a number of CPU threads, or 0 for all cores");
+                self.error(diag);
+            }
+        }
         if let (true, Some(Value::Str(d))) = (is_config, values.get("device")) {
             if !settings::valid_device(d) {
                 let loc = locs.get("device").copied().unwrap_or(decl);
@@ -108,7 +145,11 @@ impl Checker {
                 self.error(diag);
             }
         }
-        let target = if is_config { &mut self.config } else { &mut self.track };
+        let target = if is_config {
+            &mut self.config
+        } else {
+            &mut self.track
+        };
         target.values = values;
         target.seen = Some(decl);
     }
@@ -133,18 +174,32 @@ impl Checker {
             }
             let name_loc = self.loc(frame, f.name.span);
             if let Some((_, why)) = schema.refused.iter().find(|(r, _)| *r == name) {
-                let d = Diag::error("ptl::refused_field", format!("{} takes no `{name}`", schema.owner))
-                    .label(name_loc, "not allowed here")
-                    .help(format!("{why}; remove this field"));
+                let d = Diag::error(
+                    "ptl::refused_field",
+                    format!("{} takes no `{name}`", schema.owner),
+                )
+                .label(name_loc, "not allowed here")
+                .help(format!("{why}; remove this field"));
                 self.error(d);
                 continue;
             }
             let Some(fs) = schema.fields.iter().find(|fs| fs.name == name) else {
-                let help = did_you_mean(name, schema.fields.iter().map(|fs| fs.name))
-                    .unwrap_or_else(|| format!("`ptl doc` lists the fields of {}", schema.owner));
-                let d = Diag::error("ptl::unknown_field", format!("{} has no field `{name}`", schema.owner))
-                    .label(name_loc, "unknown field")
-                    .help(help);
+                let alias = crate::stages::common::ALIASES.iter().find(|(other, ours)| {
+                    *other == name && schema.fields.iter().any(|f| f.name == *ours)
+                });
+                let help = match alias {
+                    Some((_, ours)) => format!("ptl calls `{name}` `{ours}`"),
+                    None => did_you_mean(name, schema.fields.iter().map(|fs| fs.name))
+                        .unwrap_or_else(|| {
+                            format!("`ptl doc` lists the fields of {}", schema.owner)
+                        }),
+                };
+                let d = Diag::error(
+                    "ptl::unknown_field",
+                    format!("{} has no field `{name}`", schema.owner),
+                )
+                .label(name_loc, "unknown field")
+                .help(help);
                 self.error(d);
                 continue;
             };
@@ -164,9 +219,12 @@ impl Checker {
             }
             match &fs.default {
                 Default::Required => {
-                    let d = Diag::error("ptl::missing_field", format!("{} needs `{}`", schema.owner, fs.name))
-                        .label(schema.decl, format!("`{}` is not set", fs.name))
-                        .help(format!("add `{} = ...` ({}: {})", fs.name, fs.ty, fs.doc));
+                    let d = Diag::error(
+                        "ptl::missing_field",
+                        format!("{} needs `{}`", schema.owner, fs.name),
+                    )
+                    .label(schema.decl, format!("`{}` is not set", fs.name))
+                    .help(format!("add `{} = ...`, {}: {}", fs.name, fs.ty, fs.doc));
                     self.error(d);
                     params.insert(fs.name.to_string(), Value::Error);
                 }

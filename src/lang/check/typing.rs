@@ -19,6 +19,8 @@ fn conform(v: Value, ty: &Type) -> Result<Value, Mismatch> {
     };
     match (ty, v) {
         (_, Value::Error) => Ok(Value::Error),
+        // `stage v = f(...)` holds f's stages and its return value: as a value, it is the latter.
+        (_, Value::Group { ret, .. }) if !matches!(*ret, Value::None) => conform(*ret, ty),
         (Type::Int, v @ Value::Int(_)) => Ok(v),
         (Type::Float, Value::Int(i)) => Ok(Value::Float(i as f64)),
         (Type::Float, v @ Value::Float(_)) => Ok(v),
@@ -79,7 +81,11 @@ fn conform(v: Value, ty: &Type) -> Result<Value, Mismatch> {
                 let names: Vec<&str> = formats.iter().map(|f| f.name()).collect();
                 Err(Mismatch {
                     found: format!("dataset ({})", format.name()),
-                    help: format!("this field takes rows in format {}", names.join(" or ")),
+                    help: format!(
+                        "this field takes rows in format {}: `jsonl(\"...\", format = \"{}\")`",
+                        names.join(" or "),
+                        names[0]
+                    ),
                 })
             }
         }
@@ -93,7 +99,15 @@ fn conform(v: Value, ty: &Type) -> Result<Value, Mismatch> {
             "this name holds the stages a function declared: use one of them, or an output of what it returned",
         )),
         (_, v @ Value::Dataset { .. }) => Err(fail(&v, "datasets go in `data` fields")),
-        (_, v) => Err(fail(&v, "see `ptl doc` for the type each field takes")),
+        (Type::Dataset(_), v) => Err(fail(&v, "datasets are made with `jsonl(\"file.jsonl\", format = ...)`")),
+        (Type::Model, v) => Err(fail(&v, "a model is `hf_model(\"dir\")` or a stage's output such as `sft.model`")),
+        (Type::Tuning, v) => Err(fail(&v, "tuning is `full`, `freeze(...)`, `lora(...)` or `qlora(...)`")),
+        (Type::Int, v @ Value::Float(_)) => Err(fail(&v, "write a whole number, without a decimal point")),
+        (Type::Int | Type::Float, v) => Err(fail(&v, "write a number, such as `3` or `2e-4`")),
+        (Type::Bool, v) => Err(fail(&v, "write `true` or `false`")),
+        (Type::Str | Type::Enum(_), v) => Err(fail(&v, "write text in double quotes")),
+        (Type::List(_), v) => Err(fail(&v, "write a list in brackets: `[a, b]`")),
+        (_, v) => Err(fail(&v, "`ptl doc KIND` shows the type each field takes")),
     }
 }
 
@@ -104,9 +118,12 @@ impl Checker {
             Ok(v) => v,
             Err(m) => {
                 self.error(
-                    Diag::error("ptl::type_mismatch", format!("{what} expects {ty}, found {}", m.found))
-                        .label(loc, format!("expected {ty}"))
-                        .help(m.help),
+                    Diag::error(
+                        "ptl::type_mismatch",
+                        format!("{what} expects {ty}, found {}", m.found),
+                    )
+                    .label(loc, format!("expected {ty}"))
+                    .help(m.help),
                 );
                 Value::Error
             }
