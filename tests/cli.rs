@@ -164,3 +164,14 @@ fn stage_reference_doc_is_current() {
         "docs/stages.md is stale: run `ptl doc --markdown > docs/stages.md`"
     );
 }
+
+#[test]
+fn readme_error_example_is_current() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let marker = "$ ptl check pipelines/broken_example.ptl\n";
+    let start = readme.find(marker).expect("README shows the example") + marker.len();
+    let end = start + readme[start..].find("```").unwrap();
+    let o = ptl(&["check", "pipelines/broken_example.ptl"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o), &readme[start..end], "update the README's example output");
+}
