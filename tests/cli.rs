@@ -173,5 +173,9 @@ fn readme_error_example_is_current() {
     let end = start + readme[start..].find("```").unwrap();
     let o = ptl(&["check", "pipelines/broken_example.ptl"]);
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(stderr(&o), &readme[start..end], "update the README's example output");
+    assert_eq!(
+        stderr(&o),
+        &readme[start..end],
+        "update the README's example output"
+    );
 }

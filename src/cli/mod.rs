@@ -34,6 +34,7 @@ macro_rules! errln {
 
 mod check;
 mod doc;
+mod engine;
 mod fmt;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -78,12 +79,94 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Show every stage in order: cached, run (and why) or blocked
+    Plan {
+        file: PathBuf,
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        set: Vec<String>,
+        /// The store (default: .ptl/ beside the pipeline file, or $PTL_STORE)
+        #[arg(long)]
+        store: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "human")]
+        format: OutputFormat,
+    },
+    /// Run what is stale; independent stages in parallel
+    Run {
+        file: PathBuf,
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        set: Vec<String>,
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// Run only this stage (its upstream must already be built)
+        #[arg(long, conflicts_with = "from")]
+        only: Option<String>,
+        /// Run this stage and everything downstream of it
+        #[arg(long)]
+        from: Option<String>,
+        /// Stages to run at once
+        #[arg(short = 'j', long = "jobs", default_value_t = 1)]
+        jobs: usize,
+        /// After a failure, finish the stages that do not depend on it
+        #[arg(long)]
+        keep_going: bool,
+        /// Fail rather than change the lock file
+        #[arg(long)]
+        locked: bool,
+    },
+    /// The DAG with statuses, as Graphviz dot or Mermaid
+    Graph {
+        file: PathBuf,
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        set: Vec<String>,
+        #[arg(long)]
+        store: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "dot")]
+        format: GraphFormat,
+    },
+    /// Remove store entries that no pipeline's lock file references
+    Gc {
+        /// The store (default: $PTL_STORE, else .ptl/ in the current folder)
+        #[arg(long)]
+        store: Option<PathBuf>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Inspect the store
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+    /// Print the folder holding a stage's outputs
+    Path {
+        file: PathBuf,
+        stage: String,
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        set: Vec<String>,
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
     /// List stage kinds, or show one kind's fields and outputs
     Doc {
         kind: Option<String>,
         /// Print the whole stage reference as Markdown (docs/stages.md)
         #[arg(long)]
         markdown: bool,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Re-hash every entry and report those that do not match their manifest
+    Verify {
+        /// The store (default: $PTL_STORE, else .ptl/ in the current folder)
+        #[arg(long)]
+        store: Option<PathBuf>,
     },
 }
 
@@ -108,6 +191,54 @@ pub fn main() -> i32 {
             Command::Check { file, set, format } => check::run(&file, &set, format),
             Command::Fmt { files, check } => fmt::run(&files, check),
             Command::Doc { kind, markdown } => doc::run(kind.as_deref(), markdown),
+            Command::Plan {
+                file,
+                set,
+                store,
+                format,
+            } => engine::plan(&file, &set, store.as_deref(), format),
+            Command::Graph {
+                file,
+                set,
+                store,
+                format,
+            } => engine::graph(
+                &file,
+                &set,
+                store.as_deref(),
+                format == GraphFormat::Mermaid,
+            ),
+            Command::Run {
+                file,
+                set,
+                store,
+                only,
+                from,
+                jobs,
+                keep_going,
+                locked,
+            } => engine::run(engine::RunArgs {
+                file: &file,
+                set: &set,
+                store: store.as_deref(),
+                options: crate::run::Options {
+                    jobs,
+                    keep_going,
+                    only,
+                    from,
+                    locked,
+                },
+            }),
+            Command::Gc { store, dry_run } => engine::gc(store.as_deref(), dry_run),
+            Command::Store {
+                command: StoreCommand::Verify { store },
+            } => engine::verify(store.as_deref()),
+            Command::Path {
+                file,
+                stage,
+                set,
+                store,
+            } => engine::path(&file, &stage, &set, store.as_deref()),
         });
     match worker.map(|w| w.join()) {
         Ok(Ok(code)) => code,

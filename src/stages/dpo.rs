@@ -42,6 +42,8 @@ pub fn kind() -> Kind {
         ),
     ]);
     Kind {
+        version: 1,
+        run: None,
         name: "dpo",
         summary: "direct preference optimization against a frozen reference",
         fields,

@@ -10,6 +10,8 @@ pub const METRICS: &[&str] = &["loss", "perplexity", "exact_match", "reward", "w
 
 pub fn kind() -> Kind {
     Kind {
+        version: 1,
+        run: None,
         name: "eval",
         summary: "evaluate models: loss, perplexity, exact match, reward, win rate",
         fields: vec![

@@ -7,6 +7,8 @@ use crate::lang::value::Value;
 
 pub fn kind() -> Kind {
     Kind {
+        version: 1,
+        run: None,
         name: "export",
         summary: "write a model to a directory as a standalone HF checkpoint",
         fields: vec![

@@ -30,6 +30,8 @@ pub fn kind() -> Kind {
         ),
     ]);
     Kind {
+        version: 1,
+        run: None,
         name: "kto",
         summary: "KTO on unpaired desirable / undesirable completions",
         fields,

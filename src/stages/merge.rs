@@ -7,6 +7,8 @@ use crate::lang::value::Value;
 
 pub fn kind() -> Kind {
     Kind {
+        version: 1,
+        run: None,
         name: "merge",
         summary: "merge a LoRA adapter into its base model",
         fields: vec![required(

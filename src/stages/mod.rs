@@ -14,6 +14,8 @@ pub mod rules;
 pub mod schema;
 pub mod sft;
 pub mod simpo;
+#[cfg(feature = "test-kinds")]
+pub mod test_step;
 
 use schema::Kind;
 use std::sync::OnceLock;
@@ -34,6 +36,8 @@ pub fn kinds() -> &'static [Kind] {
             eval::kind(),
             merge::kind(),
             export::kind(),
+            #[cfg(feature = "test-kinds")]
+            test_step::kind(),
         ]
     })
 }

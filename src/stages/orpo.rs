@@ -14,6 +14,8 @@ pub fn kind() -> Kind {
     fields.extend(common::training(1e-6, 1024));
     fields.push(common::beta(0.1, "weight λ of the odds-ratio term"));
     Kind {
+        version: 1,
+        run: None,
         name: "orpo",
         summary: "ORPO: odds-ratio preference optimization without a reference",
         fields,

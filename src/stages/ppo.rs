@@ -59,6 +59,8 @@ pub fn kind() -> Kind {
         ),
     ]);
     Kind {
+        version: 1,
+        run: None,
         name: "ppo",
         summary: "PPO against a reward model (RLHF)",
         fields,

@@ -13,6 +13,8 @@ pub fn kind() -> Kind {
         "pack rows into full sequences (no attention across rows)",
     ));
     Kind {
+        version: 1,
+        run: None,
         name: "pt",
         summary: "continued pretraining on plain text",
         fields,

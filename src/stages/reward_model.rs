@@ -18,6 +18,8 @@ pub fn kind() -> Kind {
         "weight of the mean((r_c + r_r)^2) term that centers rewards (0.01 is a common choice)",
     ));
     Kind {
+        version: 1,
+        run: None,
         name: "reward_model",
         summary: "Bradley-Terry reward model on preference pairs",
         fields,

@@ -77,8 +77,15 @@ impl StageView<'_> {
 
 pub type Rule = fn(&StageView, &mut Vec<Diag>);
 
+/// How a stage kind runs: writes its outputs into the context's output folder.
+pub type RunFn = fn(&mut crate::run::context::RunContext) -> Result<(), String>;
+
 pub struct Kind {
     pub name: &'static str,
+    /// Bumped when the kind's implementation changes what it produces: part of every key.
+    pub version: u32,
+    /// `None` for kinds whose execution is not built yet: planned, never run.
+    pub run: Option<RunFn>,
     /// One line for `ptl doc`.
     pub summary: &'static str,
     pub fields: Vec<FieldSchema>,

@@ -33,6 +33,8 @@ pub fn kind() -> Kind {
         ),
     ]);
     Kind {
+        version: 1,
+        run: None,
         name: "sft",
         summary: "supervised fine-tuning on conversations or instructions",
         fields,

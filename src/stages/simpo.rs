@@ -26,6 +26,8 @@ pub fn kind() -> Kind {
         float("label_smoothing", 0.0, "label smoothing ε in [0, 0.5)"),
     ]);
     Kind {
+        version: 1,
+        run: None,
         name: "simpo",
         summary: "SimPO: reference-free preference optimization with a target margin",
         fields,

@@ -187,14 +187,17 @@ impl Checker {
     }
 
     /// "declared further down" help when a top-level `let` or `stage v = f()` comes after its use.
-    fn declared_later(&self, frame: &Frame, name: &str) -> Option<String> {
+    fn declared_later(&self, frame: &Frame, name: &str, used_at: Span) -> Option<String> {
         let m = &self.modules[frame.module];
+        if frame.file != m.file {
+            return None;
+        }
         m.ast.items.iter().find_map(|item| {
             let declared = match &item.kind {
                 ast::ItemKind::Let { name: n, .. } | ast::ItemKind::Stage { name: n, .. } => n,
                 _ => return None,
             };
-            (declared.name == name).then(|| {
+            (declared.name == name && declared.span.start > used_at.end && item.span.start > used_at.end).then(|| {
                 let (line, _) = self.sources.line_col(m.file, declared.span.start);
                 format!("`{name}` is declared further down, on line {line}; `let` and `stage x = f(...)` bindings run in order: move it up")
             })
@@ -224,7 +227,7 @@ impl Checker {
             None => {
                 let names = self.visible_names(frame, as_function);
                 let help = did_you_mean(&first.name, names.iter().map(String::as_str))
-                    .or_else(|| self.declared_later(frame, &first.name));
+                    .or_else(|| self.declared_later(frame, &first.name, first.span));
                 let (code, what) = if as_function {
                     ("ptl::unknown_function", "function")
                 } else if parts.len() > 1 {

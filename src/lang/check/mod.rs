@@ -220,7 +220,7 @@ impl Checker {
             ast::ItemKind::Let { name, value } => {
                 let binding = qualify(&frame.prefix, &name.name);
                 let before = self.stages.len();
-                let v = match self.let_override(frame, &name.name) {
+                let v = match self.let_override(frame, &name.name, &binding) {
                     Some(v) => v,
                     None => self.eval(frame, &binding, value),
                 };
@@ -245,7 +245,8 @@ impl Checker {
                     let binding = qualify(&frame.prefix, &name.name);
                     let before = self.stages.len();
                     let ret = self.eval(frame, &binding, e);
-                    if self.stages.len() == before && ret != Value::Error {
+                    let is_call = matches!(e.kind, ast::ExprKind::Call { .. });
+                    if (self.stages.len() == before && ret != Value::Error) || !is_call {
                         self.not_a_stage(frame, name, e);
                     }
                     let value = Value::Group {

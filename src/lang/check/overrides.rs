@@ -81,7 +81,7 @@ pub(super) fn parse_all(c: &mut Checker, raw: &[String]) -> Vec<Override> {
 
 impl Checker {
     /// Evaluates override `i`'s value; a bare word is a string where the field takes text.
-    fn override_value(&mut self, i: usize, textual: bool) -> (Value, Loc) {
+    fn override_value(&mut self, i: usize, textual: bool, binding: &str) -> (Value, Loc) {
         let o = &self.overrides[i];
         let (file, start) = (o.file, o.value_start);
         let text = self.sources.text(file).to_string();
@@ -103,7 +103,7 @@ impl Checker {
                     prefix: String::new(),
                     origin: None,
                 };
-                let value = self.eval(&frame, "", &expr);
+                let value = self.eval(&frame, binding, &expr);
                 (
                     value,
                     Loc {
@@ -150,7 +150,7 @@ impl Checker {
                 self.error(d);
                 continue;
             };
-            let (value, loc) = self.override_value(i, fs.ty.is_textual());
+            let (value, loc) = self.override_value(i, fs.ty.is_textual(), &schema.target);
             let what = format!("`--set {}.{field}`", schema.target);
             let value = self.expect_type(value, &fs.ty, loc, &what);
             out.push((field, value, loc));
@@ -159,7 +159,12 @@ impl Checker {
     }
 
     /// The override of a top-level `let` of the pipeline file, if any.
-    pub(super) fn let_override(&mut self, frame: &Frame, name: &str) -> Option<Value> {
+    pub(super) fn let_override(
+        &mut self,
+        frame: &Frame,
+        name: &str,
+        binding: &str,
+    ) -> Option<Value> {
         if frame.module != 0 || frame.locals.is_some() {
             return None;
         }
@@ -171,7 +176,7 @@ impl Checker {
                 last = Some(i);
             }
         }
-        Some(self.override_value(last?, false).0)
+        Some(self.override_value(last?, false, binding).0)
     }
 
     /// Reports overrides whose path named nothing.

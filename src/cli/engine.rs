@@ -1,0 +1,263 @@
+//! `ptl plan`, `run`, `graph`, `gc`, `store verify` and `path`: the commands that use the store.
+
+use super::OutputFormat;
+use crate::lang::check::check_file;
+use crate::lang::diag::render;
+use crate::lang::pipeline::Pipeline;
+use crate::plan::lockfile::{path_for, LockFile};
+use crate::plan::{graph, Plan};
+use crate::run::{Options, Outcome, Run};
+use crate::store::hash::HashCache;
+use crate::store::Store;
+use std::path::{Path, PathBuf};
+
+/// `--store DIR`, else `PTL_STORE`, else `.ptl/` beside the pipeline file (for gc and verify, which
+/// take no pipeline, the current folder's `.ptl/`).
+pub fn store_dir(file: &Path, flag: Option<&Path>) -> PathBuf {
+    if let Some(f) = flag {
+        return f.to_path_buf();
+    }
+    if let Some(env) = std::env::var_os("PTL_STORE").filter(|v| !v.is_empty()) {
+        return PathBuf::from(env);
+    }
+    file.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join(".ptl")
+}
+
+/// Checks the pipeline; prints diagnostics; `None` when it has errors.
+fn checked(file: &Path, set: &[String]) -> Option<Pipeline> {
+    let c = check_file(file, set);
+    err!("{}", render(&c.diags, &c.sources, super::color()));
+    if c.pipeline.is_none() {
+        let n = c.diags.iter().filter(|d| d.is_error()).count();
+        errln!(
+            "error: {}: {n} error{} found",
+            file.display(),
+            if n == 1 { "" } else { "s" }
+        );
+    }
+    c.pipeline
+}
+
+fn open_store(file: &Path, flag: Option<&Path>) -> Option<Store> {
+    let dir = store_dir(file, flag);
+    match Store::open(&dir) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            errln!("error: cannot use the store {}: {e}", dir.display());
+            None
+        }
+    }
+}
+
+fn make_plan(p: &Pipeline, store: &Store) -> Option<Plan> {
+    let mut cache = HashCache::load(&store.root);
+    let lock = match LockFile::load(&path_for(&p.file)) {
+        Ok(l) => l,
+        Err(e) => {
+            errln!("error: {e}");
+            return None;
+        }
+    };
+    let plan = Plan::make(p, store, &mut cache, &lock);
+    let _ = cache.save();
+    match plan {
+        Ok(plan) => Some(plan),
+        Err(e) => {
+            errln!("error: {e}");
+            None
+        }
+    }
+}
+
+pub fn plan(file: &Path, set: &[String], store: Option<&Path>, format: OutputFormat) -> i32 {
+    let Some(p) = checked(file, set) else {
+        return 1;
+    };
+    let Some(store) = open_store(file, store) else {
+        return 1;
+    };
+    let Some(plan) = make_plan(&p, &store) else {
+        return 1;
+    };
+    match format {
+        OutputFormat::Json => outln!(
+            "{}",
+            serde_json::to_string_pretty(&plan.to_json(&p)).unwrap_or_default()
+        ),
+        OutputFormat::Human => {
+            for &id in &plan.order {
+                let s = &plan.stages[id];
+                let reasons = if s.reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", s.reasons.join("; "))
+                };
+                outln!(
+                    "{:<8} {} ({}){reasons}",
+                    s.status.name(),
+                    p.stages[id].name,
+                    p.stages[id].kind.name
+                );
+            }
+        }
+    }
+    0
+}
+
+pub fn graph(file: &Path, set: &[String], store: Option<&Path>, mermaid: bool) -> i32 {
+    let Some(p) = checked(file, set) else {
+        return 1;
+    };
+    let Some(store) = open_store(file, store) else {
+        return 1;
+    };
+    let Some(plan) = make_plan(&p, &store) else {
+        return 1;
+    };
+    out!(
+        "{}",
+        if mermaid {
+            graph::mermaid(&p, &plan)
+        } else {
+            graph::dot(&p, &plan)
+        }
+    );
+    0
+}
+
+pub struct RunArgs<'a> {
+    pub file: &'a Path,
+    pub set: &'a [String],
+    pub store: Option<&'a Path>,
+    pub options: Options,
+}
+
+pub fn run(args: RunArgs) -> i32 {
+    let Some(p) = checked(args.file, args.set) else {
+        return 1;
+    };
+    let Some(store) = open_store(args.file, args.store) else {
+        return 1;
+    };
+    let run = Run {
+        pipeline: &p,
+        store: &store,
+        lock_path: path_for(&p.file),
+    };
+    let report = |line: &str| outln!("{line}");
+    match run.run(&args.options, &report) {
+        Ok(summary) => {
+            outln!("{}", summary.line());
+            for (name, o) in &summary.outcomes {
+                if let Outcome::Failed(why) = o {
+                    errln!("error: stage {name} failed: {why}");
+                }
+            }
+            if summary.ok() {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            errln!("error: {e}");
+            1
+        }
+    }
+}
+
+pub fn gc(store: Option<&Path>, dry_run: bool) -> i32 {
+    let Some(store) = open_store(Path::new("pipeline.ptl"), store) else {
+        return 1;
+    };
+    match store.gc(dry_run) {
+        Ok(r) => {
+            let verb = if dry_run { "would remove" } else { "removed" };
+            let mut total = 0;
+            for (key, size) in r.entries.iter().chain(&r.tmp) {
+                outln!("{verb} {key} ({})", human(*size));
+                total += size;
+            }
+            outln!(
+                "{verb} {} entr{} and {} unfinished folder{}, {}; kept {} entr{}",
+                r.entries.len(),
+                if r.entries.len() == 1 { "y" } else { "ies" },
+                r.tmp.len(),
+                if r.tmp.len() == 1 { "" } else { "s" },
+                human(total),
+                r.kept,
+                if r.kept == 1 { "y" } else { "ies" }
+            );
+            0
+        }
+        Err(e) => {
+            errln!("error: gc failed: {e}");
+            1
+        }
+    }
+}
+
+pub fn verify(store: Option<&Path>) -> i32 {
+    let Some(store) = open_store(Path::new("pipeline.ptl"), store) else {
+        return 1;
+    };
+    match store.verify() {
+        Ok((count, problems)) if problems.is_empty() => {
+            outln!(
+                "ok: {count} entr{} verified",
+                if count == 1 { "y" } else { "ies" }
+            );
+            0
+        }
+        Ok((count, problems)) => {
+            for p in &problems {
+                outln!("{p}");
+            }
+            errln!("error: {} problem(s) in {count} entries", problems.len());
+            1
+        }
+        Err(e) => {
+            errln!("error: cannot verify the store: {e}");
+            1
+        }
+    }
+}
+
+pub fn path(file: &Path, stage: &str, set: &[String], store: Option<&Path>) -> i32 {
+    let Some(p) = checked(file, set) else {
+        return 1;
+    };
+    if p.stage_id(stage).is_none() {
+        let names: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
+        errln!(
+            "error: no stage named `{stage}`; stages: {}",
+            names.join(", ")
+        );
+        return 1;
+    }
+    let Some(store) = open_store(file, store) else {
+        return 1;
+    };
+    let link = store.link_path(&p.name, stage);
+    if !link.exists() {
+        errln!(
+            "error: stage {stage} has no outputs yet: run `ptl run {}` first",
+            file.display()
+        );
+        return 1;
+    }
+    outln!("{}", link.display());
+    0
+}
+
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}

@@ -1,0 +1,234 @@
+//! The plan: the checked pipeline as a DAG in topological order, each stage `cached`, `run` (with
+//! the reasons) or `blocked`, decided from content hashes, the store and the lock file.
+
+pub mod graph;
+pub mod key;
+pub mod lockfile;
+
+use crate::lang::pipeline::Pipeline;
+use crate::lang::value::StageId;
+use crate::store::hash::HashCache;
+use crate::store::Store;
+use key::{stage_key, KeyError, StageKey};
+use lockfile::{LockFile, LockedStage};
+use serde_json::{json, Value as Json};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Cached,
+    Run,
+    Blocked,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Cached => "cached",
+            Status::Run => "run",
+            Status::Blocked => "blocked",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct StagePlan {
+    pub status: Status,
+    pub reasons: Vec<String>,
+    /// Known when every input's content is known (not when an upstream stage has to run first).
+    pub key: Option<StageKey>,
+}
+
+pub struct Plan {
+    /// Stage ids in topological order (ties in declaration order).
+    pub order: Vec<StageId>,
+    pub stages: Vec<StagePlan>,
+}
+
+/// Stages in dependency order; among ready stages, the one declared first.
+pub fn topo_order(p: &Pipeline) -> Vec<StageId> {
+    let n = p.stages.len();
+    let mut indegree: Vec<usize> = p.stages.iter().map(|s| s.deps.len()).collect();
+    let mut order = Vec::with_capacity(n);
+    let mut done = vec![false; n];
+    while order.len() < n {
+        let Some(next) = (0..n).find(|i| !done[*i] && indegree[*i] == 0) else {
+            break;
+        };
+        done[next] = true;
+        order.push(next);
+        for (j, s) in p.stages.iter().enumerate() {
+            if s.deps.contains(&next) {
+                indegree[j] -= 1;
+            }
+        }
+    }
+    order
+}
+
+/// Compact rendering of a parameter for reasons: strings quoted, numbers and lists as JSON.
+fn show(v: &Json) -> String {
+    match v {
+        Json::Null => "(unset)".into(),
+        Json::Object(o) if o.contains_key("stage") && o.contains_key("output") => {
+            format!(
+                "{}.{}",
+                o["stage"].as_str().unwrap_or("?"),
+                o["output"].as_str().unwrap_or("?")
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Why a stage whose key is known must run, compared with what the lock file recorded.
+pub fn reasons(
+    p: &Pipeline,
+    id: StageId,
+    key: &StageKey,
+    locked: Option<&LockedStage>,
+    in_store: bool,
+) -> Vec<String> {
+    let stage = &p.stages[id];
+    let Some(l) = locked else {
+        return vec!["new".into()];
+    };
+    let mut out = Vec::new();
+    if l.kind != stage.kind.name {
+        out.push(format!("kind changed {} → {}", l.kind, stage.kind.name));
+    } else if l.kind_version != stage.kind.version {
+        out.push(format!("implementation of {} changed", stage.kind.name));
+    }
+    let now = p.params_json(id);
+    let empty = serde_json::Map::new();
+    let (a, b) = (
+        l.params.as_object().unwrap_or(&empty),
+        now.as_object().unwrap_or(&empty),
+    );
+    let mut fields: Vec<&String> = a.keys().chain(b.keys()).collect();
+    fields.sort();
+    fields.dedup();
+    for f in fields {
+        let (old, new) = (
+            a.get(f).unwrap_or(&Json::Null),
+            b.get(f).unwrap_or(&Json::Null),
+        );
+        if old != new {
+            out.push(format!("param {f} changed {} → {}", show(old), show(new)));
+        }
+    }
+    for (label, hash) in &key.inputs {
+        match l.inputs.get(label) {
+            Some(h) if h == hash => {}
+            Some(_) => out.push(format!("input {label} changed")),
+            None => {}
+        }
+    }
+    if out.is_empty() {
+        if l.key == key.key && !in_store {
+            out.push("outputs not in the store".into());
+        } else if l.key != key.key {
+            out.push("settings changed (device or dtype)".into());
+        }
+    }
+    out
+}
+
+impl Plan {
+    pub fn make(
+        p: &Pipeline,
+        store: &Store,
+        cache: &mut HashCache,
+        lock: &LockFile,
+    ) -> Result<Plan, String> {
+        let order = topo_order(p);
+        let mut stages: Vec<StagePlan> = vec![
+            StagePlan {
+                status: Status::Blocked,
+                reasons: vec![],
+                key: None,
+            };
+            p.stages.len()
+        ];
+        for &id in &order {
+            let stage = &p.stages[id];
+            let blocked_by = stage
+                .deps
+                .iter()
+                .find(|d| stages[**d].status == Status::Blocked);
+            if let Some(b) = blocked_by {
+                stages[id].reasons = vec![format!("upstream {} is blocked", p.stages[*b].name)];
+                continue;
+            }
+            let upstream = |s: StageId, output: &str| -> Option<String> {
+                let k = stages[s].key.as_ref()?;
+                if stages[s].status != Status::Cached {
+                    return None;
+                }
+                store.manifest(&k.key).ok()?.outputs.get(output).cloned()
+            };
+            let key = match stage_key(p, id, cache, &upstream) {
+                Ok(k) => Some(k),
+                Err(KeyError::Upstream(_)) => None,
+                Err(KeyError::Input(label, e)) => {
+                    return Err(format!(
+                        "stage `{}`: cannot read input {label}: {e}",
+                        stage.name
+                    ))
+                }
+            };
+            let runnable = stage.kind.run.is_some();
+            let plan = &mut stages[id];
+            match key {
+                Some(k) if store.has(&k.key) => {
+                    plan.status = Status::Cached;
+                    plan.key = Some(k);
+                }
+                Some(k) => {
+                    plan.reasons = reasons(p, id, &k, lock.stages.get(&stage.name), false);
+                    plan.status = Status::Run;
+                    plan.key = Some(k);
+                }
+                None => {
+                    let upstream: Vec<String> = stage
+                        .deps
+                        .iter()
+                        .filter(|d| stages[**d].status == Status::Run)
+                        .map(|d| format!("upstream {} will rerun", p.stages[*d].name))
+                        .collect();
+                    let plan = &mut stages[id];
+                    plan.status = Status::Run;
+                    plan.reasons = upstream;
+                }
+            }
+            let plan = &mut stages[id];
+            if plan.status == Status::Run && !runnable {
+                plan.status = Status::Blocked;
+                plan.reasons = vec![format!(
+                    "stage kind {} cannot run yet: its training is not built in this version of ptl",
+                    stage.kind.name
+                )];
+            }
+        }
+        Ok(Plan { order, stages })
+    }
+
+    /// `{"stages": [{"name", "kind", "status", "reasons", "key", "depends_on"}]}` in topological order.
+    pub fn to_json(&self, p: &Pipeline) -> Json {
+        let stages: Vec<Json> = self
+            .order
+            .iter()
+            .map(|&id| {
+                let s = &self.stages[id];
+                json!({
+                    "name": p.stages[id].name,
+                    "kind": p.stages[id].kind.name,
+                    "status": s.status.name(),
+                    "reasons": s.reasons,
+                    "key": s.key.as_ref().map(|k| k.key.clone()),
+                    "depends_on": p.stages[id].deps.iter().map(|d| p.stages[*d].name.clone()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({ "pipeline": p.name, "stages": stages })
+    }
+}

@@ -1,0 +1,38 @@
+//! What a running stage sees: its parameters, its resolved inputs, an output folder, progress and
+//! cancellation.
+
+use crate::lang::value::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub struct RunContext<'a> {
+    pub stage: &'a str,
+    pub params: &'a BTreeMap<String, Value>,
+    /// Field → the local paths its value points at (model directories, dataset files, upstream outputs).
+    pub inputs: BTreeMap<String, Vec<PathBuf>>,
+    /// Where the stage writes its outputs: `<out>/<output name>/...` or `<out>/<output name>.<ext>`.
+    pub out: PathBuf,
+    /// The pipeline file's folder (relative paths in parameters resolve against it).
+    pub base_dir: PathBuf,
+    pub cancel: &'a AtomicBool,
+    pub progress: &'a (dyn Fn(u64, u64) + Sync),
+}
+
+impl RunContext<'_> {
+    pub fn param(&self, field: &str) -> &Value {
+        self.params.get(field).unwrap_or(&Value::None)
+    }
+
+    pub fn input(&self, field: &str) -> Option<&Path> {
+        self.inputs
+            .get(field)
+            .and_then(|v| v.first())
+            .map(PathBuf::as_path)
+    }
+
+    /// Whether the run was asked to stop; long stages check it between steps.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}

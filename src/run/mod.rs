@@ -1,0 +1,482 @@
+//! The executor: runs what is stale in dependency order, independent stages in parallel, each
+//! stage's result committed to the store and recorded in the lock file as soon as it finishes.
+
+pub mod context;
+
+use crate::data::jsonl;
+use crate::lang::pipeline::Pipeline;
+use crate::lang::value::{StageId, Value};
+use crate::plan::key::{stage_key, KeyError, StageKey};
+use crate::plan::lockfile::{LockFile, LockedStage};
+use crate::plan::Plan;
+use crate::store::hash::HashCache;
+use crate::store::{Manifest, Store};
+use context::RunContext;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+use std::time::Instant;
+
+pub struct Options {
+    pub jobs: usize,
+    pub keep_going: bool,
+    /// Run only this stage (its upstream must be in the store).
+    pub only: Option<String>,
+    /// Run this stage and its downstream (their upstream must be in the store).
+    pub from: Option<String>,
+    /// Fail instead of changing the lock file.
+    pub locked: bool,
+}
+
+/// What happened to one stage.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Cached,
+    /// Another `ptl run` on the same store computed it while this one waited.
+    CachedByOther,
+    Ran(f64),
+    Failed(String),
+    Blocked(String),
+}
+
+#[derive(Default)]
+pub struct Summary {
+    pub outcomes: Vec<(String, Outcome)>,
+}
+
+impl Summary {
+    pub fn ok(&self) -> bool {
+        self.outcomes.iter().all(|(_, o)| {
+            matches!(
+                o,
+                Outcome::Cached | Outcome::CachedByOther | Outcome::Ran(_)
+            )
+        })
+    }
+
+    pub fn line(&self) -> String {
+        let count = |f: fn(&Outcome) -> bool| self.outcomes.iter().filter(|(_, o)| f(o)).count();
+        format!(
+            "{} cached, {} ran, {} failed, {} blocked",
+            count(|o| matches!(o, Outcome::Cached | Outcome::CachedByOther)),
+            count(|o| matches!(o, Outcome::Ran(_))),
+            count(|o| matches!(o, Outcome::Failed(_))),
+            count(|o| matches!(o, Outcome::Blocked(_))),
+        )
+    }
+}
+
+enum State {
+    Waiting,
+    Running,
+    Done(Manifest),
+    Failed,
+    Blocked,
+}
+
+/// The local path of an upstream output: `out/<name>` or `out/<name>.<ext>`.
+fn output_path(store: &Store, key: &str, output: &str) -> PathBuf {
+    let out = store.entry_dir(key).join("out");
+    let direct = out.join(output);
+    if direct.exists() {
+        return direct;
+    }
+    std::fs::read_dir(&out)
+        .ok()
+        .and_then(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .find(|p| p.file_stem().is_some_and(|s| s == output) && p.extension().is_some())
+        })
+        .unwrap_or(direct)
+}
+
+fn collect_paths(v: &Value, store: &Store, keys: &[Option<String>], out: &mut Vec<PathBuf>) {
+    match v {
+        Value::HfModel(p) => out.push(p.resolved.clone()),
+        Value::Dataset { path, .. } => out.push(path.resolved.clone()),
+        Value::Output { stage, output, .. } => {
+            if let Some(k) = &keys[*stage] {
+                out.push(output_path(store, k, output));
+            }
+        }
+        Value::List(items) => items
+            .iter()
+            .for_each(|i| collect_paths(i, store, keys, out)),
+        Value::Record(fields) => fields
+            .values()
+            .for_each(|i| collect_paths(i, store, keys, out)),
+        _ => {}
+    }
+}
+
+/// Runs one stage into the store; another process holding the entry's lock is waited for.
+fn execute(
+    p: &Pipeline,
+    id: StageId,
+    key: &StageKey,
+    store: &Store,
+    keys: &[Option<String>],
+) -> Result<(Manifest, bool), String> {
+    let stage = &p.stages[id];
+    let io = |e: std::io::Error| format!("store error: {e}");
+    let _guard = store.lock(&key.key).map_err(io)?;
+    if store.has(&key.key) {
+        return store.manifest(&key.key).map(|m| (m, true)).map_err(io);
+    }
+    for value in stage.params.values() {
+        if let Value::Dataset { path, format } = value {
+            jsonl::validate(&path.resolved, *format).map_err(|problems| problems.join("\n"))?;
+        }
+    }
+    let run = stage.kind.run.ok_or("this stage kind cannot run yet")?;
+    let inputs: BTreeMap<String, Vec<PathBuf>> = stage
+        .params
+        .iter()
+        .map(|(f, v)| {
+            let mut paths = Vec::new();
+            collect_paths(v, store, keys, &mut paths);
+            (f.clone(), paths)
+        })
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    let pending = store.begin(&key.key).map_err(io)?;
+    let cancel = AtomicBool::new(false);
+    let progress = |_: u64, _: u64| {};
+    let mut ctx = RunContext {
+        stage: &stage.name,
+        params: &stage.params,
+        inputs,
+        out: pending.out.clone(),
+        base_dir: p
+            .file
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        cancel: &cancel,
+        progress: &progress,
+    };
+    let started = Instant::now();
+    if let Err(e) = run(&mut ctx) {
+        store.abort(pending);
+        return Err(e);
+    }
+    let manifest = Manifest {
+        key: key.key.clone(),
+        stage: stage.name.clone(),
+        kind: stage.kind.name.to_string(),
+        kind_version: stage.kind.version,
+        ptl_version: env!("CARGO_PKG_VERSION").to_string(),
+        key_inputs: key.key_json.clone(),
+        outputs: BTreeMap::new(),
+        files: BTreeMap::new(),
+        seconds: started.elapsed().as_secs_f64(),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    let outputs: Vec<&str> = stage.kind.outputs.iter().map(|o| o.name).collect();
+    store
+        .commit(pending, manifest, &outputs)
+        .map(|m| (m, false))
+        .map_err(|e| format!("cannot commit the outputs: {e}"))
+}
+
+/// The stages a run may execute (`--only`, `--from`); `None` means all.
+fn selection(p: &Pipeline, opts: &Options) -> Result<Option<Vec<bool>>, String> {
+    let find = |name: &str| {
+        p.stage_id(name).ok_or_else(|| {
+            let names: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
+            format!("no stage named `{name}`; stages: {}", names.join(", "))
+        })
+    };
+    if let Some(only) = &opts.only {
+        let id = find(only)?;
+        return Ok(Some((0..p.stages.len()).map(|i| i == id).collect()));
+    }
+    if let Some(from) = &opts.from {
+        let id = find(from)?;
+        let mut sel = vec![false; p.stages.len()];
+        sel[id] = true;
+        for &s in &crate::plan::topo_order(p) {
+            if p.stages[s].deps.iter().any(|d| sel[*d]) {
+                sel[s] = true;
+            }
+        }
+        return Ok(Some(sel));
+    }
+    Ok(None)
+}
+
+pub struct Run<'a> {
+    pub pipeline: &'a Pipeline,
+    pub store: &'a Store,
+    pub lock_path: PathBuf,
+}
+
+impl Run<'_> {
+    fn record(
+        &self,
+        name: &str,
+        id: StageId,
+        key: &StageKey,
+        manifest: &Manifest,
+    ) -> Result<(), String> {
+        let p = self.pipeline;
+        let io = |e: std::io::Error| format!("cannot update {}: {e}", self.lock_path.display());
+        let _guard = self
+            .store
+            .lock(&format!(
+                "lockfile-{}",
+                blake3::hash(self.lock_path.to_string_lossy().as_bytes()).to_hex()
+            ))
+            .map_err(io)?;
+        let mut lock = LockFile::load(&self.lock_path).map_err(io)?;
+        let entry = LockedStage {
+            kind: p.stages[id].kind.name.to_string(),
+            kind_version: p.stages[id].kind.version,
+            key: key.key.clone(),
+            params: p.params_json(id),
+            inputs: key.inputs.clone(),
+            outputs: manifest.outputs.clone(),
+        };
+        if lock.stages.get(name) != Some(&entry) {
+            lock.version = 1;
+            lock.stages.insert(name.to_string(), entry);
+            lock.save(&self.lock_path).map_err(io)?;
+        }
+        self.store
+            .link(&p.name, name, &key.key)
+            .map_err(|e| format!("cannot link the outputs of {name}: {e}"))?;
+        Ok(())
+    }
+
+    /// Runs the pipeline; `report` gets one line per event.
+    pub fn run(&self, opts: &Options, report: &(dyn Fn(&str) + Sync)) -> Result<Summary, String> {
+        let p = self.pipeline;
+        let store = self.store;
+        let mut cache = HashCache::load(&store.root);
+        let lock = LockFile::load(&self.lock_path).map_err(|e| e.to_string())?;
+        store
+            .register(&self.lock_path)
+            .map_err(|e| format!("store error: {e}"))?;
+        let _ = store.clean_tmp(false);
+        let plan = Plan::make(p, store, &mut cache, &lock)?;
+        if opts.locked {
+            locked_check(p, &plan, &lock)?;
+        }
+        let selected = selection(p, opts)?;
+        let n = p.stages.len();
+        let mut state: Vec<State> = (0..n).map(|_| State::Waiting).collect();
+        let mut keys: Vec<Option<String>> = vec![None; n];
+        let mut stage_keys: Vec<Option<StageKey>> = vec![None; n];
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+        let mut stop = false;
+        let jobs = opts.jobs.max(1);
+        let order = plan.order.clone();
+        let (tx, rx) = mpsc::channel::<(StageId, Result<(Manifest, bool), String>, f64)>();
+        std::thread::scope(|scope| -> Result<(), String> {
+            let mut running = 0;
+            loop {
+                let mut progressed = false;
+                for &id in &order {
+                    if !matches!(state[id], State::Waiting) {
+                        continue;
+                    }
+                    let name = &p.stages[id].name;
+                    let deps = &p.stages[id].deps;
+                    if let Some(d) = deps
+                        .iter()
+                        .find(|d| matches!(state[**d], State::Failed | State::Blocked))
+                    {
+                        let why = format!("upstream {} did not finish", p.stages[*d].name);
+                        report(&format!("blocked  {name}: {why}"));
+                        outcomes[id] = Some(Outcome::Blocked(why));
+                        state[id] = State::Blocked;
+                        progressed = true;
+                        continue;
+                    }
+                    if !deps.iter().all(|d| matches!(state[*d], State::Done(_))) {
+                        continue;
+                    }
+                    let upstream = |s: StageId, output: &str| match &state[s] {
+                        State::Done(m) => m.outputs.get(output).cloned(),
+                        _ => None,
+                    };
+                    let key = match stage_key(p, id, &mut cache, &upstream) {
+                        Ok(k) => k,
+                        Err(KeyError::Input(label, e)) => {
+                            let why = format!("cannot read input {label}: {e}");
+                            report(&format!("failed   {name}: {why}"));
+                            outcomes[id] = Some(Outcome::Failed(why));
+                            state[id] = State::Failed;
+                            progressed = true;
+                            continue;
+                        }
+                        Err(KeyError::Upstream(_)) => continue,
+                    };
+                    progressed = true;
+                    keys[id] = Some(key.key.clone());
+                    if opts.locked {
+                        if let Some(l) = lock.stages.get(name) {
+                            if l.key != key.key {
+                                let why =
+                                    "--locked: its key differs from the lock file".to_string();
+                                report(&format!("failed   {name}: {why}"));
+                                outcomes[id] = Some(Outcome::Failed(why));
+                                state[id] = State::Failed;
+                                continue;
+                            }
+                        }
+                    }
+                    if store.has(&key.key) {
+                        let m = store
+                            .manifest(&key.key)
+                            .map_err(|e| format!("store error: {e}"))?;
+                        self.record(name, id, &key, &m)?;
+                        report(&format!("cached   {name}"));
+                        outcomes[id] = Some(Outcome::Cached);
+                        state[id] = State::Done(m);
+                        stage_keys[id] = Some(key);
+                        continue;
+                    }
+                    let chosen = selected.as_ref().is_none_or(|s| s[id]);
+                    let blocked = if !chosen {
+                        Some("not built, and not selected by --only/--from".to_string())
+                    } else if p.stages[id].kind.run.is_none() {
+                        Some(format!(
+                            "stage kind {} cannot run yet: its training is not built in this version of ptl",
+                            p.stages[id].kind.name
+                        ))
+                    } else if stop {
+                        Some(
+                            "not started: an earlier stage failed (use --keep-going to go on)"
+                                .to_string(),
+                        )
+                    } else {
+                        None
+                    };
+                    if let Some(why) = blocked {
+                        report(&format!("blocked  {name}: {why}"));
+                        outcomes[id] = Some(Outcome::Blocked(why));
+                        state[id] = State::Blocked;
+                        continue;
+                    }
+                    if running >= jobs {
+                        keys[id] = None;
+                        continue;
+                    }
+                    report(&format!("running  {name}"));
+                    running += 1;
+                    state[id] = State::Running;
+                    stage_keys[id] = Some(key.clone());
+                    let tx = tx.clone();
+                    let keys_now = keys.clone();
+                    scope.spawn(move || {
+                        let started = Instant::now();
+                        let result = execute(p, id, &key, store, &keys_now);
+                        let _ = tx.send((id, result, started.elapsed().as_secs_f64()));
+                    });
+                }
+                if running == 0 && !progressed {
+                    break;
+                }
+                if running == 0 {
+                    continue;
+                }
+                let Ok((id, result, secs)) = rx.recv() else {
+                    break;
+                };
+                running -= 1;
+                let name = &p.stages[id].name;
+                match result {
+                    Ok((m, by_other)) => {
+                        let key = stage_keys[id].clone().expect("key of a started stage");
+                        let mut outcome = if by_other {
+                            Outcome::CachedByOther
+                        } else {
+                            Outcome::Ran(secs)
+                        };
+                        if opts.locked {
+                            if let Some(l) = lock.stages.get(name) {
+                                if l.outputs != m.outputs {
+                                    outcome = Outcome::Failed(
+                                        "--locked: its outputs differ from the lock file".into(),
+                                    );
+                                }
+                            }
+                        }
+                        match &outcome {
+                            Outcome::Failed(why) => {
+                                report(&format!("failed   {name}: {why}"));
+                                state[id] = State::Failed;
+                                stop |= !opts.keep_going;
+                            }
+                            Outcome::CachedByOther => {
+                                self.record(name, id, &key, &m)?;
+                                report(&format!("cached   {name} (computed by another run)"));
+                                state[id] = State::Done(m);
+                            }
+                            _ => {
+                                self.record(name, id, &key, &m)?;
+                                report(&format!("ran      {name} in {secs:.1} s"));
+                                state[id] = State::Done(m);
+                            }
+                        }
+                        outcomes[id] = Some(outcome);
+                    }
+                    Err(why) => {
+                        report(&format!("failed   {name}: {why}"));
+                        outcomes[id] = Some(Outcome::Failed(why));
+                        state[id] = State::Failed;
+                        stop |= !opts.keep_going;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        let _ = cache.save();
+        let outcomes = order
+            .iter()
+            .map(|&id| {
+                let o = outcomes[id]
+                    .clone()
+                    .unwrap_or_else(|| Outcome::Blocked("not started".into()));
+                (p.stages[id].name.clone(), o)
+            })
+            .collect();
+        Ok(Summary { outcomes })
+    }
+}
+
+/// `--locked`: every stage must be in the lock file with the key it would have now.
+fn locked_check(p: &Pipeline, plan: &Plan, lock: &LockFile) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for &id in &plan.order {
+        let name = &p.stages[id].name;
+        match (lock.stages.get(name), &plan.stages[id].key) {
+            (None, _) => problems.push(format!("{name}: not in the lock file")),
+            (Some(l), Some(k)) if l.key != k.key => {
+                let why = plan.stages[id].reasons.join("; ");
+                problems.push(format!("{name}: would change ({why})"));
+            }
+            _ => {}
+        }
+    }
+    let extra: Vec<&String> = lock
+        .stages
+        .keys()
+        .filter(|n| p.stage_id(n).is_none())
+        .collect();
+    for n in extra {
+        problems.push(format!("{n}: in the lock file but not in the pipeline"));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "--locked: the lock file would change:\n  {}",
+            problems.join("\n  ")
+        ))
+    }
+}

@@ -1,0 +1,89 @@
+//! The content-addressed artifact store: one entry per stage key, committed atomically, one lock per
+//! entry, a hash cache for inputs, named links to outputs, verification and garbage collection.
+//!
+//! Layout of a store directory (default `.ptl/` beside the pipeline file):
+//! `entries/<key>/` (manifest.json + out/), `tmp/` (entries being written), `locks/`, `out/<pipeline>/<stage>`
+//! (links to entries), `hashcache.json`, `pipelines.json` (lock files that reference entries).
+
+pub mod entry;
+pub mod gc;
+pub mod hash;
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use entry::Manifest;
+
+pub struct Store {
+    pub root: PathBuf,
+}
+
+/// An exclusive lock on a store entry (or another named resource); released on drop.
+pub struct Lock {
+    _file: File,
+}
+
+impl Store {
+    /// Opens the store at `root`, creating its folders.
+    pub fn open(root: &Path) -> io::Result<Store> {
+        if root.exists() && !root.is_dir() {
+            return Err(io::Error::other(format!(
+                "{} is not a directory",
+                root.display()
+            )));
+        }
+        for sub in ["entries", "tmp", "locks", "out"] {
+            std::fs::create_dir_all(root.join(sub))?;
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn entry_dir(&self, key: &str) -> PathBuf {
+        self.root.join("entries").join(key)
+    }
+
+    /// Whether a committed entry exists for `key` (a manifest is written before the entry appears).
+    pub fn has(&self, key: &str) -> bool {
+        self.entry_dir(key).join("manifest.json").is_file()
+    }
+
+    pub fn manifest(&self, key: &str) -> io::Result<Manifest> {
+        let bytes = std::fs::read(self.entry_dir(key).join("manifest.json"))?;
+        serde_json::from_slice(&bytes).map_err(io::Error::other)
+    }
+
+    /// Takes the lock named `name` (blocking until another process releases it).
+    pub fn lock(&self, name: &str) -> io::Result<Lock> {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join("locks").join(format!("{name}.lock")))?;
+        file.lock()?;
+        Ok(Lock { _file: file })
+    }
+
+    /// Points `out/<pipeline>/<stage>` at an entry's outputs (a relative symlink, replaced atomically).
+    pub fn link(&self, pipeline: &str, stage: &str, key: &str) -> io::Result<PathBuf> {
+        let dir = self.root.join("out").join(pipeline);
+        std::fs::create_dir_all(&dir)?;
+        let link = dir.join(stage);
+        let target = Path::new("../../entries").join(key).join("out");
+        if std::fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {
+            return Ok(link);
+        }
+        let tmp = dir.join(format!(".{stage}.{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&target, &tmp)?;
+        std::fs::rename(&tmp, &link)?;
+        Ok(link)
+    }
+
+    /// Where `ptl path` points for a stage.
+    pub fn link_path(&self, pipeline: &str, stage: &str) -> PathBuf {
+        self.root.join("out").join(pipeline).join(stage)
+    }
+}
