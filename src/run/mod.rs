@@ -38,6 +38,8 @@ pub enum Outcome {
     Ran(f64),
     Failed(String),
     Blocked(String),
+    /// Not selected by `--only` / `--from`, and not in the store.
+    Skipped(String),
 }
 
 #[derive(Default)]
@@ -50,7 +52,7 @@ impl Summary {
         self.outcomes.iter().all(|(_, o)| {
             matches!(
                 o,
-                Outcome::Cached | Outcome::CachedByOther | Outcome::Ran(_)
+                Outcome::Cached | Outcome::CachedByOther | Outcome::Ran(_) | Outcome::Skipped(_)
             )
         })
     }
@@ -58,11 +60,15 @@ impl Summary {
     pub fn line(&self) -> String {
         let count = |f: fn(&Outcome) -> bool| self.outcomes.iter().filter(|(_, o)| f(o)).count();
         format!(
-            "{} cached, {} ran, {} failed, {} blocked",
+            "{} cached, {} ran, {} failed, {} blocked{}",
             count(|o| matches!(o, Outcome::Cached | Outcome::CachedByOther)),
             count(|o| matches!(o, Outcome::Ran(_))),
             count(|o| matches!(o, Outcome::Failed(_))),
             count(|o| matches!(o, Outcome::Blocked(_))),
+            match count(|o| matches!(o, Outcome::Skipped(_))) {
+                0 => String::new(),
+                n => format!(", {n} not selected"),
+            }
         )
     }
 }
@@ -73,6 +79,7 @@ enum State {
     Done(Manifest),
     Failed,
     Blocked,
+    Skipped,
 }
 
 /// The local path of an upstream output: `out/<name>` or `out/<name>.<ext>`.
@@ -285,6 +292,22 @@ impl Run<'_> {
                     }
                     let name = &p.stages[id].name;
                     let deps = &p.stages[id].deps;
+                    let chosen = selected.as_ref().is_none_or(|s| s[id]);
+                    if let Some(d) = deps.iter().find(|d| matches!(state[**d], State::Skipped)) {
+                        let upstream = &p.stages[*d].name;
+                        let (outcome, line) = if chosen {
+                            let why = format!("upstream {upstream} is not built: run it first, or select it too");
+                            (Outcome::Blocked(why.clone()), format!("blocked  {name}: {why}"))
+                        } else {
+                            let why = format!("not selected, and upstream {upstream} is not built");
+                            (Outcome::Skipped(why.clone()), format!("skipped  {name}: {why}"))
+                        };
+                        report(&line);
+                        state[id] = if chosen { State::Blocked } else { State::Skipped };
+                        outcomes[id] = Some(outcome);
+                        progressed = true;
+                        continue;
+                    }
                     if let Some(d) = deps
                         .iter()
                         .find(|d| matches!(state[**d], State::Failed | State::Blocked))
@@ -340,10 +363,14 @@ impl Run<'_> {
                         stage_keys[id] = Some(key);
                         continue;
                     }
-                    let chosen = selected.as_ref().is_none_or(|s| s[id]);
-                    let blocked = if !chosen {
-                        Some("not built, and not selected by --only/--from".to_string())
-                    } else if p.stages[id].kind.run.is_none() {
+                    if !chosen {
+                        let why = "not built, and not selected by --only/--from".to_string();
+                        report(&format!("skipped  {name}: {why}"));
+                        outcomes[id] = Some(Outcome::Skipped(why));
+                        state[id] = State::Skipped;
+                        continue;
+                    }
+                    let blocked = if p.stages[id].kind.run.is_none() {
                         Some(format!(
                             "stage kind {} cannot run yet: its training is not built in this version of ptl",
                             p.stages[id].kind.name

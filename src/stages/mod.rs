@@ -42,6 +42,11 @@ pub fn kinds() -> &'static [Kind] {
     })
 }
 
+/// The kinds users see in `ptl doc`, docs and help lines (test builds add test-only kinds).
+pub fn user_kinds() -> impl Iterator<Item = &'static Kind> {
+    kinds().iter().filter(|k| !k.name.starts_with("test_"))
+}
+
 pub fn kind(name: &str) -> Option<&'static Kind> {
     kinds().iter().find(|k| k.name == name)
 }

@@ -33,7 +33,7 @@ impl Checker {
         let name = self.stages[id].name.clone();
         let decl = self.stages[id].decl;
         let Some(kind) = self.stages[id].kind else {
-            let names: Vec<&str> = crate::stages::kinds().iter().map(|k| k.name).collect();
+            let names: Vec<&str> = crate::stages::user_kinds().map(|k| k.name).collect();
             let help = did_you_mean(&kind_name.name, names.iter().copied())
                 .unwrap_or_else(|| format!("stage kinds: {}", names.join(", ")));
             let d = Diag::error(
