@@ -14,15 +14,26 @@ impl Work {
         let dir = std::env::temp_dir().join(format!("ptl-engine-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("models/base")).unwrap();
-        std::fs::write(dir.join("models/base/config.json"), "{\"hidden_size\": 8}\n").unwrap();
-        std::fs::write(dir.join("d.jsonl"), "{\"text\": \"a\"}\n{\"text\": \"b\"}\n").unwrap();
+        std::fs::write(
+            dir.join("models/base/config.json"),
+            "{\"hidden_size\": 8}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("d.jsonl"),
+            "{\"text\": \"a\"}\n{\"text\": \"b\"}\n",
+        )
+        .unwrap();
         std::fs::write(dir.join("p.ptl"), pipeline).unwrap();
         Work { dir }
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_ptl"));
-        c.args(args).current_dir(&self.dir).env_remove("PTL_STORE").env_remove("PTL_FAULT");
+        c.args(args)
+            .current_dir(&self.dir)
+            .env_remove("PTL_STORE")
+            .env_remove("PTL_FAULT");
         c
     }
 
@@ -63,8 +74,17 @@ fn statuses(plan: &serde_json::Value) -> Vec<(String, String, Vec<String>)> {
         .unwrap()
         .iter()
         .map(|s| {
-            let reasons = s["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect();
-            (s["name"].as_str().unwrap().to_string(), s["status"].as_str().unwrap().to_string(), reasons)
+            let reasons = s["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap().to_string())
+                .collect();
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+                reasons,
+            )
         })
         .collect()
 }
@@ -108,12 +128,25 @@ fn plans_explain_every_rerun_and_noop_runs_are_cached() {
     let w = Work::new("plan", CHAIN);
     let s = statuses(&plan_json(&w, &[]));
     assert_eq!(s[0], ("a".into(), "run".into(), vec!["new".into()]));
-    assert_eq!(s[1], ("b".into(), "run".into(), vec!["upstream a will rerun".into()]));
+    assert_eq!(
+        s[1],
+        (
+            "b".into(),
+            "run".into(),
+            vec!["upstream a will rerun".into()]
+        )
+    );
     let o = w.ptl(&["run", "p.ptl", "-j", "2"]);
     assert_eq!(o.status.code(), Some(0), "{}{}", out(&o), err(&o));
-    assert!(out(&o).ends_with("0 cached, 4 ran, 0 failed, 0 blocked\n"), "{}", out(&o));
+    assert!(
+        out(&o).ends_with("0 cached, 4 ran, 0 failed, 0 blocked\n"),
+        "{}",
+        out(&o)
+    );
     assert_eq!(ran(&w), ["a", "b", "c", "e"]);
-    assert!(statuses(&plan_json(&w, &[])).iter().all(|(_, st, _)| st == "cached"));
+    assert!(statuses(&plan_json(&w, &[]))
+        .iter()
+        .all(|(_, st, _)| st == "cached"));
     let o = w.ptl(&["run", "p.ptl"]);
     assert!(out(&o).ends_with("4 cached, 0 ran, 0 failed, 0 blocked\n"));
     assert!(ran(&w).is_empty(), "a no-op run runs nothing");
@@ -121,9 +154,23 @@ fn plans_explain_every_rerun_and_noop_runs_are_cached() {
     // A parameter change reruns the stage and what depends on it, never its upstream.
     let s = statuses(&plan_json(&w, &["--set", "b.text=changed"]));
     assert_eq!(s[0].1, "cached");
-    assert_eq!(s[1], ("b".into(), "run".into(), vec!["param text changed \"second\" → \"changed\"".into()]));
+    assert_eq!(
+        s[1],
+        (
+            "b".into(),
+            "run".into(),
+            vec!["param text changed \"second\" → \"changed\"".into()]
+        )
+    );
     assert_eq!(s[2].1, "cached");
-    assert_eq!(s[3], ("e".into(), "run".into(), vec!["upstream b will rerun".into()]));
+    assert_eq!(
+        s[3],
+        (
+            "e".into(),
+            "run".into(),
+            vec!["upstream b will rerun".into()]
+        )
+    );
     let o = w.ptl(&["run", "p.ptl", "--set", "b.text=changed"]);
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(ran(&w), ["b", "e"]);
@@ -131,7 +178,14 @@ fn plans_explain_every_rerun_and_noop_runs_are_cached() {
     // An input edit is named as such.
     std::fs::write(w.path("d.jsonl"), "{\"text\": \"a\"}\n{\"text\": \"c\"}\n").unwrap();
     let s = statuses(&plan_json(&w, &["--set", "b.text=changed"]));
-    assert_eq!(s[0], ("a".into(), "run".into(), vec!["input d.jsonl changed".into()]));
+    assert_eq!(
+        s[0],
+        (
+            "a".into(),
+            "run".into(),
+            vec!["input d.jsonl changed".into()]
+        )
+    );
 }
 
 #[test]
@@ -151,14 +205,26 @@ fn a_failed_stage_stops_its_downstream_and_keeps_finished_work() {
     let w = Work::new("fail", CHAIN);
     let o = w.ptl(&["run", "p.ptl", "--set", "b.fail=true"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(err(&o).contains("error: stage b failed: failed on purpose"), "{}", err(&o));
-    assert!(out(&o).contains("blocked  e: upstream b did not finish"), "{}", out(&o));
+    assert!(
+        err(&o).contains("error: stage b failed: failed on purpose"),
+        "{}",
+        err(&o)
+    );
+    assert!(
+        out(&o).contains("blocked  e: upstream b did not finish"),
+        "{}",
+        out(&o)
+    );
     let first = ran(&w);
     assert!(first.contains(&"a".to_string()) && first.contains(&"b".to_string()));
     // --keep-going finishes the independent stage c as well.
     let o = w.ptl(&["run", "p.ptl", "--set", "b.fail=true", "--keep-going"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(out(&o).contains("cached   a"), "finished stages stay cached: {}", out(&o));
+    assert!(
+        out(&o).contains("cached   a"),
+        "finished stages stay cached: {}",
+        out(&o)
+    );
     assert!(out(&o).contains("ran      c"), "{}", out(&o));
     ran(&w);
     let o = w.ptl(&["run", "p.ptl"]);
@@ -177,7 +243,11 @@ fn locked_runs_refuse_to_change_the_lock_file() {
     assert_eq!(w.ptl(&["run", "p.ptl", "--locked"]).status.code(), Some(0));
     let o = w.ptl(&["run", "p.ptl", "--locked", "--set", "c.text=new"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(err(&o).contains("c: would change (param text changed \"\" → \"new\")"), "{}", err(&o));
+    assert!(
+        err(&o).contains("c: would change (param text changed \"\" → \"new\")"),
+        "{}",
+        err(&o)
+    );
     assert_eq!(std::fs::read_to_string(w.path("p.ptl.lock")).unwrap(), lock);
     // A fresh store (a new clone) rebuilds under --locked and must reproduce the locked outputs.
     std::fs::remove_dir_all(w.path(".ptl")).unwrap();
@@ -191,15 +261,31 @@ fn only_and_from_select_stages() {
     let w = Work::new("select", CHAIN);
     let o = w.ptl(&["run", "p.ptl", "--only", "b"]);
     assert_eq!(o.status.code(), Some(1), "b's upstream is not built");
-    assert!(out(&o).contains("skipped  a: not built, and not selected"), "{}", out(&o));
-    assert!(out(&o).contains("blocked  b: upstream a is not built"), "{}", out(&o));
+    assert!(
+        out(&o).contains("skipped  a: not built, and not selected"),
+        "{}",
+        out(&o)
+    );
+    assert!(
+        out(&o).contains("blocked  b: upstream a is not built"),
+        "{}",
+        out(&o)
+    );
     let o = w.ptl(&["run", "p.ptl", "--only", "a"]);
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));
-    assert!(out(&o).ends_with("0 cached, 1 ran, 0 failed, 0 blocked, 3 not selected\n"), "{}", out(&o));
+    assert!(
+        out(&o).ends_with("0 cached, 1 ran, 0 failed, 0 blocked, 3 not selected\n"),
+        "{}",
+        out(&o)
+    );
     assert_eq!(ran(&w), ["a"]);
     let o = w.ptl(&["run", "p.ptl", "--from", "b"]);
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));
-    assert!(out(&o).contains("skipped  c"), "c is neither selected nor built: {}", out(&o));
+    assert!(
+        out(&o).contains("skipped  c"),
+        "c is neither selected nor built: {}",
+        out(&o)
+    );
     assert_eq!(ran(&w), ["b", "e"]);
 }
 
@@ -210,27 +296,46 @@ fn outputs_are_reachable_by_name_and_graphs_show_statuses() {
     assert_eq!(w.ptl(&["run", "p.ptl"]).status.code(), Some(0));
     let o = w.ptl(&["path", "p.ptl", "b"]);
     let link = w.path(out(&o).trim());
-    assert!(link.join("model/weights.txt").is_file(), "{}", link.display());
+    assert!(
+        link.join("model/weights.txt").is_file(),
+        "{}",
+        link.display()
+    );
     let dot = out(&w.ptl(&["graph", "p.ptl"]));
-    assert!(dot.contains("\"a\" -> \"b\";") && dot.contains("cached"), "{dot}");
+    assert!(
+        dot.contains("\"a\" -> \"b\";") && dot.contains("cached"),
+        "{dot}"
+    );
     let mermaid = out(&w.ptl(&["graph", "p.ptl", "--format", "mermaid", "--set", "e.text=x"]));
-    assert!(mermaid.contains("s1 --> s3") && mermaid.contains("e<br/>test_step · run"), "{mermaid}");
+    assert!(
+        mermaid.contains("s1 --> s3") && mermaid.contains("e<br/>test_step · run"),
+        "{mermaid}"
+    );
 }
 
 #[test]
 fn gc_removes_only_unreferenced_entries() {
     let w = Work::new("gc", CHAIN);
     assert_eq!(w.ptl(&["run", "p.ptl"]).status.code(), Some(0));
-    assert_eq!(w.ptl(&["run", "p.ptl", "--set", "c.text=v2"]).status.code(), Some(0));
+    assert_eq!(
+        w.ptl(&["run", "p.ptl", "--set", "c.text=v2"]).status.code(),
+        Some(0)
+    );
     let entries = || std::fs::read_dir(w.path(".ptl/entries")).unwrap().count();
     assert_eq!(entries(), 5);
     let o = w.ptl(&["gc", "--dry-run"]);
     assert!(out(&o).contains("would remove 1 entry"), "{}", out(&o));
     assert_eq!(entries(), 5);
     let o = w.ptl(&["gc"]);
-    assert!(out(&o).contains("removed 1 entry") && out(&o).contains("kept 4 entries"), "{}", out(&o));
+    assert!(
+        out(&o).contains("removed 1 entry") && out(&o).contains("kept 4 entries"),
+        "{}",
+        out(&o)
+    );
     assert_eq!(entries(), 4);
-    assert!(statuses(&plan_json(&w, &["--set", "c.text=v2"])).iter().all(|(_, s, _)| s == "cached"));
+    assert!(statuses(&plan_json(&w, &["--set", "c.text=v2"]))
+        .iter()
+        .all(|(_, s, _)| s == "cached"));
     assert_eq!(w.ptl(&["store", "verify"]).status.code(), Some(0));
 }
 
@@ -242,25 +347,49 @@ fn verify_finds_tampered_entries() {
     std::fs::write(link.join("model/weights.txt"), "tampered").unwrap();
     let o = w.ptl(&["store", "verify"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(out(&o).contains("model/weights.txt does not match its hash"), "{}", out(&o));
+    assert!(
+        out(&o).contains("model/weights.txt does not match its hash"),
+        "{}",
+        out(&o)
+    );
 }
 
 #[test]
 fn store_problems_are_clear_errors() {
     let w = Work::new("faults", CHAIN);
     // A full disk while committing: the stage fails, nothing half-written remains.
-    let o = w.cmd(&["run", "p.ptl"]).env("PTL_FAULT", "commit").output().unwrap();
+    let o = w
+        .cmd(&["run", "p.ptl"])
+        .env("PTL_FAULT", "commit")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert!(err(&o).contains("error: stage a failed: cannot commit the outputs: no space left on device"), "{}", err(&o));
-    assert_eq!(std::fs::read_dir(w.path(".ptl/entries")).unwrap().count(), 0);
+    assert!(
+        err(&o)
+            .contains("error: stage a failed: cannot commit the outputs: no space left on device"),
+        "{}",
+        err(&o)
+    );
+    assert_eq!(
+        std::fs::read_dir(w.path(".ptl/entries")).unwrap().count(),
+        0
+    );
     assert_eq!(std::fs::read_dir(w.path(".ptl/tmp")).unwrap().count(), 0);
     assert_eq!(w.ptl(&["store", "verify"]).status.code(), Some(0));
-    assert_eq!(w.ptl(&["run", "p.ptl"]).status.code(), Some(0), "the next run finishes the job");
+    assert_eq!(
+        w.ptl(&["run", "p.ptl"]).status.code(),
+        Some(0),
+        "the next run finishes the job"
+    );
     // A store path that is not a folder.
     std::fs::write(w.path("not-a-dir"), "x").unwrap();
     let o = w.ptl(&["run", "p.ptl", "--store", "not-a-dir"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(err(&o).contains("error: cannot use the store not-a-dir"), "{}", err(&o));
+    assert!(
+        err(&o).contains("error: cannot use the store not-a-dir"),
+        "{}",
+        err(&o)
+    );
     // A missing input file is a check error pointing at the source.
     std::fs::remove_file(w.path("d.jsonl")).unwrap();
     let o = w.ptl(&["run", "p.ptl"]);
@@ -271,7 +400,11 @@ fn store_problems_are_clear_errors() {
 #[test]
 fn malformed_dataset_rows_are_reported_with_file_and_line() {
     let w = Work::new("rows", CHAIN);
-    std::fs::write(w.path("d.jsonl"), "{\"text\": \"a\"}\nnot json\n{\"other\": 1}\n").unwrap();
+    std::fs::write(
+        w.path("d.jsonl"),
+        "{\"text\": \"a\"}\nnot json\n{\"other\": 1}\n",
+    )
+    .unwrap();
     let o = w.ptl(&["run", "p.ptl"]);
     assert_eq!(o.status.code(), Some(1));
     let e = err(&o);
@@ -284,8 +417,19 @@ fn real_kinds_are_planned_and_reported_as_not_runnable_yet() {
     let w = Work::new("real", "let base = hf_model(\"models/base\")\nlet d = jsonl(\"d.jsonl\", format = \"text\")\n\nstage cpt = pt {\n  model = base\n  data = d\n}\n\nstage after = test_step {\n  model = cpt.model\n}\n");
     let s = statuses(&plan_json(&w, &[]));
     assert_eq!(s[0].1, "blocked");
-    assert!(s[0].2[0].contains("stage kind pt cannot run yet"), "{:?}", s[0]);
-    assert_eq!(s[1], ("after".into(), "blocked".into(), vec!["upstream cpt is blocked".into()]));
+    assert!(
+        s[0].2[0].contains("stage kind pt cannot run yet"),
+        "{:?}",
+        s[0]
+    );
+    assert_eq!(
+        s[1],
+        (
+            "after".into(),
+            "blocked".into(),
+            vec!["upstream cpt is blocked".into()]
+        )
+    );
     let o = w.ptl(&["run", "p.ptl"]);
     assert_eq!(o.status.code(), Some(1));
 }
@@ -337,11 +481,25 @@ fn kill_9_at_random_moments_never_corrupts_the_store() {
         let _ = child.kill();
         let _ = child.wait();
         let o = w.ptl(&["store", "verify"]);
-        assert_eq!(o.status.code(), Some(0), "trial {trial} (kill after {delay} ms): {}", out(&o));
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "trial {trial} (kill after {delay} ms): {}",
+            out(&o)
+        );
         let o = w.ptl(&["run", "p.ptl", "--set", &text]);
-        assert_eq!(o.status.code(), Some(0), "trial {trial}: rerun: {}{}", out(&o), err(&o));
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "trial {trial}: rerun: {}{}",
+            out(&o),
+            err(&o)
+        );
         let plan = plan_json(&w, &["--set", &text]);
-        assert!(statuses(&plan).iter().all(|(_, s, _)| s == "cached"), "trial {trial}");
+        assert!(
+            statuses(&plan).iter().all(|(_, s, _)| s == "cached"),
+            "trial {trial}"
+        );
     }
     assert_eq!(w.ptl(&["store", "verify"]).status.code(), Some(0));
 }
@@ -350,14 +508,23 @@ fn kill_9_at_random_moments_never_corrupts_the_store() {
 fn two_runs_on_one_store_compute_each_stage_once() {
     let w = Work::new("concurrent", SLOW);
     big_input(&w);
-    let spawn = || w.cmd(&["run", "p.ptl"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let spawn = || {
+        w.cmd(&["run", "p.ptl"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
     let (first, second) = (spawn(), spawn());
-    let (o1, o2) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
+    let (o1, o2) = (
+        first.wait_with_output().unwrap(),
+        second.wait_with_output().unwrap(),
+    );
     assert_eq!(o1.status.code(), Some(0), "{}", err(&o1));
     assert_eq!(o2.status.code(), Some(0), "{}", err(&o2));
     assert_eq!(ran(&w), ["a", "b", "c"], "each stage ran exactly once");
     assert_eq!(w.ptl(&["store", "verify"]).status.code(), Some(0));
-    let lock: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(w.path("p.ptl.lock")).unwrap()).unwrap();
+    let lock: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.path("p.ptl.lock")).unwrap()).unwrap();
     assert_eq!(lock["stages"].as_object().unwrap().len(), 3);
 }
-

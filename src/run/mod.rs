@@ -222,8 +222,11 @@ pub struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// Records a finished stage in the lock file (written only when its entry changes) and links
+    /// its outputs. `known` is this run's copy of the lock file.
     fn record(
         &self,
+        known: &mut LockFile,
         name: &str,
         id: StageId,
         key: &StageKey,
@@ -231,14 +234,6 @@ impl Run<'_> {
     ) -> Result<(), String> {
         let p = self.pipeline;
         let io = |e: std::io::Error| format!("cannot update {}: {e}", self.lock_path.display());
-        let _guard = self
-            .store
-            .lock(&format!(
-                "lockfile-{}",
-                blake3::hash(self.lock_path.to_string_lossy().as_bytes()).to_hex()
-            ))
-            .map_err(io)?;
-        let mut lock = LockFile::load(&self.lock_path).map_err(io)?;
         let entry = LockedStage {
             kind: p.stages[id].kind.name.to_string(),
             kind_version: p.stages[id].kind.version,
@@ -247,10 +242,20 @@ impl Run<'_> {
             inputs: key.inputs.clone(),
             outputs: manifest.outputs.clone(),
         };
-        if lock.stages.get(name) != Some(&entry) {
+        if known.stages.get(name) != Some(&entry) {
+            // Another run may have written the file since: merge into what is on disk now.
+            let _guard = self
+                .store
+                .lock(&format!(
+                    "lockfile-{}",
+                    blake3::hash(self.lock_path.to_string_lossy().as_bytes()).to_hex()
+                ))
+                .map_err(io)?;
+            let mut lock = LockFile::load(&self.lock_path).map_err(io)?;
             lock.version = 1;
             lock.stages.insert(name.to_string(), entry);
             lock.save(&self.lock_path).map_err(io)?;
+            *known = lock;
         }
         self.store
             .link(&p.name, name, &key.key)
@@ -269,6 +274,7 @@ impl Run<'_> {
             .map_err(|e| format!("store error: {e}"))?;
         let _ = store.clean_tmp(false);
         let plan = Plan::make(p, store, &mut cache, &lock)?;
+        let mut known = lock.clone();
         if opts.locked {
             locked_check(p, &plan, &lock)?;
         }
@@ -296,14 +302,26 @@ impl Run<'_> {
                     if let Some(d) = deps.iter().find(|d| matches!(state[**d], State::Skipped)) {
                         let upstream = &p.stages[*d].name;
                         let (outcome, line) = if chosen {
-                            let why = format!("upstream {upstream} is not built: run it first, or select it too");
-                            (Outcome::Blocked(why.clone()), format!("blocked  {name}: {why}"))
+                            let why = format!(
+                                "upstream {upstream} is not built: run it first, or select it too"
+                            );
+                            (
+                                Outcome::Blocked(why.clone()),
+                                format!("blocked  {name}: {why}"),
+                            )
                         } else {
                             let why = format!("not selected, and upstream {upstream} is not built");
-                            (Outcome::Skipped(why.clone()), format!("skipped  {name}: {why}"))
+                            (
+                                Outcome::Skipped(why.clone()),
+                                format!("skipped  {name}: {why}"),
+                            )
                         };
                         report(&line);
-                        state[id] = if chosen { State::Blocked } else { State::Skipped };
+                        state[id] = if chosen {
+                            State::Blocked
+                        } else {
+                            State::Skipped
+                        };
                         outcomes[id] = Some(outcome);
                         progressed = true;
                         continue;
@@ -356,7 +374,7 @@ impl Run<'_> {
                         let m = store
                             .manifest(&key.key)
                             .map_err(|e| format!("store error: {e}"))?;
-                        self.record(name, id, &key, &m)?;
+                        self.record(&mut known, name, id, &key, &m)?;
                         report(&format!("cached   {name}"));
                         outcomes[id] = Some(Outcome::Cached);
                         state[id] = State::Done(m);
@@ -440,12 +458,12 @@ impl Run<'_> {
                                 stop |= !opts.keep_going;
                             }
                             Outcome::CachedByOther => {
-                                self.record(name, id, &key, &m)?;
+                                self.record(&mut known, name, id, &key, &m)?;
                                 report(&format!("cached   {name} (computed by another run)"));
                                 state[id] = State::Done(m);
                             }
                             _ => {
-                                self.record(name, id, &key, &m)?;
+                                self.record(&mut known, name, id, &key, &m)?;
                                 report(&format!("ran      {name} in {secs:.1} s"));
                                 state[id] = State::Done(m);
                             }
