@@ -528,3 +528,27 @@ fn two_runs_on_one_store_compute_each_stage_once() {
         serde_json::from_str(&std::fs::read_to_string(w.path("p.ptl.lock")).unwrap()).unwrap();
     assert_eq!(lock["stages"].as_object().unwrap().len(), 3);
 }
+
+#[test]
+fn a_new_implementation_version_is_named_as_the_reason() {
+    let w = Work::new("version", CHAIN);
+    let checked = ptl::lang::check::check_file(&w.path("p.ptl"), &[]);
+    let p = checked.pipeline.expect("checks");
+    let store = ptl::store::Store::open(&w.path(".ptl")).unwrap();
+    let mut cache = ptl::store::hash::HashCache::load(&store.root);
+    let key = ptl::plan::key::stage_key(&p, 0, &mut cache, &|_, _| None)
+        .ok()
+        .expect("a has no upstream");
+    let locked = ptl::plan::lockfile::LockedStage {
+        kind: "test_step".into(),
+        kind_version: 0,
+        key: "old".into(),
+        params: p.params_json(0),
+        inputs: key.inputs.clone(),
+        outputs: Default::default(),
+    };
+    assert_eq!(
+        ptl::plan::reasons(&p, 0, &key, Some(&locked), false),
+        ["implementation of test_step changed"]
+    );
+}

@@ -16,7 +16,10 @@ pub struct RunContext<'a> {
     /// The pipeline file's folder (relative paths in parameters resolve against it).
     pub base_dir: PathBuf,
     pub cancel: &'a AtomicBool,
+    /// Reports `step` of `total` (for progress bars and watch mode).
     pub progress: &'a (dyn Fn(u64, u64) + Sync),
+    /// One line of the stage's own output, shown under the stage's name.
+    pub log: &'a (dyn Fn(&str) + Sync),
 }
 
 impl RunContext<'_> {

@@ -125,6 +125,7 @@ fn execute(
     key: &StageKey,
     store: &Store,
     keys: &[Option<String>],
+    report: &(dyn Fn(&str) + Sync),
 ) -> Result<(Manifest, bool), String> {
     let stage = &p.stages[id];
     let io = |e: std::io::Error| format!("store error: {e}");
@@ -151,6 +152,7 @@ fn execute(
     let pending = store.begin(&key.key).map_err(io)?;
     let cancel = AtomicBool::new(false);
     let progress = |_: u64, _: u64| {};
+    let log = |line: &str| report(&format!("         {}: {line}", stage.name));
     let mut ctx = RunContext {
         stage: &stage.name,
         params: &stage.params,
@@ -162,6 +164,7 @@ fn execute(
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
         cancel: &cancel,
         progress: &progress,
+        log: &log,
     };
     let started = Instant::now();
     if let Err(e) = run(&mut ctx) {
@@ -419,7 +422,7 @@ impl Run<'_> {
                     let keys_now = keys.clone();
                     scope.spawn(move || {
                         let started = Instant::now();
-                        let result = execute(p, id, &key, store, &keys_now);
+                        let result = execute(p, id, &key, store, &keys_now, report);
                         let _ = tx.send((id, result, started.elapsed().as_secs_f64()));
                     });
                 }
