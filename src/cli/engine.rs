@@ -147,8 +147,9 @@ pub fn run(args: RunArgs) -> i32 {
         store: &store,
         lock_path: path_for(&p.file),
     };
-    let report = |line: &str| outln!("{line}");
-    match run.run(&args.options, &report) {
+    let report = |e: &crate::run::Event| outln!("{}", e.line());
+    let control = crate::run::Control::default();
+    match run.run(&args.options, &control, &report) {
         Ok(summary) => {
             outln!("{}", summary.line());
             for (name, o) in &summary.outcomes {

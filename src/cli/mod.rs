@@ -113,6 +113,25 @@ enum Command {
         #[arg(long)]
         locked: bool,
     },
+    /// Run the pipeline, then rerun exactly the stages whose inputs change
+    Watch {
+        file: PathBuf,
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        set: Vec<String>,
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// Quiet time after a change before re-planning, in milliseconds
+        #[arg(long, default_value_t = 50)]
+        debounce: u64,
+        /// Time a cancelled stage gets to stop, in milliseconds
+        #[arg(long, default_value_t = 5000)]
+        grace: u64,
+        #[arg(short = 'j', long = "jobs", default_value_t = 1)]
+        jobs: usize,
+        /// `json`: one event object per line (plan, stage_started, stage_finished, stage_cancelled, diagnostics, change, idle)
+        #[arg(long, value_enum, default_value = "human")]
+        format: OutputFormat,
+    },
     /// The DAG with statuses, as Graphviz dot or Mermaid
     Graph {
         file: PathBuf,
@@ -228,6 +247,24 @@ pub fn main() -> i32 {
                     from,
                     locked,
                 },
+            }),
+            Command::Watch {
+                file,
+                set,
+                store,
+                debounce,
+                grace,
+                jobs,
+                format,
+            } => crate::run::watch::watch(crate::run::watch::WatchOptions {
+                store: engine::store_dir(&file, store.as_deref()),
+                file,
+                set,
+                debounce: std::time::Duration::from_millis(debounce),
+                grace: std::time::Duration::from_millis(grace),
+                jobs,
+                json: format == OutputFormat::Json,
+                screen: std::io::stdout().is_terminal(),
             }),
             Command::Gc { store, dry_run } => engine::gc(store.as_deref(), dry_run),
             Command::Store {

@@ -2,6 +2,7 @@
 //! stage's result committed to the store and recorded in the lock file as soon as it finishes.
 
 pub mod context;
+pub mod watch;
 
 use crate::data::jsonl;
 use crate::lang::pipeline::Pipeline;
@@ -29,6 +30,9 @@ pub struct Options {
     pub locked: bool,
 }
 
+/// The error text of a stage stopped on request.
+pub const CANCELLED: &str = "cancelled";
+
 /// What happened to one stage.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
@@ -40,6 +44,74 @@ pub enum Outcome {
     Blocked(String),
     /// Not selected by `--only` / `--from`, and not in the store.
     Skipped(String),
+    /// Stopped on request (watch mode, Ctrl-C); nothing was committed.
+    Cancelled,
+}
+
+/// What the executor tells its caller, as it happens.
+pub enum Event<'a> {
+    Started {
+        stage: &'a str,
+    },
+    Finished {
+        stage: &'a str,
+        outcome: &'a Outcome,
+    },
+    /// A line of a stage's own output.
+    Log {
+        stage: &'a str,
+        line: &'a str,
+    },
+}
+
+impl Event<'_> {
+    /// The plain one-line form `ptl run` prints.
+    pub fn line(&self) -> String {
+        match self {
+            Event::Started { stage } => format!("running  {stage}"),
+            Event::Log { stage, line } => format!("         {stage}: {line}"),
+            Event::Finished { stage, outcome } => match outcome {
+                Outcome::Cached => format!("cached   {stage}"),
+                Outcome::CachedByOther => format!("cached   {stage} (computed by another run)"),
+                Outcome::Ran(secs) => format!("ran      {stage} in {secs:.1} s"),
+                Outcome::Failed(why) => format!("failed   {stage}: {why}"),
+                Outcome::Blocked(why) => format!("blocked  {stage}: {why}"),
+                Outcome::Skipped(why) => format!("skipped  {stage}: {why}"),
+                Outcome::Cancelled => format!("cancelled {stage}"),
+            },
+        }
+    }
+}
+
+pub type Report<'a> = &'a (dyn Fn(&Event) + Sync);
+
+/// Steering a run from outside (watch mode, Ctrl-C): stop starting stages, cancel running ones.
+#[derive(Default)]
+pub struct Control {
+    /// Once set, no new stage starts.
+    pub stop: AtomicBool,
+    /// The cancel flag of each running stage, by key.
+    pub running: std::sync::Mutex<BTreeMap<String, std::sync::Arc<AtomicBool>>>,
+}
+
+impl Control {
+    /// Cancels every running stage whose key is not in `keep`; returns the keys cancelled.
+    pub fn cancel_unless(&self, keep: &dyn Fn(&str) -> bool) -> Vec<String> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cancelled = Vec::new();
+        for (key, flag) in running.iter() {
+            if !keep(key) {
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                cancelled.push(key.clone());
+            }
+        }
+        cancelled
+    }
+
+    pub fn stop_all(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.cancel_unless(&|_| false);
+    }
 }
 
 #[derive(Default)]
@@ -125,7 +197,8 @@ fn execute(
     key: &StageKey,
     store: &Store,
     keys: &[Option<String>],
-    report: &(dyn Fn(&str) + Sync),
+    report: Report,
+    cancel: &AtomicBool,
 ) -> Result<(Manifest, bool), String> {
     let stage = &p.stages[id];
     let io = |e: std::io::Error| format!("store error: {e}");
@@ -150,9 +223,13 @@ fn execute(
         .filter(|(_, v)| !v.is_empty())
         .collect();
     let pending = store.begin(&key.key).map_err(io)?;
-    let cancel = AtomicBool::new(false);
     let progress = |_: u64, _: u64| {};
-    let log = |line: &str| report(&format!("         {}: {line}", stage.name));
+    let log = |line: &str| {
+        report(&Event::Log {
+            stage: &stage.name,
+            line,
+        })
+    };
     let mut ctx = RunContext {
         stage: &stage.name,
         params: &stage.params,
@@ -162,14 +239,15 @@ fn execute(
             .file
             .parent()
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
-        cancel: &cancel,
+        cancel,
         progress: &progress,
         log: &log,
     };
     let started = Instant::now();
-    if let Err(e) = run(&mut ctx) {
+    let result = run(&mut ctx);
+    if result.is_err() || cancel.load(std::sync::atomic::Ordering::Relaxed) {
         store.abort(pending);
-        return Err(e);
+        return Err(result.err().unwrap_or_else(|| CANCELLED.to_string()));
     }
     let manifest = Manifest {
         key: key.key.clone(),
@@ -267,7 +345,12 @@ impl Run<'_> {
     }
 
     /// Runs the pipeline; `report` gets one line per event.
-    pub fn run(&self, opts: &Options, report: &(dyn Fn(&str) + Sync)) -> Result<Summary, String> {
+    pub fn run(
+        &self,
+        opts: &Options,
+        control: &Control,
+        report: Report,
+    ) -> Result<Summary, String> {
         let p = self.pipeline;
         let store = self.store;
         let mut cache = HashCache::load(&store.root);
@@ -304,22 +387,19 @@ impl Run<'_> {
                     let chosen = selected.as_ref().is_none_or(|s| s[id]);
                     if let Some(d) = deps.iter().find(|d| matches!(state[**d], State::Skipped)) {
                         let upstream = &p.stages[*d].name;
-                        let (outcome, line) = if chosen {
+                        let outcome = if chosen {
                             let why = format!(
                                 "upstream {upstream} is not built: run it first, or select it too"
                             );
-                            (
-                                Outcome::Blocked(why.clone()),
-                                format!("blocked  {name}: {why}"),
-                            )
+                            Outcome::Blocked(why)
                         } else {
                             let why = format!("not selected, and upstream {upstream} is not built");
-                            (
-                                Outcome::Skipped(why.clone()),
-                                format!("skipped  {name}: {why}"),
-                            )
+                            Outcome::Skipped(why)
                         };
-                        report(&line);
+                        report(&Event::Finished {
+                            stage: name,
+                            outcome: &outcome,
+                        });
                         state[id] = if chosen {
                             State::Blocked
                         } else {
@@ -334,7 +414,10 @@ impl Run<'_> {
                         .find(|d| matches!(state[**d], State::Failed | State::Blocked))
                     {
                         let why = format!("upstream {} did not finish", p.stages[*d].name);
-                        report(&format!("blocked  {name}: {why}"));
+                        report(&Event::Finished {
+                            stage: name,
+                            outcome: &Outcome::Blocked(why.clone()),
+                        });
                         outcomes[id] = Some(Outcome::Blocked(why));
                         state[id] = State::Blocked;
                         progressed = true;
@@ -351,7 +434,10 @@ impl Run<'_> {
                         Ok(k) => k,
                         Err(KeyError::Input(label, e)) => {
                             let why = format!("cannot read input {label}: {e}");
-                            report(&format!("failed   {name}: {why}"));
+                            report(&Event::Finished {
+                                stage: name,
+                                outcome: &Outcome::Failed(why.clone()),
+                            });
                             outcomes[id] = Some(Outcome::Failed(why));
                             state[id] = State::Failed;
                             progressed = true;
@@ -366,7 +452,10 @@ impl Run<'_> {
                             if l.key != key.key {
                                 let why =
                                     "--locked: its key differs from the lock file".to_string();
-                                report(&format!("failed   {name}: {why}"));
+                                report(&Event::Finished {
+                                    stage: name,
+                                    outcome: &Outcome::Failed(why.clone()),
+                                });
                                 outcomes[id] = Some(Outcome::Failed(why));
                                 state[id] = State::Failed;
                                 continue;
@@ -378,7 +467,10 @@ impl Run<'_> {
                             .manifest(&key.key)
                             .map_err(|e| format!("store error: {e}"))?;
                         self.record(&mut known, name, id, &key, &m)?;
-                        report(&format!("cached   {name}"));
+                        report(&Event::Finished {
+                            stage: name,
+                            outcome: &Outcome::Cached,
+                        });
                         outcomes[id] = Some(Outcome::Cached);
                         state[id] = State::Done(m);
                         stage_keys[id] = Some(key);
@@ -386,7 +478,10 @@ impl Run<'_> {
                     }
                     if !chosen {
                         let why = "not built, and not selected by --only/--from".to_string();
-                        report(&format!("skipped  {name}: {why}"));
+                        report(&Event::Finished {
+                            stage: name,
+                            outcome: &Outcome::Skipped(why.clone()),
+                        });
                         outcomes[id] = Some(Outcome::Skipped(why));
                         state[id] = State::Skipped;
                         continue;
@@ -396,6 +491,8 @@ impl Run<'_> {
                             "stage kind {} cannot run yet: its training is not built in this version of ptl",
                             p.stages[id].kind.name
                         ))
+                    } else if control.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        Some("not started: the run was stopped".to_string())
                     } else if stop {
                         Some(
                             "not started: an earlier stage failed (use --keep-going to go on)"
@@ -405,7 +502,10 @@ impl Run<'_> {
                         None
                     };
                     if let Some(why) = blocked {
-                        report(&format!("blocked  {name}: {why}"));
+                        report(&Event::Finished {
+                            stage: name,
+                            outcome: &Outcome::Blocked(why.clone()),
+                        });
                         outcomes[id] = Some(Outcome::Blocked(why));
                         state[id] = State::Blocked;
                         continue;
@@ -414,15 +514,26 @@ impl Run<'_> {
                         keys[id] = None;
                         continue;
                     }
-                    report(&format!("running  {name}"));
+                    report(&Event::Started { stage: name });
                     running += 1;
                     state[id] = State::Running;
                     stage_keys[id] = Some(key.clone());
                     let tx = tx.clone();
                     let keys_now = keys.clone();
+                    let flag = std::sync::Arc::new(AtomicBool::new(false));
+                    control
+                        .running
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key.key.clone(), flag.clone());
                     scope.spawn(move || {
                         let started = Instant::now();
-                        let result = execute(p, id, &key, store, &keys_now, report);
+                        let result = execute(p, id, &key, store, &keys_now, report, &flag);
+                        control
+                            .running
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&key.key);
                         let _ = tx.send((id, result, started.elapsed().as_secs_f64()));
                     });
                 }
@@ -456,25 +567,45 @@ impl Run<'_> {
                         }
                         match &outcome {
                             Outcome::Failed(why) => {
-                                report(&format!("failed   {name}: {why}"));
+                                report(&Event::Finished {
+                                    stage: name,
+                                    outcome: &Outcome::Failed(why.clone()),
+                                });
                                 state[id] = State::Failed;
                                 stop |= !opts.keep_going;
                             }
                             Outcome::CachedByOther => {
                                 self.record(&mut known, name, id, &key, &m)?;
-                                report(&format!("cached   {name} (computed by another run)"));
+                                report(&Event::Finished {
+                                    stage: name,
+                                    outcome: &Outcome::CachedByOther,
+                                });
                                 state[id] = State::Done(m);
                             }
                             _ => {
                                 self.record(&mut known, name, id, &key, &m)?;
-                                report(&format!("ran      {name} in {secs:.1} s"));
+                                report(&Event::Finished {
+                                    stage: name,
+                                    outcome: &Outcome::Ran(secs),
+                                });
                                 state[id] = State::Done(m);
                             }
                         }
                         outcomes[id] = Some(outcome);
                     }
+                    Err(why) if why == CANCELLED => {
+                        report(&Event::Finished {
+                            stage: name,
+                            outcome: &Outcome::Cancelled,
+                        });
+                        outcomes[id] = Some(Outcome::Cancelled);
+                        state[id] = State::Blocked;
+                    }
                     Err(why) => {
-                        report(&format!("failed   {name}: {why}"));
+                        report(&Event::Finished {
+                            stage: name,
+                            outcome: &Outcome::Failed(why.clone()),
+                        });
                         outcomes[id] = Some(Outcome::Failed(why));
                         state[id] = State::Failed;
                         stop |= !opts.keep_going;
