@@ -72,14 +72,16 @@ fn make_plan(p: &Pipeline, store: &Store) -> Option<Plan> {
     }
 }
 
+/// Check, open the store, plan: what `plan` and `graph` share.
+fn planned(file: &Path, set: &[String], store: Option<&Path>) -> Option<(Pipeline, Plan)> {
+    let p = checked(file, set)?;
+    let store = open_store(file, store)?;
+    let plan = make_plan(&p, &store)?;
+    Some((p, plan))
+}
+
 pub fn plan(file: &Path, set: &[String], store: Option<&Path>, format: OutputFormat) -> i32 {
-    let Some(p) = checked(file, set) else {
-        return 1;
-    };
-    let Some(store) = open_store(file, store) else {
-        return 1;
-    };
-    let Some(plan) = make_plan(&p, &store) else {
+    let Some((p, plan)) = planned(file, set, store) else {
         return 1;
     };
     match format {
@@ -108,13 +110,7 @@ pub fn plan(file: &Path, set: &[String], store: Option<&Path>, format: OutputFor
 }
 
 pub fn graph(file: &Path, set: &[String], store: Option<&Path>, mermaid: bool) -> i32 {
-    let Some(p) = checked(file, set) else {
-        return 1;
-    };
-    let Some(store) = open_store(file, store) else {
-        return 1;
-    };
-    let Some(plan) = make_plan(&p, &store) else {
+    let Some((p, plan)) = planned(file, set, store) else {
         return 1;
     };
     out!(
@@ -147,7 +143,12 @@ pub fn run(args: RunArgs) -> i32 {
         store: &store,
         lock_path: path_for(&p.file),
     };
-    let report = |e: &crate::run::Event| outln!("{}", e.line());
+    // Plain lines: progress would flood a log; watch mode shows it on its status screen.
+    let report = |e: &crate::run::Event| {
+        if !matches!(e, crate::run::Event::Progress { .. }) {
+            outln!("{}", e.line())
+        }
+    };
     let control = crate::run::Control::default();
     match run.run(&args.options, &control, &report) {
         Ok(summary) => {

@@ -57,6 +57,12 @@ pub enum Event<'a> {
         stage: &'a str,
         outcome: &'a Outcome,
     },
+    /// `step` of `total` steps done.
+    Progress {
+        stage: &'a str,
+        step: u64,
+        total: u64,
+    },
     /// A line of a stage's own output.
     Log {
         stage: &'a str,
@@ -70,6 +76,7 @@ impl Event<'_> {
         match self {
             Event::Started { stage } => format!("running  {stage}"),
             Event::Log { stage, line } => format!("         {stage}: {line}"),
+            Event::Progress { stage, step, total } => format!("         {stage}: {step}/{total}"),
             Event::Finished { stage, outcome } => match outcome {
                 Outcome::Cached => format!("cached   {stage}"),
                 Outcome::CachedByOther => format!("cached   {stage} (computed by another run)"),
@@ -223,7 +230,13 @@ fn execute(
         .filter(|(_, v)| !v.is_empty())
         .collect();
     let pending = store.begin(&key.key).map_err(io)?;
-    let progress = |_: u64, _: u64| {};
+    let progress = |step: u64, total: u64| {
+        report(&Event::Progress {
+            stage: &stage.name,
+            step,
+            total,
+        })
+    };
     let log = |line: &str| {
         report(&Event::Log {
             stage: &stage.name,

@@ -85,6 +85,18 @@ impl Out {
                 json!({"event": "stage_log", "stage": stage, "line": line}),
                 String::new(),
             ),
+            Event::Progress { stage, step, total } => {
+                self.set_status(stage, format!("running {step}/{total}"));
+                if self.json {
+                    self.emit(
+                        json!({"event": "stage_progress", "stage": stage, "step": step, "total": total}),
+                        None,
+                    );
+                } else if self.screen {
+                    self.emit(serde_json::Value::Null, None);
+                }
+                return;
+            }
             Event::Finished { stage, outcome } => match outcome {
                 Outcome::Cancelled => (
                     json!({"event": "stage_cancelled", "stage": stage, "forced": false}),

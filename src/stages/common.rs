@@ -91,6 +91,14 @@ pub fn training(lr: f64, max_len: i64) -> Vec<FieldSchema> {
     ]
 }
 
+/// The outputs of a training stage: `model` and `metrics`, with this kind's descriptions.
+pub fn outputs(model: &'static str, metrics: &'static str) -> Vec<OutputSchema> {
+    vec![
+        output("model", Type::Model, model),
+        output("metrics", Type::Metrics, metrics),
+    ]
+}
+
 /// Range rules for the fields of [`training`] and the tuning spec.
 pub fn training_rules(s: &StageView, d: &mut Vec<Diag>) {
     rules::positive(s, d, "lr");

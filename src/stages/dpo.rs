@@ -47,18 +47,10 @@ pub fn kind() -> Kind {
         name: "dpo",
         summary: "direct preference optimization against a frozen reference",
         fields,
-        outputs: vec![
-            output(
-                "model",
-                Type::Model,
-                "the aligned model (or base + adapter)",
-            ),
-            output(
-                "metrics",
-                Type::Metrics,
-                "metrics.jsonl: loss, rewards/chosen, rewards/margins, ...",
-            ),
-        ],
+        outputs: common::outputs(
+            "the aligned model (or base + adapter)",
+            "metrics.jsonl: loss, rewards/chosen, rewards/margins, ...",
+        ),
         refused: vec![],
         rules: vec![common::training_rules, dpo_rules],
     }

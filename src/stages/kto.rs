@@ -35,18 +35,10 @@ pub fn kind() -> Kind {
         name: "kto",
         summary: "KTO on unpaired desirable / undesirable completions",
         fields,
-        outputs: vec![
-            output(
-                "model",
-                Type::Model,
-                "the aligned model (or base + adapter)",
-            ),
-            output(
-                "metrics",
-                Type::Metrics,
-                "metrics.jsonl: loss, kl, rewards/chosen, ...",
-            ),
-        ],
+        outputs: common::outputs(
+            "the aligned model (or base + adapter)",
+            "metrics.jsonl: loss, kl, rewards/chosen, ...",
+        ),
         refused: vec![],
         rules: vec![common::training_rules, kto_rules],
     }

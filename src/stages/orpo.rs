@@ -4,7 +4,7 @@ use super::common;
 use super::rules;
 use super::schema::*;
 use crate::lang::diag::Diag;
-use crate::lang::types::{Format, Type};
+use crate::lang::types::Format;
 
 pub fn kind() -> Kind {
     let mut fields = common::inputs(
@@ -19,18 +19,10 @@ pub fn kind() -> Kind {
         name: "orpo",
         summary: "ORPO: odds-ratio preference optimization without a reference",
         fields,
-        outputs: vec![
-            output(
-                "model",
-                Type::Model,
-                "the aligned model (or base + adapter)",
-            ),
-            output(
-                "metrics",
-                Type::Metrics,
-                "metrics.jsonl: nll_loss, log_odds_ratio, ...",
-            ),
-        ],
+        outputs: common::outputs(
+            "the aligned model (or base + adapter)",
+            "metrics.jsonl: nll_loss, log_odds_ratio, ...",
+        ),
         refused: vec![(
             "reference",
             "ORPO is reference-free: it uses no reference model",

@@ -64,18 +64,10 @@ pub fn kind() -> Kind {
         name: "ppo",
         summary: "PPO against a reward model (RLHF)",
         fields,
-        outputs: vec![
-            output(
-                "model",
-                Type::Model,
-                "the policy after PPO (or base + adapter)",
-            ),
-            output(
-                "metrics",
-                Type::Metrics,
-                "metrics.jsonl: objective/kl, objective/scores, policy/clipfrac_avg, ...",
-            ),
-        ],
+        outputs: common::outputs(
+            "the policy after PPO (or base + adapter)",
+            "metrics.jsonl: objective/kl, objective/scores, policy/clipfrac_avg, ...",
+        ),
         refused: vec![],
         rules: vec![common::training_rules, ppo_rules],
     }

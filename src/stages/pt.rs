@@ -2,7 +2,7 @@
 
 use super::common;
 use super::schema::*;
-use crate::lang::types::{Format, Type};
+use crate::lang::types::Format;
 
 pub fn kind() -> Kind {
     let mut fields = common::inputs(&[Format::Text], "text rows `{\"text\": ...}`");
@@ -18,14 +18,10 @@ pub fn kind() -> Kind {
         name: "pt",
         summary: "continued pretraining on plain text",
         fields,
-        outputs: vec![
-            output(
-                "model",
-                Type::Model,
-                "the trained model (or base + adapter)",
-            ),
-            output("metrics", Type::Metrics, "metrics.jsonl of the run"),
-        ],
+        outputs: common::outputs(
+            "the trained model (or base + adapter)",
+            "metrics.jsonl of the run",
+        ),
         refused: vec![],
         rules: vec![common::training_rules],
     }

@@ -38,14 +38,10 @@ pub fn kind() -> Kind {
         name: "sft",
         summary: "supervised fine-tuning on conversations or instructions",
         fields,
-        outputs: vec![
-            output(
-                "model",
-                Type::Model,
-                "the trained model (or base + adapter)",
-            ),
-            output("metrics", Type::Metrics, "metrics.jsonl of the run"),
-        ],
+        outputs: common::outputs(
+            "the trained model (or base + adapter)",
+            "metrics.jsonl of the run",
+        ),
         refused: vec![],
         rules: vec![common::training_rules],
     }

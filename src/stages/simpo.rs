@@ -4,7 +4,7 @@ use super::common;
 use super::rules;
 use super::schema::*;
 use crate::lang::diag::Diag;
-use crate::lang::types::{Format, Type};
+use crate::lang::types::Format;
 
 pub fn kind() -> Kind {
     let mut fields = common::inputs(
@@ -31,14 +31,10 @@ pub fn kind() -> Kind {
         name: "simpo",
         summary: "SimPO: reference-free preference optimization with a target margin",
         fields,
-        outputs: vec![
-            output(
-                "model",
-                Type::Model,
-                "the aligned model (or base + adapter)",
-            ),
-            output("metrics", Type::Metrics, "metrics.jsonl of the run"),
-        ],
+        outputs: common::outputs(
+            "the aligned model (or base + adapter)",
+            "metrics.jsonl of the run",
+        ),
         refused: vec![(
             "reference",
             "SimPO is reference-free: it uses no reference model",
