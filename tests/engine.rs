@@ -2,6 +2,8 @@
 //! their reasons, caching and early cutoff, failures, --locked, --only/--from, gc, crash safety under
 //! kill -9, and two runs sharing one store.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
@@ -116,11 +118,7 @@ stage e = test_step {
 "#;
 
 fn ran(w: &Work) -> Vec<String> {
-    let log = std::fs::read_to_string(w.path("ran.log")).unwrap_or_default();
-    let _ = std::fs::remove_file(w.path("ran.log"));
-    let mut lines: Vec<String> = log.lines().map(str::to_string).collect();
-    lines.sort();
-    lines
+    common::ran(&w.dir)
 }
 
 #[test]

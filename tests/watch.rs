@@ -1,6 +1,8 @@
 //! `ptl watch --format json` end to end: start it on a temporary pipeline of test stages, edit files,
 //! and read what happened from its event stream.
 
+mod common;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -76,12 +78,7 @@ impl Watch {
     }
 
     fn ran(&self) -> Vec<String> {
-        let path = self.dir.join("ran.log");
-        let log = std::fs::read_to_string(&path).unwrap_or_default();
-        let _ = std::fs::remove_file(&path);
-        let mut lines: Vec<String> = log.lines().map(str::to_string).collect();
-        lines.sort();
-        lines
+        common::ran(&self.dir)
     }
 
     fn ptl(&self, args: &[&str]) -> std::process::Output {

@@ -161,6 +161,26 @@ enum State {
     Skipped,
 }
 
+/// Reports a stage that will not complete, and records why (failed, blocked, skipped or cancelled).
+fn settle(
+    report: Report,
+    name: &str,
+    outcome: Outcome,
+    state: &mut State,
+    slot: &mut Option<Outcome>,
+) {
+    report(&Event::Finished {
+        stage: name,
+        outcome: &outcome,
+    });
+    *state = match outcome {
+        Outcome::Failed(_) => State::Failed,
+        Outcome::Skipped(_) => State::Skipped,
+        _ => State::Blocked,
+    };
+    *slot = Some(outcome);
+}
+
 /// The local path of an upstream output: `out/<name>` or `out/<name>.<ext>`.
 fn output_path(store: &Store, key: &str, output: &str) -> PathBuf {
     let out = store.entry_dir(key).join("out");
@@ -427,12 +447,13 @@ impl Run<'_> {
                         .find(|d| matches!(state[**d], State::Failed | State::Blocked))
                     {
                         let why = format!("upstream {} did not finish", p.stages[*d].name);
-                        report(&Event::Finished {
-                            stage: name,
-                            outcome: &Outcome::Blocked(why.clone()),
-                        });
-                        outcomes[id] = Some(Outcome::Blocked(why));
-                        state[id] = State::Blocked;
+                        settle(
+                            report,
+                            name,
+                            Outcome::Blocked(why),
+                            &mut state[id],
+                            &mut outcomes[id],
+                        );
                         progressed = true;
                         continue;
                     }
@@ -447,12 +468,13 @@ impl Run<'_> {
                         Ok(k) => k,
                         Err(KeyError::Input(label, e)) => {
                             let why = format!("cannot read input {label}: {e}");
-                            report(&Event::Finished {
-                                stage: name,
-                                outcome: &Outcome::Failed(why.clone()),
-                            });
-                            outcomes[id] = Some(Outcome::Failed(why));
-                            state[id] = State::Failed;
+                            settle(
+                                report,
+                                name,
+                                Outcome::Failed(why),
+                                &mut state[id],
+                                &mut outcomes[id],
+                            );
                             progressed = true;
                             continue;
                         }
@@ -465,12 +487,13 @@ impl Run<'_> {
                             if l.key != key.key {
                                 let why =
                                     "--locked: its key differs from the lock file".to_string();
-                                report(&Event::Finished {
-                                    stage: name,
-                                    outcome: &Outcome::Failed(why.clone()),
-                                });
-                                outcomes[id] = Some(Outcome::Failed(why));
-                                state[id] = State::Failed;
+                                settle(
+                                    report,
+                                    name,
+                                    Outcome::Failed(why),
+                                    &mut state[id],
+                                    &mut outcomes[id],
+                                );
                                 continue;
                             }
                         }
@@ -491,12 +514,13 @@ impl Run<'_> {
                     }
                     if !chosen {
                         let why = "not built, and not selected by --only/--from".to_string();
-                        report(&Event::Finished {
-                            stage: name,
-                            outcome: &Outcome::Skipped(why.clone()),
-                        });
-                        outcomes[id] = Some(Outcome::Skipped(why));
-                        state[id] = State::Skipped;
+                        settle(
+                            report,
+                            name,
+                            Outcome::Skipped(why),
+                            &mut state[id],
+                            &mut outcomes[id],
+                        );
                         continue;
                     }
                     let blocked = if p.stages[id].kind.run.is_none() {
@@ -515,12 +539,13 @@ impl Run<'_> {
                         None
                     };
                     if let Some(why) = blocked {
-                        report(&Event::Finished {
-                            stage: name,
-                            outcome: &Outcome::Blocked(why.clone()),
-                        });
-                        outcomes[id] = Some(Outcome::Blocked(why));
-                        state[id] = State::Blocked;
+                        settle(
+                            report,
+                            name,
+                            Outcome::Blocked(why),
+                            &mut state[id],
+                            &mut outcomes[id],
+                        );
                         continue;
                     }
                     if running >= jobs {
@@ -607,20 +632,22 @@ impl Run<'_> {
                         outcomes[id] = Some(outcome);
                     }
                     Err(why) if why == CANCELLED => {
-                        report(&Event::Finished {
-                            stage: name,
-                            outcome: &Outcome::Cancelled,
-                        });
-                        outcomes[id] = Some(Outcome::Cancelled);
-                        state[id] = State::Blocked;
+                        settle(
+                            report,
+                            name,
+                            Outcome::Cancelled,
+                            &mut state[id],
+                            &mut outcomes[id],
+                        );
                     }
                     Err(why) => {
-                        report(&Event::Finished {
-                            stage: name,
-                            outcome: &Outcome::Failed(why.clone()),
-                        });
-                        outcomes[id] = Some(Outcome::Failed(why));
-                        state[id] = State::Failed;
+                        settle(
+                            report,
+                            name,
+                            Outcome::Failed(why),
+                            &mut state[id],
+                            &mut outcomes[id],
+                        );
                         stop |= !opts.keep_going;
                     }
                 }
