@@ -1,3 +1,7 @@
 //! Datasets: JSONL readers and format detection (chat templates and tokenization come later).
 
+pub mod encode;
 pub mod jsonl;
+pub mod rows;
+pub mod template;
+pub mod tokenizer;

