@@ -33,6 +33,7 @@ macro_rules! errln {
 }
 
 mod check;
+mod data;
 mod doc;
 mod engine;
 mod fmt;
@@ -150,6 +151,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// See exactly what a stage will train on
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
     /// Inspect the store
     Store {
         #[command(subcommand)]
@@ -187,6 +193,73 @@ enum StoreCommand {
         #[arg(long)]
         store: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct DataCli {
+    /// A pipeline file (then TARGET names a stage or a dataset binding) or a JSONL file
+    input: PathBuf,
+    target: Option<String>,
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    set: Vec<String>,
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// A model or tokenizer folder (required for a JSONL file)
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// The JSONL file's format: alpaca, sharegpt, messages, text, preference or kto (default: detected)
+    #[arg(long = "format-in")]
+    format_in: Option<String>,
+    #[arg(long = "max-len")]
+    max_len: Option<usize>,
+    #[arg(long = "train-on-prompt")]
+    train_on_prompt: bool,
+    #[arg(long = "mask-history")]
+    mask_history: bool,
+    /// A chat template file to use instead of the tokenizer's own
+    #[arg(long)]
+    template: Option<PathBuf>,
+    /// Rows to show
+    #[arg(long, default_value_t = 3)]
+    rows: usize,
+    /// Rows to skip first
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    #[arg(long, value_enum, default_value = "human")]
+    format: OutputFormat,
+}
+
+impl DataCli {
+    fn args(self) -> data::DataArgs {
+        data::DataArgs {
+            input: self.input,
+            target: self.target,
+            set: self.set,
+            store: self.store,
+            tokenizer: self.tokenizer,
+            format_in: self.format_in,
+            max_len: self.max_len,
+            train_on_prompt: self.train_on_prompt,
+            mask_history: self.mask_history,
+            template: self.template,
+            rows: self.rows,
+            offset: self.offset,
+            format: self.format,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Rows as the model will see them: rendered text, trained tokens marked, token counts
+    Show(DataCli),
+    /// Rows, tokens, trained tokens, lengths, truncated, dropped and malformed rows
+    Stats(DataCli),
+}
+
+/// Whether stdout may use color.
+pub fn color_stdout() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stdout().is_terminal()
 }
 
 /// Whether diagnostics on stderr may use color.
@@ -266,6 +339,10 @@ pub fn main() -> i32 {
                 json: format == OutputFormat::Json,
                 screen: std::io::stdout().is_terminal(),
             }),
+            Command::Data { command } => match command {
+                DataCommand::Show(a) => data::show(a.args()),
+                DataCommand::Stats(a) => data::stats(a.args()),
+            },
             Command::Gc { store, dry_run } => engine::gc(store.as_deref(), dry_run),
             Command::Store {
                 command: StoreCommand::Verify { store },

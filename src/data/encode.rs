@@ -9,6 +9,7 @@
 use super::rows::{Example, Side};
 use super::template::ChatTemplate;
 use super::tokenizer::TextTokenizer;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 use std::collections::BTreeMap;
 
@@ -24,14 +25,17 @@ pub struct EncodeOptions {
 }
 
 /// A tokenized example.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Encoded {
-    /// Conversations and texts: one sequence, a 0/1 mask per token.
+    /// Conversations and texts: one sequence, a 0/1 mask per token, each token's byte range in `text`.
     Sequence {
         text: String,
         ids: Vec<u32>,
         mask: Vec<u8>,
         truncated: bool,
+        #[serde(skip)]
+        offsets: Vec<(usize, usize)>,
     },
     /// Preference pairs: the prompt (never trained) and two completions (all trained).
     Pair {
@@ -55,7 +59,7 @@ pub enum Encoded {
 }
 
 /// Why an example produced nothing.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Skip {
     /// Left out on purpose (e.g. a prompt longer than max_len, as TRL does).
     Dropped(String),
@@ -143,15 +147,17 @@ impl<'a> Encoder<'a> {
         match ex {
             Example::Chat(messages) => self.chat(messages),
             Example::Text(text) => {
-                let mut ids = self.encode_text(text, true)?.ids;
+                let tokens = self.encode_text(text, true)?;
+                let (mut ids, mut offsets) = (tokens.ids, tokens.offsets);
                 // Documents end with EOS, so packed rows stay apart (as LLaMA-Factory's pt stage does).
                 if let Some(eos) = self.tok.eos_id() {
                     if ids.last() != Some(&eos) {
                         ids.push(eos);
+                        offsets.push((text.len(), text.len()));
                     }
                 }
                 let mask = vec![1; ids.len()];
-                Ok(self.truncate(text.clone(), ids, mask))
+                Ok(self.truncate(text.clone(), ids, mask, offsets))
             }
             Example::Preference {
                 prompt,
@@ -212,15 +218,23 @@ impl<'a> Encoder<'a> {
         Ok(self.opts.max_len - prompt_ids.len())
     }
 
-    fn truncate(&self, text: String, mut ids: Vec<u32>, mut mask: Vec<u8>) -> Encoded {
+    fn truncate(
+        &self,
+        text: String,
+        mut ids: Vec<u32>,
+        mut mask: Vec<u8>,
+        mut offsets: Vec<(usize, usize)>,
+    ) -> Encoded {
         let truncated = ids.len() > self.opts.max_len;
         ids.truncate(self.opts.max_len);
         mask.truncate(self.opts.max_len);
+        offsets.truncate(self.opts.max_len);
         Encoded::Sequence {
             text,
             ids,
             mask,
             truncated,
+            offsets,
         }
     }
 
@@ -304,7 +318,7 @@ impl<'a> Encoder<'a> {
                 u8::from(trained)
             })
             .collect();
-        Ok(self.truncate(rendered.text, tokens.ids, mask))
+        Ok(self.truncate(rendered.text, tokens.ids, mask, tokens.offsets))
     }
 
     /// Where each assistant turn lies in the rendered text (for templates without generation tags).
@@ -329,30 +343,28 @@ impl<'a> Encoder<'a> {
                 .trim_start_matches('\n')
                 .to_string();
             let candidates = [content.clone(), content.trim().to_string(), after_think];
-            let found = candidates.iter().filter(|c| !c.is_empty()).find_map(|c| {
-                text[cursor..]
-                    .find(c.as_str())
-                    .map(|at| (cursor + at, c.len()))
-            });
+            // The turn starts after the next generation header; its content is searched from there
+            // (not from the cursor, where the same words may appear in a user turn).
+            let from = match (!header.is_empty())
+                .then(|| text[cursor..].find(&header))
+                .flatten()
+            {
+                Some(h) => cursor + h + header.len(),
+                None => cursor,
+            };
+            let found = candidates
+                .iter()
+                .filter(|c| !c.is_empty())
+                .find_map(|c| text[from..].find(c.as_str()).map(|at| (from + at, c.len())));
             let (start, end) = match found {
-                Some((at, len)) => {
-                    let start = match (!header.is_empty()).then(|| text[cursor..at].rfind(&header)).flatten() {
-                        Some(h) => cursor + h + header.len(),
-                        None => at,
-                    };
-                    (start, at + len)
+                Some((at, len)) => (if from > cursor { from } else { at }, at + len),
+                None if content.trim().is_empty() && from > cursor => {
+                    // Whatever the template puts in an empty turn (an empty think block) up to its end token.
+                    let e = (from..=text.len())
+                        .find(|&p| text.is_char_boundary(p) && self.tok.special_prefix(&text[p..]).is_some())
+                        .unwrap_or(from);
+                    (from, e)
                 }
-                None if content.trim().is_empty() && !header.is_empty() => match text[cursor..].find(&header) {
-                    Some(h) => {
-                        let s = cursor + h + header.len();
-                        // Whatever the template puts in an empty turn (an empty think block) up to its end token.
-                        let e = (s..=text.len())
-                            .find(|&p| text.is_char_boundary(p) && self.tok.special_prefix(&text[p..]).is_some())
-                            .unwrap_or(s);
-                        (s, e)
-                    }
-                    None => return Err(Skip::Bad(format!("cannot find assistant message {i} in the rendered conversation"))),
-                },
                 None => {
                     return Err(Skip::Bad(format!(
                         "cannot find assistant message {i} in the rendered conversation; a template with {{% generation %}} tags avoids this"

@@ -14,6 +14,8 @@ pub struct Pipeline {
     pub config: BTreeMap<String, Value>,
     pub track: BTreeMap<String, Value>,
     pub stages: Vec<Stage>,
+    /// The pipeline file's top-level `let` bindings that hold datasets (for `ptl data`).
+    pub datasets: BTreeMap<String, Value>,
 }
 
 pub struct Stage {

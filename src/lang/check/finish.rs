@@ -82,6 +82,12 @@ impl Checker {
             config: self.config.values.clone(),
             track: self.track.values.clone(),
             stages,
+            datasets: self.modules[0]
+                .globals
+                .iter()
+                .filter(|(_, b)| matches!(b.value, Value::Dataset { .. }))
+                .map(|(n, b)| (n.clone(), b.value.clone()))
+                .collect(),
         })
     }
 
