@@ -1,11 +1,12 @@
 //! ptl: a language and interpreter for multi-stage LLM post-training pipelines.
 //!
 //! Data flows through the modules in this order: `lang` (parse, check) → `plan` (DAG, keys) → `store`
-//! → `run` (executor) → `stages` (kinds: schemas and runs) → `data`; `cli` holds the commands.
+//! → `run` (executor) → `stages` (kinds: schemas and runs) → `model`, `data`; `cli` holds the commands.
 
 pub mod cli;
 pub mod data;
 pub mod lang;
+pub mod model;
 pub mod plan;
 pub mod run;
 pub mod stages;

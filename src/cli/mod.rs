@@ -37,6 +37,7 @@ mod data;
 mod doc;
 mod engine;
 mod fmt;
+mod score;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
@@ -150,6 +151,14 @@ enum Command {
         store: Option<PathBuf>,
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Per-token log-probabilities of JSONL rows (`text`, `prompt`+`completion`, or `ids`) under a model
+    Score {
+        /// A local HF model folder
+        model: PathBuf,
+        /// A JSONL file, or - for standard input
+        #[arg(long)]
+        input: PathBuf,
     },
     /// See exactly what a stage will train on
     Data {
@@ -339,6 +348,7 @@ pub fn main() -> i32 {
                 json: format == OutputFormat::Json,
                 screen: std::io::stdout().is_terminal(),
             }),
+            Command::Score { model, input } => score::run(&model, &input),
             Command::Data { command } => match command {
                 DataCommand::Show(a) => data::show(a.args()),
                 DataCommand::Stats(a) => data::stats(a.args()),

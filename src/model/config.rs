@@ -1,0 +1,149 @@
+//! A Hugging Face config.json for the decoder families ptl trains: Llama (3.x rope scaling),
+//! Mistral (sliding window), Qwen2 (qkv bias), Qwen3 (q/k norm, explicit head_dim).
+
+use serde_json::Value;
+use std::path::Path;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+/// Llama 3 rope scaling (`rope_scaling.rope_type == "llama3"`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Llama3Scaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<Llama3Scaling>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Attend to at most this many previous positions (Mistral).
+    pub sliding_window: Option<usize>,
+    /// Bias on q, k, v projections (Qwen2; Llama's `attention_bias` also puts one on o).
+    pub qkv_bias: bool,
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    /// RMSNorm on each head of q and k before rope (Qwen3).
+    pub qk_norm: bool,
+}
+
+fn get_usize(c: &Value, key: &str) -> Result<usize, String> {
+    c[key]
+        .as_u64()
+        .map(|v| v as usize)
+        .ok_or_else(|| format!("config.json: `{key}` is missing or not a positive integer"))
+}
+
+impl ModelConfig {
+    pub fn load(dir: &Path) -> Result<ModelConfig, String> {
+        let path = dir.join("config.json");
+        let bytes =
+            std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let c: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?;
+        Self::from_json(&c).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn from_json(c: &Value) -> Result<ModelConfig, String> {
+        let archs: Vec<&str> = c["architectures"]
+            .as_array()
+            .map_or(vec![], |a| a.iter().filter_map(Value::as_str).collect());
+        let arch = match archs.first().copied().or(c["model_type"].as_str()) {
+            Some("LlamaForCausalLM" | "llama") => Arch::Llama,
+            Some("MistralForCausalLM" | "mistral") => Arch::Mistral,
+            Some("Qwen2ForCausalLM" | "qwen2") => Arch::Qwen2,
+            Some("Qwen3ForCausalLM" | "qwen3") => Arch::Qwen3,
+            Some(other) => {
+                return Err(format!(
+                    "architecture {other} is not supported: ptl trains LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM"
+                ))
+            }
+            None => return Err("no `architectures` or `model_type`".into()),
+        };
+        let hidden_size = get_usize(c, "hidden_size")?;
+        let num_heads = get_usize(c, "num_attention_heads")?;
+        let num_kv_heads = c["num_key_value_heads"]
+            .as_u64()
+            .map_or(num_heads, |v| v as usize);
+        let head_dim = match c["head_dim"].as_u64() {
+            Some(h) => h as usize,
+            None => hidden_size / num_heads.max(1),
+        };
+        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            return Err(format!("num_attention_heads ({num_heads}) must be a multiple of num_key_value_heads ({num_kv_heads})"));
+        }
+        let rope_scaling = match &c["rope_scaling"] {
+            Value::Null => None,
+            s => {
+                let kind = s["rope_type"].as_str().or(s["type"].as_str()).unwrap_or("");
+                match kind {
+                    "llama3" => Some(Llama3Scaling {
+                        factor: s["factor"]
+                            .as_f64()
+                            .ok_or("rope_scaling.factor is missing")?,
+                        low_freq_factor: s["low_freq_factor"].as_f64().unwrap_or(1.0),
+                        high_freq_factor: s["high_freq_factor"].as_f64().unwrap_or(4.0),
+                        original_max_position_embeddings: s["original_max_position_embeddings"]
+                            .as_f64()
+                            .ok_or("rope_scaling.original_max_position_embeddings is missing")?,
+                    }),
+                    "default" | "" => None,
+                    other => {
+                        return Err(format!(
+                            "rope_scaling type {other} is not supported (only llama3)"
+                        ))
+                    }
+                }
+            }
+        };
+        let sliding_window = match arch {
+            Arch::Mistral => c["sliding_window"].as_u64().map(|v| v as usize),
+            Arch::Qwen2 | Arch::Qwen3 if c["use_sliding_window"].as_bool() == Some(true) => {
+                return Err("use_sliding_window is not supported for Qwen models".into())
+            }
+            _ => None,
+        };
+        let attention_bias = c["attention_bias"].as_bool().unwrap_or(false);
+        Ok(ModelConfig {
+            arch,
+            vocab_size: get_usize(c, "vocab_size")?,
+            hidden_size,
+            intermediate_size: get_usize(c, "intermediate_size")?,
+            num_layers: get_usize(c, "num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-6),
+            rope_theta: c["rope_theta"].as_f64().unwrap_or(10_000.0),
+            rope_scaling,
+            max_position_embeddings: c["max_position_embeddings"]
+                .as_u64()
+                .map_or(4096, |v| v as usize),
+            tie_word_embeddings: c["tie_word_embeddings"].as_bool().unwrap_or(false),
+            sliding_window,
+            qkv_bias: arch == Arch::Qwen2 || attention_bias,
+            o_bias: arch == Arch::Llama && attention_bias,
+            mlp_bias: c["mlp_bias"].as_bool().unwrap_or(false),
+            qk_norm: arch == Arch::Qwen3,
+        })
+    }
+}

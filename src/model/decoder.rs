@@ -1,0 +1,416 @@
+//! The decoder, ours: one implementation of the Llama / Mistral / Qwen2 / Qwen3 families, built only
+//! from candle ops that record a backward (matmul, broadcast arithmetic, exp, sqrt, index_select,
+//! cat, narrow), so every weight can receive a gradient. Full-sequence logits; computed in f32.
+
+use super::config::ModelConfig;
+use super::weights::Weights;
+use candle_core::{DType, Device, Tensor, D};
+use std::path::Path;
+
+type Result<T> = std::result::Result<T, String>;
+
+fn err(e: candle_core::Error) -> String {
+    e.to_string()
+}
+
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn load(w: &mut Weights, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        Ok(Linear {
+            weight: w.take(&format!("{name}.weight"), &[out, inp])?,
+            bias: if bias {
+                Some(w.take(&format!("{name}.bias"), &[out])?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// x [.., in] → [.., out]
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.broadcast_matmul(&self.weight.t()?)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+pub struct Layer {
+    pub input_norm: Tensor,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub q_norm: Option<Tensor>,
+    pub k_norm: Option<Tensor>,
+    pub post_norm: Tensor,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+pub struct Decoder {
+    pub cfg: ModelConfig,
+    pub device: Device,
+    pub embed: Tensor,
+    pub layers: Vec<Layer>,
+    pub norm: Tensor,
+    /// `None`: tied to the embedding.
+    pub lm_head: Option<Tensor>,
+    inv_freq: Vec<f32>,
+}
+
+/// RMSNorm as transformers computes it: x / sqrt(mean(x²) + eps) * weight.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+    x.broadcast_div(&(var + eps)?.sqrt()?)?
+        .broadcast_mul(weight)
+}
+
+/// Softmax over the last dimension, composed (candle's fused one records no backward).
+pub fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// log_softmax over the last dimension, composed.
+pub fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+fn rotate_half(x: &Tensor) -> candle_core::Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)
+}
+
+/// Rotary frequencies, with Llama 3 scaling when configured (transformers' `_compute_llama3_parameters`).
+fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
+    let dim = cfg.head_dim;
+    let base: Vec<f32> = (0..dim)
+        .step_by(2)
+        .map(|i| 1.0 / (cfg.rope_theta as f32).powf(i as f32 / dim as f32))
+        .collect();
+    let Some(s) = &cfg.rope_scaling else {
+        return base;
+    };
+    let (factor, low, high, old) = (
+        s.factor as f32,
+        s.low_freq_factor as f32,
+        s.high_freq_factor as f32,
+        s.original_max_position_embeddings as f32,
+    );
+    let low_freq_wavelen = old / low;
+    let high_freq_wavelen = old / high;
+    base.into_iter()
+        .map(|f| {
+            let wavelen = 2.0 * std::f32::consts::PI / f;
+            let scaled = if wavelen > low_freq_wavelen {
+                f / factor
+            } else {
+                f
+            };
+            // Frequencies are finite, so "not below and not above" is "within".
+            let medium = wavelen >= high_freq_wavelen && wavelen <= low_freq_wavelen;
+            if medium {
+                let smooth = (old / wavelen - low) / (high - low);
+                (1.0 - smooth) * scaled / factor + smooth * scaled
+            } else {
+                scaled
+            }
+        })
+        .collect()
+}
+
+impl Decoder {
+    pub fn load(dir: &Path, device: &Device) -> Result<Decoder> {
+        let cfg = ModelConfig::load(dir)?;
+        let mut w = Weights::load(dir, device)?;
+        let (h, hd, nh, nkv, inter) = (
+            cfg.hidden_size,
+            cfg.head_dim,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.intermediate_size,
+        );
+        let embed = w.take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            let a = format!("{p}.self_attn");
+            let m = format!("{p}.mlp");
+            layers.push(Layer {
+                input_norm: w.take(&format!("{p}.input_layernorm.weight"), &[h])?,
+                q: Linear::load(&mut w, &format!("{a}.q_proj"), nh * hd, h, cfg.qkv_bias)?,
+                k: Linear::load(&mut w, &format!("{a}.k_proj"), nkv * hd, h, cfg.qkv_bias)?,
+                v: Linear::load(&mut w, &format!("{a}.v_proj"), nkv * hd, h, cfg.qkv_bias)?,
+                o: Linear::load(&mut w, &format!("{a}.o_proj"), h, nh * hd, cfg.o_bias)?,
+                q_norm: if cfg.qk_norm {
+                    Some(w.take(&format!("{a}.q_norm.weight"), &[hd])?)
+                } else {
+                    None
+                },
+                k_norm: if cfg.qk_norm {
+                    Some(w.take(&format!("{a}.k_norm.weight"), &[hd])?)
+                } else {
+                    None
+                },
+                post_norm: w.take(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                gate: Linear::load(&mut w, &format!("{m}.gate_proj"), inter, h, cfg.mlp_bias)?,
+                up: Linear::load(&mut w, &format!("{m}.up_proj"), inter, h, cfg.mlp_bias)?,
+                down: Linear::load(&mut w, &format!("{m}.down_proj"), h, inter, cfg.mlp_bias)?,
+            });
+        }
+        let norm = w.take("model.norm.weight", &[h])?;
+        let lm_head = if cfg.tie_word_embeddings && !w.has("lm_head.weight") {
+            None
+        } else {
+            Some(w.take("lm_head.weight", &[cfg.vocab_size, h])?)
+        };
+        Ok(Decoder {
+            inv_freq: inv_freq(&cfg),
+            cfg,
+            device: device.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// cos and sin [t, head_dim] for positions 0..t (frequencies repeated, as transformers does).
+    fn rope(&self, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(t * half * 2);
+        let mut sin = Vec::with_capacity(t * half * 2);
+        for pos in 0..t {
+            let angles: Vec<f32> = self.inv_freq.iter().map(|f| pos as f32 * f).collect();
+            for _ in 0..2 {
+                cos.extend(angles.iter().map(|a| a.cos()));
+                sin.extend(angles.iter().map(|a| a.sin()));
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (t, half * 2), &self.device)?,
+            Tensor::from_vec(sin, (t, half * 2), &self.device)?,
+        ))
+    }
+
+    /// Additive attention mask [t, t]: causal, and within the sliding window when there is one.
+    fn mask(&self, t: usize) -> candle_core::Result<Tensor> {
+        let window = self.cfg.sliding_window;
+        let m: Vec<f32> = (0..t)
+            .flat_map(|i| {
+                (0..t).map(move |j| {
+                    let visible = j <= i && window.is_none_or(|w| i - j < w);
+                    if visible {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
+        Tensor::from_vec(m, (t, t), &self.device)
+    }
+
+    fn attention(
+        &self,
+        l: &Layer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
+        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
+        let mut q = heads(l.q.forward(x)?, nh)?;
+        let mut k = heads(l.k.forward(x)?, nkv)?;
+        let v = heads(l.v.forward(x)?, nkv)?;
+        if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+            q = rms_norm(&q, qn, self.cfg.rms_norm_eps)?;
+            k = rms_norm(&k, kn, self.cfg.rms_norm_eps)?;
+        }
+        let q = (q.broadcast_mul(cos)? + rotate_half(&q)?.broadcast_mul(sin)?)?;
+        let k = (k.broadcast_mul(cos)? + rotate_half(&k)?.broadcast_mul(sin)?)?;
+        let rep = nh / nkv;
+        let repeat = |y: Tensor| -> candle_core::Result<Tensor> {
+            if rep == 1 {
+                return y.contiguous();
+            }
+            y.unsqueeze(2)?
+                .broadcast_as((b, nkv, rep, t, hd))?
+                .contiguous()?
+                .reshape((b, nh, t, hd))
+        };
+        let (k, v) = (repeat(k)?, repeat(v)?);
+        let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?;
+        let probs = softmax(&scores.broadcast_add(mask)?)?;
+        let out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, t, nh * hd))?;
+        l.o.forward(&out)
+    }
+
+    /// Logits [b, t, vocab] for token ids [b, t].
+    pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
+            b,
+            t,
+            self.cfg.hidden_size,
+        ))?;
+        let (cos, sin) = self.rope(t)?;
+        let mask = self.mask(t)?;
+        let eps = self.cfg.rms_norm_eps;
+        for l in &self.layers {
+            let h = self.attention(l, &rms_norm(&x, &l.input_norm, eps)?, &cos, &sin, &mask)?;
+            x = (x + h)?;
+            let n = rms_norm(&x, &l.post_norm, eps)?;
+            let mlp = l
+                .down
+                .forward(&(l.gate.forward(&n)?.silu()? * l.up.forward(&n)?)?)?;
+            x = (x + mlp)?;
+        }
+        let x = rms_norm(&x, &self.norm, eps)?;
+        x.broadcast_matmul(&self.lm_head.as_ref().unwrap_or(&self.embed).t()?)
+    }
+
+    /// Every weight with its checkpoint name.
+    pub fn params_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let mut out: Vec<(String, &mut Tensor)> =
+            vec![("model.embed_tokens.weight".into(), &mut self.embed)];
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), &mut l.input_norm));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                &mut l.post_norm,
+            ));
+            for (name, lin) in [
+                ("self_attn.q_proj", &mut l.q),
+                ("self_attn.k_proj", &mut l.k),
+                ("self_attn.v_proj", &mut l.v),
+                ("self_attn.o_proj", &mut l.o),
+                ("mlp.gate_proj", &mut l.gate),
+                ("mlp.up_proj", &mut l.up),
+                ("mlp.down_proj", &mut l.down),
+            ] {
+                out.push((format!("{p}.{name}.weight"), &mut lin.weight));
+                if let Some(b) = &mut lin.bias {
+                    out.push((format!("{p}.{name}.bias"), b));
+                }
+            }
+            if let Some(n) = &mut l.q_norm {
+                out.push((format!("{p}.self_attn.q_norm.weight"), n));
+            }
+            if let Some(n) = &mut l.k_norm {
+                out.push((format!("{p}.self_attn.k_norm.weight"), n));
+            }
+        }
+        out.push(("model.norm.weight".into(), &mut self.norm));
+        if let Some(h) = &mut self.lm_head {
+            out.push(("lm_head.weight".into(), h));
+        }
+        out
+    }
+
+    /// Turns every weight into a trainable variable (full fine-tuning); returns them by name.
+    pub fn make_trainable(&mut self) -> Result<Vec<(String, candle_core::Var)>> {
+        let mut vars = Vec::new();
+        for (name, t) in self.params_mut() {
+            let var = candle_core::Var::from_tensor(t).map_err(err)?;
+            *t = var.as_tensor().clone();
+            vars.push((name, var));
+        }
+        Ok(vars)
+    }
+
+    /// Mean negative log-likelihood of each next token (a differentiable scalar).
+    pub fn nll(&self, ids: &[u32]) -> Result<Tensor> {
+        let logits = self
+            .forward(&self.ids(ids)?)
+            .map_err(err)?
+            .squeeze(0)
+            .map_err(err)?;
+        let lp = log_softmax(&logits.narrow(0, 0, ids.len() - 1).map_err(err)?).map_err(err)?;
+        let targets =
+            Tensor::from_vec(ids[1..].to_vec(), (ids.len() - 1, 1), &self.device).map_err(err)?;
+        lp.gather(&targets, 1)
+            .map_err(err)?
+            .mean_all()
+            .map_err(err)?
+            .neg()
+            .map_err(err)
+    }
+
+    fn ids(&self, ids: &[u32]) -> Result<Tensor> {
+        Tensor::from_vec(ids.to_vec(), (1, ids.len()), &self.device).map_err(err)
+    }
+
+    /// log p(token i+1 | tokens 0..=i) for each i.
+    pub fn token_logprobs(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        if ids.len() < 2 {
+            return Ok(vec![]);
+        }
+        let logits = self
+            .forward(&self.ids(ids)?)
+            .map_err(err)?
+            .squeeze(0)
+            .map_err(err)?;
+        let lp = log_softmax(&logits.narrow(0, 0, ids.len() - 1).map_err(err)?).map_err(err)?;
+        let targets =
+            Tensor::from_vec(ids[1..].to_vec(), (ids.len() - 1, 1), &self.device).map_err(err)?;
+        lp.gather(&targets, 1)
+            .map_err(err)?
+            .flatten_all()
+            .map_err(err)?
+            .to_vec1::<f32>()
+            .map_err(err)
+    }
+
+    /// Logits of the last position.
+    pub fn last_logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let logits = self.forward(&self.ids(ids)?).map_err(err)?;
+        logits
+            .squeeze(0)
+            .and_then(|l| l.get(ids.len() - 1))
+            .and_then(|l| l.to_dtype(DType::F32))
+            .and_then(|l| l.to_vec1())
+            .map_err(err)
+    }
+
+    /// `n` greedy tokens after `prompt` (recomputing the whole sequence each step).
+    pub fn greedy(&self, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
+        let mut ids = prompt.to_vec();
+        for _ in 0..n {
+            let last = self.last_logits(&ids)?;
+            let next = last
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+                    if v > best.1 {
+                        (i, v)
+                    } else {
+                        best
+                    }
+                })
+                .0;
+            ids.push(next as u32);
+        }
+        Ok(ids[prompt.len()..].to_vec())
+    }
+}

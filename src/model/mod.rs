@@ -1,0 +1,5 @@
+//! Models: HF config and safetensors in, a decoder whose every op has a backward.
+
+pub mod config;
+pub mod decoder;
+pub mod weights;
