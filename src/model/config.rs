@@ -91,7 +91,18 @@ impl ModelConfig {
         if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
             return Err(format!("num_attention_heads ({num_heads}) must be a multiple of num_key_value_heads ({num_kv_heads})"));
         }
-        let rope_scaling = match &c["rope_scaling"] {
+        // transformers 5 writes `rope_parameters` (theta and scaling together); older configs write
+        // `rope_theta` and `rope_scaling`.
+        let rope = if c["rope_parameters"].is_object() {
+            &c["rope_parameters"]
+        } else {
+            &c["rope_scaling"]
+        };
+        let rope_theta = c["rope_parameters"]["rope_theta"]
+            .as_f64()
+            .or(c["rope_theta"].as_f64())
+            .unwrap_or(10_000.0);
+        let rope_scaling = match rope {
             Value::Null => None,
             s => {
                 let kind = s["rope_type"].as_str().or(s["type"].as_str()).unwrap_or("");
@@ -104,6 +115,7 @@ impl ModelConfig {
                         high_freq_factor: s["high_freq_factor"].as_f64().unwrap_or(4.0),
                         original_max_position_embeddings: s["original_max_position_embeddings"]
                             .as_f64()
+                            .or(c["max_position_embeddings"].as_f64())
                             .ok_or("rope_scaling.original_max_position_embeddings is missing")?,
                     }),
                     "default" | "" => None,
@@ -133,7 +145,7 @@ impl ModelConfig {
             num_kv_heads,
             head_dim,
             rms_norm_eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-6),
-            rope_theta: c["rope_theta"].as_f64().unwrap_or(10_000.0),
+            rope_theta,
             rope_scaling,
             max_position_embeddings: c["max_position_embeddings"]
                 .as_u64()
