@@ -11,3 +11,4 @@ pub mod plan;
 pub mod run;
 pub mod stages;
 pub mod store;
+pub mod train;

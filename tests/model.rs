@@ -130,3 +130,235 @@ fn unknown_architectures_and_missing_tensors_are_clear_errors() {
     assert!(e.contains("safetensors only"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+use ptl::lang::value::{Lora, Tuning};
+use ptl::train::optim::AdamW;
+
+fn lora(rank: i64) -> Tuning {
+    Tuning::Lora(Lora {
+        rank,
+        alpha: 2.0 * rank as f64,
+        dropout: 0.0,
+        targets: vec!["all-linear".into()],
+        rslora: false,
+    })
+}
+
+fn scalar(t: &candle_core::Tensor) -> f64 {
+    t.to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+fn train_steps(
+    d: &Decoder,
+    vars: &[(String, candle_core::Var)],
+    seq: &[u32],
+    steps: usize,
+    lr: f64,
+) -> (f64, f64) {
+    let mut opt = AdamW::new(vars, 0.9, 0.999, 1e-8, 0.0).unwrap();
+    let first = scalar(&d.nll(seq).unwrap());
+    for _ in 0..steps {
+        let loss = d.nll(seq).unwrap();
+        opt.step(&loss.backward().unwrap(), lr).unwrap();
+    }
+    (first, scalar(&d.nll(seq).unwrap()))
+}
+
+fn worst(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn a_fresh_lora_changes_nothing_and_every_adapter_weight_trains() {
+    for name in MODELS {
+        let (mut d, e) = load(name);
+        let seq = ids(&e["sequences"][2]);
+        let before = d.token_logprobs(&seq).unwrap();
+        let vars = d.apply_tuning(&lora(4), 7).unwrap();
+        assert_eq!(
+            vars.len(),
+            2 * 7 * d.layers.len(),
+            "{name}: A and B for every projection"
+        );
+        assert!(
+            worst(&before, &d.token_logprobs(&seq).unwrap()) < 1e-6,
+            "{name}: B starts at zero"
+        );
+        // B gets a gradient at once; A once B is no longer zero (one step).
+        train_steps(&d, &vars, &seq, 1, 1e-2);
+        let grads = d.nll(&seq).unwrap().backward().unwrap();
+        for (param, var) in &vars {
+            let g = grads
+                .get(var)
+                .unwrap_or_else(|| panic!("{name}: no gradient for {param}"));
+            assert!(
+                scalar(&g.sqr().unwrap().sum_all().unwrap()) > 0.0,
+                "{name}: zero gradient for {param}"
+            );
+        }
+    }
+}
+
+#[test]
+fn adapters_and_merged_models_reload_with_the_same_logits() {
+    let dir = std::env::temp_dir().join(format!("ptl-lora-{}", std::process::id()));
+    for name in ["qwen3", "qwen2"] {
+        let src = Path::new("tests/fixtures/models").join(name);
+        let (mut d, e) = load(name);
+        let seq = ids(&e["sequences"][2]);
+        let tuning = lora(4);
+        let vars = d.apply_tuning(&tuning, 1).unwrap();
+        let (first, last) = train_steps(&d, &vars, &seq, 5, 1e-2);
+        assert!(last < first, "{name}: LoRA training lowers the loss");
+        let tuned = d.token_logprobs(&seq).unwrap();
+        d.save_adapter(&dir.join("adapter"), &tuning, "base")
+            .unwrap();
+        let (mut reloaded, _) = load(name);
+        reloaded.load_adapter(&dir.join("adapter")).unwrap();
+        assert!(
+            worst(&tuned, &reloaded.token_logprobs(&seq).unwrap()) < 1e-6,
+            "{name}: adapter round trip"
+        );
+        reloaded.merge_adapters().unwrap();
+        assert!(
+            worst(&tuned, &reloaded.token_logprobs(&seq).unwrap()) < 1e-4,
+            "{name}: merged = base + adapter"
+        );
+        // A full folder, in one file and in shards, reloads to the same logits.
+        for (folder, shard) in [("merged", 1 << 30), ("sharded", 100_000)] {
+            d.save_hf(&src, &dir.join(folder), shard).unwrap();
+            let back = Decoder::load(&dir.join(folder), &Device::Cpu).unwrap();
+            assert!(
+                worst(&tuned, &back.token_logprobs(&seq).unwrap()) < 1e-4,
+                "{name}: {folder}"
+            );
+        }
+        assert!(dir.join("sharded/model.safetensors.index.json").is_file());
+        let cfg: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("adapter/adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (cfg["peft_type"].as_str(), cfg["r"].as_i64()),
+            (Some("LORA"), Some(4))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn freeze_trains_only_what_it_names() {
+    let (mut d, e) = load("llama");
+    let vars = d
+        .apply_tuning(
+            &Tuning::Freeze {
+                layers: Some(1),
+                modules: vec!["lm_head".into()],
+            },
+            0,
+        )
+        .unwrap();
+    let names: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("model.layers.1.") || *n == "lm_head.weight"),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"lm_head.weight") && names.len() == 10,
+        "{names:?}"
+    );
+    let grads = d.nll(&ids(&e["sequences"][1])).unwrap().backward().unwrap();
+    for (param, var) in &vars {
+        assert!(grads.get(var).is_some(), "no gradient for {param}");
+    }
+}
+
+#[test]
+fn a_few_steps_overfit_one_batch() {
+    let (mut d, e) = load("qwen3");
+    let vars = d.apply_tuning(&Tuning::Full, 0).unwrap();
+    let (first, last) = train_steps(&d, &vars, &ids(&e["sequences"][1]), 30, 1e-2);
+    assert!(last < 0.3 * first, "loss {first} → {last}");
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let (mut d, e) = load("qwen3");
+    d.to_dtype(candle_core::DType::F64).unwrap();
+    let vars = d.make_trainable().unwrap();
+    let seq = ids(&e["sequences"][0]);
+    let grads = d.nll(&seq).unwrap().backward().unwrap();
+    for (name, var) in vars.iter().filter(|(n, _)| {
+        n.contains("layers.0.self_attn.q_norm")
+            || n.contains("layers.1.mlp.up_proj")
+            || n == "model.embed_tokens.weight"
+    }) {
+        let g: Vec<f64> = grads
+            .get(var)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // The three coordinates with the largest gradient.
+        let mut idx: Vec<usize> = (0..g.len()).collect();
+        idx.sort_by(|a, b| g[*b].abs().total_cmp(&g[*a].abs()));
+        let base: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        for &i in &idx[..3] {
+            let h = 1e-5;
+            let at = |delta: f64| {
+                let mut w = base.clone();
+                w[i] += delta;
+                var.set(
+                    &candle_core::Tensor::from_vec(w, var.as_tensor().shape(), &Device::Cpu)
+                        .unwrap(),
+                )
+                .unwrap();
+                scalar(&d.nll(&seq).unwrap())
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            at(0.0);
+            let rel = (fd - g[i]).abs() / g[i].abs().max(1e-8);
+            assert!(
+                rel < 1e-4,
+                "{name}[{i}]: analytic {} vs finite difference {fd}",
+                g[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn ptl_score_reads_jsonl_and_matches_the_decoder() {
+    let (d, e) = load("llama");
+    let seq = ids(&e["sequences"][1]);
+    let dir = std::env::temp_dir().join(format!("ptl-score-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("rows.jsonl"),
+        format!("{}\n", serde_json::json!({"ids": seq})),
+    )
+    .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args(["score", "tests/fixtures/models/llama", "--input"])
+        .arg(dir.join("rows.jsonl"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let row: Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    assert_eq!(row["tokens"], seq.len() - 1);
+    let want = d.token_logprobs(&seq).unwrap();
+    assert!(worst(&floats(&row["token_logprobs"]), &want) < 1e-6);
+    let sum: f64 = want.iter().map(|&x| x as f64).sum();
+    assert!((row["logprob_sum"].as_f64().unwrap() - sum).abs() < 1e-4);
+    assert!((row["ppl"].as_f64().unwrap() - (-sum / want.len() as f64).exp()).abs() < 1e-3);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -156,6 +156,9 @@ enum Command {
     Score {
         /// A local HF model folder
         model: PathBuf,
+        /// A PEFT LoRA adapter folder to apply
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         /// A JSONL file, or - for standard input
         #[arg(long)]
         input: PathBuf,
@@ -348,7 +351,11 @@ pub fn main() -> i32 {
                 json: format == OutputFormat::Json,
                 screen: std::io::stdout().is_terminal(),
             }),
-            Command::Score { model, input } => score::run(&model, &input),
+            Command::Score {
+                model,
+                adapter,
+                input,
+            } => score::run(&model, adapter.as_deref(), &input),
             Command::Data { command } => match command {
                 DataCommand::Show(a) => data::show(a.args()),
                 DataCommand::Stats(a) => data::stats(a.args()),

@@ -38,8 +38,14 @@ fn row_ids(
     }
 }
 
-pub fn run(model: &Path, input: &Path) -> i32 {
-    let decoder = match Decoder::load(model, &Device::Cpu) {
+pub fn run(model: &Path, adapter: Option<&Path>, input: &Path) -> i32 {
+    let loaded = Decoder::load(model, &Device::Cpu).and_then(|mut d| {
+        if let Some(a) = adapter {
+            d.load_adapter(a)?;
+        }
+        Ok(d)
+    });
+    let decoder = match loaded {
         Ok(d) => d,
         Err(e) => {
             errln!("error: {e}");

@@ -16,6 +16,7 @@ fn err(e: candle_core::Error) -> String {
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<super::lora::LoraWeights>,
 }
 
 impl Linear {
@@ -27,14 +28,19 @@ impl Linear {
             } else {
                 None
             },
+            lora: None,
         })
     }
 
-    /// x [.., in] → [.., out]
+    /// x [.., in] → [.., out]: W x + b, plus (B (A dropout(x))) · scaling with a LoRA adapter.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = x.broadcast_matmul(&self.weight.t()?)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        match &self.lora {
+            Some(l) => y + l.forward(x)?,
             None => Ok(y),
         }
     }
@@ -63,6 +69,8 @@ pub struct Decoder {
     /// `None`: tied to the embedding.
     pub lm_head: Option<Tensor>,
     inv_freq: Vec<f32>,
+    /// Whether dropout is active (training) or not (evaluation, scoring).
+    pub training: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// RMSNorm as transformers computes it: x / sqrt(mean(x²) + eps) * weight.
@@ -185,6 +193,7 @@ impl Decoder {
             layers,
             norm,
             lm_head,
+            training: Default::default(),
         })
     }
 
@@ -201,8 +210,8 @@ impl Decoder {
             }
         }
         Ok((
-            Tensor::from_vec(cos, (t, half * 2), &self.device)?,
-            Tensor::from_vec(sin, (t, half * 2), &self.device)?,
+            Tensor::from_vec(cos, (t, half * 2), &self.device)?.to_dtype(self.embed.dtype())?,
+            Tensor::from_vec(sin, (t, half * 2), &self.device)?.to_dtype(self.embed.dtype())?,
         ))
     }
 
@@ -221,7 +230,7 @@ impl Decoder {
                 })
             })
             .collect();
-        Tensor::from_vec(m, (t, t), &self.device)
+        Tensor::from_vec(m, (t, t), &self.device)?.to_dtype(self.embed.dtype())
     }
 
     fn attention(
@@ -326,6 +335,14 @@ impl Decoder {
             out.push(("lm_head.weight".into(), h));
         }
         out
+    }
+
+    /// Converts every weight (and adapter) to `dtype` (f64 for gradient checks).
+    pub fn to_dtype(&mut self, dtype: DType) -> Result<()> {
+        for (_, t) in self.params_mut() {
+            *t = t.to_dtype(dtype).map_err(err)?;
+        }
+        Ok(())
     }
 
     /// Turns every weight into a trainable variable (full fine-tuning); returns them by name.

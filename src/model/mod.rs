@@ -2,4 +2,6 @@
 
 pub mod config;
 pub mod decoder;
+pub mod lora;
+pub mod tuning;
 pub mod weights;

@@ -1,0 +1,90 @@
+//! LoRA with PEFT's semantics: y = W x + (B (A dropout(x))) · scaling, scaling = alpha / r (alpha / √r
+//! with rsLoRA), A kaiming-uniform (U(−1/√in, 1/√in)), B zero; merge W' = W + scaling · B A.
+
+use candle_core::{Tensor, Var};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub struct LoraWeights {
+    pub a: Var,
+    pub b: Var,
+    pub scaling: f64,
+    pub dropout: f64,
+    /// Dropout applies only while training.
+    pub training: std::sync::Arc<AtomicBool>,
+}
+
+/// A small deterministic generator (splitmix64), so initialization depends only on the seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+impl LoraWeights {
+    /// A fresh adapter for `weight` [out, in]: A random, B zero, so it changes nothing yet.
+    pub fn new(
+        weight: &Tensor,
+        spec: &crate::lang::value::Lora,
+        rng: &mut Rng,
+        training: std::sync::Arc<AtomicBool>,
+    ) -> candle_core::Result<LoraWeights> {
+        let (out, inp) = weight.dims2()?;
+        let rank = spec.rank.max(1) as usize;
+        let bound = 1.0 / (inp as f32).sqrt();
+        let a: Vec<f32> = (0..rank * inp)
+            .map(|_| (rng.uniform() * 2.0 - 1.0) * bound)
+            .collect();
+        let a = Tensor::from_vec(a, (rank, inp), weight.device())?.to_dtype(weight.dtype())?;
+        let b = Tensor::zeros((out, rank), weight.dtype(), weight.device())?;
+        let scaling = if spec.rslora {
+            spec.alpha / (rank as f64).sqrt()
+        } else {
+            spec.alpha / rank as f64
+        };
+        Ok(LoraWeights {
+            a: Var::from_tensor(&a)?,
+            b: Var::from_tensor(&b)?,
+            scaling,
+            dropout: spec.dropout,
+            training,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = if self.dropout > 0.0 && self.training.load(Ordering::Relaxed) {
+            let keep = x
+                .rand_like(0.0, 1.0)?
+                .ge(self.dropout)?
+                .to_dtype(x.dtype())?;
+            (x * keep)?.affine(1.0 / (1.0 - self.dropout), 0.0)?
+        } else {
+            x.clone()
+        };
+        let h = x.broadcast_matmul(&self.a.as_tensor().t()?)?;
+        h.broadcast_matmul(&self.b.as_tensor().t()?)?
+            .affine(self.scaling, 0.0)
+    }
+
+    /// scaling · B A, the change this adapter makes to its weight.
+    pub fn delta(&self) -> candle_core::Result<Tensor> {
+        self.b
+            .as_tensor()
+            .matmul(self.a.as_tensor())?
+            .affine(self.scaling, 0.0)
+    }
+}

@@ -1,0 +1,330 @@
+//! Which weights train: full, freeze (the last N layers and/or named modules), or LoRA adapters;
+//! PEFT adapter folders in and out; merging an adapter into its base; writing a full HF folder.
+
+use super::decoder::{Decoder, Linear};
+use super::lora::{LoraWeights, Rng};
+use crate::lang::value::Tuning;
+use candle_core::{DType, Tensor, Var};
+use std::collections::HashMap;
+use std::path::Path;
+
+type Result<T> = std::result::Result<T, String>;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// The linear layers PEFT's "all-linear" means for these models (every projection, not lm_head).
+pub const LINEAR_MODULES: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+impl Decoder {
+    /// Every projection with its module path (`model.layers.0.self_attn.q_proj`) and short name.
+    pub fn linears_mut(&mut self) -> Vec<(String, &'static str, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            for (group, name, lin) in [
+                ("self_attn", "q_proj", &mut l.q),
+                ("self_attn", "k_proj", &mut l.k),
+                ("self_attn", "v_proj", &mut l.v),
+                ("self_attn", "o_proj", &mut l.o),
+                ("mlp", "gate_proj", &mut l.gate),
+                ("mlp", "up_proj", &mut l.up),
+                ("mlp", "down_proj", &mut l.down),
+            ] {
+                out.push((format!("{p}.{group}.{name}"), name, lin));
+            }
+        }
+        out
+    }
+
+    /// Sets up `tuning`; returns the trainable variables by name. Frozen weights stay plain tensors:
+    /// they hold no gradient and no optimizer state.
+    pub fn apply_tuning(&mut self, tuning: &Tuning, seed: u64) -> Result<Vec<(String, Var)>> {
+        match tuning {
+            Tuning::Full => self.make_trainable(),
+            Tuning::Freeze { layers, modules } => {
+                let n = self.layers.len();
+                let first = layers.map_or(n, |k| n.saturating_sub(k as usize));
+                let mut vars = Vec::new();
+                for (name, t) in self.params_mut() {
+                    let layer = name
+                        .strip_prefix("model.layers.")
+                        .and_then(|r| r.split('.').next())
+                        .and_then(|i| i.parse::<usize>().ok());
+                    let in_last = layer.is_some_and(|i| i >= first);
+                    let named = modules.iter().any(|m| {
+                        name.split('.').any(|part| part == m) || name.starts_with(m.as_str())
+                    });
+                    if in_last || named {
+                        let var = Var::from_tensor(t).map_err(err)?;
+                        *t = var.as_tensor().clone();
+                        vars.push((name, var));
+                    }
+                }
+                if vars.is_empty() {
+                    return Err("freeze(...) selects no weights to train".into());
+                }
+                Ok(vars)
+            }
+            Tuning::Lora(l) | Tuning::Qlora { lora: l, .. } => {
+                let targets: Vec<String> = if l.targets.iter().any(|t| t == "all-linear") {
+                    LINEAR_MODULES.iter().map(|s| s.to_string()).collect()
+                } else {
+                    l.targets.clone()
+                };
+                for t in &targets {
+                    if !LINEAR_MODULES.contains(&t.as_str()) {
+                        return Err(format!(
+                            "LoRA target `{t}` is not a linear module of this model ({})",
+                            LINEAR_MODULES.join(", ")
+                        ));
+                    }
+                }
+                let training = self.training.clone();
+                let mut rng = Rng::new(seed);
+                let mut vars = Vec::new();
+                for (path, short, lin) in self.linears_mut() {
+                    if !targets.iter().any(|t| t == short) {
+                        continue;
+                    }
+                    let w = LoraWeights::new(&lin.weight, l, &mut rng, training.clone())
+                        .map_err(err)?;
+                    vars.push((
+                        format!("base_model.model.{path}.lora_A.weight"),
+                        w.a.clone(),
+                    ));
+                    vars.push((
+                        format!("base_model.model.{path}.lora_B.weight"),
+                        w.b.clone(),
+                    ));
+                    lin.lora = Some(w);
+                }
+                Ok(vars)
+            }
+        }
+    }
+
+    /// Writes a PEFT adapter folder: adapter_config.json and adapter_model.safetensors.
+    pub fn save_adapter(&mut self, dir: &Path, tuning: &Tuning, base: &str) -> Result<()> {
+        let Some(l) = tuning.lora() else {
+            return Err("only LoRA tuning has an adapter to save".into());
+        };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let targets: Vec<String> = if l.targets.iter().any(|t| t == "all-linear") {
+            LINEAR_MODULES.iter().map(|s| s.to_string()).collect()
+        } else {
+            l.targets.clone()
+        };
+        let config = serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "r": l.rank,
+            "lora_alpha": l.alpha,
+            "lora_dropout": l.dropout,
+            "target_modules": targets,
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "use_rslora": l.rslora,
+            "inference_mode": true,
+            "base_model_name_or_path": base,
+        });
+        std::fs::write(
+            dir.join("adapter_config.json"),
+            serde_json::to_string_pretty(&config).map_err(err)?,
+        )
+        .map_err(err)?;
+        let mut tensors = HashMap::new();
+        for (path, _, lin) in self.linears_mut() {
+            if let Some(w) = &lin.lora {
+                tensors.insert(
+                    format!("base_model.model.{path}.lora_A.weight"),
+                    w.a.as_tensor().clone(),
+                );
+                tensors.insert(
+                    format!("base_model.model.{path}.lora_B.weight"),
+                    w.b.as_tensor().clone(),
+                );
+            }
+        }
+        write_safetensors(&tensors, &dir.join("adapter_model.safetensors"))
+    }
+
+    /// Loads a PEFT LoRA adapter folder onto this model.
+    pub fn load_adapter(&mut self, dir: &Path) -> Result<()> {
+        let cfg_path = dir.join("adapter_config.json");
+        let cfg: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&cfg_path)
+                .map_err(|e| format!("cannot read {}: {e}", cfg_path.display()))?,
+        )
+        .map_err(|e| format!("{}: not valid JSON: {e}", cfg_path.display()))?;
+        if cfg["peft_type"].as_str() != Some("LORA") {
+            return Err(format!(
+                "{}: only LoRA adapters are supported",
+                cfg_path.display()
+            ));
+        }
+        let r = cfg["r"]
+            .as_f64()
+            .ok_or("adapter_config.json: `r` is missing")?;
+        let alpha = cfg["lora_alpha"].as_f64().unwrap_or(r);
+        let scaling = if cfg["use_rslora"].as_bool() == Some(true) {
+            alpha / r.sqrt()
+        } else {
+            alpha / r
+        };
+        let file = dir.join("adapter_model.safetensors");
+        let mut tensors = candle_core::safetensors::load(&file, &self.device)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let training = self.training.clone();
+        let mut found = 0;
+        for (path, _, lin) in self.linears_mut() {
+            let (ka, kb) = (
+                format!("base_model.model.{path}.lora_A.weight"),
+                format!("base_model.model.{path}.lora_B.weight"),
+            );
+            if let (Some(a), Some(b)) = (tensors.remove(&ka), tensors.remove(&kb)) {
+                let (a, b) = (
+                    a.to_dtype(DType::F32).map_err(err)?,
+                    b.to_dtype(DType::F32).map_err(err)?,
+                );
+                lin.lora = Some(LoraWeights {
+                    a: Var::from_tensor(&a).map_err(err)?,
+                    b: Var::from_tensor(&b).map_err(err)?,
+                    scaling,
+                    dropout: 0.0,
+                    training: training.clone(),
+                });
+                found += 1;
+            }
+        }
+        if found == 0 {
+            return Err(format!(
+                "{}: no LoRA weights match this model's modules",
+                file.display()
+            ));
+        }
+        if let Some(extra) = tensors.keys().next() {
+            return Err(format!(
+                "{}: tensor `{extra}` matches no module of this model",
+                file.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Folds every adapter into its weight: W' = W + scaling · B A.
+    pub fn merge_adapters(&mut self) -> Result<()> {
+        for (_, _, lin) in self.linears_mut() {
+            if let Some(w) = lin.lora.take() {
+                lin.weight = (&lin.weight + w.delta().map_err(err)?)
+                    .map_err(err)?
+                    .detach();
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a full HF folder: the source folder's config and tokenizer files, and every weight
+    /// (adapters merged first) as f32 safetensors, sharded above `shard_bytes`.
+    pub fn save_hf(&mut self, source: &Path, out: &Path, shard_bytes: usize) -> Result<()> {
+        self.merge_adapters()?;
+        std::fs::create_dir_all(out).map_err(err)?;
+        for name in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "chat_template.jinja",
+            "generation_config.json",
+        ] {
+            if source.join(name).is_file() {
+                std::fs::copy(source.join(name), out.join(name)).map_err(err)?;
+            }
+        }
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(source.join("config.json")).map_err(err)?)
+                .map_err(err)?;
+        config["dtype"] = serde_json::json!("float32");
+        if config.get("torch_dtype").is_some() {
+            config["torch_dtype"] = serde_json::json!("float32");
+        }
+        std::fs::write(
+            out.join("config.json"),
+            serde_json::to_string_pretty(&config).map_err(err)?,
+        )
+        .map_err(err)?;
+        let params: Vec<(String, Tensor)> = self
+            .params_mut()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach()))
+            .collect();
+        let total: usize = params.iter().map(|(_, t)| t.elem_count() * 4).sum();
+        if total <= shard_bytes {
+            return write_safetensors(
+                &params.into_iter().collect(),
+                &out.join("model.safetensors"),
+            );
+        }
+        let mut shards: Vec<HashMap<String, Tensor>> = vec![HashMap::new()];
+        let mut size = 0;
+        for (n, t) in params {
+            let bytes = t.elem_count() * 4;
+            if size > 0 && size + bytes > shard_bytes {
+                shards.push(HashMap::new());
+                size = 0;
+            }
+            size += bytes;
+            shards.last_mut().expect("a shard").insert(n, t);
+        }
+        let count = shards.len();
+        let mut weight_map = serde_json::Map::new();
+        for (i, shard) in shards.iter().enumerate() {
+            let file = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
+            for name in shard.keys() {
+                weight_map.insert(name.clone(), serde_json::json!(file));
+            }
+            write_safetensors(shard, &out.join(&file))?;
+        }
+        let index =
+            serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        std::fs::write(
+            out.join("model.safetensors.index.json"),
+            serde_json::to_string_pretty(&index).map_err(err)?,
+        )
+        .map_err(err)
+    }
+}
+
+/// safetensors with `{"format": "pt"}` metadata, as transformers and PEFT write them.
+pub fn write_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let mut data: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        let t = tensors[name].to_dtype(DType::F32).map_err(err)?;
+        let values: Vec<f32> = t.flatten_all().map_err(err)?.to_vec1().map_err(err)?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        data.push((name.clone(), bytes, t.dims().to_vec()));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(n, b, s)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .map_err(err)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(meta), path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}

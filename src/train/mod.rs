@@ -1,0 +1,3 @@
+//! Training: the optimizer (schedules, loop and checkpoints come with the training-core work).
+
+pub mod optim;
