@@ -205,10 +205,16 @@ fn a_fresh_lora_changes_nothing_and_every_adapter_weight_trains() {
     }
 }
 
+/// With PTL_INTEROP_DIR set, the adapter and merged folders (and ptl's log-probs) are kept there for
+/// scripts/interop_check.py, which loads them with transformers and PEFT.
 #[test]
 fn adapters_and_merged_models_reload_with_the_same_logits() {
-    let dir = std::env::temp_dir().join(format!("ptl-lora-{}", std::process::id()));
+    let keep = std::env::var_os("PTL_INTEROP_DIR").map(std::path::PathBuf::from);
     for name in ["qwen3", "qwen2"] {
+        let dir = match &keep {
+            Some(k) => k.join(name),
+            None => std::env::temp_dir().join(format!("ptl-lora-{name}-{}", std::process::id())),
+        };
         let src = Path::new("tests/fixtures/models").join(name);
         let (mut d, e) = load(name);
         let seq = ids(&e["sequences"][2]);
