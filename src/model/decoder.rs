@@ -60,6 +60,12 @@ pub struct Layer {
     pub down: Linear,
 }
 
+/// Keys and values of past positions, per layer ([b, kv heads, positions, head_dim]).
+pub struct KvCache {
+    pub layers: Vec<(Option<Tensor>, Option<Tensor>)>,
+    pub len: usize,
+}
+
 pub struct Decoder {
     pub cfg: ModelConfig,
     pub device: Device,
@@ -197,71 +203,94 @@ impl Decoder {
         })
     }
 
-    /// cos and sin [t, head_dim] for positions 0..t (frequencies repeated, as transformers does).
-    fn rope(&self, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
+    /// cos and sin [b, 1, t, head_dim] for the given positions (frequencies repeated, as transformers does).
+    fn rope(&self, positions: &[u32], b: usize, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(t * half * 2);
-        let mut sin = Vec::with_capacity(t * half * 2);
-        for pos in 0..t {
+        let mut cos = Vec::with_capacity(positions.len() * half * 2);
+        let mut sin = Vec::with_capacity(positions.len() * half * 2);
+        for &pos in positions {
             let angles: Vec<f32> = self.inv_freq.iter().map(|f| pos as f32 * f).collect();
             for _ in 0..2 {
                 cos.extend(angles.iter().map(|a| a.cos()));
                 sin.extend(angles.iter().map(|a| a.sin()));
             }
         }
+        let shape = (b, 1, t, half * 2);
         Ok((
-            Tensor::from_vec(cos, (t, half * 2), &self.device)?.to_dtype(self.embed.dtype())?,
-            Tensor::from_vec(sin, (t, half * 2), &self.device)?.to_dtype(self.embed.dtype())?,
+            Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.embed.dtype())?,
+            Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.embed.dtype())?,
         ))
     }
 
-    /// Additive attention mask [t, t]: causal, and within the sliding window when there is one.
-    fn mask(&self, t: usize) -> candle_core::Result<Tensor> {
+    /// Additive mask [b, 1, t, past + t]: query i of row r sees key j when j is not later, lies in
+    /// the sliding window, and belongs to the same document (`segments`, 0 = padding) of that row.
+    fn mask(
+        &self,
+        b: usize,
+        t: usize,
+        past: usize,
+        segments: Option<&[Vec<u32>]>,
+    ) -> candle_core::Result<Tensor> {
         let window = self.cfg.sliding_window;
-        let m: Vec<f32> = (0..t)
-            .flat_map(|i| {
-                (0..t).map(move |j| {
-                    let visible = j <= i && window.is_none_or(|w| i - j < w);
-                    if visible {
-                        0.0
-                    } else {
-                        f32::NEG_INFINITY
+        let total = past + t;
+        let mut m = Vec::with_capacity(b * t * total);
+        for r in 0..b {
+            for i in 0..t {
+                let qi = past + i;
+                for j in 0..total {
+                    let mut visible = j <= qi && window.is_none_or(|w| qi - j < w);
+                    if let Some(seg) = segments {
+                        let (sq, sk) = (seg[r][qi], seg[r][j]);
+                        visible &= sk != 0 && (sq == sk || sq == 0);
+                        // A padding query still attends to itself, so its row is finite.
+                        visible |= sq == 0 && j == qi;
                     }
-                })
-            })
-            .collect();
-        Tensor::from_vec(m, (t, t), &self.device)?.to_dtype(self.embed.dtype())
+                    m.push(if visible { 0.0f32 } else { f32::NEG_INFINITY });
+                }
+            }
+        }
+        Tensor::from_vec(m, (b, 1, t, total), &self.device)?.to_dtype(self.embed.dtype())
     }
 
     fn attention(
         &self,
         l: &Layer,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        rope: &(Tensor, Tensor),
         mask: &Tensor,
+        cache: Option<&mut (Option<Tensor>, Option<Tensor>)>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
+        let (cos, sin) = rope;
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
         let mut q = heads(l.q.forward(x)?, nh)?;
         let mut k = heads(l.k.forward(x)?, nkv)?;
-        let v = heads(l.v.forward(x)?, nkv)?;
+        let mut v = heads(l.v.forward(x)?, nkv)?;
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
             q = rms_norm(&q, qn, self.cfg.rms_norm_eps)?;
             k = rms_norm(&k, kn, self.cfg.rms_norm_eps)?;
         }
         let q = (q.broadcast_mul(cos)? + rotate_half(&q)?.broadcast_mul(sin)?)?;
-        let k = (k.broadcast_mul(cos)? + rotate_half(&k)?.broadcast_mul(sin)?)?;
+        k = (k.broadcast_mul(cos)? + rotate_half(&k)?.broadcast_mul(sin)?)?;
+        if let Some((ck, cv)) = cache {
+            if let (Some(pk), Some(pv)) = (ck.as_ref(), cv.as_ref()) {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *ck = Some(k.clone());
+            *cv = Some(v.clone());
+        }
+        let tk = k.dim(2)?;
         let rep = nh / nkv;
         let repeat = |y: Tensor| -> candle_core::Result<Tensor> {
             if rep == 1 {
                 return y.contiguous();
             }
             y.unsqueeze(2)?
-                .broadcast_as((b, nkv, rep, t, hd))?
+                .broadcast_as((b, nkv, rep, tk, hd))?
                 .contiguous()?
-                .reshape((b, nh, t, hd))
+                .reshape((b, nh, tk, hd))
         };
         let (k, v) = (repeat(k)?, repeat(v)?);
         let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?;
@@ -274,19 +303,25 @@ impl Decoder {
         l.o.forward(&out)
     }
 
-    /// Logits [b, t, vocab] for token ids [b, t].
-    pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+    /// The decoder proper: token ids [b, t] at `positions` (b·t), with `mask`, optionally extending a cache.
+    fn run(
+        &self,
+        ids: &Tensor,
+        positions: &[u32],
+        mask: &Tensor,
+        mut cache: Option<&mut KvCache>,
+    ) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
             b,
             t,
             self.cfg.hidden_size,
         ))?;
-        let (cos, sin) = self.rope(t)?;
-        let mask = self.mask(t)?;
+        let rope = self.rope(positions, b, t)?;
         let eps = self.cfg.rms_norm_eps;
-        for l in &self.layers {
-            let h = self.attention(l, &rms_norm(&x, &l.input_norm, eps)?, &cos, &sin, &mask)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+            let h = self.attention(l, &rms_norm(&x, &l.input_norm, eps)?, &rope, mask, slot)?;
             x = (x + h)?;
             let n = rms_norm(&x, &l.post_norm, eps)?;
             let mlp = l
@@ -294,8 +329,86 @@ impl Decoder {
                 .forward(&(l.gate.forward(&n)?.silu()? * l.up.forward(&n)?)?)?;
             x = (x + mlp)?;
         }
-        let x = rms_norm(&x, &self.norm, eps)?;
-        x.broadcast_matmul(&self.lm_head.as_ref().unwrap_or(&self.embed).t()?)
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        rms_norm(&x, &self.norm, eps)
+    }
+
+    /// Hidden states [b, t, hidden] → logits [b, t, vocab].
+    pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        hidden.broadcast_matmul(&self.lm_head.as_ref().unwrap_or(&self.embed).t()?)
+    }
+
+    /// Logits [b, t, vocab] for token ids [b, t] (every row one sequence from position 0).
+    pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
+        let mask = self.mask(1, t, 0, None)?;
+        self.logits(&self.run(ids, &positions, &mask, None)?)
+    }
+
+    /// Logits for a batch of rows padded on the right (`segments` 0) or packed with several documents
+    /// (segments 1, 2, ...): no attention across documents or onto padding; positions restart per document.
+    pub fn forward_packed(&self, ids: &[Vec<u32>], segments: &[Vec<u32>]) -> Result<Tensor> {
+        let (b, t) = (ids.len(), ids.first().map_or(0, Vec::len));
+        let mut positions = Vec::with_capacity(b * t);
+        for seg in segments {
+            let mut pos = 0u32;
+            for (i, &s) in seg.iter().enumerate() {
+                if i > 0 && s != seg[i - 1] {
+                    pos = 0;
+                }
+                positions.push(pos);
+                pos += 1;
+            }
+        }
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, (b, t), &self.device).map_err(err)?;
+        let mask = self.mask(b, t, 0, Some(segments)).map_err(err)?;
+        self.run(&ids, &positions, &mask, None)
+            .and_then(|h| self.logits(&h))
+            .map_err(err)
+    }
+
+    /// Generates up to `max_new` tokens after `prompt` with a KV cache; `pick` chooses each next token
+    /// from the last logits; stops after a token in `stop`.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        stop: &[u32],
+        pick: &mut dyn FnMut(&[f32]) -> u32,
+    ) -> Result<Vec<u32>> {
+        let mut cache = KvCache {
+            layers: vec![(None, None); self.cfg.num_layers],
+            len: 0,
+        };
+        let mut out = Vec::new();
+        let mut next: Vec<u32> = prompt.to_vec();
+        for _ in 0..max_new {
+            let t = next.len();
+            let past = cache.len;
+            let positions: Vec<u32> = (past as u32..(past + t) as u32).collect();
+            let mask = self.mask(1, t, past, None).map_err(err)?;
+            let ids = Tensor::from_vec(next.clone(), (1, t), &self.device).map_err(err)?;
+            let h = self
+                .run(&ids, &positions, &mask, Some(&mut cache))
+                .map_err(err)?;
+            let last = self
+                .logits(&h.narrow(1, t - 1, 1).map_err(err)?)
+                .and_then(|l| l.flatten_all())
+                .and_then(|l| l.to_dtype(DType::F32))
+                .and_then(|l| l.to_vec1::<f32>())
+                .map_err(err)?;
+            let token = pick(&last);
+            out.push(token);
+            if stop.contains(&token) {
+                break;
+            }
+            next = vec![token];
+        }
+        Ok(out)
     }
 
     /// Every weight with its checkpoint name.
