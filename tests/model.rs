@@ -456,3 +456,49 @@ fn kv_cache_generation_equals_recomputing() {
         );
     }
 }
+
+#[test]
+fn the_chunked_loss_gives_the_same_value_and_gradients() {
+    for name in ["qwen2", "llama"] {
+        let (mut d, e) = load(name);
+        let vars = d.make_trainable().unwrap();
+        let seq = ids(&e["sequences"][2]);
+        let n = seq.len() - 1;
+        // Plain: full logits, mean NLL over all next tokens.
+        let plain = d.nll(&seq).unwrap();
+        let plain_grads = plain.backward().unwrap();
+        // Chunked, 5 positions at a time, every token trained.
+        let input = candle_core::Tensor::from_vec(seq[..n].to_vec(), (1, n), &Device::Cpu).unwrap();
+        let hidden = d.hidden(&input).unwrap().squeeze(0).unwrap();
+        let loss =
+            ptl::train::loss::chunked_nll(&hidden, d.head(), &seq[1..], &vec![1.0; n], 5).unwrap();
+        assert!(
+            (loss.value - scalar(&plain)).abs() < 1e-5,
+            "{name}: value {} vs {}",
+            loss.value,
+            scalar(&plain)
+        );
+        let grads = loss.surrogate.backward().unwrap();
+        for (param, var) in &vars {
+            let a: Vec<f32> = plain_grads
+                .get(var)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let b: Vec<f32> = grads
+                .get(var)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let scale = a.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
+            assert!(
+                worst(&a, &b) / scale < 1e-4,
+                "{name}: gradient of {param} differs"
+            );
+        }
+    }
+}

@@ -335,6 +335,19 @@ impl Decoder {
         rms_norm(&x, &self.norm, eps)
     }
 
+    /// Final hidden states [b, t, hidden] of a batch (for losses that apply the output matrix themselves).
+    pub fn hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
+        let mask = self.mask(1, t, 0, None)?;
+        self.run(ids, &positions, &mask, None)
+    }
+
+    /// The output matrix [vocab, hidden] (the embedding when tied).
+    pub fn head(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
     /// Hidden states [b, t, hidden] → logits [b, t, vocab].
     pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
         hidden.broadcast_matmul(&self.lm_head.as_ref().unwrap_or(&self.embed).t()?)

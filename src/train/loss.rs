@@ -1,0 +1,71 @@
+//! Token-mean cross-entropy over masked tokens, computed in chunks of positions so that no
+//! [tokens, vocab] logits tensor is kept alive for backward: each chunk's gradient with respect to
+//! the hidden states and the output matrix is formed at once (softmax − one-hot), and a surrogate
+//! scalar carries those gradients into autograd.
+
+use candle_core::{DType, Tensor, D};
+
+pub struct ChunkedLoss {
+    /// The loss value: Σ mask·nll / Σ mask.
+    pub value: f64,
+    /// Trained tokens (Σ mask).
+    pub tokens: f64,
+    /// Backpropagating this gives the gradients of the loss (its own value is not the loss).
+    pub surrogate: Tensor,
+}
+
+/// `hidden` [n, h] (final-norm output), `head` [vocab, h], `targets` [n] ids, `mask` [n] (0/1).
+pub fn chunked_nll(
+    hidden: &Tensor,
+    head: &Tensor,
+    targets: &[u32],
+    mask: &[f32],
+    chunk: usize,
+) -> candle_core::Result<ChunkedLoss> {
+    let n = targets.len();
+    let tokens: f64 = mask.iter().map(|&m| m as f64).sum();
+    let dtype = hidden.dtype();
+    let dev = hidden.device();
+    let h_detached = hidden.detach();
+    let w_detached = head.detach();
+    let mut value = 0.0;
+    let mut grad_h = Vec::new();
+    let mut grad_w = w_detached.zeros_like()?;
+    let vocab = head.dim(0)?;
+    for start in (0..n).step_by(chunk.max(1)) {
+        let len = chunk.min(n - start);
+        let h = h_detached.narrow(0, start, len)?;
+        let logits = h.matmul(&w_detached.t()?)?;
+        let max = logits.max_keepdim(D::Minus1)?;
+        let shifted = logits.broadcast_sub(&max)?;
+        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        let logp = shifted.broadcast_sub(&lse)?;
+        let tgt = Tensor::from_vec(targets[start..start + len].to_vec(), (len, 1), dev)?;
+        let m =
+            Tensor::from_vec(mask[start..start + len].to_vec(), (len, 1), dev)?.to_dtype(dtype)?;
+        let picked = logp.gather(&tgt, 1)?;
+        value -= picked
+            .broadcast_mul(&m)?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        // d(mean nll)/d logits = (softmax − onehot) · mask / tokens.
+        let onehot = Tensor::zeros((len, vocab), dtype, dev)?.scatter_add(
+            &tgt,
+            &Tensor::ones((len, 1), dtype, dev)?,
+            1,
+        )?;
+        let g = (logp.exp()? - onehot)?
+            .broadcast_mul(&m)?
+            .affine(1.0 / tokens.max(1.0), 0.0)?;
+        grad_h.push(g.matmul(&w_detached)?);
+        grad_w = (grad_w + g.t()?.matmul(&h)?)?;
+    }
+    let grad_h = Tensor::cat(&grad_h, 0)?;
+    let surrogate = ((hidden * grad_h)?.sum_all()? + (head * grad_w)?.sum_all()?)?;
+    Ok(ChunkedLoss {
+        value: value / tokens.max(1.0),
+        tokens,
+        surrogate,
+    })
+}
