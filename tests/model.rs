@@ -502,3 +502,107 @@ fn the_chunked_loss_gives_the_same_value_and_gradients() {
         }
     }
 }
+
+/// A byte-level BPE tokenizer.json for the fixtures' 256-token vocabulary (GPT-2's byte-to-char map,
+/// no merges), with byte 255 as EOS.
+fn byte_tokenizer(dir: &Path) {
+    let mut bs: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut vocab = serde_json::Map::new();
+    for (b, c) in bs.iter().zip(&cs) {
+        vocab.insert(
+            char::from_u32(*c).unwrap().to_string(),
+            serde_json::json!(b),
+        );
+    }
+    let eos = char::from_u32(cs[bs.iter().position(|b| *b == 255).unwrap()])
+        .unwrap()
+        .to_string();
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::json!({"eos_token": eos}).to_string(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn ptl_generate_uses_the_cache_path_and_stops_at_eos() {
+    let dir = std::env::temp_dir().join(format!("ptl-generate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir("tests/fixtures/models/llama").unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    byte_tokenizer(&dir);
+    let run = |extra: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
+            .arg("generate")
+            .arg(&dir)
+            .args([
+                "--prompt",
+                "hello world",
+                "--max-new-tokens",
+                "12",
+                "--format",
+                "json",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_str::<Value>(String::from_utf8_lossy(&o.stdout).trim()).unwrap()
+    };
+    let d = Decoder::load(&dir, &Device::Cpu).unwrap();
+    let prompt: Vec<u32> = "hello world".bytes().map(u32::from).collect();
+    let argmax = |l: &[f32]| {
+        l.iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+            )
+            .0 as u32
+    };
+    let want = d.generate(&prompt, 12, &[255], &mut |l| argmax(l)).unwrap();
+    assert_eq!(ids(&run(&[])["ids"]), want, "greedy by default");
+    let a = run(&[
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "50",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+    ]);
+    let b = run(&[
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "50",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+    ]);
+    assert_eq!(a["ids"], b["ids"], "sampling is reproducible from the seed");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -37,6 +37,7 @@ mod data;
 mod doc;
 mod engine;
 mod fmt;
+mod generate;
 mod score;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -162,6 +163,36 @@ enum Command {
         /// A JSONL file, or - for standard input
         #[arg(long)]
         input: PathBuf,
+    },
+    /// Continue a prompt with a model (greedy by default; sampling with --temperature)
+    Generate {
+        model: PathBuf,
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        #[arg(long, conflicts_with = "input")]
+        prompt: Option<String>,
+        /// JSONL rows with a `prompt`
+        #[arg(long)]
+        input: Option<PathBuf>,
+        #[arg(long = "max-new-tokens", default_value_t = 64)]
+        max_new_tokens: usize,
+        /// Pick the most likely token each step (the default unless --temperature is given)
+        #[arg(long, conflicts_with = "temperature")]
+        greedy: bool,
+        #[arg(long)]
+        temperature: Option<f32>,
+        #[arg(long = "top-p", default_value_t = 1.0)]
+        top_p: f32,
+        /// 0: no top-k cut
+        #[arg(long = "top-k", default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Wrap the prompt as a user message with the tokenizer's chat template
+        #[arg(long)]
+        chat: bool,
+        #[arg(long, value_enum, default_value = "human")]
+        format: OutputFormat,
     },
     /// See exactly what a stage will train on
     Data {
@@ -350,6 +381,33 @@ pub fn main() -> i32 {
                 jobs,
                 json: format == OutputFormat::Json,
                 screen: std::io::stdout().is_terminal(),
+            }),
+            Command::Generate {
+                model,
+                adapter,
+                prompt,
+                input,
+                max_new_tokens,
+                greedy,
+                temperature,
+                top_p,
+                top_k,
+                seed,
+                chat,
+                format,
+            } => generate::run(generate::GenerateArgs {
+                model,
+                adapter,
+                prompt,
+                input,
+                max_new_tokens,
+                temperature: temperature.unwrap_or(1.0),
+                top_p,
+                top_k,
+                seed,
+                greedy: greedy || temperature.is_none(),
+                chat,
+                json: format == OutputFormat::Json,
             }),
             Command::Score {
                 model,
