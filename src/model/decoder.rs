@@ -203,6 +203,63 @@ impl Decoder {
         })
     }
 
+    /// A randomly initialized model (normal(0, 0.02) weights, unit norms, as transformers initializes).
+    pub fn random(cfg: ModelConfig, device: &Device) -> Result<Decoder> {
+        let normal = |shape: &[usize]| Tensor::randn(0f32, 0.02, shape, device).map_err(err);
+        let ones = |n: usize| Tensor::ones(n, DType::F32, device).map_err(err);
+        let zeros = |n: usize| Tensor::zeros(n, DType::F32, device).map_err(err);
+        let (h, hd, nh, nkv, inter) = (
+            cfg.hidden_size,
+            cfg.head_dim,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.intermediate_size,
+        );
+        let linear = |out: usize, inp: usize, bias: bool| -> Result<Linear> {
+            Ok(Linear {
+                weight: normal(&[out, inp])?,
+                bias: if bias { Some(zeros(out)?) } else { None },
+                lora: None,
+            })
+        };
+        let layers = (0..cfg.num_layers)
+            .map(|_| {
+                Ok(Layer {
+                    input_norm: ones(h)?,
+                    q: linear(nh * hd, h, cfg.qkv_bias)?,
+                    k: linear(nkv * hd, h, cfg.qkv_bias)?,
+                    v: linear(nkv * hd, h, cfg.qkv_bias)?,
+                    o: linear(h, nh * hd, cfg.o_bias)?,
+                    q_norm: if cfg.qk_norm { Some(ones(hd)?) } else { None },
+                    k_norm: if cfg.qk_norm { Some(ones(hd)?) } else { None },
+                    post_norm: ones(h)?,
+                    gate: linear(inter, h, cfg.mlp_bias)?,
+                    up: linear(inter, h, cfg.mlp_bias)?,
+                    down: linear(h, inter, cfg.mlp_bias)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Decoder {
+            inv_freq: inv_freq(&cfg),
+            embed: normal(&[cfg.vocab_size, h])?,
+            lm_head: if cfg.tie_word_embeddings {
+                None
+            } else {
+                Some(normal(&[cfg.vocab_size, h])?)
+            },
+            norm: ones(h)?,
+            layers,
+            cfg,
+            device: device.clone(),
+            training: Default::default(),
+        })
+    }
+
+    /// Number of weights (adapters not counted).
+    pub fn parameter_count(&mut self) -> usize {
+        self.params_mut().iter().map(|(_, t)| t.elem_count()).sum()
+    }
+
     /// cos and sin [b, 1, t, head_dim] for the given positions (frequencies repeated, as transformers does).
     fn rope(&self, positions: &[u32], b: usize, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""PyTorch reference for benches/train.rs: training throughput in PyTorch eager + transformers
+(+ PEFT for LoRA) on CPU with 2 threads, on the shared benchmark config.
+
+Qwen3 architecture (Qwen3ForCausalLM from config, random init, f32), vocab 32000, hidden 512,
+intermediate 1536, 8 layers, 8 heads, 4 KV heads, head_dim 64, tied embeddings (41.6 M
+parameters), batch 8 x 256 random token ids, AdamW (lr 1e-4), eager attention.
+One step = forward (labels=input_ids, transformers' own loss) + backward + AdamW step + zero_grad.
+Warms up 2 steps, then times --steps steps; prints one JSON line
+{"mode", "params", "trainable", "tokens_per_s", "step_s"}.
+
+    python benches/reference/torch_train.py --mode full [--steps 5]
+    python benches/reference/torch_train.py --mode lora   # LoRA r 16, alpha 32, all linear layers
+
+Offline: nothing is downloaded (the model is built from a config).
+"""
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+BATCH, SEQ = 8, 256
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def config() -> Qwen3Config:
+    return Qwen3Config(
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        max_position_embeddings=4096,
+        attention_dropout=0.0,
+        use_cache=False,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mode", choices=["full", "lora"], default="full")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM._from_config(
+        config(), dtype=torch.float32, attn_implementation="eager"
+    )
+    params = sum(p.numel() for p in model.parameters())  # tied: embed/lm_head counted once
+    if args.mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS,
+                bias="none", task_type="CAUSAL_LM",
+            ),
+        )
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in trainable)
+    opt = torch.optim.AdamW(trainable, lr=1e-4)
+
+    ids = torch.randint(0, 32000, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
+
+    def step() -> float:
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    for _ in range(2):
+        step()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    step_s = (time.perf_counter() - start) / args.steps
+    print(json.dumps({
+        "mode": args.mode,
+        "params": params,
+        "trainable": n_trainable,
+        "tokens_per_s": round(BATCH * SEQ / step_s, 1),
+        "step_s": round(step_s, 3),
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
