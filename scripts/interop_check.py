@@ -159,7 +159,8 @@ def main() -> int:
     for name in MODELS:
         folder = out / name
         if not folder.is_dir():
-            rows.append((name, "-", None, f"{folder} is missing"))
+            rows.append((name, "-", None, f"{folder} is missing (does the test keep its folders when "
+                                               "PTL_INTEROP_DIR is set?)"))
             continue
         rows.extend(check_model(folder, repo))
 

@@ -254,7 +254,12 @@ fn adapters_and_merged_models_reload_with_the_same_logits() {
             (cfg["peft_type"].as_str(), cfg["r"].as_i64()),
             (Some("LORA"), Some(4))
         );
-        let _ = std::fs::remove_dir_all(&dir);
+        if keep.is_some() {
+            let record = serde_json::json!({"base": src.display().to_string(), "sequence": seq, "token_logprobs": tuned});
+            std::fs::write(dir.join("ptl.json"), record.to_string()).unwrap();
+        } else {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 }
 
