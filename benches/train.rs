@@ -23,6 +23,7 @@ fn config() -> ModelConfig {
 }
 
 fn main() {
+    ptl::keep_freed_memory();
     let steps: usize = std::env::args()
         .skip_while(|a| a != "--steps")
         .nth(1)

@@ -312,6 +312,7 @@ pub fn color() -> bool {
 
 /// Runs the CLI on the process arguments; returns the exit code.
 pub fn main() -> i32 {
+    crate::keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -34,7 +34,7 @@ impl Linear {
 
     /// x [.., in] → [.., out]: W x + b, plus (B (A dropout(x))) · scaling with a LoRA adapter.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.broadcast_matmul(&self.weight.t()?)?;
+        let y = matmul_t(x, &self.weight)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -77,6 +77,20 @@ pub struct Decoder {
     inv_freq: Vec<f32>,
     /// Whether dropout is active (training) or not (evaluation, scoring).
     pub training: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// x [.., in] times wᵀ (w [out, in]) as one 2-D matmul over all leading positions: broadcasting w
+/// over the batch would copy it per row and make backward form a weight gradient per row.
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let inp = *dims.last().unwrap_or(&1);
+    let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+    let y = x.reshape((rows, inp))?.matmul(&w.t()?)?;
+    let mut out = dims;
+    if let Some(last) = out.last_mut() {
+        *last = w.dim(0)?;
+    }
+    y.reshape(out)
 }
 
 /// RMSNorm as transformers computes it: x / sqrt(mean(x²) + eps) * weight.
@@ -407,7 +421,7 @@ impl Decoder {
 
     /// Hidden states [b, t, hidden] → logits [b, t, vocab].
     pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
-        hidden.broadcast_matmul(&self.lm_head.as_ref().unwrap_or(&self.embed).t()?)
+        matmul_t(hidden, self.head())
     }
 
     /// Logits [b, t, vocab] for token ids [b, t] (every row one sequence from position 0).
