@@ -86,9 +86,30 @@ fn main() {
             step(&ids());
         }
         let secs = start.elapsed().as_secs_f64() / steps as f64;
+        let ptl_tps = (batch * seq) as f64 / secs;
         println!(
             "{}",
-            serde_json::json!({"mode": mode, "params": params, "trainable": trainable, "step_s": secs, "tokens_per_s": (batch * seq) as f64 / secs})
+            serde_json::json!({"engine": "ptl", "mode": mode, "params": params, "trainable": trainable, "step_s": secs, "tokens_per_s": ptl_tps})
         );
+        // The PyTorch reference, side by side, when torch is installed (it is not needed otherwise).
+        let reference = std::process::Command::new("python3")
+            .args([
+                "benches/reference/torch_train.py",
+                "--mode",
+                mode,
+                "--steps",
+                &steps.to_string(),
+            ])
+            .output();
+        match reference {
+            Ok(o) if o.status.success() => {
+                let text = String::from_utf8_lossy(&o.stdout);
+                if let Some(j) = text.lines().rev().find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+                    let torch = j["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+                    println!("{}", serde_json::json!({"engine": "pytorch", "mode": mode, "tokens_per_s": torch, "ptl_over_pytorch": ptl_tps / torch}));
+                }
+            }
+            _ => println!("(PyTorch reference not run: python3 with torch, transformers and peft is not installed)"),
+        }
     }
 }

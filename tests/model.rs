@@ -254,6 +254,36 @@ fn adapters_and_merged_models_reload_with_the_same_logits() {
             (cfg["peft_type"].as_str(), cfg["r"].as_i64()),
             (Some("LORA"), Some(4))
         );
+        // `ptl score` with base + adapter equals `ptl score` of the merged folder.
+        std::fs::write(
+            dir.join("rows.jsonl"),
+            format!("{}\n", serde_json::json!({"ids": seq})),
+        )
+        .unwrap();
+        let score = |model: &Path, adapter: Option<&Path>| {
+            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ptl"));
+            c.arg("score")
+                .arg(model)
+                .arg("--input")
+                .arg(dir.join("rows.jsonl"));
+            if let Some(a) = adapter {
+                c.arg("--adapter").arg(a);
+            }
+            let o = c.output().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let row: Value =
+                serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+            floats(&row["token_logprobs"])
+        };
+        let with_adapter = score(&src, Some(&dir.join("adapter")));
+        assert!(
+            worst(&with_adapter, &score(&dir.join("merged"), None)) < 1e-4,
+            "{name}: score adapter = merged"
+        );
+        assert!(
+            worst(&with_adapter, &tuned) < 1e-5,
+            "{name}: score = library"
+        );
         if keep.is_some() {
             let record = serde_json::json!({"base": src.display().to_string(), "sequence": seq, "token_logprobs": tuned});
             std::fs::write(dir.join("ptl.json"), record.to_string()).unwrap();
@@ -288,7 +318,13 @@ fn freeze_trains_only_what_it_names() {
     );
     let grads = d.nll(&ids(&e["sequences"][1])).unwrap().backward().unwrap();
     for (param, var) in &vars {
-        assert!(grads.get(var).is_some(), "no gradient for {param}");
+        let g = grads
+            .get(var)
+            .unwrap_or_else(|| panic!("no gradient for {param}"));
+        assert!(
+            scalar(&g.sqr().unwrap().sum_all().unwrap()) > 0.0,
+            "zero gradient for {param}"
+        );
     }
 }
 
