@@ -75,7 +75,11 @@ impl Decoder {
                 }
                 Ok(vars)
             }
-            Tuning::Lora(l) | Tuning::Qlora { lora: l, .. } => {
+            Tuning::Qlora { .. } => Err(
+                "qlora(...) needs an NF4-quantized base, which is not built yet: use lora(...)"
+                    .into(),
+            ),
+            Tuning::Lora(l) => {
                 let targets: Vec<String> = if l.targets.iter().any(|t| t == "all-linear") {
                     LINEAR_MODULES.iter().map(|s| s.to_string()).collect()
                 } else {
