@@ -4,7 +4,7 @@
 //! text, qkv bias, tied embeddings, q/k norm); and a gradient for every weight.
 
 use candle_core::Device;
-use ptl::model::decoder::Decoder;
+use ptl::model::decoder::{argmax, Decoder};
 use serde_json::Value;
 use std::path::Path;
 
@@ -468,15 +468,6 @@ fn kv_cache_generation_equals_recomputing() {
         let (d, e) = load(name);
         let prompt = ids(&e["greedy_prompt"]);
         let want = ids(&e["greedy_ids"]);
-        let argmax = |l: &[f32]| {
-            l.iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                )
-                .0 as u32
-        };
         let cached = d
             .generate(&prompt, want.len(), &[], &mut |l| argmax(l))
             .unwrap();
@@ -613,15 +604,6 @@ fn ptl_generate_uses_the_cache_path_and_stops_at_eos() {
     };
     let d = Decoder::load(&dir, &Device::Cpu).unwrap();
     let prompt: Vec<u32> = "hello world".bytes().map(u32::from).collect();
-    let argmax = |l: &[f32]| {
-        l.iter()
-            .enumerate()
-            .fold(
-                (0, f32::NEG_INFINITY),
-                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-            )
-            .0 as u32
-    };
     let want = d.generate(&prompt, 12, &[255], &mut |l| argmax(l)).unwrap();
     assert_eq!(ids(&run(&[])["ids"]), want, "greedy by default");
     let a = run(&[

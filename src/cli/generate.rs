@@ -3,7 +3,7 @@
 
 use crate::data::encode::{EncodeOptions, Encoder};
 use crate::data::tokenizer::TextTokenizer;
-use crate::model::decoder::Decoder;
+use crate::model::decoder::{argmax, Decoder};
 use crate::model::lora::Rng;
 use candle_core::Device;
 use serde_json::{json, Value};
@@ -77,16 +77,6 @@ pub fn sample(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, rng: &
         }
     }
     order[keep - 1].0 as u32
-}
-
-fn argmax(l: &[f32]) -> u32 {
-    l.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-        )
-        .0 as u32
 }
 
 pub fn run(a: GenerateArgs) -> i32 {

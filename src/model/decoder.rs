@@ -93,6 +93,21 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     y.reshape(out)
 }
 
+/// The index of the largest logit (the first one on ties, as torch.argmax).
+pub fn argmax(logits: &[f32]) -> u32 {
+    logits
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
+        })
+        .0 as u32
+}
+
 /// RMSNorm as transformers computes it: x / sqrt(mean(x²) + eps) * weight.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
     let var = x.sqr()?.mean_keepdim(D::Minus1)?;
@@ -553,8 +568,8 @@ impl Decoder {
         Ok(vars)
     }
 
-    /// Mean negative log-likelihood of each next token (a differentiable scalar).
-    pub fn nll(&self, ids: &[u32]) -> Result<Tensor> {
+    /// log p(token i+1 | tokens 0..=i) for each i, as a [n − 1, 1] tensor (differentiable).
+    fn next_token_logprobs(&self, ids: &[u32]) -> Result<Tensor> {
         let logits = self
             .forward(&self.ids(ids)?)
             .map_err(err)?
@@ -563,11 +578,14 @@ impl Decoder {
         let lp = log_softmax(&logits.narrow(0, 0, ids.len() - 1).map_err(err)?).map_err(err)?;
         let targets =
             Tensor::from_vec(ids[1..].to_vec(), (ids.len() - 1, 1), &self.device).map_err(err)?;
-        lp.gather(&targets, 1)
-            .map_err(err)?
+        lp.gather(&targets, 1).map_err(err)
+    }
+
+    /// Mean negative log-likelihood of each next token (a differentiable scalar).
+    pub fn nll(&self, ids: &[u32]) -> Result<Tensor> {
+        self.next_token_logprobs(ids)?
             .mean_all()
-            .map_err(err)?
-            .neg()
+            .and_then(|m| m.neg())
             .map_err(err)
     }
 
@@ -580,19 +598,9 @@ impl Decoder {
         if ids.len() < 2 {
             return Ok(vec![]);
         }
-        let logits = self
-            .forward(&self.ids(ids)?)
-            .map_err(err)?
-            .squeeze(0)
-            .map_err(err)?;
-        let lp = log_softmax(&logits.narrow(0, 0, ids.len() - 1).map_err(err)?).map_err(err)?;
-        let targets =
-            Tensor::from_vec(ids[1..].to_vec(), (ids.len() - 1, 1), &self.device).map_err(err)?;
-        lp.gather(&targets, 1)
-            .map_err(err)?
+        self.next_token_logprobs(ids)?
             .flatten_all()
-            .map_err(err)?
-            .to_vec1::<f32>()
+            .and_then(|t| t.to_vec1::<f32>())
             .map_err(err)
     }
 
@@ -611,19 +619,7 @@ impl Decoder {
     pub fn greedy(&self, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
         let mut ids = prompt.to_vec();
         for _ in 0..n {
-            let last = self.last_logits(&ids)?;
-            let next = last
-                .iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-                    if v > best.1 {
-                        (i, v)
-                    } else {
-                        best
-                    }
-                })
-                .0;
-            ids.push(next as u32);
+            ids.push(argmax(&self.last_logits(&ids)?));
         }
         Ok(ids[prompt.len()..].to_vec())
     }
