@@ -1,5 +1,7 @@
-//! Training: the optimizer and the chunked loss (schedules, the loop and checkpoints come with the
-//! training-core work).
+//! Training: the optimizer, learning-rate schedules, gradient clipping and the chunked loss (the loop
+//! and checkpoints come with the training-core work).
 
+pub mod clip;
 pub mod loss;
 pub mod optim;
+pub mod schedule;
