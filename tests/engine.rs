@@ -411,12 +411,17 @@ fn malformed_dataset_rows_are_reported_with_file_and_line() {
 }
 
 #[test]
-fn real_kinds_are_planned_and_reported_as_not_runnable_yet() {
-    let w = Work::new("real", "let base = hf_model(\"models/base\")\nlet d = jsonl(\"d.jsonl\", format = \"text\")\n\nstage cpt = pt {\n  model = base\n  data = d\n}\n\nstage after = test_step {\n  model = cpt.model\n}\n");
+fn kinds_without_execution_are_planned_and_reported_as_not_runnable_yet() {
+    let w = Work::new("real", "let base = hf_model(\"models/base\")\n\nstage align = dpo {\n  model = base\n  data = jsonl(\"p.jsonl\", format = \"preference\")\n}\n\nstage after = test_step {\n  model = align.model\n}\n");
+    std::fs::write(
+        w.path("p.jsonl"),
+        "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n",
+    )
+    .unwrap();
     let s = statuses(&plan_json(&w, &[]));
     assert_eq!(s[0].1, "blocked");
     assert!(
-        s[0].2[0].contains("stage kind pt cannot run yet"),
+        s[0].2[0].contains("stage kind dpo cannot run yet"),
         "{:?}",
         s[0]
     );
@@ -425,7 +430,7 @@ fn real_kinds_are_planned_and_reported_as_not_runnable_yet() {
         (
             "after".into(),
             "blocked".into(),
-            vec!["upstream cpt is blocked".into()]
+            vec!["upstream align is blocked".into()]
         )
     );
     let o = w.ptl(&["run", "p.ptl"]);

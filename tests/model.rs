@@ -3,6 +3,8 @@
 //! transformers (sharded and bf16 weights, llama3 rope scaling, a sliding window shorter than the
 //! text, qkv bias, tied embeddings, q/k norm); and a gradient for every weight.
 
+mod common;
+
 use candle_core::Device;
 use ptl::model::decoder::{argmax, Decoder};
 use serde_json::Value;
@@ -535,46 +537,6 @@ fn the_chunked_loss_gives_the_same_value_and_gradients() {
     }
 }
 
-/// A byte-level BPE tokenizer.json for the fixtures' 256-token vocabulary (GPT-2's byte-to-char map,
-/// no merges), with byte 255 as EOS.
-fn byte_tokenizer(dir: &Path) {
-    let mut bs: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
-    let mut cs = bs.clone();
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !bs.contains(&b) {
-            bs.push(b);
-            cs.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut vocab = serde_json::Map::new();
-    for (b, c) in bs.iter().zip(&cs) {
-        vocab.insert(
-            char::from_u32(*c).unwrap().to_string(),
-            serde_json::json!(b),
-        );
-    }
-    let eos = char::from_u32(cs[bs.iter().position(|b| *b == 255).unwrap()])
-        .unwrap()
-        .to_string();
-    let tok = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-        "post_processor": null,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                  "vocab": vocab, "merges": []}
-    });
-    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        serde_json::json!({"eos_token": eos}).to_string(),
-    )
-    .unwrap();
-}
-
 #[test]
 fn ptl_generate_uses_the_cache_path_and_stops_at_eos() {
     let dir = std::env::temp_dir().join(format!("ptl-generate-{}", std::process::id()));
@@ -583,7 +545,7 @@ fn ptl_generate_uses_the_cache_path_and_stops_at_eos() {
         let f = f.unwrap().path();
         std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
     }
-    byte_tokenizer(&dir);
+    common::byte_tokenizer(&dir);
     let run = |extra: &[&str]| {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
             .arg("generate")

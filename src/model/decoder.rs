@@ -450,6 +450,12 @@ impl Decoder {
     /// Logits for a batch of rows padded on the right (`segments` 0) or packed with several documents
     /// (segments 1, 2, ...): no attention across documents or onto padding; positions restart per document.
     pub fn forward_packed(&self, ids: &[Vec<u32>], segments: &[Vec<u32>]) -> Result<Tensor> {
+        self.hidden_packed(ids, segments)
+            .and_then(|h| self.logits(&h).map_err(err))
+    }
+
+    /// Final hidden states [b, t, hidden] of a padded or packed batch (see `forward_packed`).
+    pub fn hidden_packed(&self, ids: &[Vec<u32>], segments: &[Vec<u32>]) -> Result<Tensor> {
         let (b, t) = (ids.len(), ids.first().map_or(0, Vec::len));
         let mut positions = Vec::with_capacity(b * t);
         for seg in segments {
@@ -465,9 +471,7 @@ impl Decoder {
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(flat, (b, t), &self.device).map_err(err)?;
         let mask = self.mask(b, t, 0, Some(segments)).map_err(err)?;
-        self.run(&ids, &positions, &mask, None)
-            .and_then(|h| self.logits(&h))
-            .map_err(err)
+        self.run(&ids, &positions, &mask, None).map_err(err)
     }
 
     /// Generates up to `max_new` tokens after `prompt` with a KV cache; `pick` chooses each next token

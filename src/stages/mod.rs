@@ -16,6 +16,7 @@ pub mod sft;
 pub mod simpo;
 #[cfg(feature = "test-kinds")]
 pub mod test_step;
+pub mod train_run;
 
 use schema::Kind;
 use std::sync::OnceLock;

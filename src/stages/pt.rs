@@ -14,7 +14,7 @@ pub fn kind() -> Kind {
     ));
     Kind {
         version: 1,
-        run: None,
+        run: Some(super::train_run::run_supervised),
         name: "pt",
         summary: "continued pretraining on plain text",
         fields,

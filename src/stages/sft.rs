@@ -34,7 +34,7 @@ pub fn kind() -> Kind {
     ]);
     Kind {
         version: 1,
-        run: None,
+        run: Some(super::train_run::run_supervised),
         name: "sft",
         summary: "supervised fine-tuning on conversations or instructions",
         fields,

@@ -5,3 +5,4 @@ pub mod clip;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
+pub mod supervised;

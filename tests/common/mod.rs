@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests that drive the `ptl` binary.
+//! Helpers shared by the integration tests (each test file uses some of them).
+#![allow(dead_code)]
 
 use std::path::Path;
 
@@ -10,4 +11,44 @@ pub fn ran(dir: &Path) -> Vec<String> {
     let mut lines: Vec<String> = log.lines().map(str::to_string).collect();
     lines.sort();
     lines
+}
+
+/// A byte-level BPE tokenizer.json for the fixtures' 256-token vocabulary (GPT-2's byte-to-char map,
+/// no merges), with byte 255 as EOS.
+pub fn byte_tokenizer(dir: &Path) {
+    let mut bs: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut vocab = serde_json::Map::new();
+    for (b, c) in bs.iter().zip(&cs) {
+        vocab.insert(
+            char::from_u32(*c).unwrap().to_string(),
+            serde_json::json!(b),
+        );
+    }
+    let eos = char::from_u32(cs[bs.iter().position(|b| *b == 255).unwrap()])
+        .unwrap()
+        .to_string();
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::json!({"eos_token": eos}).to_string(),
+    )
+    .unwrap();
 }

@@ -1,0 +1,126 @@
+//! How `pt` and `sft` run: tokenize the dataset with the model's tokenizer (and the stage's template
+//! and mask options), train with the shared supervised loop, write the model (a full HF folder, with
+//! the PEFT adapter beside it for LoRA) and metrics.jsonl.
+
+use crate::data::artifact::{self, DataSpec};
+use crate::data::encode::{EncodeOptions, Encoded};
+use crate::lang::types::Format;
+use crate::lang::value::{Tuning, Value};
+use crate::model::decoder::Decoder;
+use crate::run::context::RunContext;
+use crate::train::schedule::Schedule;
+use crate::train::supervised::{self, Hyper, Sequence};
+use candle_core::Device;
+
+fn num(ctx: &RunContext, k: &str, default: f64) -> f64 {
+    match ctx.param(k) {
+        Value::Int(i) => *i as f64,
+        Value::Float(f) => *f,
+        _ => default,
+    }
+}
+
+fn flag(ctx: &RunContext, k: &str) -> bool {
+    ctx.param(k) == &Value::Bool(true)
+}
+
+pub fn run_supervised(ctx: &mut RunContext) -> Result<(), String> {
+    let model_dir = ctx
+        .input("model")
+        .ok_or("the stage has no model")?
+        .to_path_buf();
+    let data = ctx
+        .input("data")
+        .ok_or("the stage has no data")?
+        .to_path_buf();
+    let format = match ctx.param("data") {
+        Value::Dataset { format, .. } => *format,
+        _ => Format::Auto,
+    };
+    let template = match ctx.param("template") {
+        Value::Str(t) => Some(ctx.base_dir.join(t)),
+        _ => None,
+    };
+    let spec = DataSpec {
+        data,
+        format,
+        tokenizer: model_dir.clone(),
+        template,
+        opts: EncodeOptions {
+            max_len: num(ctx, "max_len", 1024.0) as usize,
+            train_on_prompt: flag(ctx, "train_on_prompt"),
+            mask_history: flag(ctx, "mask_history"),
+            template_vars: Default::default(),
+        },
+    };
+    let tokenized = artifact::tokenize(&spec)?;
+    let sequences: Vec<Sequence> = tokenized
+        .rows
+        .into_iter()
+        .filter_map(|r| match r.result {
+            Ok(Encoded::Sequence { ids, mask, .. }) => Some(Sequence { ids, mask }),
+            _ => None,
+        })
+        .collect();
+    (ctx.log)(&format!(
+        "{} rows to train on ({} malformed)",
+        sequences.len(),
+        tokenized.problems.len()
+    ));
+    let mut model = Decoder::load(&model_dir, &Device::Cpu)?;
+    let tuning = match ctx.param("tuning") {
+        Value::Tuning(t) => t.clone(),
+        _ => Tuning::Full,
+    };
+    let seed = num(ctx, "seed", 42.0) as u64;
+    let vars = model.apply_tuning(&tuning, seed)?;
+    let schedule = match ctx.param("schedule") {
+        Value::Str(s) => Schedule::parse(s).unwrap_or(Schedule::Linear),
+        _ => Schedule::Linear,
+    };
+    let hyper = Hyper {
+        lr: num(ctx, "lr", 2e-5),
+        epochs: num(ctx, "epochs", 3.0),
+        max_steps: match ctx.param("max_steps") {
+            Value::Int(n) => Some(*n as usize),
+            _ => None,
+        },
+        batch_size: num(ctx, "batch_size", 8.0) as usize,
+        grad_accum: num(ctx, "grad_accum", 1.0) as usize,
+        schedule,
+        warmup_steps: num(ctx, "warmup_steps", 0.0) as usize,
+        warmup_ratio: num(ctx, "warmup_ratio", 0.0),
+        weight_decay: num(ctx, "weight_decay", 0.0),
+        betas: (num(ctx, "adam_beta1", 0.9), num(ctx, "adam_beta2", 0.999)),
+        eps: num(ctx, "adam_eps", 1e-8),
+        max_grad_norm: num(ctx, "max_grad_norm", 1.0),
+        seed,
+        log_every: num(ctx, "log_every", 1.0) as usize,
+    };
+    let metrics_path = ctx.out.join("metrics.jsonl");
+    let mut metrics =
+        std::io::BufWriter::new(std::fs::File::create(&metrics_path).map_err(|e| e.to_string())?);
+    let cancel = ctx.cancel;
+    let summary = supervised::train(
+        &model,
+        &vars,
+        &sequences,
+        &hyper,
+        &mut metrics,
+        &|| cancel.load(std::sync::atomic::Ordering::Relaxed),
+        ctx.progress,
+    )?;
+    std::io::Write::flush(&mut metrics).map_err(|e| e.to_string())?;
+    (ctx.log)(&format!(
+        "{} steps: loss {:.4} → {:.4}",
+        summary.steps, summary.first_loss, summary.last_loss
+    ));
+    if tuning.lora().is_some() {
+        model.save_adapter(
+            &ctx.out.join("adapter"),
+            &tuning,
+            &model_dir.display().to_string(),
+        )?;
+    }
+    model.save_hf(&model_dir, &ctx.out.join("model"), 2 << 30)
+}
