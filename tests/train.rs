@@ -143,3 +143,23 @@ fn sft_then_pt_train_and_cache() {
     assert!(String::from_utf8_lossy(&o.stdout).ends_with("2 cached, 0 ran, 0 failed, 0 blocked\n"));
     assert_eq!(ptl(&d.0, &["store", "verify"]).status.code(), Some(0));
 }
+
+#[test]
+fn pt_says_that_packing_is_not_applied() {
+    let d = setup(
+        "packing",
+        "stage cpt = pt {\n  model = hf_model(\"m\")\n  data = jsonl(\"text.jsonl\", format = \"text\")\n  max_steps = 1\n  batch_size = 1\n}\n",
+    );
+    let o = ptl(&d.0, &["run", "p.ptl"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("cpt: packing is not built yet"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}

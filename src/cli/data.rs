@@ -50,17 +50,14 @@ fn model_dir(p: &Pipeline, v: &Value) -> Option<PathBuf> {
     }
 }
 
+/// The stage's options, with the command line's on top.
 fn opts_from(params: &std::collections::BTreeMap<String, Value>, args: &DataArgs) -> EncodeOptions {
-    let int = |k: &str| match params.get(k) {
-        Some(Value::Int(i)) => Some(*i as usize),
-        _ => None,
-    };
-    let flag = |k: &str| params.get(k) == Some(&Value::Bool(true));
+    let stage = EncodeOptions::from_stage(params);
     EncodeOptions {
-        max_len: args.max_len.or(int("max_len")).unwrap_or(1024),
-        train_on_prompt: args.train_on_prompt || flag("train_on_prompt"),
-        mask_history: args.mask_history || flag("mask_history"),
-        template_vars: Default::default(),
+        max_len: args.max_len.unwrap_or(stage.max_len),
+        train_on_prompt: args.train_on_prompt || stage.train_on_prompt,
+        mask_history: args.mask_history || stage.mask_history,
+        ..stage
     }
 }
 

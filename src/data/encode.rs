@@ -24,6 +24,24 @@ pub struct EncodeOptions {
     pub template_vars: BTreeMap<String, Json>,
 }
 
+impl EncodeOptions {
+    /// What a stage's parameters ask for (`max_len`, `train_on_prompt`, `mask_history`): the one
+    /// reading both the training stages and `ptl data` use, so what is shown is what trains.
+    pub fn from_stage(params: &BTreeMap<String, crate::lang::value::Value>) -> EncodeOptions {
+        use crate::lang::value::Value;
+        let flag = |k: &str| params.get(k) == Some(&Value::Bool(true));
+        EncodeOptions {
+            max_len: match params.get("max_len") {
+                Some(Value::Int(i)) => *i as usize,
+                _ => 1024,
+            },
+            train_on_prompt: flag("train_on_prompt"),
+            mask_history: flag("mask_history"),
+            template_vars: BTreeMap::new(),
+        }
+    }
+}
+
 /// A tokenized example.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]

@@ -46,12 +46,7 @@ pub fn run_supervised(ctx: &mut RunContext) -> Result<(), String> {
         format,
         tokenizer: model_dir.clone(),
         template,
-        opts: EncodeOptions {
-            max_len: num(ctx, "max_len", 1024.0) as usize,
-            train_on_prompt: flag(ctx, "train_on_prompt"),
-            mask_history: flag(ctx, "mask_history"),
-            template_vars: Default::default(),
-        },
+        opts: EncodeOptions::from_stage(ctx.params),
     };
     let tokenized = artifact::tokenize(&spec)?;
     let sequences: Vec<Sequence> = tokenized
@@ -67,6 +62,9 @@ pub fn run_supervised(ctx: &mut RunContext) -> Result<(), String> {
         sequences.len(),
         tokenized.problems.len()
     ));
+    if flag(ctx, "packing") {
+        (ctx.log)("packing is not built yet: rows are padded, one per sequence");
+    }
     let mut model = Decoder::load(&model_dir, &Device::Cpu)?;
     let tuning = match ctx.param("tuning") {
         Value::Tuning(t) => t.clone(),
