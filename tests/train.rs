@@ -144,22 +144,113 @@ fn sft_then_pt_train_and_cache() {
     assert_eq!(ptl(&d.0, &["store", "verify"]).status.code(), Some(0));
 }
 
-#[test]
-fn pt_says_that_packing_is_not_applied() {
-    let d = setup(
-        "packing",
-        "stage cpt = pt {\n  model = hf_model(\"m\")\n  data = jsonl(\"text.jsonl\", format = \"text\")\n  max_steps = 1\n  batch_size = 1\n}\n",
-    );
-    let o = ptl(&d.0, &["run", "p.ptl"]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
+fn run_ok(dir: &Path, env: &[(&str, &str)]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args(["run", "p.ptl"])
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    text
+}
+
+#[test]
+fn packed_rows_train_like_padded_rows() {
+    // All documents in one batch: packing changes the layout, not the loss.
+    let stage = |packing: bool| {
+        format!("stage cpt = pt {{\n  model = hf_model(\"m\")\n  data = jsonl(\"text.jsonl\", format = \"text\")\n  max_steps = 1\n  batch_size = 2\n  packing = {packing}\n}}\n")
+    };
+    let packed = setup("packed", &stage(true));
+    let out = run_ok(&packed.0, &[]);
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("cpt: packing is not built yet"),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
+        out.contains("cpt: packed 2 sequences into 1 rows of ≤ 1024 tokens"),
+        "{out}"
     );
+    let padded = setup("padded", &stage(false));
+    run_ok(&padded.0, &[]);
+    let (a, b) = (
+        metrics(&packed.0, "cpt")[0]["loss"].as_f64().unwrap(),
+        metrics(&padded.0, "cpt")[0]["loss"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-5, "packed {a} vs padded {b}");
+}
+
+/// The files of a stage's `model` output, by name.
+fn model_files(dir: &Path, stage: &str) -> Vec<(String, Vec<u8>)> {
+    let o = ptl(dir, &["path", "p.ptl", stage]);
+    let model = dir
+        .join(String::from_utf8_lossy(&o.stdout).trim())
+        .join("model");
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&model)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn without_speed(m: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    m.into_iter()
+        .map(|mut l| {
+            l.as_object_mut().unwrap().remove("tokens_per_s");
+            l
+        })
+        .collect()
+}
+
+#[test]
+fn a_crashed_stage_resumes_and_ends_bit_identical() {
+    for (name, tuning) in [
+        ("lora", "lora(rank = 4, dropout = 0.1)"),
+        ("full", "full\n  grad_accum = 2"),
+    ] {
+        let pipeline = format!(
+            "stage tuned = sft {{\n  model = hf_model(\"m\")\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  template = \"chat.jinja\"\n  tuning = {tuning}\n  lr = 1e-2\n  max_steps = 8\n  batch_size = 2\n  save_every = 3\n}}\n"
+        );
+        let whole = setup(&format!("whole-{name}"), &pipeline);
+        run_ok(&whole.0, &[]);
+        let crashed = setup(&format!("crashed-{name}"), &pipeline);
+        let o = Command::new(env!("CARGO_BIN_EXE_ptl"))
+            .args(["run", "p.ptl"])
+            .env("PTL_FAULT", "crash_after_step:5")
+            .current_dir(&crashed.0)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), None, "{name}: killed by a signal");
+        let out = run_ok(&crashed.0, &[]);
+        assert!(
+            out.contains("tuned: resuming from the checkpoint at step 3"),
+            "{name}: {out}"
+        );
+        assert!(
+            model_files(&whole.0, "tuned") == model_files(&crashed.0, "tuned"),
+            "{name}: the resumed run's weights differ from the uninterrupted run's"
+        );
+        let m = without_speed(metrics(&crashed.0, "tuned"));
+        assert_eq!(
+            m.len(),
+            8,
+            "{name}: one line per step, none lost or doubled"
+        );
+        assert_eq!(m, without_speed(metrics(&whole.0, "tuned")), "{name}");
+        assert!(
+            std::fs::read_dir(crashed.0.join(".ptl/checkpoints"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "{name}: checkpoints are removed once the stage commits"
+        );
+    }
 }

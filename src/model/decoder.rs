@@ -77,6 +77,8 @@ pub struct Decoder {
     inv_freq: Vec<f32>,
     /// Whether dropout is active (training) or not (evaluation, scoring).
     pub training: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The generator of LoRA dropout masks (seeded by `apply_tuning`).
+    pub dropout_rng: super::lora::DropoutRng,
 }
 
 /// x [.., in] times wᵀ (w [out, in]) as one 2-D matmul over all leading positions: broadcasting w
@@ -229,6 +231,7 @@ impl Decoder {
             norm,
             lm_head,
             training: Default::default(),
+            dropout_rng: Default::default(),
         })
     }
 
@@ -281,6 +284,7 @@ impl Decoder {
             cfg,
             device: device.clone(),
             training: Default::default(),
+            dropout_rng: Default::default(),
         })
     }
 

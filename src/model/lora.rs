@@ -11,14 +11,30 @@ pub struct LoraWeights {
     pub dropout: f64,
     /// Dropout applies only while training.
     pub training: std::sync::Arc<AtomicBool>,
+    /// The model's dropout generator, shared by its adapters (seeded, saved in checkpoints).
+    pub rng: DropoutRng,
 }
 
+/// One seeded generator for every dropout mask of a model, so a resumed run draws the same masks.
+pub type DropoutRng = std::sync::Arc<std::sync::Mutex<Rng>>;
+
 /// A small deterministic generator (splitmix64), so initialization depends only on the seed.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// The whole state, for checkpoints.
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+
+    /// A generator that continues from `state`.
+    pub fn from_state(state: u64) -> Rng {
+        Rng(state)
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -42,6 +58,7 @@ impl LoraWeights {
         spec: &crate::lang::value::Lora,
         rng: &mut Rng,
         training: std::sync::Arc<AtomicBool>,
+        dropout_rng: DropoutRng,
     ) -> candle_core::Result<LoraWeights> {
         let (out, inp) = weight.dims2()?;
         let rank = spec.rank.max(1) as usize;
@@ -62,16 +79,22 @@ impl LoraWeights {
             scaling,
             dropout: spec.dropout,
             training,
+            rng: dropout_rng,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = if self.dropout > 0.0 && self.training.load(Ordering::Relaxed) {
-            let keep = x
-                .rand_like(0.0, 1.0)?
-                .ge(self.dropout)?
-                .to_dtype(x.dtype())?;
-            (x * keep)?.affine(1.0 / (1.0 - self.dropout), 0.0)?
+            // Inverted dropout with masks from the seeded generator (candle's rand is not seeded).
+            let (p, scale) = (self.dropout as f32, 1.0 / (1.0 - self.dropout as f32));
+            let keep: Vec<f32> = {
+                let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+                (0..x.elem_count())
+                    .map(|_| if rng.uniform() >= p { scale } else { 0.0 })
+                    .collect()
+            };
+            let keep = Tensor::from_vec(keep, x.shape(), x.device())?.to_dtype(x.dtype())?;
+            (x * keep)?
         } else {
             x.clone()
         };

@@ -95,13 +95,23 @@ impl Decoder {
                 }
                 let training = self.training.clone();
                 let mut rng = Rng::new(seed);
+                // Dropout masks draw from their own stream, so they do not shift initialization.
+                *self.dropout_rng.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Rng::new(seed ^ 0x000D_4090_u64);
+                let dropout_rng = self.dropout_rng.clone();
                 let mut vars = Vec::new();
                 for (path, short, lin) in self.linears_mut() {
                     if !targets.iter().any(|t| t == short) {
                         continue;
                     }
-                    let w = LoraWeights::new(&lin.weight, l, &mut rng, training.clone())
-                        .map_err(err)?;
+                    let w = LoraWeights::new(
+                        &lin.weight,
+                        l,
+                        &mut rng,
+                        training.clone(),
+                        dropout_rng.clone(),
+                    )
+                    .map_err(err)?;
                     vars.push((
                         format!("base_model.model.{path}.lora_A.weight"),
                         w.a.clone(),
@@ -189,6 +199,7 @@ impl Decoder {
         let mut tensors = candle_core::safetensors::load(&file, &self.device)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         let training = self.training.clone();
+        let dropout_rng = self.dropout_rng.clone();
         let mut found = 0;
         for (path, _, lin) in self.linears_mut() {
             let (ka, kb) = (
@@ -206,6 +217,7 @@ impl Decoder {
                     scaling,
                     dropout: 0.0,
                     training: training.clone(),
+                    rng: dropout_rng.clone(),
                 });
                 found += 1;
             }

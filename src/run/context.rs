@@ -2,6 +2,7 @@
 //! cancellation.
 
 use crate::lang::value::Value;
+use crate::store::Store;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +14,10 @@ pub struct RunContext<'a> {
     pub inputs: BTreeMap<String, Vec<PathBuf>>,
     /// Where the stage writes its outputs: `<out>/<output name>/...` or `<out>/<output name>.<ext>`.
     pub out: PathBuf,
+    /// A folder for checkpoints that survives a killed run (removed once the stage's entry commits).
+    pub checkpoints: PathBuf,
+    /// The store the stage's entry goes into (for shared artifacts such as tokenized datasets).
+    pub store: &'a Store,
     /// The pipeline file's folder (relative paths in parameters resolve against it).
     pub base_dir: PathBuf,
     pub cancel: &'a AtomicBool,

@@ -268,6 +268,8 @@ fn execute(
         params: &stage.params,
         inputs,
         out: pending.out.clone(),
+        checkpoints: store.root.join("checkpoints").join(&key.key),
+        store,
         base_dir: p
             .file
             .parent()
@@ -297,10 +299,12 @@ fn execute(
             .map_or(0, |d| d.as_secs()),
     };
     let outputs: Vec<&str> = stage.kind.outputs.iter().map(|o| o.name).collect();
-    store
+    let committed = store
         .commit(pending, manifest, &outputs)
         .map(|m| (m, false))
-        .map_err(|e| format!("cannot commit the outputs: {e}"))
+        .map_err(|e| format!("cannot commit the outputs: {e}"))?;
+    let _ = std::fs::remove_dir_all(&ctx.checkpoints);
+    Ok(committed)
 }
 
 /// The stages a run may execute (`--only`, `--from`); `None` means all.

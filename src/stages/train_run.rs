@@ -48,7 +48,12 @@ pub fn run_supervised(ctx: &mut RunContext) -> Result<(), String> {
         template,
         opts: EncodeOptions::from_stage(ctx.params),
     };
-    let tokenized = artifact::tokenize(&spec)?;
+    // The tokenized dataset is a store artifact of its own: shared by every stage that reads the
+    // same data the same way, and kept when a stage fails or is killed.
+    let tokenized = artifact::cached(ctx.store, &spec)?;
+    if tokenized.cached {
+        (ctx.log)("tokenized data found in the store");
+    }
     let sequences: Vec<Sequence> = tokenized
         .rows
         .into_iter()
@@ -62,9 +67,6 @@ pub fn run_supervised(ctx: &mut RunContext) -> Result<(), String> {
         sequences.len(),
         tokenized.problems.len()
     ));
-    if flag(ctx, "packing") {
-        (ctx.log)("packing is not built yet: rows are padded, one per sequence");
-    }
     let mut model = Decoder::load(&model_dir, &Device::Cpu)?;
     let tuning = match ctx.param("tuning") {
         Value::Tuning(t) => t.clone(),
@@ -94,21 +96,33 @@ pub fn run_supervised(ctx: &mut RunContext) -> Result<(), String> {
         max_grad_norm: num(ctx, "max_grad_norm", 1.0),
         seed,
         log_every: num(ctx, "log_every", 1.0) as usize,
+        packing: flag(ctx, "packing"),
+        max_len: num(ctx, "max_len", 1024.0) as usize,
+        save_every: num(ctx, "save_every", 100.0) as usize,
+        checkpoints: Some(ctx.checkpoints.clone()),
     };
     let metrics_path = ctx.out.join("metrics.jsonl");
     let mut metrics =
         std::io::BufWriter::new(std::fs::File::create(&metrics_path).map_err(|e| e.to_string())?);
+    let mut write_metrics = |m: &serde_json::Value| -> Result<(), String> {
+        use std::io::Write;
+        writeln!(metrics, "{m}")
+            .and_then(|_| metrics.flush())
+            .map_err(|e| format!("cannot write {}: {e}", metrics_path.display()))
+    };
     let cancel = ctx.cancel;
     let summary = supervised::train(
         &model,
         &vars,
         &sequences,
         &hyper,
-        &mut metrics,
-        &|| cancel.load(std::sync::atomic::Ordering::Relaxed),
-        ctx.progress,
+        supervised::Hooks {
+            metrics: &mut write_metrics,
+            cancelled: &|| cancel.load(std::sync::atomic::Ordering::Relaxed),
+            progress: ctx.progress,
+            log: ctx.log,
+        },
     )?;
-    std::io::Write::flush(&mut metrics).map_err(|e| e.to_string())?;
     (ctx.log)(&format!(
         "{} steps: loss {:.4} → {:.4}",
         summary.steps, summary.first_loss, summary.last_loss

@@ -1,8 +1,10 @@
-//! Training: the optimizer, learning-rate schedules, gradient clipping and the chunked loss (the loop
-//! and checkpoints come with the training-core work).
+//! Training: the supervised loop, its checkpoints, packing, the optimizer, learning-rate schedules,
+//! gradient clipping and the chunked loss.
 
+pub mod checkpoint;
 pub mod clip;
 pub mod loss;
 pub mod optim;
+pub mod pack;
 pub mod schedule;
 pub mod supervised;

@@ -14,6 +14,7 @@ pub struct AdamW {
 }
 
 struct Param {
+    name: String,
     var: Var,
     m: Tensor,
     v: Tensor,
@@ -37,6 +38,7 @@ impl AdamW {
                     v: var.as_tensor().zeros_like()?,
                     decay: !(name.contains("norm") || name.ends_with(".bias")),
                     var: var.clone(),
+                    name: name.clone(),
                 })
             })
             .collect::<candle_core::Result<_>>()?;
@@ -48,6 +50,39 @@ impl AdamW {
             step: 0,
             params,
         })
+    }
+
+    /// The moments by variable name (`m.<name>`, `v.<name>`), for checkpoints.
+    pub fn moments(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .flat_map(|p| {
+                [
+                    (format!("m.{}", p.name), p.m.clone()),
+                    (format!("v.{}", p.name), p.v.clone()),
+                ]
+            })
+            .collect()
+    }
+
+    /// Restores the moments [`moments`](Self::moments) returned and the step count.
+    pub fn restore(
+        &mut self,
+        step: u64,
+        tensors: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<(), String> {
+        for p in &mut self.params {
+            let get = |k: String| {
+                tensors
+                    .get(&k)
+                    .cloned()
+                    .ok_or_else(|| format!("the checkpoint has no `{k}`"))
+            };
+            p.m = get(format!("m.{}", p.name))?;
+            p.v = get(format!("v.{}", p.name))?;
+        }
+        self.step = step;
+        Ok(())
     }
 
     /// One update with learning rate `lr`; variables without a gradient are left alone.

@@ -1,16 +1,18 @@
-//! The supervised loop shared by `pt` and `sft`: seeded row order per epoch, right-padded micro-batches,
-//! masked token-mean loss (chunked), gradient accumulation, clipping, AdamW with a warmup schedule,
-//! metrics per step. Checkpoints and resume are not built yet.
+//! The supervised loop shared by `pt` and `sft`: seeded row order per epoch, padded or packed
+//! micro-batches (no attention across documents), masked token-mean loss (chunked), gradient
+//! accumulation, clipping, AdamW with a warmup schedule, metrics per step, checkpoints and resume.
 
+use super::checkpoint::{self, Position};
 use super::clip::clip_grad_norm;
 use super::loss::chunked_nll;
 use super::optim::AdamW;
+use super::pack;
 use super::schedule::{warmup_steps, Schedule};
 use crate::model::decoder::Decoder;
 use crate::model::lora::Rng;
 use candle_core::backprop::GradStore;
 use candle_core::Var;
-use std::io::Write;
+use std::path::PathBuf;
 use std::time::Instant;
 
 pub struct Hyper {
@@ -28,6 +30,12 @@ pub struct Hyper {
     pub max_grad_norm: f64,
     pub seed: u64,
     pub log_every: usize,
+    /// Pack sequences into rows of `max_len` positions.
+    pub packing: bool,
+    pub max_len: usize,
+    /// Checkpoint every N steps into `checkpoints` (0: never).
+    pub save_every: usize,
+    pub checkpoints: Option<PathBuf>,
 }
 
 /// One training sequence: ids and a 0/1 mask of the tokens that count in the loss.
@@ -40,6 +48,17 @@ pub struct Summary {
     pub steps: usize,
     pub first_loss: f64,
     pub last_loss: f64,
+    /// The step a checkpoint let this run start from (0: from the beginning).
+    pub resumed_from: usize,
+}
+
+/// What the loop reports to and asks of its caller.
+pub struct Hooks<'a> {
+    /// One object per logged step (also replayed for the steps a resumed run restored).
+    pub metrics: &'a mut dyn FnMut(&serde_json::Value) -> Result<(), String>,
+    pub cancelled: &'a dyn Fn() -> bool,
+    pub progress: &'a dyn Fn(u64, u64),
+    pub log: &'a dyn Fn(&str),
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -68,15 +87,54 @@ fn accumulate(
     Ok(())
 }
 
-/// Trains `model`'s `vars` on `data`; writes one metrics line per logged step to `metrics`.
+/// A micro-batch as the model takes it: each row holds one sequence (padded) or several (packed);
+/// every document predicts its own next tokens and attends only to itself.
+struct Batch {
+    ids: Vec<Vec<u32>>,
+    segments: Vec<Vec<u32>>,
+    targets: Vec<u32>,
+    mask: Vec<f32>,
+}
+
+fn batch(rows: &[Vec<&Sequence>]) -> Batch {
+    let width = rows
+        .iter()
+        .map(|r| r.iter().map(|s| s.ids.len() - 1).sum::<usize>())
+        .max()
+        .unwrap_or(1);
+    let mut b = Batch {
+        ids: Vec::new(),
+        segments: Vec::new(),
+        targets: Vec::new(),
+        mask: Vec::new(),
+    };
+    for row in rows {
+        let (mut ids, mut segments) = (Vec::with_capacity(width), Vec::with_capacity(width));
+        for (doc, s) in row.iter().enumerate() {
+            let n = s.ids.len() - 1;
+            ids.extend_from_slice(&s.ids[..n]);
+            segments.extend(std::iter::repeat_n(doc as u32 + 1, n));
+            b.targets.extend_from_slice(&s.ids[1..]);
+            b.mask.extend(s.mask[1..].iter().map(|&m| f32::from(m)));
+        }
+        let pad = width - ids.len();
+        ids.resize(width, 0);
+        segments.resize(width, 0);
+        b.targets.extend(std::iter::repeat_n(0, pad));
+        b.mask.extend(std::iter::repeat_n(0.0, pad));
+        b.ids.push(ids);
+        b.segments.push(segments);
+    }
+    b
+}
+
+/// Trains `model`'s `vars` on `data`, resuming from the newest checkpoint when there is one.
 pub fn train(
     model: &Decoder,
     vars: &[(String, Var)],
     data: &[Sequence],
     h: &Hyper,
-    metrics: &mut dyn Write,
-    cancelled: &dyn Fn() -> bool,
-    progress: &dyn Fn(u64, u64),
+    hooks: Hooks,
 ) -> Result<Summary, String> {
     let usable: Vec<&Sequence> = data
         .iter()
@@ -85,66 +143,80 @@ pub fn train(
     if usable.is_empty() {
         return Err("no row has a token to train on".into());
     }
+    let lens: Vec<usize> = usable.iter().map(|s| s.ids.len() - 1).collect();
+    let rows = pack::rows(&lens, h.packing, h.max_len.max(1));
+    if h.packing {
+        (hooks.log)(&format!(
+            "packed {} sequences into {} rows of ≤ {} tokens",
+            usable.len(),
+            rows.len(),
+            h.max_len
+        ));
+    }
     let per_step = h.batch_size.max(1) * h.grad_accum.max(1);
-    let steps_per_epoch = usable.len().div_ceil(per_step);
+    let steps_per_epoch = rows.len().div_ceil(per_step);
     let total = h
         .max_steps
         .unwrap_or(((steps_per_epoch as f64) * h.epochs).ceil().max(1.0) as usize);
     let warmup = warmup_steps(h.warmup_steps, h.warmup_ratio, total);
     let mut opt = AdamW::new(vars, h.betas.0, h.betas.1, h.eps, h.weight_decay).map_err(err)?;
-    let mut rng = Rng::new(h.seed);
-    let mut order: Vec<usize> = Vec::new();
-    let mut cursor = 0;
-    let mut summary = Summary {
-        steps: 0,
-        first_loss: f64::NAN,
-        last_loss: f64::NAN,
+    let mut pos = Position {
+        rng: Rng::new(h.seed).state(),
+        dropout_rng: model.dropout_rng.lock().map_err(err)?.state(),
+        ..Position::default()
     };
+    let mut resumed_from = 0;
+    if let Some(found) = h.checkpoints.as_deref().and_then(checkpoint::latest) {
+        pos = checkpoint::load(&found, vars, &mut opt)?;
+        *model.dropout_rng.lock().map_err(err)? = Rng::from_state(pos.dropout_rng);
+        resumed_from = pos.step;
+        (hooks.log)(&format!(
+            "resuming from the checkpoint at step {}",
+            pos.step
+        ));
+        for m in &pos.metrics {
+            (hooks.metrics)(m)?;
+        }
+    }
+    let mut rng = Rng::from_state(pos.rng);
     model
         .training
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    for step in 0..total {
-        if cancelled() {
+    for step in pos.step..total {
+        if (hooks.cancelled)() {
             return Err("cancelled".into());
         }
         let started = Instant::now();
         let mut grads: Option<GradStore> = None;
         let (mut loss_sum, mut tokens) = (0.0, 0.0);
         for _ in 0..h.grad_accum.max(1) {
-            let mut batch = Vec::with_capacity(h.batch_size);
-            while batch.len() < h.batch_size.max(1) {
-                if cursor == order.len() {
+            let mut picked: Vec<Vec<&Sequence>> = Vec::with_capacity(h.batch_size);
+            while picked.len() < h.batch_size.max(1) {
+                if pos.cursor == pos.order.len() {
                     // A new epoch: a fresh permutation from the seeded generator.
-                    order = (0..usable.len()).collect();
-                    for i in (1..order.len()).rev() {
-                        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+                    pos.order = (0..rows.len()).collect();
+                    for i in (1..pos.order.len()).rev() {
+                        pos.order
+                            .swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
                     }
-                    cursor = 0;
+                    pos.cursor = 0;
                 }
-                batch.push(usable[order[cursor]]);
-                cursor += 1;
+                picked.push(
+                    rows[pos.order[pos.cursor]]
+                        .iter()
+                        .map(|&i| usable[i])
+                        .collect(),
+                );
+                pos.cursor += 1;
             }
-            let width = batch.iter().map(|s| s.ids.len() - 1).max().unwrap_or(1);
-            let mut ids = Vec::new();
-            let mut segments = Vec::new();
-            let mut targets = Vec::new();
-            let mut mask = Vec::new();
-            for s in &batch {
-                let n = s.ids.len() - 1;
-                let mut row = s.ids[..n].to_vec();
-                row.resize(width, 0);
-                ids.push(row);
-                segments.push((0..width).map(|i| u32::from(i < n)).collect::<Vec<u32>>());
-                for i in 0..width {
-                    targets.push(if i < n { s.ids[i + 1] } else { 0 });
-                    mask.push(if i < n { f32::from(s.mask[i + 1]) } else { 0.0 });
-                }
-            }
-            let hidden = model.hidden_packed(&ids, &segments)?;
+            let b = batch(&picked);
+            let width = b.ids[0].len();
+            let hidden = model.hidden_packed(&b.ids, &b.segments)?;
             let hidden = hidden
-                .reshape((batch.len() * width, model.cfg.hidden_size))
+                .reshape((picked.len() * width, model.cfg.hidden_size))
                 .map_err(err)?;
-            let loss = chunked_nll(&hidden, model.head(), &targets, &mask, 1024).map_err(err)?;
+            let loss =
+                chunked_nll(&hidden, model.head(), &b.targets, &b.mask, 1024).map_err(err)?;
             // Micro-batches are weighted by their trained tokens, so accumulation equals one big batch.
             let g = (loss.surrogate * loss.tokens)
                 .map_err(err)?
@@ -154,7 +226,7 @@ pub fn train(
             loss_sum += loss.value * loss.tokens;
             tokens += loss.tokens;
         }
-        let mut grads = grads.expect("one micro-batch");
+        let mut grads = grads.ok_or("no micro-batch")?;
         for (_, v) in vars {
             if let Some(g) = grads.get(v) {
                 let mean = (g / tokens.max(1.0)).map_err(err)?;
@@ -165,26 +237,38 @@ pub fn train(
         let lr = h.lr * h.schedule.factor(step, warmup, total);
         opt.step(&grads, lr).map_err(err)?;
         let loss = loss_sum / tokens.max(1.0);
-        if step == 0 {
-            summary.first_loss = loss;
-        }
-        summary.last_loss = loss;
-        summary.steps = step + 1;
-        if (step + 1) % h.log_every.max(1) == 0 || step + 1 == total {
+        pos.first_loss.get_or_insert(loss);
+        pos.last_loss = Some(loss);
+        pos.step = step + 1;
+        if pos.step.is_multiple_of(h.log_every.max(1)) || pos.step == total {
             let line = serde_json::json!({
-                "step": step + 1,
+                "step": pos.step,
                 "loss": loss,
                 "lr": lr,
                 "grad_norm": grad_norm,
                 "tokens_per_s": tokens / started.elapsed().as_secs_f64().max(1e-9),
-                "epoch": (step + 1) as f64 / steps_per_epoch as f64,
+                "epoch": pos.step as f64 / steps_per_epoch as f64,
             });
-            writeln!(metrics, "{line}").map_err(err)?;
+            (hooks.metrics)(&line)?;
+            pos.metrics.push(line);
         }
-        progress(step as u64 + 1, total as u64);
+        if let Some(dir) = &h.checkpoints {
+            if h.save_every > 0 && pos.step.is_multiple_of(h.save_every) && pos.step < total {
+                pos.rng = rng.state();
+                pos.dropout_rng = model.dropout_rng.lock().map_err(err)?.state();
+                checkpoint::save(dir, &pos, vars, &opt)?;
+            }
+        }
+        checkpoint::crash_point(pos.step);
+        (hooks.progress)(pos.step as u64, total as u64);
     }
     model
         .training
         .store(false, std::sync::atomic::Ordering::Relaxed);
-    Ok(summary)
+    Ok(Summary {
+        steps: pos.step,
+        first_loss: pos.first_loss.unwrap_or(f64::NAN),
+        last_loss: pos.last_loss.unwrap_or(f64::NAN),
+        resumed_from,
+    })
 }
