@@ -254,3 +254,19 @@ fn a_crashed_stage_resumes_and_ends_bit_identical() {
         );
     }
 }
+
+#[test]
+fn editing_the_template_file_makes_the_stage_stale() {
+    let d = setup(
+        "template",
+        "stage tuned = sft {\n  model = hf_model(\"m\")\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  template = \"chat.jinja\"\n  max_steps = 1\n}\n",
+    );
+    run_ok(&d.0, &[]);
+    let plan = |d: &Path| String::from_utf8_lossy(&ptl(d, &["plan", "p.ptl"]).stdout).into_owned();
+    assert!(plan(&d.0).contains("cached"), "{}", plan(&d.0));
+    let t = d.0.join("chat.jinja");
+    let text = std::fs::read_to_string(&t).unwrap();
+    std::fs::write(&t, text.replace("<assistant>", "<bot>")).unwrap();
+    let after = plan(&d.0);
+    assert!(after.contains("chat.jinja changed"), "{after}");
+}

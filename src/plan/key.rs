@@ -72,6 +72,18 @@ impl Resolve<'_> {
             other => other.to_json(self.names),
         })
     }
+
+    /// A file or folder a string field names: its content hash.
+    fn path(&mut self, written: &str, resolved: &std::path::Path) -> Result<Json, KeyError> {
+        let h = if resolved.is_dir() {
+            self.cache.dir(resolved)
+        } else {
+            self.cache.file(resolved)
+        }
+        .map_err(|e| KeyError::Input(written.to_string(), e))?;
+        self.inputs.insert(written.to_string(), h.clone());
+        Ok(json!({ "path": h }))
+    }
 }
 
 /// The key of stage `id`, given the hashes of upstream outputs known so far.
@@ -90,8 +102,15 @@ pub fn stage_key(
         inputs: BTreeMap::new(),
     };
     let mut params = Map::new();
+    let base = p.file.parent().unwrap_or(std::path::Path::new("."));
     for (field, value) in &stage.params {
-        params.insert(field.clone(), r.value(value)?);
+        let json = match value {
+            Value::Str(written) if stage.kind.field(field).is_some_and(|f| f.path) => {
+                r.path(written, &base.join(written))?
+            }
+            _ => r.value(value)?,
+        };
+        params.insert(field.clone(), json);
     }
     let setting = |k: &str| p.config.get(k).map_or(Json::Null, |v| v.to_json(&names));
     let key_json = json!({

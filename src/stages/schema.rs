@@ -24,6 +24,9 @@ pub struct FieldSchema {
     pub ty: Type,
     pub default: Default,
     pub doc: &'static str,
+    /// A string naming a file or folder (relative to the pipeline file) whose content is an input:
+    /// it is hashed into the stage's key like a dataset.
+    pub path: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -111,6 +114,15 @@ pub fn field(name: &'static str, ty: Type, default: Default, doc: &'static str) 
         ty,
         default,
         doc,
+        path: false,
+    }
+}
+
+/// A string field naming a file or folder whose content the stage reads (see [`FieldSchema::path`]).
+pub fn path(name: &'static str, default: Default, doc: &'static str) -> FieldSchema {
+    FieldSchema {
+        path: true,
+        ..field(name, Type::Str, default, doc)
     }
 }
 

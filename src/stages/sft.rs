@@ -2,7 +2,7 @@
 
 use super::common;
 use super::schema::*;
-use crate::lang::types::{Type, CHAT_FORMATS};
+use crate::lang::types::CHAT_FORMATS;
 
 pub fn kind() -> Kind {
     let mut fields = common::inputs(
@@ -26,9 +26,9 @@ pub fn kind() -> Kind {
             false,
             "pack rows into full sequences (no attention across rows)",
         ),
-        optional(
+        path(
             "template",
-            Type::Str,
+            Default::Optional,
             "a chat template file to use instead of the tokenizer's own",
         ),
     ]);
