@@ -42,4 +42,5 @@ pub mod plan;
 pub mod run;
 pub mod stages;
 pub mod store;
+pub mod track;
 pub mod train;

@@ -1,0 +1,216 @@
+//! Experiment tracking for `ptl run`: TensorBoard event files and MLflow runs, each optional. Neither
+//! can fail or stall training: a sink that fails warns once and is off for the rest of the run.
+//!
+//! One [`Tracking`] per run of a pipeline (an MLflow parent run named after the pipeline), one
+//! [`StageTracker`] per stage that runs (a TensorBoard directory and a nested MLflow run).
+
+mod mlflow;
+mod params;
+mod rest;
+mod tensorboard;
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Training loss, per optimizer step.
+pub const LOSS: &str = "train/loss";
+/// Learning rate, per optimizer step.
+pub const LR: &str = "train/lr";
+/// Gradient norm before clipping, per optimizer step.
+pub const GRAD_NORM: &str = "train/grad_norm";
+/// Training throughput.
+pub const TOKENS_PER_S: &str = "train/tokens_per_s";
+/// Fractional epoch.
+pub const EPOCH: &str = "train/epoch";
+
+/// The tag of an eval metric: `eval/<metric>`.
+pub fn eval_tag(metric: &str) -> String {
+    format!("eval/{metric}")
+}
+
+/// The pipeline's `track` block.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// Root directory for TensorBoard event files; `None`: off.
+    pub tensorboard: Option<PathBuf>,
+    /// MLflow tracking URI (`http://host:port`); `None` or empty: off.
+    pub mlflow: Option<String>,
+    /// MLflow experiment name; `None` or empty: the pipeline's name.
+    pub experiment: Option<String>,
+}
+
+/// How a run ended, as MLflow records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Finished,
+    Failed,
+    /// Interrupted (Ctrl-C).
+    Killed,
+}
+
+impl Status {
+    fn mlflow(self) -> &'static str {
+        match self {
+            Status::Finished => "FINISHED",
+            Status::Failed => "FAILED",
+            Status::Killed => "KILLED",
+        }
+    }
+}
+
+/// Receives the one warning each failing sink gives (from any thread: MLflow fails on its own).
+pub type Warn = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Tracking for one run of a pipeline. Dropped without [`Tracking::finish`], it ends as failed.
+pub struct Tracking {
+    pipeline: String,
+    tensorboard: Option<(PathBuf, Arc<SinkState>)>,
+    mlflow: Option<mlflow::Sink>,
+}
+
+impl Tracking {
+    /// Starts the sinks `s` turns on. MLflow's experiment and parent run are created by its
+    /// background thread, so this never waits on the network. With both sinks off it does nothing.
+    pub fn start(s: &Settings, pipeline: &str, warn: Warn) -> Tracking {
+        let tensorboard = s
+            .tensorboard
+            .clone()
+            .map(|dir| (dir, SinkState::new("TensorBoard", warn.clone())));
+        let uri = s.mlflow.as_deref().map(str::trim).filter(|u| !u.is_empty());
+        let mlflow = uri.and_then(|uri| {
+            let experiment = match s.experiment.as_deref().map(str::trim) {
+                Some(e) if !e.is_empty() => e,
+                _ => pipeline,
+            };
+            mlflow::Sink::start(uri, experiment, pipeline, SinkState::new("MLflow", warn))
+        });
+        Tracking {
+            pipeline: pipeline.to_string(),
+            tensorboard,
+            mlflow,
+        }
+    }
+
+    /// Whether any sink is on (a caller may skip computing values only tracking would use).
+    pub fn is_on(&self) -> bool {
+        self.tensorboard.as_ref().is_some_and(|(_, s)| !s.is_off())
+            || self.mlflow.as_ref().is_some_and(|s| !s.is_off())
+    }
+
+    /// Tracking for a stage that runs: `kind` is its stage kind, `key` its store key, `params` its
+    /// resolved parameters (logged to MLflow flattened, values cut to 6000 characters).
+    pub fn stage(&self, stage: &str, kind: &str, key: &str, params: &Value) -> StageTracker {
+        let tensorboard = self.tensorboard.as_ref().map(|(dir, state)| {
+            tensorboard::StageWriter::open(dir, &self.pipeline, stage, state.clone())
+        });
+        let mlflow = self.mlflow.as_ref().map(|sink| {
+            let tags = vec![
+                ("ptl.stage_key".to_string(), key.to_string()),
+                ("ptl.kind".to_string(), kind.to_string()),
+                (
+                    "ptl.version".to_string(),
+                    env!("CARGO_PKG_VERSION").to_string(),
+                ),
+                ("ptl.pipeline".to_string(), self.pipeline.clone()),
+            ];
+            sink.stage(stage, tags, params::flatten(params))
+        });
+        StageTracker {
+            tensorboard,
+            mlflow,
+        }
+    }
+
+    /// Ends the parent run as FINISHED (`ok`) or FAILED and waits, at most 20 s, for MLflow's
+    /// thread to send what is queued.
+    pub fn finish(self, ok: bool) {
+        self.end(if ok { Status::Finished } else { Status::Failed });
+    }
+
+    /// Like [`Tracking::finish`] with any status (KILLED for an interrupted run).
+    pub fn end(mut self, status: Status) {
+        if let Some(sink) = self.mlflow.as_mut() {
+            sink.finish(status);
+        }
+    }
+}
+
+/// Tracking for one stage. Dropped without [`StageTracker::finish`], its run ends as failed.
+pub struct StageTracker {
+    tensorboard: Option<tensorboard::StageWriter>,
+    mlflow: Option<mlflow::StageRun>,
+}
+
+impl StageTracker {
+    /// Logs values at `step` under their tags (`train/loss`, `eval/<metric>`, ...). Returns at once:
+    /// TensorBoard's writes and MLflow's calls happen on background threads.
+    pub fn log(&mut self, step: u64, metrics: &[(&str, f64)]) {
+        if let Some(tb) = self.tensorboard.as_mut() {
+            tb.log(step, metrics);
+        }
+        if let Some(run) = &self.mlflow {
+            run.log(step, metrics);
+        }
+    }
+
+    /// Closes the event file and ends the stage's run with `status`.
+    pub fn finish(mut self, status: Status) {
+        self.end(status);
+    }
+
+    fn end(&mut self, status: Status) {
+        if let Some(mut tb) = self.tensorboard.take() {
+            tb.close();
+        }
+        if let Some(run) = self.mlflow.take() {
+            run.finish(status);
+        }
+    }
+}
+
+impl Drop for StageTracker {
+    fn drop(&mut self) {
+        self.end(Status::Failed);
+    }
+}
+
+/// Whether a sink is still on, and its one warning.
+pub(crate) struct SinkState {
+    name: &'static str,
+    off: AtomicBool,
+    warn: Warn,
+}
+
+impl SinkState {
+    fn new(name: &'static str, warn: Warn) -> Arc<SinkState> {
+        Arc::new(SinkState {
+            name,
+            off: AtomicBool::new(false),
+            warn,
+        })
+    }
+
+    fn is_off(&self) -> bool {
+        self.off.load(Ordering::Relaxed)
+    }
+
+    /// Turns the sink off; the first call gives the warning.
+    fn fail(&self, why: &str) {
+        if !self.off.swap(true, Ordering::Relaxed) {
+            let name = self.name;
+            (self.warn)(&format!(
+                "{name} tracking: {why}; {name} is off for the rest of this run"
+            ));
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, as MLflow's timestamps.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
