@@ -32,7 +32,7 @@ fn main() {
     let (batch, seq) = (8usize, 256usize);
     for mode in ["full", "lora"] {
         let device = Device::Cpu;
-        let mut d = Decoder::random(config(), &device).unwrap();
+        let mut d = Decoder::random(config(), 0, &device).unwrap();
         let params = d.parameter_count();
         let tuning = if mode == "full" {
             Tuning::Full

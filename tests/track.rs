@@ -638,3 +638,117 @@ fn unusable_mlflow_uris_warn_once_without_a_connection() {
     Tracking::start(&s, "p", warn).finish(true);
     assert!(seen.lock().unwrap().is_empty());
 }
+
+// ---- through `ptl run` ----
+
+fn ptl_run(dir: &Path) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args(["run", "p.ptl"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    text
+}
+
+#[test]
+fn ptl_run_tracks_every_stage_that_runs() {
+    let dir = tmp("e2e");
+    let server = mlflow_server(&dir);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let experiment = format!("ptl-e2e-{}-{nanos}", std::process::id());
+    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tokenizers/tiny-chat");
+    let rows: String = (0..6)
+        .map(|i| {
+            format!(
+                "{}\n",
+                json!({"messages": [{"role": "user", "content": format!("{i}+1=")}, {"role": "assistant", "content": format!("{}", i + 1)}]})
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("chat.jsonl"), rows).unwrap();
+    std::fs::write(
+        dir.join("p.ptl"),
+        format!(
+            "track {{\n  tensorboard = \"tb\"\n  mlflow = \"{}\"\n  experiment = \"{experiment}\"\n}}\n\n\
+             stage base = init {{\n  tokenizer = \"{}\"\n  hidden_size = 32\n}}\n\n\
+             stage tuned = sft {{\n  model = base.model\n  data = jsonl(\"chat.jsonl\", format = \"messages\")\n  max_steps = 3\n  batch_size = 2\n  lr = 1e-3\n}}\n",
+            server.uri,
+            tokenizer.display()
+        ),
+    )
+    .unwrap();
+    let out = ptl_run(&dir);
+    assert!(!out.contains("warning"), "{out}");
+
+    // TensorBoard: one event file per stage that trains, read back independently.
+    let files = event_files(&dir.join("tb/p/tuned"));
+    assert_eq!(files.len(), 1, "{files:?}");
+    let loss: Vec<i64> = scalars(&files[0])
+        .into_iter()
+        .filter(|(_, tag, _)| tag == track::LOSS)
+        .map(|(step, _, _)| step)
+        .collect();
+    assert_eq!(loss, vec![1, 2, 3]);
+
+    // MLflow: the parent run, a nested run per stage with its key, params and metrics.
+    let uri = &server.uri;
+    let exp = api(
+        uri,
+        "experiments/get-by-name",
+        &[("experiment_name", &experiment)],
+        None,
+    );
+    let exp_id = exp["experiment"]["experiment_id"].as_str().unwrap();
+    let found = api(
+        uri,
+        "runs/search",
+        &[],
+        Some(json!({ "experiment_ids": [exp_id], "max_results": 100 })),
+    );
+    let runs = found["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 3, "p, base, tuned: {found:#}");
+    let named = |name: &str| {
+        runs.iter()
+            .find(|r| r["info"]["run_name"] == name)
+            .unwrap_or_else(|| panic!("no run `{name}`: {found:#}"))
+    };
+    let parent_id = named("p")["info"]["run_id"].as_str().unwrap();
+    let tuned = named("tuned");
+    let tags = pairs(tuned, "tags");
+    assert_eq!(tags["mlflow.parentRunId"], parent_id);
+    let link = std::fs::read_link(dir.join(".ptl/out/p/tuned")).unwrap();
+    assert!(
+        link.to_string_lossy().contains(&tags["ptl.stage_key"]),
+        "{link:?} vs {}",
+        tags["ptl.stage_key"]
+    );
+    assert_eq!(pairs(tuned, "params")["max_steps"], "3");
+    for run in [named("p"), named("base"), tuned] {
+        assert_eq!(run["info"]["status"], "FINISHED");
+    }
+    let steps: Vec<i64> = history(uri, tuned["info"]["run_id"].as_str().unwrap(), track::LOSS)
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3]);
+
+    // A second run finds everything cached and creates no MLflow run.
+    ptl_run(&dir);
+    let again = api(
+        uri,
+        "runs/search",
+        &[],
+        Some(json!({ "experiment_ids": [exp_id], "max_results": 100 })),
+    );
+    assert_eq!(again["runs"].as_array().map_or(0, Vec::len), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}

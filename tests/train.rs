@@ -270,3 +270,80 @@ fn editing_the_template_file_makes_the_stage_stale() {
     let after = plan(&d.0);
     assert!(after.contains("chat.jinja changed"), "{after}");
 }
+
+#[test]
+fn init_sft_and_eval_exact_match() {
+    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tokenizers/tiny-chat");
+    let pipeline = format!(
+        "stage base = init {{\n  tokenizer = \"{}\"\n  hidden_size = 64\n}}\n\n\
+         stage tuned = sft {{\n  model = base.model\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  lr = 1e-2\n  epochs = 60\n  batch_size = 12\n  max_len = 32\n}}\n\n\
+         stage score = eval {{\n  models = [base.model, tuned.model]\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  metrics = [\"loss\", \"perplexity\", \"exact_match\"]\n  max_new_tokens = 4\n}}\n",
+        tokenizer.display()
+    );
+    let d = setup("eval", &pipeline);
+    let out = run_ok(&d.0, &[]);
+    let o = ptl(&d.0, &["path", "p.ptl", "score"]);
+    let score = d.0.join(String::from_utf8_lossy(&o.stdout).trim());
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(score.join("metrics.json")).unwrap()).unwrap();
+    let models = m["models"].as_array().unwrap();
+    assert_eq!(models[0]["model"], "base.model");
+    assert_eq!(models[1]["model"], "tuned.model");
+    let (before, after) = (&models[0], &models[1]);
+    // The untrained model's eval loss is the sft stage's step-1 loss: same rows, same masks, and
+    // with batch_size = every row, the same token mean.
+    let step1 = metrics(&d.0, "tuned")[0]["loss"].as_f64().unwrap();
+    let base_loss = before["loss"].as_f64().unwrap();
+    assert!((base_loss - step1).abs() < 1e-5, "{base_loss} vs {step1}");
+    assert!(
+        (before["perplexity"].as_f64().unwrap() - base_loss.exp()).abs() < 1e-9,
+        "perplexity = exp(loss)"
+    );
+    assert_eq!(before["answered"], 12);
+    assert_eq!(before["exact_match"], 0.0, "{out}");
+    assert!(
+        after["exact_match"].as_f64().unwrap() >= 0.5,
+        "the tuned model answers its training rows: {after:#}"
+    );
+    assert!(after["loss"].as_f64().unwrap() < 0.5 * base_loss);
+    assert_eq!(after["examples"].as_array().unwrap().len(), 5);
+    assert!(out.contains("score: tuned.model: loss"), "{out}");
+}
+
+#[test]
+fn init_is_reproducible_from_its_seed() {
+    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tokenizers/tiny-chat");
+    let stage = |seed: u32| {
+        format!(
+            "stage base = init {{\n  tokenizer = \"{}\"\n  hidden_size = 32\n  seed = {seed}\n}}\n",
+            tokenizer.display()
+        )
+    };
+    let weights = |d: &Path| {
+        let o = ptl(d, &["path", "p.ptl", "base"]);
+        let out = d.join(String::from_utf8_lossy(&o.stdout).trim());
+        assert!(out.join("model/tokenizer.json").is_file());
+        std::fs::read(out.join("model/model.safetensors")).unwrap()
+    };
+    let (a, b, c) = (
+        setup("init-a", &stage(1)),
+        setup("init-b", &stage(1)),
+        setup("init-c", &stage(2)),
+    );
+    for d in [&a, &b, &c] {
+        run_ok(&d.0, &[]);
+    }
+    assert!(weights(&a.0) == weights(&b.0), "same seed, same weights");
+    assert!(
+        weights(&a.0) != weights(&c.0),
+        "another seed, other weights"
+    );
+    let model = Decoder::load(
+        &a.0.join(String::from_utf8_lossy(&ptl(&a.0, &["path", "p.ptl", "base"]).stdout).trim())
+            .join("model"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(model.cfg.vocab_size, 100);
+    assert_eq!(model.cfg.hidden_size, 32);
+}

@@ -7,7 +7,7 @@ use crate::model::decoder::{argmax, Decoder};
 use crate::model::lora::Rng;
 use candle_core::Device;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub struct GenerateArgs {
     pub model: PathBuf,
@@ -22,25 +22,6 @@ pub struct GenerateArgs {
     pub greedy: bool,
     pub chat: bool,
     pub json: bool,
-}
-
-/// End tokens: the tokenizer's EOS and generation_config.json's eos_token_id (a number or a list).
-fn stop_ids(model: &Path, tok: &TextTokenizer) -> Vec<u32> {
-    let mut ids: Vec<u32> = tok.eos_id().into_iter().collect();
-    if let Ok(bytes) = std::fs::read(model.join("generation_config.json")) {
-        if let Ok(g) = serde_json::from_slice::<Value>(&bytes) {
-            match &g["eos_token_id"] {
-                Value::Number(n) => ids.extend(n.as_u64().map(|v| v as u32)),
-                Value::Array(list) => {
-                    ids.extend(list.iter().filter_map(|v| v.as_u64().map(|v| v as u32)))
-                }
-                _ => {}
-            }
-        }
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    ids
 }
 
 /// Samples from logits with temperature, top-k and top-p (nucleus), as transformers' warpers do.
@@ -128,7 +109,7 @@ pub fn run(a: GenerateArgs) -> i32 {
         }
         (None, None) => return fail("give --prompt TEXT or --input FILE".into()),
     };
-    let stop = stop_ids(&a.model, &tok);
+    let stop = tok.stop_ids(&a.model);
     let mut rng = Rng::new(a.seed);
     let encoder = if a.chat {
         match Encoder::new(&tok, None, EncodeOptions::default()) {

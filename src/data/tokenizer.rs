@@ -115,6 +115,26 @@ impl TextTokenizer {
         self.eos.as_deref().and_then(|t| self.inner.token_to_id(t))
     }
 
+    /// Where generation stops: the EOS token and generation_config.json's `eos_token_id` (a number
+    /// or a list) in the model folder `model`.
+    pub fn stop_ids(&self, model: &Path) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.eos_id().into_iter().collect();
+        if let Ok(bytes) = std::fs::read(model.join("generation_config.json")) {
+            if let Ok(g) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                match &g["eos_token_id"] {
+                    serde_json::Value::Number(n) => ids.extend(n.as_u64().map(|v| v as u32)),
+                    serde_json::Value::Array(list) => {
+                        ids.extend(list.iter().filter_map(|v| v.as_u64().map(|v| v as u32)))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// The text of an added (special) token that starts `text`, if any.
     pub fn special_prefix<'t>(&self, text: &'t str) -> Option<&'t str> {
         self.inner

@@ -235,9 +235,16 @@ impl Decoder {
         })
     }
 
-    /// A randomly initialized model (normal(0, 0.02) weights, unit norms, as transformers initializes).
-    pub fn random(cfg: ModelConfig, device: &Device) -> Result<Decoder> {
-        let normal = |shape: &[usize]| Tensor::randn(0f32, 0.02, shape, device).map_err(err);
+    /// A randomly initialized model (normal(0, 0.02) weights, unit norms, as transformers initializes),
+    /// the same for the same seed.
+    pub fn random(cfg: ModelConfig, seed: u64, device: &Device) -> Result<Decoder> {
+        let rng = std::cell::RefCell::new(super::lora::Rng::new(seed));
+        let normal = |shape: &[usize]| {
+            let n: usize = shape.iter().product();
+            let mut rng = rng.borrow_mut();
+            let values: Vec<f32> = (0..n).map(|_| rng.normal() * 0.02).collect();
+            Tensor::from_vec(values, shape, device).map_err(err)
+        };
         let ones = |n: usize| Tensor::ones(n, DType::F32, device).map_err(err);
         let zeros = |n: usize| Tensor::zeros(n, DType::F32, device).map_err(err);
         let (h, hd, nh, nkv, inter) = (

@@ -261,7 +261,7 @@ impl Decoder {
             "chat_template.jinja",
             "generation_config.json",
         ] {
-            if source.join(name).is_file() {
+            if source.join(name).is_file() && !same_file(&source.join(name), &out.join(name)) {
                 std::fs::copy(source.join(name), out.join(name)).map_err(err)?;
             }
         }
@@ -320,6 +320,14 @@ impl Decoder {
 }
 
 /// safetensors with `{"format": "pt"}` metadata, as transformers and PEFT write them.
+/// Whether two paths name the same existing file (copying a file onto itself would empty it).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 pub fn write_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     let mut data: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
     let mut names: Vec<&String> = tensors.keys().collect();

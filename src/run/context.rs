@@ -10,6 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct RunContext<'a> {
     pub stage: &'a str,
     pub params: &'a BTreeMap<String, Value>,
+    /// The same parameters as JSON, upstream outputs written `{"stage": .., "output": ..}`.
+    pub params_json: serde_json::Value,
+    /// TensorBoard / MLflow for this stage (does nothing when the pipeline tracks nothing).
+    pub tracker: crate::track::StageTracker,
     /// Field → the local paths its value points at (model directories, dataset files, upstream outputs).
     pub inputs: BTreeMap<String, Vec<PathBuf>>,
     /// Where the stage writes its outputs: `<out>/<output name>/...` or `<out>/<output name>.<ext>`.

@@ -12,6 +12,7 @@ use crate::plan::lockfile::{LockFile, LockedStage};
 use crate::plan::Plan;
 use crate::store::hash::HashCache;
 use crate::store::{Manifest, Store};
+use crate::track::{self, StageTracker, Tracking};
 use context::RunContext;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -217,16 +218,79 @@ fn collect_paths(v: &Value, store: &Store, keys: &[Option<String>], out: &mut Ve
     }
 }
 
+/// The run's tracking, started when the first stage runs (a run that finds everything cached
+/// creates no MLflow run).
+pub struct LazyTracking {
+    settings: track::Settings,
+    pipeline: String,
+    cell: std::sync::OnceLock<Tracking>,
+}
+
+impl LazyTracking {
+    /// From the pipeline's `track` block; paths are relative to the pipeline file.
+    pub fn new(p: &Pipeline) -> LazyTracking {
+        let text = |k: &str| match p.track.get(k) {
+            Some(Value::Str(s)) if !s.trim().is_empty() => Some(s.clone()),
+            _ => None,
+        };
+        let base = p.file.parent().unwrap_or(Path::new("."));
+        LazyTracking {
+            settings: track::Settings {
+                tensorboard: text("tensorboard").map(|d| base.join(d)),
+                mlflow: text("mlflow"),
+                experiment: text("experiment"),
+            },
+            pipeline: p.name.clone(),
+            cell: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn stage(
+        &self,
+        stage: &str,
+        kind: &str,
+        key: &str,
+        params: &serde_json::Value,
+    ) -> StageTracker {
+        self.cell
+            .get_or_init(|| {
+                let warn: track::Warn =
+                    std::sync::Arc::new(|m: &str| eprintln!("warning: tracking: {m}"));
+                Tracking::start(&self.settings, &self.pipeline, warn)
+            })
+            .stage(stage, kind, key, params)
+    }
+
+    /// Ends the parent run (if one was started).
+    fn end(self, status: track::Status) {
+        if let Some(t) = self.cell.into_inner() {
+            t.end(status);
+        }
+    }
+}
+
 /// Runs one stage into the store; another process holding the entry's lock is waited for.
+/// What every stage of one run shares.
+struct Shared<'a> {
+    p: &'a Pipeline,
+    store: &'a Store,
+    report: Report<'a>,
+    tracking: &'a LazyTracking,
+}
+
 fn execute(
-    p: &Pipeline,
+    shared: &Shared,
     id: StageId,
     key: &StageKey,
-    store: &Store,
     keys: &[Option<String>],
-    report: Report,
     cancel: &AtomicBool,
 ) -> Result<(Manifest, bool), String> {
+    let Shared {
+        p,
+        store,
+        report,
+        tracking,
+    } = *shared;
     let stage = &p.stages[id];
     let io = |e: std::io::Error| format!("store error: {e}");
     let _guard = store.lock(&key.key).map_err(io)?;
@@ -263,9 +327,13 @@ fn execute(
             line,
         })
     };
+    let params_json = p.params_json(id);
+    let tracker = tracking.stage(&stage.name, stage.kind.name, &key.key, &params_json);
     let mut ctx = RunContext {
         stage: &stage.name,
         params: &stage.params,
+        params_json,
+        tracker,
         inputs,
         out: pending.out.clone(),
         checkpoints: store.root.join("checkpoints").join(&key.key),
@@ -280,7 +348,13 @@ fn execute(
     };
     let started = Instant::now();
     let result = run(&mut ctx);
-    if result.is_err() || cancel.load(std::sync::atomic::Ordering::Relaxed) {
+    let cancelled = cancel.load(std::sync::atomic::Ordering::Relaxed);
+    ctx.tracker.finish(match (&result, cancelled) {
+        (_, true) => track::Status::Killed,
+        (Ok(()), _) => track::Status::Finished,
+        (Err(_), _) => track::Status::Failed,
+    });
+    if result.is_err() || cancelled {
         store.abort(pending);
         return Err(result.err().unwrap_or_else(|| CANCELLED.to_string()));
     }
@@ -410,6 +484,13 @@ impl Run<'_> {
         let mut stop = false;
         let jobs = opts.jobs.max(1);
         let order = plan.order.clone();
+        let lazy_tracking = LazyTracking::new(p);
+        let shared = &Shared {
+            p,
+            store,
+            report,
+            tracking: &lazy_tracking,
+        };
         let (tx, rx) = mpsc::channel::<(StageId, Result<(Manifest, bool), String>, f64)>();
         std::thread::scope(|scope| -> Result<(), String> {
             let mut running = 0;
@@ -570,7 +651,7 @@ impl Run<'_> {
                         .insert(key.key.clone(), flag.clone());
                     scope.spawn(move || {
                         let started = Instant::now();
-                        let result = execute(p, id, &key, store, &keys_now, report, &flag);
+                        let result = execute(shared, id, &key, &keys_now, &flag);
                         control
                             .running
                             .lock()
@@ -659,6 +740,19 @@ impl Run<'_> {
             Ok(())
         })?;
         let _ = cache.save();
+        let status = if control.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            track::Status::Killed
+        } else if outcomes.iter().flatten().all(|o| {
+            !matches!(
+                o,
+                Outcome::Failed(_) | Outcome::Blocked(_) | Outcome::Cancelled
+            )
+        }) {
+            track::Status::Finished
+        } else {
+            track::Status::Failed
+        };
+        lazy_tracking.end(status);
         let outcomes = order
             .iter()
             .map(|&id| {

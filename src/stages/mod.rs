@@ -1,9 +1,10 @@
-//! Stage kinds: one file per kind with its schema (fields, outputs, rules); execution comes with the engine.
+//! Stage kinds: one file per kind with its schema (fields, outputs, rules) and, where built, its run.
 
 pub mod common;
 pub mod dpo;
 pub mod eval;
 pub mod export;
+pub mod init;
 pub mod kto;
 pub mod merge;
 pub mod orpo;
@@ -26,6 +27,7 @@ pub fn kinds() -> &'static [Kind] {
     static KINDS: OnceLock<Vec<Kind>> = OnceLock::new();
     KINDS.get_or_init(|| {
         vec![
+            init::kind(),
             pt::kind(),
             sft::kind(),
             reward_model::kind(),

@@ -8,6 +8,7 @@ use crate::lang::types::Format;
 use crate::lang::value::{Tuning, Value};
 use crate::model::decoder::Decoder;
 use crate::run::context::RunContext;
+use crate::track;
 use crate::train::schedule::Schedule;
 use crate::train::supervised::{self, Hyper, Sequence};
 use candle_core::Device;
@@ -104,8 +105,20 @@ pub fn run_supervised(ctx: &mut RunContext) -> Result<(), String> {
     let metrics_path = ctx.out.join("metrics.jsonl");
     let mut metrics =
         std::io::BufWriter::new(std::fs::File::create(&metrics_path).map_err(|e| e.to_string())?);
+    let tracker = &mut ctx.tracker;
     let mut write_metrics = |m: &serde_json::Value| -> Result<(), String> {
         use std::io::Write;
+        let values: Vec<(&str, f64)> = [
+            ("loss", track::LOSS),
+            ("lr", track::LR),
+            ("grad_norm", track::GRAD_NORM),
+            ("tokens_per_s", track::TOKENS_PER_S),
+            ("epoch", track::EPOCH),
+        ]
+        .iter()
+        .filter_map(|(field, tag)| m[field].as_f64().map(|v| (*tag, v)))
+        .collect();
+        tracker.log(m["step"].as_u64().unwrap_or(0), &values);
         writeln!(metrics, "{m}")
             .and_then(|_| metrics.flush())
             .map_err(|e| format!("cannot write {}: {e}", metrics_path.display()))

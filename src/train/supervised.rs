@@ -89,14 +89,14 @@ fn accumulate(
 
 /// A micro-batch as the model takes it: each row holds one sequence (padded) or several (packed);
 /// every document predicts its own next tokens and attends only to itself.
-struct Batch {
-    ids: Vec<Vec<u32>>,
-    segments: Vec<Vec<u32>>,
-    targets: Vec<u32>,
-    mask: Vec<f32>,
+pub struct Batch {
+    pub ids: Vec<Vec<u32>>,
+    pub segments: Vec<Vec<u32>>,
+    pub targets: Vec<u32>,
+    pub mask: Vec<f32>,
 }
 
-fn batch(rows: &[Vec<&Sequence>]) -> Batch {
+pub fn batch(rows: &[Vec<&Sequence>]) -> Batch {
     let width = rows
         .iter()
         .map(|r| r.iter().map(|s| s.ids.len() - 1).sum::<usize>())
@@ -126,6 +126,18 @@ fn batch(rows: &[Vec<&Sequence>]) -> Batch {
         b.segments.push(segments);
     }
     b
+}
+
+/// The masked token-mean loss of one batch (and the number of tokens it counts).
+pub fn batch_loss(model: &Decoder, b: &Batch) -> Result<super::loss::ChunkedLoss, String> {
+    let width = b.ids.first().map_or(0, Vec::len);
+    let hidden = model.hidden_packed(&b.ids, &b.segments)?;
+    let hidden = hidden
+        .reshape((b.ids.len() * width, model.cfg.hidden_size))
+        .map_err(err)?;
+    // Chunks of about 4M logits (16 MB in f32): big vocabularies get short chunks, small ones long.
+    let chunk = ((4 << 20) / model.cfg.vocab_size.max(1)).clamp(16, 8192);
+    chunked_nll(&hidden, model.head(), &b.targets, &b.mask, chunk).map_err(err)
 }
 
 /// Trains `model`'s `vars` on `data`, resuming from the newest checkpoint when there is one.
@@ -209,14 +221,7 @@ pub fn train(
                 );
                 pos.cursor += 1;
             }
-            let b = batch(&picked);
-            let width = b.ids[0].len();
-            let hidden = model.hidden_packed(&b.ids, &b.segments)?;
-            let hidden = hidden
-                .reshape((picked.len() * width, model.cfg.hidden_size))
-                .map_err(err)?;
-            let loss =
-                chunked_nll(&hidden, model.head(), &b.targets, &b.mask, 1024).map_err(err)?;
+            let loss = batch_loss(model, &batch(&picked))?;
             // Micro-batches are weighted by their trained tokens, so accumulation equals one big batch.
             let g = (loss.surrogate * loss.tokens)
                 .map_err(err)?

@@ -1,0 +1,233 @@
+//! `init`: a new, randomly initialized model from an architecture preset and a tokenizer folder, so a
+//! pipeline can start from nothing downloaded (the quickstart does).
+
+use super::schema::*;
+use crate::data::tokenizer::TextTokenizer;
+use crate::lang::diag::Diag;
+use crate::lang::types::Type;
+use crate::lang::value::Value;
+use crate::model::config::ModelConfig;
+use crate::model::decoder::Decoder;
+use crate::run::context::RunContext;
+use candle_core::Device;
+use serde_json::json;
+
+pub const ARCHS: &[&str] = &["qwen3", "qwen2", "llama", "mistral"];
+pub const SIZES: &[&str] = &["tiny", "small", "base"];
+
+/// hidden, layers, attention heads, key/value heads, MLP width of each size.
+fn preset(size: &str) -> (i64, i64, i64, i64, i64) {
+    match size {
+        "small" => (256, 4, 8, 4, 768),
+        "base" => (768, 12, 12, 4, 2048),
+        _ => (64, 2, 4, 2, 192),
+    }
+}
+
+pub fn kind() -> Kind {
+    let size_doc = "architecture preset: tiny (64 wide, 2 layers), small (256, 4), base (768, 12)";
+    Kind {
+        version: 1,
+        run: Some(run),
+        name: "init",
+        summary: "a new randomly initialized model from an architecture preset and a tokenizer",
+        fields: vec![
+            path(
+                "tokenizer",
+                Default::Required,
+                "a folder with tokenizer.json (and tokenizer_config.json with the chat template)",
+            ),
+            choice(
+                "arch",
+                ARCHS,
+                "qwen3",
+                "the architecture written to config.json",
+            ),
+            choice("size", SIZES, "tiny", size_doc),
+            optional("hidden_size", Type::Int, "instead of the preset's width"),
+            optional(
+                "layers",
+                Type::Int,
+                "instead of the preset's number of layers",
+            ),
+            optional(
+                "heads",
+                Type::Int,
+                "instead of the preset's attention heads",
+            ),
+            optional(
+                "kv_heads",
+                Type::Int,
+                "instead of the preset's key/value heads",
+            ),
+            optional(
+                "intermediate_size",
+                Type::Int,
+                "instead of the preset's MLP width",
+            ),
+            int(
+                "max_position_embeddings",
+                2048,
+                "the longest sequence the model is made for",
+            ),
+            float("rope_theta", 10_000.0, "rotary embedding base"),
+            boolean(
+                "tie_embeddings",
+                true,
+                "share the input embedding and the output head",
+            ),
+            field(
+                "seed",
+                Type::Int,
+                Default::Config("seed"),
+                "seed for the weights (default: config.seed)",
+            ),
+        ],
+        outputs: vec![output(
+            "model",
+            Type::Model,
+            "an HF folder: config.json, model.safetensors, the tokenizer files",
+        )],
+        refused: vec![],
+        rules: vec![init_rules],
+    }
+}
+
+fn init_rules(s: &StageView, d: &mut Vec<Diag>) {
+    for f in [
+        "hidden_size",
+        "layers",
+        "heads",
+        "kv_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+        "rope_theta",
+    ] {
+        super::rules::positive(s, d, f);
+    }
+    let size = match s.get("size") {
+        Value::Str(v) => v.clone(),
+        _ => "tiny".into(),
+    };
+    let (hidden, _, heads, kv, _) = preset(&size);
+    let get = |f: &str, default: i64| match s.get(f) {
+        Value::Int(i) => *i,
+        _ => default,
+    };
+    let (hidden, heads, kv) = (
+        get("hidden_size", hidden),
+        get("heads", heads),
+        get("kv_heads", kv),
+    );
+    if heads > 0 && kv > 0 && (heads % kv != 0 || hidden % heads != 0) {
+        let at = if s.is_set("kv_heads") {
+            "kv_heads"
+        } else {
+            "heads"
+        };
+        d.push(
+            Diag::error(
+                "ptl::out_of_range",
+                format!("{heads} heads do not fit: hidden_size ({hidden}) must divide by heads, and heads by kv_heads ({kv})"),
+            )
+            .label(s.loc(at), "here")
+            .help("pick heads that divide hidden_size, and kv_heads that divide heads"),
+        );
+    }
+}
+
+fn int_param(ctx: &RunContext, k: &str, default: i64) -> i64 {
+    match ctx.param(k) {
+        Value::Int(i) => *i,
+        _ => default,
+    }
+}
+
+/// config.json for `arch` with the given shape, as transformers writes it.
+pub fn hf_config(ctx: &RunContext, tok: &TextTokenizer) -> serde_json::Value {
+    let arch = match ctx.param("arch") {
+        Value::Str(a) => a.clone(),
+        _ => "qwen3".into(),
+    };
+    let size = match ctx.param("size") {
+        Value::Str(v) => v.clone(),
+        _ => "tiny".into(),
+    };
+    let (hidden, layers, heads, kv, inter) = preset(&size);
+    let hidden = int_param(ctx, "hidden_size", hidden);
+    let heads = int_param(ctx, "heads", heads);
+    let class = match arch.as_str() {
+        "qwen2" => "Qwen2ForCausalLM",
+        "llama" => "LlamaForCausalLM",
+        "mistral" => "MistralForCausalLM",
+        _ => "Qwen3ForCausalLM",
+    };
+    let token = |name: Option<&str>| name.and_then(|t| tok.inner.token_to_id(t));
+    let theta = match ctx.param("rope_theta") {
+        Value::Float(f) => *f,
+        Value::Int(i) => *i as f64,
+        _ => 10_000.0,
+    };
+    json!({
+        "architectures": [class],
+        "model_type": arch,
+        "vocab_size": tok.inner.get_vocab_size(true),
+        "hidden_size": hidden,
+        "intermediate_size": int_param(ctx, "intermediate_size", inter),
+        "num_hidden_layers": int_param(ctx, "layers", layers),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int_param(ctx, "kv_heads", kv),
+        "head_dim": hidden / heads.max(1),
+        "hidden_act": "silu",
+        "max_position_embeddings": int_param(ctx, "max_position_embeddings", 2048),
+        "rms_norm_eps": 1e-6,
+        "rope_theta": theta,
+        "tie_word_embeddings": ctx.param("tie_embeddings") != &Value::Bool(false),
+        "attention_bias": false,
+        "initializer_range": 0.02,
+        "bos_token_id": token(tok.bos.as_deref()),
+        "eos_token_id": token(tok.eos.as_deref()),
+        "pad_token_id": token(tok.pad.as_deref()),
+        "torch_dtype": "float32",
+    })
+}
+
+fn run(ctx: &mut RunContext) -> Result<(), String> {
+    let tokenizer = ctx
+        .input("tokenizer")
+        .map(|p| p.to_path_buf())
+        .or_else(|| match ctx.param("tokenizer") {
+            Value::Str(t) => Some(ctx.base_dir.join(t)),
+            _ => None,
+        })
+        .ok_or("the stage has no tokenizer")?;
+    let tok = TextTokenizer::load(&tokenizer)?;
+    let config = hf_config(ctx, &tok);
+    let cfg = ModelConfig::from_json(&config)?;
+    let out = ctx.out.join("model");
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    let io = |e: std::io::Error| format!("cannot write {}: {e}", out.display());
+    std::fs::write(
+        out.join("config.json"),
+        serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?,
+    )
+    .map_err(io)?;
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+    ] {
+        if tokenizer.join(name).is_file() {
+            std::fs::copy(tokenizer.join(name), out.join(name)).map_err(io)?;
+        }
+    }
+    let seed = int_param(ctx, "seed", 42) as u64;
+    let mut model = Decoder::random(cfg, seed, &Device::Cpu)?;
+    (ctx.log)(&format!(
+        "{} parameters, vocabulary {}",
+        model.parameter_count(),
+        model.cfg.vocab_size
+    ));
+    model.save_hf(&out, &out, 2 << 30)
+}
