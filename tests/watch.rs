@@ -283,7 +283,9 @@ fn a_running_stage_whose_key_did_not_change_is_left_alone() {
     w.edit("text = \"x\"", "text = \"y\"");
     let events = w.idle();
     assert_eq!(count(&events, "stage_cancelled"), 0, "{events:#?}");
+    // `other` is independent of a → b, so it may finish anywhere among them; each ran once.
     let mut ran = w.ran();
+    ran.sort();
     ran.dedup();
     assert_eq!(ran, ["a", "b", "other"]);
 }

@@ -6,10 +6,14 @@ use crate::lang::diag::render;
 use crate::lang::pipeline::Pipeline;
 use crate::plan::lockfile::{path_for, LockFile};
 use crate::plan::{graph, Plan};
-use crate::run::{Options, Outcome, Run};
+use crate::run::{Event, Options, Outcome, Run};
 use crate::store::hash::HashCache;
 use crate::store::Store;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// `--store DIR`, else `PTL_STORE`, else `.ptl/` beside the pipeline file (for gc and verify, which
 /// take no pipeline, the current folder's `.ptl/`).
@@ -143,14 +147,18 @@ pub fn run(args: RunArgs) -> i32 {
         store: &store,
         lock_path: path_for(&p.file),
     };
-    // Plain lines: progress would flood a log; watch mode shows it on its status screen.
-    let report = |e: &crate::run::Event| {
-        if !matches!(e, crate::run::Event::Progress { .. }) {
-            outln!("{}", e.line())
-        }
-    };
+    let console = Console::new(
+        p.stages
+            .iter()
+            .map(|s| s.name.chars().count())
+            .max()
+            .unwrap_or(0),
+    );
+    let report = |e: &Event| console.report(e);
     let control = crate::run::Control::default();
-    match run.run(&args.options, &control, &report) {
+    let result = run.run(&args.options, &control, &report);
+    console.clear();
+    match result {
         Ok(summary) => {
             outln!("{}", summary.line());
             for (name, o) in &summary.outcomes {
@@ -167,6 +175,131 @@ pub fn run(args: RunArgs) -> i32 {
         Err(e) => {
             errln!("error: {e}");
             1
+        }
+    }
+}
+
+/// How `ptl run` shows what happens. On a terminal (stdout), one progress bar per running stage
+/// under the event lines; otherwise (pipes, CI, tests) the lines alone, with a plain progress line
+/// at most every tenth of a stage and at its last step, so logs stay short.
+enum Console {
+    Plain {
+        /// Stage → the tenth of its steps and the step of its last progress line.
+        printed: Mutex<BTreeMap<String, (u64, u64)>>,
+    },
+    Bars {
+        multi: MultiProgress,
+        style: ProgressStyle,
+        bars: Mutex<BTreeMap<String, ProgressBar>>,
+    },
+}
+
+impl Console {
+    /// `width`: the longest stage name, so the bars line up.
+    fn new(width: usize) -> Console {
+        let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
+        if !std::io::stdout().is_terminal() || dumb {
+            return Console::Plain {
+                printed: Mutex::default(),
+            };
+        }
+        let template = if super::color_stdout() {
+            format!("         {{prefix:{width}.bold}} [{{wide_bar:.cyan/blue}}] {{pos}}/{{len}} {{msg}} ETA {{eta}}")
+        } else {
+            format!(
+                "         {{prefix:{width}}} [{{wide_bar}}] {{pos}}/{{len}} {{msg}} ETA {{eta}}"
+            )
+        };
+        let style = ProgressStyle::with_template(&template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        Console::Bars {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stdout()),
+            style,
+            bars: Mutex::default(),
+        }
+    }
+
+    /// One line on stdout, above the bars.
+    fn line(&self, line: &str) {
+        match self {
+            Console::Plain { .. } => outln!("{line}"),
+            Console::Bars { multi, .. } => multi.suspend(|| outln!("{line}")),
+        }
+    }
+
+    fn report(&self, e: &Event) {
+        match e {
+            Event::Progress {
+                stage,
+                step,
+                total,
+                note,
+            } => self.progress(e, stage, *step, *total, note),
+            Event::Finished { stage, .. } => {
+                match self {
+                    Console::Plain { printed } => {
+                        printed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(*stage);
+                    }
+                    Console::Bars { multi, bars, .. } => {
+                        let bar = bars
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(*stage);
+                        if let Some(bar) = bar {
+                            bar.finish_and_clear();
+                            multi.remove(&bar);
+                        }
+                    }
+                }
+                self.line(&e.line());
+            }
+            Event::Started { .. } | Event::Log { .. } => self.line(&e.line()),
+        }
+    }
+
+    fn progress(&self, e: &Event, stage: &str, step: u64, total: u64, note: &str) {
+        match self {
+            Console::Plain { printed } => {
+                let tenth = (step.min(total) * 10).checked_div(total).unwrap_or(10);
+                let mut printed = printed.lock().unwrap_or_else(|e| e.into_inner());
+                let (last_tenth, last_step) = printed.get(stage).copied().unwrap_or((0, u64::MAX));
+                if tenth > last_tenth || (step >= total && step != last_step) {
+                    printed.insert(stage.to_string(), (tenth, step));
+                    outln!("{}", e.line());
+                }
+            }
+            Console::Bars { multi, style, bars } => {
+                let mut bars = bars.lock().unwrap_or_else(|e| e.into_inner());
+                let bar = bars.entry(stage.to_string()).or_insert_with(|| {
+                    let bar = multi.add(
+                        ProgressBar::new(total)
+                            .with_style(style.clone())
+                            .with_prefix(stage.to_string()),
+                    );
+                    // A resumed stage starts part way: time the rate from here.
+                    bar.set_position(step);
+                    bar.reset_eta();
+                    bar
+                });
+                bar.set_length(total);
+                bar.set_message(note.to_string());
+                bar.set_position(step);
+            }
+        }
+    }
+
+    /// Removes any bar left (a run that ended in an error).
+    fn clear(&self) {
+        if let Console::Bars { multi, bars, .. } = self {
+            for (_, bar) in std::mem::take(&mut *bars.lock().unwrap_or_else(|e| e.into_inner())) {
+                bar.finish_and_clear();
+                multi.remove(&bar);
+            }
+            let _ = multi.clear();
         }
     }
 }

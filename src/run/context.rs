@@ -25,8 +25,9 @@ pub struct RunContext<'a> {
     /// The pipeline file's folder (relative paths in parameters resolve against it).
     pub base_dir: PathBuf,
     pub cancel: &'a AtomicBool,
-    /// Reports `step` of `total` (for progress bars and watch mode).
-    pub progress: &'a (dyn Fn(u64, u64) + Sync),
+    /// Reports `step` of `total` with a short note (`loss 1.2345 · 9.1k tok/s`, the model being
+    /// scored, or empty), for progress bars, plain progress lines and watch mode.
+    pub progress: &'a (dyn Fn(u64, u64, &str) + Sync),
     /// One line of the stage's own output, shown under the stage's name.
     pub log: &'a (dyn Fn(&str) + Sync),
 }

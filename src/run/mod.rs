@@ -58,11 +58,12 @@ pub enum Event<'a> {
         stage: &'a str,
         outcome: &'a Outcome,
     },
-    /// `step` of `total` steps done.
+    /// `step` of `total` steps done; `note` says how it goes (may be empty).
     Progress {
         stage: &'a str,
         step: u64,
         total: u64,
+        note: &'a str,
     },
     /// A line of a stage's own output.
     Log {
@@ -77,7 +78,15 @@ impl Event<'_> {
         match self {
             Event::Started { stage } => format!("running  {stage}"),
             Event::Log { stage, line } => format!("         {stage}: {line}"),
-            Event::Progress { stage, step, total } => format!("         {stage}: {step}/{total}"),
+            Event::Progress {
+                stage,
+                step,
+                total,
+                note,
+            } => {
+                let sep = if note.is_empty() { "" } else { " " };
+                format!("         {stage}: step {step}/{total}{sep}{note}")
+            }
             Event::Finished { stage, outcome } => match outcome {
                 Outcome::Cached => format!("cached   {stage}"),
                 Outcome::CachedByOther => format!("cached   {stage} (computed by another run)"),
@@ -89,6 +98,16 @@ impl Event<'_> {
             },
         }
     }
+}
+
+/// A training step's progress note: `loss 1.2345 · 9.1k tok/s`.
+pub fn training_note(loss: f64, tokens_per_s: f64) -> String {
+    let rate = match tokens_per_s {
+        r if r >= 999_950.0 => format!("{:.1}M", r / 1e6),
+        r if r >= 999.95 => format!("{:.1}k", r / 1e3),
+        r => format!("{r:.0}"),
+    };
+    format!("loss {loss:.4} · {rate} tok/s")
 }
 
 pub type Report<'a> = &'a (dyn Fn(&Event) + Sync);
@@ -314,11 +333,12 @@ fn execute(
         .filter(|(_, v)| !v.is_empty())
         .collect();
     let pending = store.begin(&key.key).map_err(io)?;
-    let progress = |step: u64, total: u64| {
+    let progress = |step: u64, total: u64, note: &str| {
         report(&Event::Progress {
             stage: &stage.name,
             step,
             total,
+            note,
         })
     };
     let log = |line: &str| {

@@ -85,11 +85,17 @@ impl Out {
                 json!({"event": "stage_log", "stage": stage, "line": line}),
                 String::new(),
             ),
-            Event::Progress { stage, step, total } => {
-                self.set_status(stage, format!("running {step}/{total}"));
+            Event::Progress {
+                stage,
+                step,
+                total,
+                note,
+            } => {
+                let sep = if note.is_empty() { "" } else { "  " };
+                self.set_status(stage, format!("running {step}/{total}{sep}{note}"));
                 if self.json {
                     self.emit(
-                        json!({"event": "stage_progress", "stage": stage, "step": step, "total": total}),
+                        json!({"event": "stage_progress", "stage": stage, "step": step, "total": total, "note": note}),
                         None,
                     );
                 } else if self.screen {

@@ -278,7 +278,10 @@ fn run(ctx: &mut RunContext) -> Result<(), String> {
         ..EncodeOptions::default()
     };
     let mut results = Vec::new();
+    let total = labels.len() as u64;
     for (i, (name, dir)) in labels.iter().zip(&dirs).enumerate() {
+        // The note names the model being scored (step i: the ones before it are done).
+        (ctx.progress)(i as u64, total, name);
         let model = Decoder::load(dir, &Device::Cpu)?;
         let tok = TextTokenizer::load(dir)?;
         let enc = Encoder::new(&tok, None, opts.clone())?;
@@ -328,7 +331,7 @@ fn run(ctx: &mut RunContext) -> Result<(), String> {
             .collect();
         let values: Vec<(&str, f64)> = values.iter().map(|(t, v)| (t.as_str(), *v)).collect();
         ctx.tracker.log(i as u64, &values);
-        (ctx.progress)(i as u64 + 1, labels.len() as u64);
+        (ctx.progress)(i as u64 + 1, total, name);
         results.push(Json::Object(entry));
     }
     let path = ctx.out.join("metrics.json");

@@ -77,7 +77,7 @@ fn run(ctx: &mut RunContext) -> Result<(), String> {
             return Err("cancelled".into());
         }
         std::thread::sleep(std::time::Duration::from_millis(sleep / steps));
-        (ctx.progress)(step + 1, steps);
+        (ctx.progress)(step + 1, steps, "");
     }
     if let Value::Str(log) = ctx.param("log") {
         let path = ctx.base_dir.join(log);

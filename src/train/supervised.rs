@@ -57,7 +57,8 @@ pub struct Hooks<'a> {
     /// One object per logged step (also replayed for the steps a resumed run restored).
     pub metrics: &'a mut dyn FnMut(&serde_json::Value) -> Result<(), String>,
     pub cancelled: &'a dyn Fn() -> bool,
-    pub progress: &'a dyn Fn(u64, u64),
+    /// `step` of `total`, with a note: the step's loss and trained tokens per second.
+    pub progress: &'a dyn Fn(u64, u64, &str),
     pub log: &'a dyn Fn(&str),
 }
 
@@ -245,13 +246,14 @@ pub fn train(
         pos.first_loss.get_or_insert(loss);
         pos.last_loss = Some(loss);
         pos.step = step + 1;
+        let tokens_per_s = tokens / started.elapsed().as_secs_f64().max(1e-9);
         if pos.step.is_multiple_of(h.log_every.max(1)) || pos.step == total {
             let line = serde_json::json!({
                 "step": pos.step,
                 "loss": loss,
                 "lr": lr,
                 "grad_norm": grad_norm,
-                "tokens_per_s": tokens / started.elapsed().as_secs_f64().max(1e-9),
+                "tokens_per_s": tokens_per_s,
                 "epoch": pos.step as f64 / steps_per_epoch as f64,
             });
             (hooks.metrics)(&line)?;
@@ -265,7 +267,11 @@ pub fn train(
             }
         }
         checkpoint::crash_point(pos.step);
-        (hooks.progress)(pos.step as u64, total as u64);
+        (hooks.progress)(
+            pos.step as u64,
+            total as u64,
+            &crate::run::training_note(loss, tokens_per_s),
+        );
     }
     model
         .training

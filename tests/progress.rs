@@ -1,0 +1,205 @@
+//! `ptl run`'s progress when stdout is not a terminal: no bars, a plain progress line at most every
+//! tenth of a stage (and always at its last step), with the training loss and tokens/s or the model
+//! being scored.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A tiny checkpoint with a byte-level tokenizer, a chat template and a small dataset.
+fn setup(name: &str, pipeline: &str) -> Dir {
+    let dir = std::env::temp_dir().join(format!("ptl-progress-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("m")).unwrap();
+    for f in std::fs::read_dir("tests/fixtures/models/llama").unwrap() {
+        let f = f.unwrap().path();
+        if f.file_name().is_some_and(|n| n != "expected.json") {
+            std::fs::copy(&f, dir.join("m").join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    common::byte_tokenizer(&dir.join("m"));
+    std::fs::write(
+        dir.join("chat.jinja"),
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}",
+    )
+    .unwrap();
+    let rows: String = (0..12)
+        .map(|i| {
+            format!(
+                "{}\n",
+                serde_json::json!({"messages": [{"role": "user", "content": format!("{i}+1=")}, {"role": "assistant", "content": format!("{}", i + 1)}]})
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("train.jsonl"), rows).unwrap();
+    std::fs::write(
+        dir.join("text.jsonl"),
+        "{\"text\": \"abc abc abc abc\"}\n{\"text\": \"abd abd abd\"}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("p.ptl"), pipeline).unwrap();
+    Dir(dir)
+}
+
+const PIPELINE: &str = r#"let base = hf_model("m")
+
+stage tuned = sft {
+  model = base
+  data = jsonl("train.jsonl", format = "messages")
+  template = "chat.jinja"
+  tuning = lora(rank = 4)
+  lr = 1e-2
+  epochs = 2
+  batch_size = 1
+  max_len = 32
+}
+
+stage cpt = pt {
+  model = tuned.model
+  data = jsonl("text.jsonl", format = "text")
+  max_steps = 3
+  batch_size = 1
+}
+
+stage score = eval {
+  models = [base, cpt.model]
+  data = jsonl("text.jsonl", format = "text")
+  metrics = ["loss"]
+}
+"#;
+
+/// The plain progress lines of `stage`: `(step, total, note)`.
+fn progress_lines(out: &str, stage: &str) -> Vec<(u64, u64, String)> {
+    let prefix = format!("         {stage}: step ");
+    out.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(|rest| {
+            let (counts, note) = rest.split_once(' ').unwrap_or((rest, ""));
+            let (step, total) = counts.split_once('/').expect("step N/M");
+            (
+                step.parse().unwrap(),
+                total.parse().unwrap(),
+                note.to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn piped_run_prints_sparse_plain_progress_lines() {
+    let d = setup("plain", PIPELINE);
+    let o = Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args(["run", "p.ptl"])
+        .current_dir(&d.0)
+        .env_remove("PTL_STORE")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let text = format!("{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    // No terminal, no bars: no carriage returns or cursor movement.
+    assert!(!out.contains('\r') && !out.contains('\x1b'), "{out:?}");
+    assert!(
+        out.ends_with("0 cached, 3 ran, 0 failed, 0 blocked\n"),
+        "{out}"
+    );
+
+    // 12 rows, one a step, 2 epochs: 24 steps, a line about every tenth.
+    let tuned = progress_lines(&out, "tuned");
+    assert!((2..=11).contains(&tuned.len()), "{out}");
+    assert_eq!(tuned.last().map(|l| (l.0, l.1)), Some((24, 24)), "{out}");
+    for w in tuned.windows(2) {
+        assert!(w[0].0 < w[1].0, "steps go up: {out}");
+    }
+    for (_, total, note) in &tuned {
+        assert_eq!(*total, 24);
+        let (loss, rate) = note
+            .strip_prefix("loss ")
+            .and_then(|n| n.split_once(" · "))
+            .unwrap_or_else(|| panic!("a training note: {note:?}"));
+        assert!(loss.parse::<f64>().unwrap().is_finite(), "{note}");
+        assert!(rate.ends_with(" tok/s"), "{note}");
+    }
+
+    // 3 steps: every one is a tenth or more.
+    let cpt = progress_lines(&out, "cpt");
+    let steps: Vec<(u64, u64)> = cpt.iter().map(|l| (l.0, l.1)).collect();
+    assert_eq!(steps, [(1, 3), (2, 3), (3, 3)], "{out}");
+
+    // eval: one step a model, the note names it.
+    let score = progress_lines(&out, "score");
+    let steps: Vec<(u64, u64, &str)> = score.iter().map(|l| (l.0, l.1, l.2.as_str())).collect();
+    assert_eq!(steps.len(), 2, "{out}");
+    assert_eq!((steps[1].0, steps[1].1), (2, 2), "{out}");
+    assert!(steps[1].2.contains("cpt"), "{out}");
+
+    // The progress lines come between the stage's start and its end.
+    let at = |needle: &str| {
+        out.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} in {out}"))
+    };
+    assert!(at("running  tuned") < at("         tuned: step 24/24"));
+    assert!(at("         tuned: step 24/24") < at("ran      tuned in"));
+
+    // A cached run shows no progress.
+    let o = Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args(["run", "p.ptl"])
+        .current_dir(&d.0)
+        .env_remove("PTL_STORE")
+        .output()
+        .unwrap();
+    let again = String::from_utf8_lossy(&o.stdout);
+    assert!(!again.contains(": step "), "{again}");
+    assert!(Path::new(&d.0).join("p.ptl.lock").is_file());
+}
+
+/// On a terminal the progress is bars, not lines (run under `script`, which gives the command a
+/// pseudo-terminal; skipped where there is none). Whether a bar gets drawn depends on timing, so
+/// only what does not is checked: no plain progress lines, every event line, the summary last.
+#[cfg(target_os = "linux")]
+#[test]
+fn terminal_run_shows_bars_instead_of_lines() {
+    let d = setup("tty", PIPELINE);
+    let cmd = format!("{} run p.ptl", env!("CARGO_BIN_EXE_ptl"));
+    let Ok(o) = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .current_dir(&d.0)
+        .env_remove("PTL_STORE")
+        .env("TERM", "xterm")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+    else {
+        eprintln!("skipped: no `script` to give ptl a terminal");
+        return;
+    };
+    let out = String::from_utf8_lossy(&o.stdout).replace("\r\n", "\n");
+    if o.status.code() != Some(0) && !out.contains("running  tuned") {
+        eprintln!("skipped: `script` did not run ptl: {out}");
+        return;
+    }
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(!out.contains(": step "), "{out:?}");
+    for line in [
+        "running  tuned",
+        "ran      tuned in",
+        "ran      cpt in",
+        "ran      score in",
+    ] {
+        assert!(out.contains(line), "{line:?} in {out:?}");
+    }
+    assert!(
+        out.trim_end()
+            .ends_with("0 cached, 3 ran, 0 failed, 0 blocked"),
+        "{out:?}"
+    );
+}
