@@ -2,6 +2,7 @@
 //! stage's result committed to the store and recorded in the lock file as soon as it finishes.
 
 pub mod context;
+pub mod tracking;
 pub mod watch;
 
 use crate::data::jsonl;
@@ -12,13 +13,14 @@ use crate::plan::lockfile::{LockFile, LockedStage};
 use crate::plan::Plan;
 use crate::store::hash::HashCache;
 use crate::store::{Manifest, Store};
-use crate::track::{self, StageTracker, Tracking};
+use crate::track;
 use context::RunContext;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::time::Instant;
+use tracking::LazyTracking;
 
 pub struct Options {
     pub jobs: usize,
@@ -237,58 +239,6 @@ fn collect_paths(v: &Value, store: &Store, keys: &[Option<String>], out: &mut Ve
     }
 }
 
-/// The run's tracking, started when the first stage runs (a run that finds everything cached
-/// creates no MLflow run).
-pub struct LazyTracking {
-    settings: track::Settings,
-    pipeline: String,
-    cell: std::sync::OnceLock<Tracking>,
-}
-
-impl LazyTracking {
-    /// From the pipeline's `track` block; paths are relative to the pipeline file.
-    pub fn new(p: &Pipeline) -> LazyTracking {
-        let text = |k: &str| match p.track.get(k) {
-            Some(Value::Str(s)) if !s.trim().is_empty() => Some(s.clone()),
-            _ => None,
-        };
-        let base = p.file.parent().unwrap_or(Path::new("."));
-        LazyTracking {
-            settings: track::Settings {
-                tensorboard: text("tensorboard").map(|d| base.join(d)),
-                mlflow: text("mlflow"),
-                experiment: text("experiment"),
-            },
-            pipeline: p.name.clone(),
-            cell: std::sync::OnceLock::new(),
-        }
-    }
-
-    fn stage(
-        &self,
-        stage: &str,
-        kind: &str,
-        key: &str,
-        params: &serde_json::Value,
-    ) -> StageTracker {
-        self.cell
-            .get_or_init(|| {
-                let warn: track::Warn =
-                    std::sync::Arc::new(|m: &str| eprintln!("warning: tracking: {m}"));
-                Tracking::start(&self.settings, &self.pipeline, warn)
-            })
-            .stage(stage, kind, key, params)
-    }
-
-    /// Ends the parent run (if one was started).
-    fn end(self, status: track::Status) {
-        if let Some(t) = self.cell.into_inner() {
-            t.end(status);
-        }
-    }
-}
-
-/// Runs one stage into the store; another process holding the entry's lock is waited for.
 /// What every stage of one run shares.
 struct Shared<'a> {
     p: &'a Pipeline,
@@ -297,6 +247,7 @@ struct Shared<'a> {
     tracking: &'a LazyTracking,
 }
 
+/// Runs one stage into the store; another process holding the entry's lock is waited for.
 fn execute(
     shared: &Shared,
     id: StageId,
