@@ -347,3 +347,44 @@ fn init_is_reproducible_from_its_seed() {
     assert_eq!(model.cfg.vocab_size, 100);
     assert_eq!(model.cfg.hidden_size, 32);
 }
+
+#[test]
+fn the_quickstart_runs_end_to_end_and_then_is_cached() {
+    // The README's first command, shortened with --set (the full run takes minutes in release).
+    let dir = std::env::temp_dir().join(format!("ptl-quickstart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    for sub in ["tokenizers/tiny-chat", "data/quickstart"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        for f in std::fs::read_dir(src.join(sub)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.join(sub).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy(src.join("quickstart.ptl"), dir.join("quickstart.ptl")).unwrap();
+    let d = Dir(dir);
+    let run = || {
+        ptl(
+            &d.0,
+            &[
+                "run",
+                "quickstart.ptl",
+                "--set",
+                "pretrained.max_steps=2",
+                "--set",
+                "tuned.max_steps=2",
+            ],
+        )
+    };
+    let o = run();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.ends_with("0 cached, 4 ran, 0 failed, 0 blocked\n"), "{out}");
+    assert!(out.contains("score: tuned.model: loss"), "{out}");
+    let o = run();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).ends_with("4 cached, 0 ran, 0 failed, 0 blocked\n"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
