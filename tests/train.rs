@@ -378,8 +378,16 @@ fn the_quickstart_runs_end_to_end_and_then_is_cached() {
     };
     let o = run();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert_eq!(o.status.code(), Some(0), "{out}{}", String::from_utf8_lossy(&o.stderr));
-    assert!(out.ends_with("0 cached, 4 ran, 0 failed, 0 blocked\n"), "{out}");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.ends_with("0 cached, 4 ran, 0 failed, 0 blocked\n"),
+        "{out}"
+    );
     assert!(out.contains("score: tuned.model: loss"), "{out}");
     let o = run();
     assert!(
@@ -387,4 +395,38 @@ fn the_quickstart_runs_end_to_end_and_then_is_cached() {
         "{}",
         String::from_utf8_lossy(&o.stdout)
     );
+}
+
+#[test]
+fn malformed_rows_fail_the_stage_unless_it_skips_them() {
+    let stage = |skip: bool| {
+        format!("stage tuned = sft {{\n  model = hf_model(\"m\")\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  template = \"chat.jinja\"\n  max_steps = 1\n  skip_malformed = {skip}\n}}\n")
+    };
+    for skip in [false, true] {
+        let d = setup(&format!("malformed-{skip}"), &stage(skip));
+        let rows = std::fs::read_to_string(d.0.join("train.jsonl")).unwrap();
+        std::fs::write(
+            d.0.join("train.jsonl"),
+            format!("{rows}{{\"messages\": [{{\"role\": \"user\"\n{{\"text\": \"no messages\"}}\n"),
+        )
+        .unwrap();
+        let o = ptl(&d.0, &["run", "p.ptl"]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        if skip {
+            assert_eq!(o.status.code(), Some(0), "{out}");
+            assert!(out.contains("tuned: skipping 2 malformed rows:"), "{out}");
+            assert!(out.contains("train.jsonl:13: not JSON"), "{out}");
+            assert!(
+                out.contains("tuned: 12 rows to train on (2 malformed)"),
+                "{out}"
+            );
+        } else {
+            assert_eq!(o.status.code(), Some(1), "{out}");
+            assert!(out.contains("train.jsonl:13: not JSON"), "{out}");
+            assert!(
+                out.contains("train.jsonl:14: a messages row needs messages"),
+                "{out}"
+            );
+        }
+    }
 }

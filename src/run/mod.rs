@@ -267,9 +267,14 @@ fn execute(
     if store.has(&key.key) {
         return store.manifest(&key.key).map(|m| (m, true)).map_err(io);
     }
+    // Malformed rows stop the stage before it starts, with file:line, unless the stage skips them
+    // (then it reads, counts and logs them itself).
+    let skip = stage.params.get("skip_malformed") == Some(&Value::Bool(true));
     for value in stage.params.values() {
         if let Value::Dataset { path, format } = value {
-            jsonl::validate(&path.resolved, *format).map_err(|problems| problems.join("\n"))?;
+            if !skip {
+                jsonl::validate(&path.resolved, *format).map_err(|problems| problems.join("\n"))?;
+            }
         }
     }
     let run = stage.kind.run.ok_or("this stage kind cannot run yet")?;

@@ -88,7 +88,17 @@ pub fn training(lr: f64, max_len: i64) -> Vec<FieldSchema> {
             "checkpoint every N steps so a killed run resumes (0: only at the end)",
         ),
         int("log_every", 1, "log metrics every N steps"),
+        skip_malformed(),
     ]
+}
+
+/// `skip_malformed`: whether rows that do not parse stop the stage (the default) or are skipped.
+pub fn skip_malformed() -> FieldSchema {
+    boolean(
+        "skip_malformed",
+        false,
+        "skip rows that are not valid JSON or lack their format's fields (counted in the log) instead of failing",
+    )
 }
 
 /// The outputs of a training stage: `model` and `metrics`, with this kind's descriptions.
@@ -152,3 +162,26 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("init_kl_coef", "kl_coef"),
     ("num_ppo_epochs", "ppo_epochs"),
 ];
+
+/// What a stage does with the malformed rows it read: fails on the first (the executor already
+/// refused such files unless `skip_malformed` is set), or logs how many it skips and the first few.
+pub fn report_malformed(
+    ctx: &crate::run::context::RunContext,
+    problems: &[String],
+) -> Result<(), String> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    if ctx.param("skip_malformed") != &Value::Bool(true) {
+        return Err(format!(
+            "{} malformed rows, the first: {}",
+            problems.len(),
+            problems[0]
+        ));
+    }
+    (ctx.log)(&format!("skipping {} malformed rows:", problems.len()));
+    for p in problems.iter().take(3) {
+        (ctx.log)(&format!("  {p}"));
+    }
+    Ok(())
+}

@@ -52,6 +52,7 @@ pub fn kind() -> Kind {
             int("batch_size", 8, "rows per forward pass"),
             int("max_len", 1024, "tokens per sequence"),
             optional("limit", Type::Int, "evaluate only the first N rows"),
+            super::common::skip_malformed(),
             field(
                 "seed",
                 Type::Int,
@@ -249,9 +250,7 @@ fn run(ctx: &mut RunContext) -> Result<(), String> {
         _ => Format::Auto,
     };
     let (mut rows, problems) = rows::read(&data, format)?;
-    if let Some(p) = problems.first() {
-        return Err(format!("{} malformed rows, the first: {p}", problems.len()));
-    }
+    super::common::report_malformed(ctx, &problems)?;
     rows.truncate(match ctx.param("limit") {
         Value::Int(n) => *n as usize,
         _ => usize::MAX,

@@ -63,6 +63,7 @@ pub fn run_supervised(ctx: &mut RunContext) -> Result<(), String> {
             _ => None,
         })
         .collect();
+    super::common::report_malformed(ctx, &tokenized.problems)?;
     (ctx.log)(&format!(
         "{} rows to train on ({} malformed)",
         sequences.len(),
