@@ -430,3 +430,36 @@ fn malformed_rows_fail_the_stage_unless_it_skips_them() {
         }
     }
 }
+
+#[test]
+fn gc_keeps_resumable_checkpoints_unless_asked() {
+    let d = setup(
+        "gc-checkpoints",
+        "stage tuned = sft {\n  model = hf_model(\"m\")\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  template = \"chat.jinja\"\n  max_steps = 6\n  batch_size = 2\n  save_every = 2\n}\n",
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args(["run", "p.ptl"])
+        .env("PTL_FAULT", "crash_after_step:3")
+        .current_dir(&d.0)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), None, "killed by a signal");
+    let checkpoints = || {
+        std::fs::read_dir(d.0.join(".ptl/checkpoints"))
+            .unwrap()
+            .count()
+    };
+    let o = ptl(&d.0, &["gc"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains("kept the checkpoints of 1 unfinished or running stage"),
+        "{out}"
+    );
+    assert_eq!(checkpoints(), 1);
+    let o = ptl(&d.0, &["gc", "--checkpoints"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains("removed checkpoints of "), "{out}");
+    assert_eq!(checkpoints(), 0);
+    let out = run_ok(&d.0, &[]);
+    assert!(!out.contains("resuming"), "{out}");
+}

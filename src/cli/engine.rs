@@ -304,14 +304,27 @@ impl Console {
     }
 }
 
-pub fn gc(store: Option<&Path>, dry_run: bool) -> i32 {
+pub fn gc(store: Option<&Path>, dry_run: bool, checkpoints: bool) -> i32 {
     let Some(store) = open_store(Path::new("pipeline.ptl"), store) else {
         return 1;
     };
-    match store.gc(dry_run) {
+    match store.gc(dry_run, checkpoints) {
         Ok(r) => {
             let verb = if dry_run { "would remove" } else { "removed" };
             let mut total = 0;
+            for (key, size) in &r.checkpoints {
+                outln!("{verb} checkpoints of {key} ({})", human(*size));
+                total += size;
+            }
+            if !r.kept_checkpoints.is_empty() {
+                let size: u64 = r.kept_checkpoints.iter().map(|(_, s)| s).sum();
+                outln!(
+                    "kept the checkpoints of {} unfinished or running stage{} ({}): a rerun resumes from them; `ptl gc --checkpoints` removes them",
+                    r.kept_checkpoints.len(),
+                    if r.kept_checkpoints.len() == 1 { "" } else { "s" },
+                    human(size)
+                );
+            }
             for (key, size) in r.entries.iter().chain(&r.tmp) {
                 outln!("{verb} {key} ({})", human(*size));
                 total += size;

@@ -152,6 +152,9 @@ enum Command {
         store: Option<PathBuf>,
         #[arg(long)]
         dry_run: bool,
+        /// Also remove the checkpoints of unfinished stages (they could resume from them)
+        #[arg(long)]
+        checkpoints: bool,
     },
     /// Per-token log-probabilities of JSONL rows (`text`, `prompt`+`completion`, or `ids`) under a model
     Score {
@@ -419,7 +422,11 @@ pub fn main() -> i32 {
                 DataCommand::Show(a) => data::show(a.args()),
                 DataCommand::Stats(a) => data::stats(a.args()),
             },
-            Command::Gc { store, dry_run } => engine::gc(store.as_deref(), dry_run),
+            Command::Gc {
+                store,
+                dry_run,
+                checkpoints,
+            } => engine::gc(store.as_deref(), dry_run, checkpoints),
             Command::Store {
                 command: StoreCommand::Verify { store },
             } => engine::verify(store.as_deref()),

@@ -1,5 +1,5 @@
 //! Garbage collection: entries that no registered pipeline's lock file references are removed, with
-//! the folders of runs that died mid-write.
+//! the folders of runs that died mid-write and, on request, the checkpoints of unfinished stages.
 
 use super::Store;
 use std::collections::BTreeSet;
@@ -11,6 +11,11 @@ pub struct GcReport {
     pub entries: Vec<(String, u64)>,
     pub tmp: Vec<(String, u64)>,
     pub kept: usize,
+    /// (key, bytes) of checkpoint folders removed: those of finished stages always, those of
+    /// unfinished stages when asked.
+    pub checkpoints: Vec<(String, u64)>,
+    /// (key, bytes) of checkpoints kept: unfinished stages (resumable), or stages running now.
+    pub kept_checkpoints: Vec<(String, u64)>,
 }
 
 fn size_of(path: &Path) -> u64 {
@@ -85,7 +90,7 @@ impl Store {
         Ok(removed)
     }
 
-    pub fn gc(&self, dry_run: bool) -> io::Result<GcReport> {
+    pub fn gc(&self, dry_run: bool, checkpoints: bool) -> io::Result<GcReport> {
         let mut keep = BTreeSet::new();
         for lock in self.registered() {
             if let Ok(bytes) = std::fs::read(&lock) {
@@ -123,6 +128,41 @@ impl Store {
             entries.push((key, size));
         }
         let tmp = self.clean_tmp(dry_run)?;
-        Ok(GcReport { entries, tmp, kept })
+        let (checkpoints, kept_checkpoints) = self.clean_checkpoints(dry_run, checkpoints)?;
+        Ok(GcReport {
+            entries,
+            tmp,
+            kept,
+            checkpoints,
+            kept_checkpoints,
+        })
+    }
+
+    /// Removes the checkpoints of stages whose entry exists (leftovers), and with `all` those of
+    /// unfinished stages too, except a stage running now (its entry lock is held).
+    fn clean_checkpoints(
+        &self,
+        dry_run: bool,
+        all: bool,
+    ) -> io::Result<(Vec<(String, u64)>, Vec<(String, u64)>)> {
+        let (mut removed, mut kept) = (Vec::new(), Vec::new());
+        let Ok(dir) = std::fs::read_dir(self.root.join("checkpoints")) else {
+            return Ok((removed, kept));
+        };
+        for e in dir {
+            let e = e?;
+            let key = e.file_name().to_string_lossy().into_owned();
+            let size = size_of(&e.path());
+            let guard = self.try_lock(&key)?;
+            if guard.is_none() || !(all || self.has(&key)) {
+                kept.push((key, size));
+                continue;
+            }
+            if !dry_run {
+                std::fs::remove_dir_all(e.path())?;
+            }
+            removed.push((key, size));
+        }
+        Ok((removed, kept))
     }
 }

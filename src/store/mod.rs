@@ -66,6 +66,20 @@ impl Store {
         Ok(Lock { _file: file })
     }
 
+    /// Takes the lock named `name` if no one holds it (`None`: someone does).
+    pub fn try_lock(&self, name: &str) -> io::Result<Option<Lock>> {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join("locks").join(format!("{name}.lock")))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Lock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
     /// Points `out/<pipeline>/<stage>` at an entry's outputs (a relative symlink, replaced atomically).
     pub fn link(&self, pipeline: &str, stage: &str, key: &str) -> io::Result<PathBuf> {
         let dir = self.root.join("out").join(pipeline);
