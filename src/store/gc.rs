@@ -6,6 +6,9 @@ use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// (name, bytes) of folders removed or kept.
+pub type Sizes = Vec<(String, u64)>;
+
 pub struct GcReport {
     /// (key, bytes) of the entries removed (or that would be, with dry-run).
     pub entries: Vec<(String, u64)>,
@@ -13,9 +16,9 @@ pub struct GcReport {
     pub kept: usize,
     /// (key, bytes) of checkpoint folders removed: those of finished stages always, those of
     /// unfinished stages when asked.
-    pub checkpoints: Vec<(String, u64)>,
+    pub checkpoints: Sizes,
     /// (key, bytes) of checkpoints kept: unfinished stages (resumable), or stages running now.
-    pub kept_checkpoints: Vec<(String, u64)>,
+    pub kept_checkpoints: Sizes,
 }
 
 fn size_of(path: &Path) -> u64 {
@@ -140,11 +143,7 @@ impl Store {
 
     /// Removes the checkpoints of stages whose entry exists (leftovers), and with `all` those of
     /// unfinished stages too, except a stage running now (its entry lock is held).
-    fn clean_checkpoints(
-        &self,
-        dry_run: bool,
-        all: bool,
-    ) -> io::Result<(Vec<(String, u64)>, Vec<(String, u64)>)> {
+    fn clean_checkpoints(&self, dry_run: bool, all: bool) -> io::Result<(Sizes, Sizes)> {
         let (mut removed, mut kept) = (Vec::new(), Vec::new());
         let Ok(dir) = std::fs::read_dir(self.root.join("checkpoints")) else {
             return Ok((removed, kept));
