@@ -87,7 +87,13 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     let dims = x.dims().to_vec();
     let inp = *dims.last().unwrap_or(&1);
     let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
-    let y = x.reshape((rows, inp))?.matmul(&w.t()?)?;
+    let x = x.reshape((rows, inp))?;
+    // A weight that does not train gets no gradient formed in backward.
+    let y = if w.is_variable() {
+        x.matmul(&w.t()?)?
+    } else {
+        super::frozen::matmul_t(&x, w)?
+    };
     let mut out = dims;
     if let Some(last) = out.last_mut() {
         *last = w.dim(0)?;

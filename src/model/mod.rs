@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod decoder;
+pub mod frozen;
 pub mod lora;
 pub mod tuning;
 pub mod weights;
