@@ -3,52 +3,12 @@
 
 mod common;
 
+use common::{setup, Dir};
+
 use candle_core::Device;
 use ptl::model::decoder::Decoder;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn setup(name: &str, pipeline: &str) -> Dir {
-    let dir = std::env::temp_dir().join(format!("ptl-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("m")).unwrap();
-    for f in std::fs::read_dir("tests/fixtures/models/llama").unwrap() {
-        let f = f.unwrap().path();
-        if f.file_name().is_some_and(|n| n != "expected.json") {
-            std::fs::copy(&f, dir.join("m").join(f.file_name().unwrap())).unwrap();
-        }
-    }
-    common::byte_tokenizer(&dir.join("m"));
-    std::fs::write(
-        dir.join("chat.jinja"),
-        "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}",
-    )
-    .unwrap();
-    let rows: String = (0..12)
-        .map(|i| {
-            format!(
-                "{}\n",
-                serde_json::json!({"messages": [{"role": "user", "content": format!("{i}+1=")}, {"role": "assistant", "content": format!("{}", i + 1)}]})
-            )
-        })
-        .collect();
-    std::fs::write(dir.join("train.jsonl"), rows).unwrap();
-    std::fs::write(
-        dir.join("text.jsonl"),
-        "{\"text\": \"abc abc abc abc\"}\n{\"text\": \"abd abd abd\"}\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("p.ptl"), pipeline).unwrap();
-    Dir(dir)
-}
 
 fn ptl(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ptl"))

@@ -44,6 +44,14 @@ impl RunContext<'_> {
             .map(PathBuf::as_path)
     }
 
+    /// The file and format of the dataset in `field`.
+    pub fn dataset(&self, field: &str) -> Result<(PathBuf, crate::lang::types::Format), String> {
+        match (self.input(field), self.param(field)) {
+            (Some(path), Value::Dataset { format, .. }) => Ok((path.to_path_buf(), *format)),
+            _ => Err(format!("the stage has no dataset in `{field}`")),
+        }
+    }
+
     /// Whether the run was asked to stop; long stages check it between steps.
     pub fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)

@@ -6,7 +6,6 @@ use crate::data::encode::{EncodeOptions, Encoded, Encoder};
 use crate::data::rows::{self, Example};
 use crate::data::tokenizer::TextTokenizer;
 use crate::lang::diag::Diag;
-use crate::lang::types::Format;
 use crate::lang::types::Type;
 use crate::lang::value::Value;
 use crate::model::decoder::{argmax, Decoder};
@@ -241,14 +240,7 @@ fn run(ctx: &mut RunContext) -> Result<(), String> {
     if dirs.len() != labels.len() {
         return Err("the models' folders could not all be found".into());
     }
-    let data = ctx
-        .input("data")
-        .ok_or("the stage has no data")?
-        .to_path_buf();
-    let format = match ctx.param("data") {
-        Value::Dataset { format, .. } => *format,
-        _ => Format::Auto,
-    };
+    let (data, format) = ctx.dataset("data")?;
     let (mut rows, problems) = rows::read(&data, format)?;
     super::common::report_malformed(ctx, &problems)?;
     rows.truncate(match ctx.param("limit") {

@@ -4,7 +4,6 @@
 
 use crate::data::artifact::{self, DataSpec};
 use crate::data::encode::{EncodeOptions, Encoded};
-use crate::lang::types::Format;
 use crate::lang::value::{Tuning, Value};
 use crate::model::decoder::Decoder;
 use crate::run::context::RunContext;
@@ -30,14 +29,7 @@ pub fn run_supervised(ctx: &mut RunContext) -> Result<(), String> {
         .input("model")
         .ok_or("the stage has no model")?
         .to_path_buf();
-    let data = ctx
-        .input("data")
-        .ok_or("the stage has no data")?
-        .to_path_buf();
-    let format = match ctx.param("data") {
-        Value::Dataset { format, .. } => *format,
-        _ => Format::Auto,
-    };
+    let (data, format) = ctx.dataset("data")?;
     let template = match ctx.param("template") {
         Value::Str(t) => Some(ctx.base_dir.join(t)),
         _ => None,

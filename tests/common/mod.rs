@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests (each test file uses some of them).
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The stages a `test_step` pipeline logged (`log = "ran.log"`), sorted; the log is emptied.
 pub fn ran(dir: &Path) -> Vec<String> {
@@ -51,4 +51,49 @@ pub fn byte_tokenizer(dir: &Path) {
         serde_json::json!({"eos_token": eos}).to_string(),
     )
     .unwrap();
+}
+
+/// A temporary folder, removed when dropped.
+pub struct Dir(pub PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A training test's folder: the llama fixture with a byte-level tokenizer in `m/`, a chat template
+/// `chat.jinja`, 12 chat rows `train.jsonl` ("i+1=" → i+1), two text rows `text.jsonl`, and `p.ptl`.
+pub fn setup(name: &str, pipeline: &str) -> Dir {
+    let dir = std::env::temp_dir().join(format!("ptl-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("m")).unwrap();
+    for f in std::fs::read_dir("tests/fixtures/models/llama").unwrap() {
+        let f = f.unwrap().path();
+        if f.file_name().is_some_and(|n| n != "expected.json") {
+            std::fs::copy(&f, dir.join("m").join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    byte_tokenizer(&dir.join("m"));
+    std::fs::write(
+        dir.join("chat.jinja"),
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}",
+    )
+    .unwrap();
+    let rows: String = (0..12)
+        .map(|i| {
+            format!(
+                "{}\n",
+                serde_json::json!({"messages": [{"role": "user", "content": format!("{i}+1=")}, {"role": "assistant", "content": format!("{}", i + 1)}]})
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("train.jsonl"), rows).unwrap();
+    std::fs::write(
+        dir.join("text.jsonl"),
+        "{\"text\": \"abc abc abc abc\"}\n{\"text\": \"abd abd abd\"}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("p.ptl"), pipeline).unwrap();
+    Dir(dir)
 }
