@@ -4,9 +4,11 @@
 //! template (`{% generation %}` spans). The fixture (tests/fixtures/step1/) is a tiny Qwen3 over the
 //! real Qwen3 vocabulary, made by scripts/make_step1_fixture.py; all rows form one batch.
 
+mod common;
+
+use common::{ptl, text};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 const TOLERANCE: f64 = 1e-4;
 
@@ -20,22 +22,6 @@ impl Drop for Dir {
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/step1")
-}
-
-fn ptl(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ptl"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// One `sft` stage over the fixture: all rows in one batch, one step, a learning rate too small to

@@ -1,6 +1,7 @@
 //! Tracking: TensorBoard event files read back by an independent parser, MLflow runs checked on a
 //! real server through its REST API, and failing sinks that warn once and never stop training.
 
+mod common;
 #[path = "common/tfrecord.rs"]
 mod tfrecord;
 
@@ -641,21 +642,6 @@ fn unusable_mlflow_uris_warn_once_without_a_connection() {
 
 // ---- through `ptl run` ----
 
-fn ptl_run(dir: &Path) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_ptl"))
-        .args(["run", "p.ptl"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(o.status.code(), Some(0), "{text}");
-    text
-}
-
 #[test]
 fn ptl_run_tracks_every_stage_that_runs() {
     let dir = tmp("e2e");
@@ -686,7 +672,7 @@ fn ptl_run_tracks_every_stage_that_runs() {
         ),
     )
     .unwrap();
-    let out = ptl_run(&dir);
+    let out = common::run_ok(&dir, &[]);
     assert!(!out.contains("warning"), "{out}");
 
     // TensorBoard: one event file per stage that trains, read back independently.
@@ -742,7 +728,7 @@ fn ptl_run_tracks_every_stage_that_runs() {
     assert_eq!(steps, vec![1, 2, 3]);
 
     // A second run finds everything cached and creates no MLflow run.
-    ptl_run(&dir);
+    common::run_ok(&dir, &[]);
     let again = api(
         uri,
         "runs/search",

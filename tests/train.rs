@@ -3,20 +3,12 @@
 
 mod common;
 
-use common::{setup, Dir};
+use common::{ptl, run_ok, setup, Dir};
 
 use candle_core::Device;
 use ptl::model::decoder::Decoder;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn ptl(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ptl"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap()
-}
+use std::process::Command;
 
 fn metrics(dir: &Path, stage: &str) -> Vec<serde_json::Value> {
     let o = ptl(dir, &["path", "p.ptl", stage]);
@@ -102,22 +94,6 @@ fn sft_then_pt_train_and_cache() {
     let o = ptl(&d.0, &["run", "p.ptl"]);
     assert!(String::from_utf8_lossy(&o.stdout).ends_with("2 cached, 0 ran, 0 failed, 0 blocked\n"));
     assert_eq!(ptl(&d.0, &["store", "verify"]).status.code(), Some(0));
-}
-
-fn run_ok(dir: &Path, env: &[(&str, &str)]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_ptl"))
-        .args(["run", "p.ptl"])
-        .envs(env.iter().copied())
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(o.status.code(), Some(0), "{text}");
-    text
 }
 
 #[test]

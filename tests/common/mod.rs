@@ -97,3 +97,34 @@ pub fn setup(name: &str, pipeline: &str) -> Dir {
     std::fs::write(dir.join("p.ptl"), pipeline).unwrap();
     Dir(dir)
 }
+
+/// Runs the ptl binary in `dir`.
+pub fn ptl(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+/// stdout then stderr of a finished command.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `ptl run p.ptl` in `dir` with extra environment variables; it must succeed. Returns its output.
+pub fn run_ok(dir: &Path, env: &[(&str, &str)]) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args(["run", "p.ptl"])
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    text
+}
