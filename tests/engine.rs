@@ -204,8 +204,15 @@ fn a_failed_stage_stops_its_downstream_and_keeps_finished_work() {
     let o = w.ptl(&["run", "p.ptl", "--set", "b.fail=true"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        err(&o).contains("error: stage b failed: failed on purpose"),
+        err(&o).contains("ptl::stage_failed")
+            && err(&o).contains("stage `b` failed: failed on purpose"),
         "{}",
+        err(&o)
+    );
+    assert!(
+        err(&o).contains("╰── this stage")
+            && err(&o).contains("help: fix the cause and run again"),
+        "a diagnostic pointing at the stage, with a help line: {}",
         err(&o)
     );
     assert!(
@@ -363,8 +370,7 @@ fn store_problems_are_clear_errors() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        err(&o)
-            .contains("error: stage a failed: cannot commit the outputs: no space left on device"),
+        err(&o).contains("stage `a` failed: cannot commit the outputs: no space left on device"),
         "{}",
         err(&o)
     );

@@ -2,8 +2,9 @@
 
 use super::OutputFormat;
 use crate::lang::check::check_file;
-use crate::lang::diag::render;
+use crate::lang::diag::{render, Diag};
 use crate::lang::pipeline::Pipeline;
+use crate::lang::source::SourceMap;
 use crate::plan::lockfile::{path_for, LockFile};
 use crate::plan::{graph, Plan};
 use crate::run::{Event, Options, Outcome, Run};
@@ -32,6 +33,11 @@ pub fn store_dir(file: &Path, flag: Option<&Path>) -> PathBuf {
 
 /// Checks the pipeline; prints diagnostics; `None` when it has errors.
 fn checked(file: &Path, set: &[String]) -> Option<Pipeline> {
+    checked_with_sources(file, set).map(|(p, _)| p)
+}
+
+/// The checked pipeline and its sources (for diagnostics about it later), or its errors printed.
+fn checked_with_sources(file: &Path, set: &[String]) -> Option<(Pipeline, SourceMap)> {
     let c = check_file(file, set);
     err!("{}", render(&c.diags, &c.sources, super::color()));
     if c.pipeline.is_none() {
@@ -42,7 +48,18 @@ fn checked(file: &Path, set: &[String]) -> Option<Pipeline> {
             if n == 1 { "" } else { "s" }
         );
     }
-    c.pipeline
+    Some((c.pipeline?, c.sources))
+}
+
+/// A diagnostic for a stage that failed while running, pointing at its declaration.
+fn stage_failed(p: &Pipeline, name: &str, why: &str) -> Diag {
+    let mut d = Diag::error("ptl::stage_failed", format!("stage `{name}` failed: {why}")).help(
+        "fix the cause and run again: finished stages stay in the store, and a training stage resumes from its last checkpoint",
+    );
+    if let Some(id) = p.stage_id(name) {
+        d = d.label(p.stages[id].decl, "this stage");
+    }
+    d
 }
 
 fn open_store(file: &Path, flag: Option<&Path>) -> Option<Store> {
@@ -136,7 +153,7 @@ pub struct RunArgs<'a> {
 }
 
 pub fn run(args: RunArgs) -> i32 {
-    let Some(p) = checked(args.file, args.set) else {
+    let Some((p, sources)) = checked_with_sources(args.file, args.set) else {
         return 1;
     };
     let Some(store) = open_store(args.file, args.store) else {
@@ -161,11 +178,15 @@ pub fn run(args: RunArgs) -> i32 {
     match result {
         Ok(summary) => {
             outln!("{}", summary.line());
-            for (name, o) in &summary.outcomes {
-                if let Outcome::Failed(why) = o {
-                    errln!("error: stage {name} failed: {why}");
-                }
-            }
+            let failed: Vec<Diag> = summary
+                .outcomes
+                .iter()
+                .filter_map(|(name, o)| match o {
+                    Outcome::Failed(why) => Some(stage_failed(&p, name, why)),
+                    _ => None,
+                })
+                .collect();
+            err!("{}", render(&failed, &sources, super::color()));
             if summary.ok() {
                 0
             } else {
