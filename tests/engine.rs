@@ -210,8 +210,7 @@ fn a_failed_stage_stops_its_downstream_and_keeps_finished_work() {
         err(&o)
     );
     assert!(
-        err(&o).contains("╰── this stage")
-            && err(&o).contains("help: fix the cause and run again"),
+        err(&o).contains("╰── this stage") && err(&o).contains("help: fix the cause and run again"),
         "a diagnostic pointing at the stage, with a help line: {}",
         err(&o)
     );

@@ -165,6 +165,12 @@ fn a_crashed_stage_resumes_and_ends_bit_identical() {
             .output()
             .unwrap();
         assert_eq!(o.status.code(), None, "{name}: killed by a signal");
+        let plan =
+            String::from_utf8_lossy(&ptl(&crashed.0, &["plan", "p.ptl"]).stdout).into_owned();
+        assert!(
+            plan.contains("resumes from its checkpoint at step 3"),
+            "{name}: {plan}"
+        );
         let out = run_ok(&crashed.0, &[]);
         assert!(
             out.contains("tuned: resuming from the checkpoint at step 3"),

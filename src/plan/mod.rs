@@ -185,6 +185,11 @@ impl Plan {
                 }
                 Some(k) => {
                     plan.reasons = reasons(p, id, &k, lock.stages.get(&stage.name), false);
+                    // A stage killed mid-run left a checkpoint under this very key: say so.
+                    if let Some(step) = store.checkpoint_step(&k.key) {
+                        plan.reasons
+                            .push(format!("resumes from its checkpoint at step {step}"));
+                    }
                     plan.status = Status::Run;
                     plan.key = Some(k);
                 }

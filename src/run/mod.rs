@@ -312,7 +312,7 @@ fn execute(
         tracker,
         inputs,
         out: pending.out.clone(),
-        checkpoints: store.root.join("checkpoints").join(&key.key),
+        checkpoints: store.checkpoint_dir(&key.key),
         store,
         base_dir: p
             .file

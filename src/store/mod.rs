@@ -5,6 +5,7 @@
 //! `entries/<key>/` (manifest.json + out/), `tmp/` (entries being written), `locks/`, `out/<pipeline>/<stage>`
 //! (links to entries), `hashcache.json`, `pipelines.json` (lock files that reference entries).
 
+pub mod checkpoints;
 pub mod entry;
 pub mod gc;
 pub mod hash;

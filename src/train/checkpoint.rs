@@ -6,7 +6,7 @@ use super::optim::AdamW;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Where the loop stands: everything besides tensors that the next step depends on.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -28,10 +28,6 @@ pub struct Position {
 
 fn err(e: impl std::fmt::Display) -> String {
     format!("checkpoint: {e}")
-}
-
-fn slot(dir: &Path, step: usize) -> PathBuf {
-    dir.join(format!("step-{step:08}"))
 }
 
 /// Writes a checkpoint for `pos` into `dir/step-N` (via a temporary folder renamed into place) and
@@ -57,7 +53,7 @@ pub fn save(dir: &Path, pos: &Position, vars: &[(String, Var)], opt: &AdamW) -> 
             .and_then(|f| f.sync_all())
             .map_err(err)?;
     }
-    let done = slot(dir, pos.step);
+    let done = crate::store::checkpoints::slot(dir, pos.step);
     let _ = std::fs::remove_dir_all(&done);
     std::fs::rename(&tmp, &done).map_err(err)?;
     let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
@@ -67,21 +63,6 @@ pub fn save(dir: &Path, pos: &Position, vars: &[(String, Var)], opt: &AdamW) -> 
         }
     }
     Ok(())
-}
-
-/// The newest complete checkpoint in `dir`, if any.
-pub fn latest(dir: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("step-") && !n.ends_with(".tmp"))
-                && p.join("state.json").is_file()
-        })
-        .max()
 }
 
 /// Loads the checkpoint at `path` into `vars` and `opt`; returns the loop's position.

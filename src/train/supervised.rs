@@ -179,7 +179,11 @@ pub fn train(
         ..Position::default()
     };
     let mut resumed_from = 0;
-    if let Some(found) = h.checkpoints.as_deref().and_then(checkpoint::latest) {
+    if let Some(found) = h
+        .checkpoints
+        .as_deref()
+        .and_then(crate::store::checkpoints::latest)
+    {
         pos = checkpoint::load(&found, vars, &mut opt)?;
         *model.dropout_rng.lock().map_err(err)? = Rng::from_state(pos.dropout_rng);
         resumed_from = pos.step;
