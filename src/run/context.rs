@@ -44,6 +44,33 @@ impl RunContext<'_> {
             .map(PathBuf::as_path)
     }
 
+    /// A number field (an int or a float), if it has a value.
+    pub fn number(&self, field: &str) -> Option<f64> {
+        match self.param(field) {
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+
+    /// A string field, if it has a value.
+    pub fn text(&self, field: &str) -> Option<&str> {
+        match self.param(field) {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Whether a bool field is true.
+    pub fn flag(&self, field: &str) -> bool {
+        self.param(field) == &Value::Bool(true)
+    }
+
+    /// A path field (a file or folder named relative to the pipeline file), resolved.
+    pub fn path(&self, field: &str) -> Option<PathBuf> {
+        self.text(field).map(|t| self.base_dir.join(t))
+    }
+
     /// The file and format of the dataset in `field`.
     pub fn dataset(&self, field: &str) -> Result<(PathBuf, crate::lang::types::Format), String> {
         match (self.input(field), self.param(field)) {

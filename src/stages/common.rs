@@ -172,7 +172,7 @@ pub fn report_malformed(
     if problems.is_empty() {
         return Ok(());
     }
-    if ctx.param("skip_malformed") != &Value::Bool(true) {
+    if !ctx.flag("skip_malformed") {
         return Err(format!(
             "{} malformed rows, the first: {}",
             problems.len(),

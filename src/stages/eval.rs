@@ -139,10 +139,9 @@ fn label(v: &Json) -> String {
 }
 
 fn count(ctx: &RunContext, k: &str, default: usize) -> usize {
-    match ctx.param(k) {
-        Value::Int(i) if *i > 0 => *i as usize,
-        _ => default,
-    }
+    ctx.number(k)
+        .filter(|n| *n > 0.0)
+        .map_or(default, |n| n as usize)
 }
 
 /// A conversation split into the prompt (every message before the last assistant turn) and the
@@ -243,10 +242,7 @@ fn run(ctx: &mut RunContext) -> Result<(), String> {
     let (data, format) = ctx.dataset("data")?;
     let (mut rows, problems) = rows::read(&data, format)?;
     super::common::report_malformed(ctx, &problems)?;
-    rows.truncate(match ctx.param("limit") {
-        Value::Int(n) => *n as usize,
-        _ => usize::MAX,
-    });
+    rows.truncate(ctx.number("limit").map_or(usize::MAX, |n| n as usize));
     let wanted: Vec<String> = match ctx.param("metrics") {
         Value::List(m) => m
             .iter()

@@ -137,37 +137,22 @@ fn init_rules(s: &StageView, d: &mut Vec<Diag>) {
 }
 
 fn int_param(ctx: &RunContext, k: &str, default: i64) -> i64 {
-    match ctx.param(k) {
-        Value::Int(i) => *i,
-        _ => default,
-    }
+    ctx.number(k).map_or(default, |n| n as i64)
 }
 
 /// config.json for `arch` with the given shape, as transformers writes it.
 pub fn hf_config(ctx: &RunContext, tok: &TextTokenizer) -> serde_json::Value {
-    let arch = match ctx.param("arch") {
-        Value::Str(a) => a.clone(),
-        _ => "qwen3".into(),
-    };
-    let size = match ctx.param("size") {
-        Value::Str(v) => v.clone(),
-        _ => "tiny".into(),
-    };
-    let (hidden, layers, heads, kv, inter) = preset(&size);
+    let arch = ctx.text("arch").unwrap_or("qwen3");
+    let (hidden, layers, heads, kv, inter) = preset(ctx.text("size").unwrap_or("tiny"));
     let hidden = int_param(ctx, "hidden_size", hidden);
     let heads = int_param(ctx, "heads", heads);
-    let class = match arch.as_str() {
+    let class = match arch {
         "qwen2" => "Qwen2ForCausalLM",
         "llama" => "LlamaForCausalLM",
         "mistral" => "MistralForCausalLM",
         _ => "Qwen3ForCausalLM",
     };
     let token = |name: Option<&str>| name.and_then(|t| tok.inner.token_to_id(t));
-    let theta = match ctx.param("rope_theta") {
-        Value::Float(f) => *f,
-        Value::Int(i) => *i as f64,
-        _ => 10_000.0,
-    };
     json!({
         "architectures": [class],
         "model_type": arch,
@@ -181,7 +166,7 @@ pub fn hf_config(ctx: &RunContext, tok: &TextTokenizer) -> serde_json::Value {
         "hidden_act": "silu",
         "max_position_embeddings": int_param(ctx, "max_position_embeddings", 2048),
         "rms_norm_eps": 1e-6,
-        "rope_theta": theta,
+        "rope_theta": ctx.number("rope_theta").unwrap_or(10_000.0),
         "tie_word_embeddings": ctx.param("tie_embeddings") != &Value::Bool(false),
         "attention_bias": false,
         "initializer_range": 0.02,
@@ -193,14 +178,7 @@ pub fn hf_config(ctx: &RunContext, tok: &TextTokenizer) -> serde_json::Value {
 }
 
 fn run(ctx: &mut RunContext) -> Result<(), String> {
-    let tokenizer = ctx
-        .input("tokenizer")
-        .map(|p| p.to_path_buf())
-        .or_else(|| match ctx.param("tokenizer") {
-            Value::Str(t) => Some(ctx.base_dir.join(t)),
-            _ => None,
-        })
-        .ok_or("the stage has no tokenizer")?;
+    let tokenizer = ctx.path("tokenizer").ok_or("the stage has no tokenizer")?;
     let tok = TextTokenizer::load(&tokenizer)?;
     let config = hf_config(ctx, &tok);
     let cfg = ModelConfig::from_json(&config)?;

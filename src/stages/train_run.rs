@@ -12,28 +12,13 @@ use crate::train::schedule::Schedule;
 use crate::train::supervised::{self, Hyper, Sequence};
 use candle_core::Device;
 
-fn num(ctx: &RunContext, k: &str, default: f64) -> f64 {
-    match ctx.param(k) {
-        Value::Int(i) => *i as f64,
-        Value::Float(f) => *f,
-        _ => default,
-    }
-}
-
-fn flag(ctx: &RunContext, k: &str) -> bool {
-    ctx.param(k) == &Value::Bool(true)
-}
-
 pub fn run_supervised(ctx: &mut RunContext) -> Result<(), String> {
     let model_dir = ctx
         .input("model")
         .ok_or("the stage has no model")?
         .to_path_buf();
     let (data, format) = ctx.dataset("data")?;
-    let template = match ctx.param("template") {
-        Value::Str(t) => Some(ctx.base_dir.join(t)),
-        _ => None,
-    };
+    let template = ctx.path("template");
     let spec = DataSpec {
         data,
         format,
@@ -66,33 +51,31 @@ pub fn run_supervised(ctx: &mut RunContext) -> Result<(), String> {
         Value::Tuning(t) => t.clone(),
         _ => Tuning::Full,
     };
-    let seed = num(ctx, "seed", 42.0) as u64;
+    let num = |k: &str, default: f64| ctx.number(k).unwrap_or(default);
+    let seed = num("seed", 42.0) as u64;
     let vars = model.apply_tuning(&tuning, seed)?;
-    let schedule = match ctx.param("schedule") {
-        Value::Str(s) => Schedule::parse(s).unwrap_or(Schedule::Linear),
-        _ => Schedule::Linear,
-    };
+    let schedule = ctx
+        .text("schedule")
+        .and_then(Schedule::parse)
+        .unwrap_or(Schedule::Linear);
     let hyper = Hyper {
-        lr: num(ctx, "lr", 2e-5),
-        epochs: num(ctx, "epochs", 3.0),
-        max_steps: match ctx.param("max_steps") {
-            Value::Int(n) => Some(*n as usize),
-            _ => None,
-        },
-        batch_size: num(ctx, "batch_size", 8.0) as usize,
-        grad_accum: num(ctx, "grad_accum", 1.0) as usize,
+        lr: num("lr", 2e-5),
+        epochs: num("epochs", 3.0),
+        max_steps: ctx.number("max_steps").map(|n| n as usize),
+        batch_size: num("batch_size", 8.0) as usize,
+        grad_accum: num("grad_accum", 1.0) as usize,
         schedule,
-        warmup_steps: num(ctx, "warmup_steps", 0.0) as usize,
-        warmup_ratio: num(ctx, "warmup_ratio", 0.0),
-        weight_decay: num(ctx, "weight_decay", 0.0),
-        betas: (num(ctx, "adam_beta1", 0.9), num(ctx, "adam_beta2", 0.999)),
-        eps: num(ctx, "adam_eps", 1e-8),
-        max_grad_norm: num(ctx, "max_grad_norm", 1.0),
+        warmup_steps: num("warmup_steps", 0.0) as usize,
+        warmup_ratio: num("warmup_ratio", 0.0),
+        weight_decay: num("weight_decay", 0.0),
+        betas: (num("adam_beta1", 0.9), num("adam_beta2", 0.999)),
+        eps: num("adam_eps", 1e-8),
+        max_grad_norm: num("max_grad_norm", 1.0),
         seed,
-        log_every: num(ctx, "log_every", 1.0) as usize,
-        packing: flag(ctx, "packing"),
-        max_len: num(ctx, "max_len", 1024.0) as usize,
-        save_every: num(ctx, "save_every", 100.0) as usize,
+        log_every: num("log_every", 1.0) as usize,
+        packing: ctx.flag("packing"),
+        max_len: num("max_len", 1024.0) as usize,
+        save_every: num("save_every", 100.0) as usize,
         checkpoints: Some(ctx.checkpoints.clone()),
     };
     let metrics_path = ctx.out.join("metrics.jsonl");
