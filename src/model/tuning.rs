@@ -252,19 +252,8 @@ impl Decoder {
     /// Writes a full HF folder: the source folder's config and tokenizer files, and every weight
     /// (adapters merged first) as f32 safetensors, sharded above `shard_bytes`.
     pub fn save_hf(&mut self, source: &Path, out: &Path, shard_bytes: usize) -> Result<()> {
-        self.merge_adapters()?;
         std::fs::create_dir_all(out).map_err(err)?;
-        for name in [
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "special_tokens_map.json",
-            "chat_template.jinja",
-            "generation_config.json",
-        ] {
-            if source.join(name).is_file() && !same_file(&source.join(name), &out.join(name)) {
-                std::fs::copy(source.join(name), out.join(name)).map_err(err)?;
-            }
-        }
+        copy_hf_files(source, out)?;
         let mut config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(source.join("config.json")).map_err(err)?)
                 .map_err(err)?;
@@ -277,6 +266,13 @@ impl Decoder {
             serde_json::to_string_pretty(&config).map_err(err)?,
         )
         .map_err(err)?;
+        self.save_weights(out, shard_bytes)
+    }
+
+    /// Writes every weight (adapters merged first) into `out` as f32 safetensors, sharded above
+    /// `shard_bytes` (with the index transformers reads).
+    pub fn save_weights(&mut self, out: &Path, shard_bytes: usize) -> Result<()> {
+        self.merge_adapters()?;
         let params: Vec<(String, Tensor)> = self
             .params_mut()
             .into_iter()
@@ -319,15 +315,23 @@ impl Decoder {
     }
 }
 
-/// safetensors with `{"format": "pt"}` metadata, as transformers and PEFT write them.
-/// Whether two paths name the same existing file (copying a file onto itself would empty it).
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
+/// Copies the tokenizer and generation files an HF model folder carries from `source` to `out`.
+pub fn copy_hf_files(source: &Path, out: &Path) -> Result<()> {
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+        "generation_config.json",
+    ] {
+        if source.join(name).is_file() {
+            std::fs::copy(source.join(name), out.join(name)).map_err(err)?;
+        }
     }
+    Ok(())
 }
 
+/// safetensors with `{"format": "pt"}` metadata, as transformers and PEFT write them.
 pub fn write_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     let mut data: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
     let mut names: Vec<&String> = tensors.keys().collect();

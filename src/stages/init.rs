@@ -173,6 +173,7 @@ pub fn hf_config(ctx: &RunContext, tok: &TextTokenizer) -> serde_json::Value {
         "bos_token_id": token(tok.bos.as_deref()),
         "eos_token_id": token(tok.eos.as_deref()),
         "pad_token_id": token(tok.pad.as_deref()),
+        "dtype": "float32",
         "torch_dtype": "float32",
     })
 }
@@ -185,21 +186,12 @@ fn run(ctx: &mut RunContext) -> Result<(), String> {
     let out = ctx.out.join("model");
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
     let io = |e: std::io::Error| format!("cannot write {}: {e}", out.display());
+    crate::model::tuning::copy_hf_files(&tokenizer, &out)?;
     std::fs::write(
         out.join("config.json"),
         serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?,
     )
     .map_err(io)?;
-    for name in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "chat_template.jinja",
-    ] {
-        if tokenizer.join(name).is_file() {
-            std::fs::copy(tokenizer.join(name), out.join(name)).map_err(io)?;
-        }
-    }
     let seed = int_param(ctx, "seed", 42) as u64;
     let mut model = Decoder::random(cfg, seed, &Device::Cpu)?;
     (ctx.log)(&format!(
@@ -207,5 +199,5 @@ fn run(ctx: &mut RunContext) -> Result<(), String> {
         model.parameter_count(),
         model.cfg.vocab_size
     ));
-    model.save_hf(&out, &out, 2 << 30)
+    model.save_weights(&out, 2 << 30)
 }
