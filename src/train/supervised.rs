@@ -48,8 +48,6 @@ pub struct Summary {
     pub steps: usize,
     pub first_loss: f64,
     pub last_loss: f64,
-    /// The step a checkpoint let this run start from (0: from the beginning).
-    pub resumed_from: usize,
 }
 
 /// What the loop reports to and asks of its caller.
@@ -178,7 +176,6 @@ pub fn train(
         dropout_rng: model.dropout_rng.lock().map_err(err)?.state(),
         ..Position::default()
     };
-    let mut resumed_from = 0;
     if let Some(found) = h
         .checkpoints
         .as_deref()
@@ -186,7 +183,6 @@ pub fn train(
     {
         pos = checkpoint::load(&found, vars, &mut opt)?;
         *model.dropout_rng.lock().map_err(err)? = Rng::from_state(pos.dropout_rng);
-        resumed_from = pos.step;
         (hooks.log)(&format!(
             "resuming from the checkpoint at step {}",
             pos.step
@@ -284,6 +280,5 @@ pub fn train(
         steps: pos.step,
         first_loss: pos.first_loss.unwrap_or(f64::NAN),
         last_loss: pos.last_loss.unwrap_or(f64::NAN),
-        resumed_from,
     })
 }
