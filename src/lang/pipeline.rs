@@ -5,7 +5,7 @@ use super::value::{StageId, Value};
 use crate::stages::schema::Kind;
 use serde_json::{Map, Value as Json};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub struct Pipeline {
     /// The pipeline file's stem (`chat_assistant` for chat_assistant.ptl).
@@ -30,6 +30,25 @@ pub struct Stage {
 }
 
 impl Pipeline {
+    /// The pipeline file's folder: relative paths in it resolve against this.
+    pub fn dir(&self) -> &Path {
+        self.file.parent().unwrap_or(Path::new("."))
+    }
+
+    /// The files and folders `stage`'s path fields name (templates, tokenizers), as written and
+    /// resolved: their content is an input of the stage.
+    pub fn path_params<'a>(
+        &'a self,
+        stage: &'a Stage,
+    ) -> impl Iterator<Item = (&'a str, &'a str, PathBuf)> + 'a {
+        stage.params.iter().filter_map(move |(field, v)| match v {
+            Value::Str(written) if stage.kind.field(field).is_some_and(|f| f.path) => {
+                Some((field.as_str(), written.as_str(), self.dir().join(written)))
+            }
+            _ => None,
+        })
+    }
+
     pub fn edge_count(&self) -> usize {
         self.stages.iter().map(|s| s.deps.len()).sum()
     }

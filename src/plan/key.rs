@@ -102,15 +102,11 @@ pub fn stage_key(
         inputs: BTreeMap::new(),
     };
     let mut params = Map::new();
-    let base = p.file.parent().unwrap_or(std::path::Path::new("."));
     for (field, value) in &stage.params {
-        let json = match value {
-            Value::Str(written) if stage.kind.field(field).is_some_and(|f| f.path) => {
-                r.path(written, &base.join(written))?
-            }
-            _ => r.value(value)?,
-        };
-        params.insert(field.clone(), json);
+        params.insert(field.clone(), r.value(value)?);
+    }
+    for (field, written, resolved) in p.path_params(stage) {
+        params.insert(field.to_string(), r.path(written, &resolved)?);
     }
     let setting = |k: &str| p.config.get(k).map_or(Json::Null, |v| v.to_json(&names));
     let key_json = json!({

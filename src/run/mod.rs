@@ -16,7 +16,7 @@ use crate::store::{Manifest, Store};
 use crate::track;
 use context::RunContext;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::time::Instant;
@@ -314,10 +314,7 @@ fn execute(
         out: pending.out.clone(),
         checkpoints: store.checkpoint_dir(&key.key),
         store,
-        base_dir: p
-            .file
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        base_dir: p.dir().to_path_buf(),
         cancel,
         progress: &progress,
         log: &log,

@@ -4,7 +4,6 @@
 use crate::lang::pipeline::Pipeline;
 use crate::lang::value::Value;
 use crate::track::{self, StageTracker, Tracking};
-use std::path::Path;
 
 /// The run's tracking, started when the first stage runs (a run that finds everything cached
 /// creates no MLflow run).
@@ -21,10 +20,9 @@ impl LazyTracking {
             Some(Value::Str(s)) if !s.trim().is_empty() => Some(s.clone()),
             _ => None,
         };
-        let base = p.file.parent().unwrap_or(Path::new("."));
         LazyTracking {
             settings: track::Settings {
-                tensorboard: text("tensorboard").map(|d| base.join(d)),
+                tensorboard: text("tensorboard").map(|d| p.dir().join(d)),
                 mlflow: text("mlflow"),
                 experiment: text("experiment"),
             },

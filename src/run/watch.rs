@@ -208,20 +208,15 @@ impl Session {
             }
         }
         if let Some(p) = &checked.pipeline {
-            let base = p.file.parent().unwrap_or(Path::new("."));
             for s in &p.stages {
-                for (field, v) in &s.params {
-                    match v {
-                        // Files and folders named by path fields (templates, tokenizers).
-                        Value::Str(written) if s.kind.field(field).is_some_and(|f| f.path) => {
-                            let path = absolute(&base.join(written));
-                            if path.is_dir() {
-                                set.trees.insert(path);
-                            } else {
-                                set.files.insert(path);
-                            }
-                        }
-                        _ => set.add_value(v),
+                s.params.values().for_each(|v| set.add_value(v));
+                // Files and folders named by path fields (templates, tokenizers).
+                for (_, _, path) in p.path_params(s) {
+                    let path = absolute(&path);
+                    if path.is_dir() {
+                        set.trees.insert(path);
+                    } else {
+                        set.files.insert(path);
                     }
                 }
             }
