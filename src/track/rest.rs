@@ -257,8 +257,10 @@ fn answer(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Va
 /// The first 300 characters of a server's text, for a warning.
 fn clip(s: &str) -> String {
     let s = s.trim();
-    match s.char_indices().nth(300) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
+    let cut = super::params::truncate(s, 300);
+    if cut.len() < s.len() {
+        cut + "…"
+    } else {
+        cut
     }
 }
