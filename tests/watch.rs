@@ -287,7 +287,7 @@ fn a_running_stage_whose_key_did_not_change_is_left_alone() {
     let mut ran = w.ran();
     ran.sort();
     ran.dedup();
-    assert_eq!(ran, ["a", "b", "other"]);
+    assert_eq!(ran, ["a", "b", "other"], "{events:#?}");
 }
 
 #[test]
@@ -302,16 +302,15 @@ fn ctrl_c_stops_cleanly_and_commits_nothing_partial() {
         .status()
         .unwrap()
         .success());
-    w.until("stopped", |e| e["event"] == "stopped");
+    let events = w.until("stopped", |e| e["event"] == "stopped");
     let status = w.child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     assert!(w.ptl(&["store", "verify"]).status.success());
-    assert_eq!(
-        std::fs::read_dir(w.dir.join(".ptl/entries"))
-            .unwrap()
-            .count(),
-        0
-    );
+    let entries: Vec<_> = std::fs::read_dir(w.dir.join(".ptl/entries"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(entries.len(), 0, "{entries:?} {events:#?}");
     assert_eq!(
         std::fs::read_dir(w.dir.join(".ptl/tmp")).unwrap().count(),
         0

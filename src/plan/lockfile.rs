@@ -48,7 +48,11 @@ impl LockFile {
     pub fn save(&self, path: &Path) -> io::Result<()> {
         let mut text = serde_json::to_string_pretty(self).map_err(io::Error::other)?;
         text.push('\n');
-        let tmp = PathBuf::from(format!("{}.{}.tmp", path.display(), std::process::id()));
+        let tmp = PathBuf::from(format!(
+            "{}.{}.tmp",
+            path.display(),
+            crate::store::unique_suffix()
+        ));
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, path)
     }

@@ -138,7 +138,7 @@ impl Control {
     }
 
     pub fn stop_all(&self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         self.cancel_unless(&|_| false);
     }
 }
@@ -610,18 +610,23 @@ impl Run<'_> {
                         keys[id] = None;
                         continue;
                     }
-                    report(&Event::Started { stage: name });
-                    running += 1;
-                    state[id] = State::Running;
-                    stage_keys[id] = Some(key.clone());
-                    let tx = tx.clone();
-                    let keys_now = keys.clone();
+                    // Registered before it is announced, and the stop flag read again after: a stop that
+                    // lands between the check above and here still cancels it.
                     let flag = std::sync::Arc::new(AtomicBool::new(false));
                     control
                         .running
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(key.key.clone(), flag.clone());
+                    if control.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    report(&Event::Started { stage: name });
+                    running += 1;
+                    state[id] = State::Running;
+                    stage_keys[id] = Some(key.clone());
+                    let tx = tx.clone();
+                    let keys_now = keys.clone();
                     scope.spawn(move || {
                         let started = Instant::now();
                         let result = execute(shared, id, &key, &keys_now, &flag);

@@ -284,7 +284,7 @@ impl Session {
             .filter_map(|s| s.key.as_ref().map(|k| k.key.clone()))
             .collect();
         for a in &self.active {
-            a.control.stop.store(true, Ordering::Relaxed);
+            a.control.stop.store(true, Ordering::SeqCst);
             for key in a.control.cancel_unless(&|k| keep.contains(k)) {
                 let name = a.names.get(&key).cloned().unwrap_or_default();
                 let deadline = Instant::now() + self.opts.grace;

@@ -90,13 +90,10 @@ pub fn output_hashes(
 impl Store {
     /// Starts an entry for `key` in tmp/.
     pub fn begin(&self, key: &str) -> io::Result<Pending> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
         let dir = self
             .root
             .join("tmp")
-            .join(format!("{key}.{}.{nanos}", std::process::id()));
+            .join(format!("{key}.{}", super::unique_suffix()));
         let out = dir.join("out");
         std::fs::create_dir_all(&out)?;
         Ok(Pending { dir, out })

@@ -118,7 +118,7 @@ impl HashCache {
         }
         let tmp = self
             .file
-            .with_extension(format!("json.{}.tmp", std::process::id()));
+            .with_extension(format!("json.{}.tmp", super::unique_suffix()));
         std::fs::write(
             &tmp,
             serde_json::to_vec(&self.entries).map_err(io::Error::other)?,

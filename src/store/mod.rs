@@ -16,6 +16,14 @@ use std::path::{Path, PathBuf};
 
 pub use entry::Manifest;
 
+/// `<pid>.<n>`: a suffix for temporary names that no other writer uses, in this process (threads and
+/// watch-mode generations write the same files) or another. Starts with the pid, which `clean_tmp` reads.
+pub fn unique_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}.{n}", std::process::id())
+}
+
 pub struct Store {
     pub root: PathBuf,
 }
@@ -90,7 +98,7 @@ impl Store {
         if std::fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {
             return Ok(link);
         }
-        let tmp = dir.join(format!(".{stage}.{}.tmp", std::process::id()));
+        let tmp = dir.join(format!(".{stage}.{}.tmp", unique_suffix()));
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&target, &tmp)?;
         std::fs::rename(&tmp, &link)?;
