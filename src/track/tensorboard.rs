@@ -109,7 +109,7 @@ fn segment(name: &str) -> String {
 /// on a thread of its own, where a failure could only panic).
 fn writable(dir: &Path) -> Result<(), String> {
     fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let probe = dir.join(format!(".ptl-probe-{}", std::process::id()));
+    let probe = dir.join(format!(".ptl-probe-{}", crate::store::unique_suffix()));
     fs::File::create(&probe).map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
     let _ = fs::remove_file(&probe);
     Ok(())
