@@ -146,6 +146,16 @@ fn without_speed(m: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `ptl run p.ptl` in `dir`, aborting the process after training step `step` (test builds only).
+fn run_crashing(dir: &Path, step: u64) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args(["run", "p.ptl"])
+        .env("PTL_FAULT", format!("crash_after_step:{step}"))
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn a_crashed_stage_resumes_and_ends_bit_identical() {
     for (name, tuning) in [
@@ -158,13 +168,11 @@ fn a_crashed_stage_resumes_and_ends_bit_identical() {
         let whole = setup(&format!("whole-{name}"), &pipeline);
         run_ok(&whole.0, &[]);
         let crashed = setup(&format!("crashed-{name}"), &pipeline);
-        let o = Command::new(env!("CARGO_BIN_EXE_ptl"))
-            .args(["run", "p.ptl"])
-            .env("PTL_FAULT", "crash_after_step:5")
-            .current_dir(&crashed.0)
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), None, "{name}: killed by a signal");
+        assert_eq!(
+            run_crashing(&crashed.0, 5).status.code(),
+            None,
+            "{name}: killed by a signal"
+        );
         let plan =
             String::from_utf8_lossy(&ptl(&crashed.0, &["plan", "p.ptl"]).stdout).into_owned();
         assert!(
@@ -379,13 +387,11 @@ fn gc_keeps_resumable_checkpoints_unless_asked() {
         "gc-checkpoints",
         "stage tuned = sft {\n  model = hf_model(\"m\")\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  template = \"chat.jinja\"\n  max_steps = 6\n  batch_size = 2\n  save_every = 2\n}\n",
     );
-    let o = Command::new(env!("CARGO_BIN_EXE_ptl"))
-        .args(["run", "p.ptl"])
-        .env("PTL_FAULT", "crash_after_step:3")
-        .current_dir(&d.0)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), None, "killed by a signal");
+    assert_eq!(
+        run_crashing(&d.0, 3).status.code(),
+        None,
+        "killed by a signal"
+    );
     let checkpoints = || {
         std::fs::read_dir(d.0.join(".ptl/checkpoints"))
             .unwrap()
