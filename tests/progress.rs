@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::setup;
+use common::{ptl, setup, text};
 
 use std::path::Path;
 use std::process::Command;
@@ -56,15 +56,9 @@ fn progress_lines(out: &str, stage: &str) -> Vec<(u64, u64, String)> {
 #[test]
 fn piped_run_prints_sparse_plain_progress_lines() {
     let d = setup("plain", PIPELINE);
-    let o = Command::new(env!("CARGO_BIN_EXE_ptl"))
-        .args(["run", "p.ptl"])
-        .current_dir(&d.0)
-        .env_remove("PTL_STORE")
-        .output()
-        .unwrap();
+    let o = ptl(&d.0, &["run", "p.ptl"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let text = format!("{out}{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(o.status.code(), Some(0), "{text}");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     // No terminal, no bars: no carriage returns or cursor movement.
     assert!(!out.contains('\r') && !out.contains('\x1b'), "{out:?}");
     assert!(
@@ -110,12 +104,7 @@ fn piped_run_prints_sparse_plain_progress_lines() {
     assert!(at("         tuned: step 24/24") < at("ran      tuned in"));
 
     // A cached run shows no progress.
-    let o = Command::new(env!("CARGO_BIN_EXE_ptl"))
-        .args(["run", "p.ptl"])
-        .current_dir(&d.0)
-        .env_remove("PTL_STORE")
-        .output()
-        .unwrap();
+    let o = ptl(&d.0, &["run", "p.ptl"]);
     let again = String::from_utf8_lossy(&o.stdout);
     assert!(!again.contains(": step "), "{again}");
     assert!(Path::new(&d.0).join("p.ptl.lock").is_file());

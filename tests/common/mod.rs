@@ -103,6 +103,7 @@ pub fn ptl(dir: &Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
         .args(args)
         .current_dir(dir)
+        .env_remove("PTL_STORE")
         .output()
         .unwrap()
 }
