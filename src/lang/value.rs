@@ -94,6 +94,31 @@ impl Tuning {
 }
 
 impl Value {
+    /// The number, if the value is an int or a float.
+    pub fn as_number(&self) -> Option<f64> {
+        match self {
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+
+    /// The text, if the value is a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The strings of a list (its other items are skipped); nothing for a value that is not a list.
+    pub fn strings(&self) -> Vec<&str> {
+        match self {
+            Value::List(items) => items.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        }
+    }
+
     /// A short description of the value's type, for "expected X, found Y" messages.
     pub fn describe(&self) -> String {
         match self {

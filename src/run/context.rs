@@ -46,19 +46,12 @@ impl RunContext<'_> {
 
     /// A number field (an int or a float), if it has a value.
     pub fn number(&self, field: &str) -> Option<f64> {
-        match self.param(field) {
-            Value::Int(i) => Some(*i as f64),
-            Value::Float(f) => Some(*f),
-            _ => None,
-        }
+        self.param(field).as_number()
     }
 
     /// A string field, if it has a value.
     pub fn text(&self, field: &str) -> Option<&str> {
-        match self.param(field) {
-            Value::Str(s) => Some(s),
-            _ => None,
-        }
+        self.param(field).as_str()
     }
 
     /// Whether a bool field is true.

@@ -85,16 +85,7 @@ fn eval_rules(s: &StageView, d: &mut Vec<Diag>) {
                 .help("list at least one model: `models = [base, sft.model]`"),
             );
         }
-        let metrics: Vec<&str> = match s.get("metrics") {
-            Value::List(m) => m
-                .iter()
-                .filter_map(|v| match v {
-                    Value::Str(s) => Some(s.as_str()),
-                    _ => None,
-                })
-                .collect(),
-            _ => vec![],
-        };
+        let metrics = s.get("metrics").strings();
         for needs_reward in ["reward", "win_rate"] {
             if metrics.contains(&needs_reward) && !s.is_set("reward") {
                 d.push(
@@ -244,13 +235,7 @@ fn run(ctx: &mut RunContext) -> Result<(), String> {
     super::common::report_malformed(ctx, &problems)?;
     rows.truncate(ctx.number("limit").map_or(usize::MAX, |n| n as usize));
     let wanted: Vec<String> = match ctx.param("metrics") {
-        Value::List(m) => m
-            .iter()
-            .filter_map(|v| match v {
-                Value::Str(s) => Some(s.clone()),
-                _ => None,
-            })
-            .collect(),
+        m @ Value::List(_) => m.strings().into_iter().map(str::to_owned).collect(),
         _ => vec!["loss".into(), "perplexity".into()],
     };
     for m in &wanted {

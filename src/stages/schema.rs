@@ -59,18 +59,11 @@ impl StageView<'_> {
     }
 
     pub fn num(&self, field: &str) -> Option<f64> {
-        match self.get(field) {
-            Value::Int(i) => Some(*i as f64),
-            Value::Float(f) => Some(*f),
-            _ => None,
-        }
+        self.get(field).as_number()
     }
 
     pub fn str(&self, field: &str) -> Option<&str> {
-        match self.get(field) {
-            Value::Str(s) => Some(s),
-            _ => None,
-        }
+        self.get(field).as_str()
     }
 
     pub fn is_set(&self, field: &str) -> bool {

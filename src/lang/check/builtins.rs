@@ -221,16 +221,7 @@ pub fn call(
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    match v {
-        Value::List(items) => items
-            .iter()
-            .filter_map(|i| match i {
-                Value::Str(s) => Some(s.clone()),
-                _ => None,
-            })
-            .collect(),
-        _ => vec![],
-    }
+    v.strings().into_iter().map(str::to_owned).collect()
 }
 
 fn range_error(func: &str, arg: &str, why: &str, loc: Loc) -> Diag {
