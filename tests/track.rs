@@ -10,12 +10,10 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// The MLflow version .ci/run installs; named in the message of a test that finds no server.
-const MLFLOW_VERSION: &str = "3.17.2";
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ptl-track-{name}-{}", std::process::id()));
@@ -198,31 +196,6 @@ fn tracking_with_both_sinks_off_does_nothing() {
 
 // ---- MLflow ----
 
-/// An MLflow server for the test: `PTL_TEST_MLFLOW_URI`, or one started from `mlflow` on PATH.
-struct Server {
-    uri: String,
-    child: Option<Child>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            // The server runs uvicorn in child processes: end its whole process group.
-            let group = format!("-{}", child.id());
-            let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-            let _ = child.wait();
-        }
-    }
-}
-
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -231,91 +204,50 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn mlflow_server(dir: &Path) -> Server {
-    if let Ok(uri) = std::env::var("PTL_TEST_MLFLOW_URI") {
-        if !uri.trim().is_empty() {
-            return Server {
-                uri: uri.trim().trim_end_matches('/').to_string(),
-                child: None,
-            };
-        }
-    }
-    let exe = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join("mlflow"))
-            .find(|p| p.is_file())
-    });
-    let Some(exe) = exe else {
-        panic!(
-            "this test needs an MLflow server: set PTL_TEST_MLFLOW_URI=http://127.0.0.1:PORT to a \
-             running one, or put the `mlflow` command on PATH and the test starts one, e.g.\n  \
-             python3 -m venv /tmp/mlflow-venv && /tmp/mlflow-venv/bin/pip install \
-             mlflow=={MLFLOW_VERSION} && export PATH=/tmp/mlflow-venv/bin:$PATH\n(.ci/run does this)"
-        )
-    };
-    let port = free_port();
-    let log = std::fs::File::create(dir.join("mlflow-server.log")).unwrap();
-    let mut cmd = Command::new(exe);
-    cmd.arg("server")
-        .arg("--backend-store-uri")
-        .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
-        .arg("--default-artifact-root")
-        .arg(dir.join("artifacts"))
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--workers",
-            "1",
-        ])
-        .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    #[cfg(unix)]
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut server = Server {
-        uri: format!("http://127.0.0.1:{port}"),
-        child: Some(cmd.spawn().expect("starting `mlflow server`")),
-    };
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        if http_get(&format!("{}/health", server.uri)).is_some() {
-            return server;
-        }
-        let exited = server.child.as_mut().unwrap().try_wait().unwrap();
-        if exited.is_some() || Instant::now() > deadline {
-            let log = std::fs::read_to_string(dir.join("mlflow-server.log")).unwrap_or_default();
-            panic!("`mlflow server` did not come up ({exited:?}); its log:\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// GET a URL; the body when the answer is 200.
-fn http_get(url: &str) -> Option<String> {
-    let mut resp = ureq::get(url).call().ok()?;
-    (resp.status() == 200).then(|| resp.body_mut().read_to_string().unwrap())
-}
-
 /// Calls MLflow's REST API (`POST` when there is a body) and returns the JSON answer.
 fn api(uri: &str, path: &str, query: &[(&str, &str)], body: Option<Value>) -> Value {
+    api_as(uri, None, path, query, body)
+}
+
+/// [`api`] as a user of a basic-auth server, over http or https (the test certificate is trusted).
+fn api_as(
+    uri: &str,
+    user: Option<(&str, &str)>,
+    path: &str,
+    query: &[(&str, &str)],
+    body: Option<Value>,
+) -> Value {
     let url = format!("{uri}/api/2.0/mlflow/{path}");
+    let agent = common::mlflow::agent();
+    let auth = user.map(|(u, p)| {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+        )
+    });
     let resp = match body {
-        Some(b) => ureq::post(&url)
-            .header("Content-Type", "application/json")
-            .send(b.to_string()),
-        None => query
-            .iter()
-            .fold(ureq::get(&url), |r, (k, v)| r.query(*k, *v))
-            .call(),
+        Some(b) => {
+            let mut r = agent
+                .post(&url)
+                .header("Content-Type", "application/json");
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.send(b.to_string())
+        }
+        None => {
+            let mut r = query.iter().fold(agent.get(&url), |r, (k, v)| r.query(*k, *v));
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        }
     };
-    let text = resp
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let mut resp = resp.unwrap_or_else(|e| panic!("{path}: {e}"));
+    let status = resp.status();
+    let text = resp.body_mut().read_to_string().unwrap();
+    assert_eq!(status, 200, "{path}: {text}");
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
 }
 
@@ -355,7 +287,7 @@ fn history(uri: &str, run_id: &str, key: &str) -> Vec<(i64, Value)> {
 #[test]
 fn mlflow_runs_land_on_a_real_server() {
     let dir = tmp("mlflow");
-    let server = mlflow_server(&dir);
+    let uri = common::mlflow::shared();
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -364,8 +296,9 @@ fn mlflow_runs_land_on_a_real_server() {
     let (warn, seen) = warnings();
     let s = Settings {
         tensorboard: Some(dir.join("tb")),
-        mlflow: Some(format!("{}/", server.uri)),
+        mlflow: Some(format!("{uri}/")),
         experiment: Some(experiment.clone()),
+        ..Settings::default()
     };
     let t = Tracking::start(&s, "chat", warn);
     let params = json!({
@@ -388,7 +321,6 @@ fn mlflow_runs_land_on_a_real_server() {
         seen.lock().unwrap()
     );
 
-    let uri = &server.uri;
     let exp = api(
         uri,
         "experiments/get-by-name",
@@ -469,7 +401,6 @@ fn mlflow_runs_land_on_a_real_server() {
     // TensorBoard was written beside it.
     let files = event_files(&dir.join("tb/chat/sft"));
     assert_eq!(scalars(&files[0]).len(), 16 + 2);
-    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -480,7 +411,7 @@ fn mlflow_server_down_warns_once_and_training_goes_on() {
     let s = Settings {
         tensorboard: Some(dir.clone()),
         mlflow: Some(format!("http://127.0.0.1:{}", free_port())),
-        experiment: None,
+        ..Settings::default()
     };
     let started = Instant::now();
     let t = Tracking::start(&s, "p", warn);
@@ -607,7 +538,7 @@ fn mlflow_http_errors_warn_once_and_turn_the_sink_off() {
 #[test]
 fn unusable_mlflow_uris_warn_once_without_a_connection() {
     for uri in [
-        "https://mlflow.invalid",
+        "ftp://mlflow.invalid",
         "file:./mlruns",
         "databricks",
         "http://",
@@ -630,6 +561,24 @@ fn unusable_mlflow_uris_warn_once_without_a_connection() {
             seen.lock().unwrap()
         );
     }
+    // An https server with a CA file that is not there: refused before any connection.
+    let (warn, seen) = warnings();
+    let s = Settings {
+        mlflow: Some("https://mlflow.invalid".into()),
+        access: track::Access {
+            ca_cert: Some("/nonexistent/ca.pem".into()),
+            ..track::Access::default()
+        },
+        ..Settings::default()
+    };
+    let t = Tracking::start(&s, "p", warn);
+    assert!(!t.is_on());
+    t.finish(true);
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.len() == 1 && seen[0].contains("cannot read the CA file /nonexistent/ca.pem"),
+        "{seen:?}"
+    );
     // An empty URI is off, not an error.
     let (warn, seen) = warnings();
     let s = Settings {
@@ -645,7 +594,7 @@ fn unusable_mlflow_uris_warn_once_without_a_connection() {
 #[test]
 fn ptl_run_tracks_every_stage_that_runs() {
     let dir = tmp("e2e");
-    let server = mlflow_server(&dir);
+    let uri = common::mlflow::shared();
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -667,7 +616,7 @@ fn ptl_run_tracks_every_stage_that_runs() {
             "track {{\n  tensorboard = \"tb\"\n  mlflow = \"{}\"\n  experiment = \"{experiment}\"\n}}\n\n\
              stage base = init {{\n  tokenizer = \"{}\"\n  hidden_size = 32\n}}\n\n\
              stage tuned = sft {{\n  model = base.model\n  data = jsonl(\"chat.jsonl\", format = \"messages\")\n  max_steps = 3\n  batch_size = 2\n  lr = 1e-3\n}}\n",
-            server.uri,
+            uri,
             tokenizer.display()
         ),
     )
@@ -686,7 +635,6 @@ fn ptl_run_tracks_every_stage_that_runs() {
     assert_eq!(loss, vec![1, 2, 3]);
 
     // MLflow: the parent run, a nested run per stage with its key, params and metrics.
-    let uri = &server.uri;
     let exp = api(
         uri,
         "experiments/get-by-name",
@@ -736,5 +684,389 @@ fn ptl_run_tracks_every_stage_that_runs() {
         Some(json!({ "experiment_ids": [exp_id], "max_results": 100 })),
     );
     assert_eq!(again["runs"].as_array().map_or(0, Vec::len), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A unique experiment name.
+fn experiment_name(what: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("ptl-{what}-{}-{nanos}", std::process::id())
+}
+
+/// `dir/p.ptl`: `track_block`, a tiny `init` stage `base` and an `sft` stage `tuned` on six chat rows
+/// (`tuned_fields` added to it).
+fn tracked_pipeline(dir: &Path, track_block: &str, tuned_fields: &str) {
+    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tokenizers/tiny-chat");
+    let rows: String = (0..6)
+        .map(|i| {
+            format!(
+                "{}\n",
+                json!({"messages": [{"role": "user", "content": format!("{i}+1=")}, {"role": "assistant", "content": format!("{}", i + 1)}]})
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("chat.jsonl"), rows).unwrap();
+    std::fs::write(
+        dir.join("p.ptl"),
+        format!(
+            "{track_block}\n\
+             stage base = init {{\n  tokenizer = \"{}\"\n  hidden_size = 32\n}}\n\n\
+             stage tuned = sft {{\n  model = base.model\n  data = jsonl(\"chat.jsonl\", format = \"messages\")\n  batch_size = 2\n  lr = 1e-3\n{tuned_fields}}}\n",
+            tokenizer.display()
+        ),
+    )
+    .unwrap();
+}
+
+/// The runs of an experiment as `name → status`.
+fn run_statuses(uri: &str, user: Option<(&str, &str)>, experiment: &str) -> Vec<(String, String)> {
+    let exp = api_as(
+        uri,
+        user,
+        "experiments/get-by-name",
+        &[("experiment_name", experiment)],
+        None,
+    );
+    let id = exp["experiment"]["experiment_id"].as_str().unwrap();
+    let found = api_as(
+        uri,
+        user,
+        "runs/search",
+        &[],
+        Some(json!({ "experiment_ids": [id], "max_results": 100 })),
+    );
+    let mut runs: Vec<(String, String)> = found["runs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["info"]["run_name"].as_str().unwrap().to_string(),
+                r["info"]["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    runs.sort();
+    runs
+}
+
+fn finished(names: &[&str]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .map(|n| (n.to_string(), "FINISHED".to_string()))
+        .collect()
+}
+
+/// `ptl run p.ptl` in `dir` with MLflow's variables cleared and then `env` set; must succeed.
+fn run_with_mlflow_env(dir: &Path, env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptl"));
+    cmd.args(["run", "p.ptl"])
+        .current_dir(dir)
+        .env_remove("PTL_STORE");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MLFLOW_") {
+            cmd.env_remove(k);
+        }
+    }
+    let o = cmd.envs(env.iter().copied()).output().unwrap();
+    let text = common::text(&o);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    text
+}
+
+#[test]
+fn mlflow_is_configured_by_its_own_environment_variables() {
+    let uri = common::mlflow::shared();
+    let dir = tmp("mlflow-env");
+    let experiment = experiment_name("env");
+    tracked_pipeline(&dir, "", "  max_steps = 2\n");
+    let out = run_with_mlflow_env(
+        &dir,
+        &[
+            ("MLFLOW_TRACKING_URI", uri),
+            ("MLFLOW_EXPERIMENT_NAME", &experiment),
+        ],
+    );
+    let first = out.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        format!("tracking MLflow {uri} (experiment {experiment})"),
+        "{out}"
+    );
+    assert!(!out.contains("warning"), "{out}");
+    assert_eq!(
+        run_statuses(uri, None, &experiment),
+        finished(&["base", "p", "tuned"])
+    );
+
+    // The pipeline's block wins over the environment: the variables point at nothing here.
+    let dir = tmp("mlflow-env-block");
+    let block_experiment = experiment_name("block");
+    tracked_pipeline(
+        &dir,
+        &format!("track {{\n  mlflow = \"{uri}\"\n  experiment = \"{block_experiment}\"\n}}\n"),
+        "  max_steps = 2\n",
+    );
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let out = run_with_mlflow_env(
+        &dir,
+        &[
+            ("MLFLOW_TRACKING_URI", &dead),
+            ("MLFLOW_EXPERIMENT_NAME", "not-this-one"),
+        ],
+    );
+    assert!(!out.contains("warning"), "{out}");
+    assert!(
+        out.contains(&format!("tracking MLflow {uri} (experiment {block_experiment})")),
+        "{out}"
+    );
+    assert_eq!(
+        run_statuses(uri, None, &block_experiment),
+        finished(&["base", "p", "tuned"])
+    );
+
+    // Without the block or the variables, nothing is tracked and nothing is said about it.
+    let dir = tmp("mlflow-env-none");
+    tracked_pipeline(&dir, "", "  max_steps = 1\n");
+    let out = run_with_mlflow_env(&dir, &[]);
+    assert!(!out.contains("tracking"), "{out}");
+}
+
+#[test]
+fn mlflow_basic_auth_and_https_on_a_real_server() {
+    let dir = tmp("mlflow-auth");
+    let server = common::mlflow::start(
+        &dir.join("server"),
+        &common::mlflow::Options {
+            basic_auth: true,
+            tls: true,
+        },
+    );
+    let uri = server.uri.as_str();
+    assert!(uri.starts_with("https://"), "{uri}");
+    let admin = common::mlflow::ADMIN;
+    let cert = common::mlflow::tls_cert();
+    let cert = cert.to_str().unwrap();
+    let mut n = 0;
+    let mut run = |env: &[(&str, &str)]| {
+        n += 1;
+        let d = dir.join(format!("run{n}"));
+        std::fs::create_dir_all(&d).unwrap();
+        tracked_pipeline(&d, "", "  max_steps = 1\n");
+        run_with_mlflow_env(&d, env)
+    };
+
+    // The right user and password, the server's certificate trusted through MLflow's variable.
+    let experiment = experiment_name("auth");
+    let out = run(&[
+        ("MLFLOW_TRACKING_URI", uri),
+        ("MLFLOW_EXPERIMENT_NAME", &experiment),
+        ("MLFLOW_TRACKING_USERNAME", admin.0),
+        ("MLFLOW_TRACKING_PASSWORD", admin.1),
+        ("MLFLOW_TRACKING_SERVER_CERT_PATH", cert),
+    ]);
+    assert!(!out.contains("warning"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "tracking MLflow {uri} (experiment {experiment}, as admin)"
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        run_statuses(uri, Some(admin), &experiment),
+        finished(&["base", "p", "tuned"])
+    );
+
+    // A wrong password: the server refuses, ptl warns once and trains on.
+    let out = run(&[
+        ("MLFLOW_TRACKING_URI", uri),
+        ("MLFLOW_EXPERIMENT_NAME", &experiment_name("auth-wrong")),
+        ("MLFLOW_TRACKING_USERNAME", admin.0),
+        ("MLFLOW_TRACKING_PASSWORD", "wrong"),
+        ("MLFLOW_TRACKING_SERVER_CERT_PATH", cert),
+    ]);
+    assert_eq!(out.matches("warning: tracking: MLflow").count(), 1, "{out}");
+    assert!(out.contains("HTTP 401"), "{out}");
+    assert!(out.contains("0 cached, 2 ran"), "{out}");
+
+    // A certificate nobody vouches for is refused, unless MLFLOW_TRACKING_INSECURE_TLS says not to check.
+    let out = run(&[
+        ("MLFLOW_TRACKING_URI", uri),
+        ("MLFLOW_EXPERIMENT_NAME", &experiment_name("auth-untrusted")),
+        ("MLFLOW_TRACKING_USERNAME", admin.0),
+        ("MLFLOW_TRACKING_PASSWORD", admin.1),
+    ]);
+    assert_eq!(out.matches("warning: tracking: MLflow").count(), 1, "{out}");
+    let insecure = experiment_name("auth-insecure");
+    let out = run(&[
+        ("MLFLOW_TRACKING_URI", uri),
+        ("MLFLOW_EXPERIMENT_NAME", &insecure),
+        ("MLFLOW_TRACKING_USERNAME", admin.0),
+        ("MLFLOW_TRACKING_PASSWORD", admin.1),
+        ("MLFLOW_TRACKING_INSECURE_TLS", "true"),
+    ]);
+    assert!(!out.contains("warning"), "{out}");
+    assert_eq!(
+        run_statuses(uri, Some(admin), &insecure),
+        finished(&["base", "p", "tuned"])
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts `ptl run p.ptl` in `dir`, its output collected by a thread.
+fn spawn_run(dir: &Path) -> (std::process::Child, Arc<Mutex<String>>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args(["run", "p.ptl"])
+        .current_dir(dir)
+        .env_remove("PTL_STORE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let text = Arc::new(Mutex::new(String::new()));
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let text = text.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let mut t = text.lock().unwrap();
+                t.push_str(&line);
+                t.push('\n');
+            }
+        });
+    }
+    (child, text)
+}
+
+fn interrupt(child: &std::process::Child) {
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Waits for `child` to exit (at most `limit`); its exit code.
+fn wait_exit(child: &mut std::process::Child, limit: Duration, out: &Mutex<String>) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            std::thread::sleep(Duration::from_millis(200));
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running after {limit:?}:\n{}", out.lock().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until a file matching `pred` exists below `dir`.
+fn wait_for(dir: &Path, what: &str, pred: &dyn Fn(&Path) -> bool, out: &Mutex<String>) {
+    fn walk(d: &Path, pred: &dyn Fn(&Path) -> bool) -> bool {
+        std::fs::read_dir(d).into_iter().flatten().flatten().any(|e| {
+            let p = e.path();
+            pred(&p) || (p.is_dir() && walk(&p, pred))
+        })
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !walk(dir, pred) {
+        assert!(
+            Instant::now() < deadline,
+            "no {what} after 120 s:\n{}",
+            out.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ctrl_c_stops_at_a_step_saves_a_checkpoint_and_marks_mlflow_runs_killed() {
+    let uri = common::mlflow::shared();
+    let dir = tmp("ctrl-c");
+    let experiment = experiment_name("ctrl-c");
+    // Checkpoints neither by steps nor by time: the one found afterwards comes from the interrupt.
+    tracked_pipeline(
+        &dir,
+        &format!("track {{\n  mlflow = \"{uri}\"\n  experiment = \"{experiment}\"\n}}\n"),
+        "  max_steps = 1000000\n  save_every = 0\n  save_minutes = 0\n",
+    );
+    let (mut child, out) = spawn_run(&dir);
+    // Interrupt once `tuned` has logged a step.
+    wait_for(
+        &dir.join(".ptl/tmp"),
+        "logged step",
+        &|p| {
+            p.ends_with("out/metrics.jsonl")
+                && std::fs::read_to_string(p).is_ok_and(|t| t.contains("\"step\""))
+        },
+        &out,
+    );
+    interrupt(&child);
+    let code = wait_exit(&mut child, Duration::from_secs(60), &out);
+    let text = out.lock().unwrap().clone();
+    assert_eq!(code, Some(130), "{text}");
+    assert!(text.contains("cancelled tuned"), "{text}");
+    assert!(text.contains("tuned: saved a checkpoint at step "), "{text}");
+    assert!(text.contains("1 ran, 0 failed, 0 blocked, 1 cancelled"), "{text}");
+
+    // The finished stage is in the lock file, the interrupted one is not.
+    let lock: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("p.ptl.lock")).unwrap()).unwrap();
+    let locked: Vec<&String> = lock["stages"].as_object().unwrap().keys().collect();
+    assert_eq!(locked, vec!["base"], "{lock:#}");
+
+    // The rerun would resume from the checkpoint.
+    let o = common::ptl(&dir, &["plan", "p.ptl"]);
+    let plan = common::text(&o);
+    assert!(plan.contains("resumes from its checkpoint at step "), "{plan}");
+
+    // MLflow: the interrupted stage and the parent run are KILLED, the finished stage FINISHED.
+    let runs = run_statuses(uri, None, &experiment);
+    assert_eq!(
+        runs,
+        vec![
+            ("base".to_string(), "FINISHED".to_string()),
+            ("p".to_string(), "KILLED".to_string()),
+            ("tuned".to_string(), "KILLED".to_string()),
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_second_ctrl_c_exits_at_once() {
+    let dir = tmp("ctrl-c-twice");
+    // One step of 60 s: the first Ctrl-C cannot stop it before the step ends.
+    std::fs::write(
+        dir.join("p.ptl"),
+        "stage slow = test_step {\n  sleep_ms = 60000\n  steps = 1\n}\n",
+    )
+    .unwrap();
+    let (mut child, out) = spawn_run(&dir);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !out.lock().unwrap().contains("running  slow") {
+        assert!(Instant::now() < deadline, "{}", out.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    interrupt(&child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !out.lock().unwrap().contains("press Ctrl-C again") {
+        assert!(Instant::now() < deadline, "{}", out.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the first Ctrl-C waits for the step");
+    let started = Instant::now();
+    interrupt(&child);
+    let code = wait_exit(&mut child, Duration::from_secs(10), &out);
+    assert_eq!(code, Some(130));
+    assert!(started.elapsed() < Duration::from_secs(5));
     let _ = std::fs::remove_dir_all(&dir);
 }

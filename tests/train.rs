@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ptl, run_ok, setup, Dir};
+use common::{ptl, run_ok, setup, text, Dir};
 
 use candle_core::Device;
 use ptl::model::decoder::Decoder;
@@ -62,7 +62,7 @@ fn sft_then_pt_train_and_cache() {
     let first = sft[0]["loss"].as_f64().unwrap();
     let last = sft.last().unwrap()["loss"].as_f64().unwrap();
     assert!(last < 0.5 * first, "sft loss {first} → {last}");
-    for key in ["lr", "grad_norm", "tokens_per_s", "epoch"] {
+    for key in ["lr", "grad_norm", "epoch", "tokens"] {
         assert!(sft[0][key].is_number(), "{key} logged");
     }
     let pt = metrics(&d.0, "cpt");
@@ -137,15 +137,6 @@ fn model_files(dir: &Path, stage: &str) -> Vec<(String, Vec<u8>)> {
     files
 }
 
-fn without_speed(m: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
-    m.into_iter()
-        .map(|mut l| {
-            l.as_object_mut().unwrap().remove("tokens_per_s");
-            l
-        })
-        .collect()
-}
-
 /// `ptl run p.ptl` in `dir`, aborting the process after training step `step` (test builds only).
 fn run_crashing(dir: &Path, step: u64) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ptl"))
@@ -158,12 +149,15 @@ fn run_crashing(dir: &Path, step: u64) -> std::process::Output {
 
 #[test]
 fn a_crashed_stage_resumes_and_ends_bit_identical() {
-    for (name, tuning) in [
-        ("lora", "lora(rank = 4, dropout = 0.1)"),
-        ("full", "full\n  grad_accum = 2"),
+    // (name, fields, the step of the newest checkpoint when the run dies after step 5)
+    for (name, fields, resume) in [
+        ("lora", "tuning = lora(rank = 4, dropout = 0.1)\n  save_every = 3", 3),
+        ("full", "grad_accum = 2\n  save_every = 3", 3),
+        // By wall-clock time alone: a tiny interval checkpoints after every step.
+        ("time", "save_every = 0\n  save_minutes = 0.000001", 5),
     ] {
         let pipeline = format!(
-            "stage tuned = sft {{\n  model = hf_model(\"m\")\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  template = \"chat.jinja\"\n  tuning = {tuning}\n  lr = 1e-2\n  max_steps = 8\n  batch_size = 2\n  save_every = 3\n}}\n"
+            "stage tuned = sft {{\n  model = hf_model(\"m\")\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  template = \"chat.jinja\"\n  {fields}\n  lr = 1e-2\n  max_steps = 8\n  batch_size = 2\n}}\n"
         );
         let whole = setup(&format!("whole-{name}"), &pipeline);
         run_ok(&whole.0, &[]);
@@ -176,25 +170,25 @@ fn a_crashed_stage_resumes_and_ends_bit_identical() {
         let plan =
             String::from_utf8_lossy(&ptl(&crashed.0, &["plan", "p.ptl"]).stdout).into_owned();
         assert!(
-            plan.contains("resumes from its checkpoint at step 3"),
+            plan.contains(&format!("resumes from its checkpoint at step {resume}")),
             "{name}: {plan}"
         );
         let out = run_ok(&crashed.0, &[]);
         assert!(
-            out.contains("tuned: resuming from the checkpoint at step 3"),
+            out.contains(&format!("tuned: resuming from the checkpoint at step {resume}")),
             "{name}: {out}"
         );
         assert!(
             model_files(&whole.0, "tuned") == model_files(&crashed.0, "tuned"),
             "{name}: the resumed run's weights differ from the uninterrupted run's"
         );
-        let m = without_speed(metrics(&crashed.0, "tuned"));
+        let m = metrics(&crashed.0, "tuned");
         assert_eq!(
             m.len(),
             8,
             "{name}: one line per step, none lost or doubled"
         );
-        assert_eq!(m, without_speed(metrics(&whole.0, "tuned")), "{name}");
+        assert_eq!(m, metrics(&whole.0, "tuned"), "{name}");
         assert!(
             std::fs::read_dir(crashed.0.join(".ptl/checkpoints"))
                 .unwrap()
@@ -298,10 +292,9 @@ fn init_is_reproducible_from_its_seed() {
     assert_eq!(model.cfg.hidden_size, 32);
 }
 
-#[test]
-fn the_quickstart_runs_end_to_end_and_then_is_cached() {
-    // The README's first command, shortened with --set (the full run takes minutes in release).
-    let dir = std::env::temp_dir().join(format!("ptl-quickstart-{}", std::process::id()));
+/// A copy of the quickstart (pipeline, tokenizer, data) in a temporary folder.
+fn quickstart(name: &str) -> Dir {
+    let dir = std::env::temp_dir().join(format!("ptl-quickstart-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
     for sub in ["tokenizers/tiny-chat", "data/quickstart"] {
@@ -312,39 +305,88 @@ fn the_quickstart_runs_end_to_end_and_then_is_cached() {
         }
     }
     std::fs::copy(src.join("quickstart.ptl"), dir.join("quickstart.ptl")).unwrap();
-    let d = Dir(dir);
-    let run = || {
-        ptl(
-            &d.0,
-            &[
-                "run",
-                "quickstart.ptl",
-                "--set",
-                "pretrained.max_steps=2",
-                "--set",
-                "tuned.max_steps=2",
-            ],
-        )
-    };
-    let o = run();
+    Dir(dir)
+}
+
+/// `ptl run quickstart.ptl`, shortened with --set (the full run takes minutes in release), with
+/// `extra` arguments and `store` as PTL_STORE.
+fn run_quickstart(dir: &Path, store: &str, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args([
+            "run",
+            "quickstart.ptl",
+            "--set",
+            "pretrained.max_steps=2",
+            "--set",
+            "tuned.max_steps=2",
+        ])
+        .args(extra)
+        .env("PTL_STORE", store)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_quickstart_runs_end_to_end_and_then_is_cached() {
+    // The README's first command.
+    let d = quickstart("e2e");
+    let o = run_quickstart(&d.0, ".ptl", &[]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{out}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
         out.ends_with("0 cached, 4 ran, 0 failed, 0 blocked\n"),
         "{out}"
     );
     assert!(out.contains("score: tuned.model: loss"), "{out}");
-    let o = run();
+    let o = run_quickstart(&d.0, ".ptl", &[]);
     assert!(
         String::from_utf8_lossy(&o.stdout).ends_with("4 cached, 0 ran, 0 failed, 0 blocked\n"),
         "{}",
-        String::from_utf8_lossy(&o.stdout)
+        text(&o)
     );
+}
+
+#[test]
+fn the_quickstart_reproduces_its_lock_file_on_fresh_stores() {
+    let d = quickstart("locked");
+    let lock_path = d.0.join("quickstart.ptl.lock");
+    let mut locks = Vec::new();
+    for store in ["store-a", "store-b"] {
+        let _ = std::fs::remove_file(&lock_path);
+        let o = run_quickstart(&d.0, store, &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        locks.push(std::fs::read_to_string(&lock_path).unwrap());
+    }
+    // Every stage, training ones included, has the same key and output hashes on both stores.
+    assert_eq!(locks[0], locks[1]);
+    let lock: serde_json::Value = serde_json::from_str(&locks[0]).unwrap();
+    for stage in ["base", "pretrained", "tuned", "score"] {
+        assert!(
+            lock["stages"][stage]["outputs"].as_object().is_some_and(|o| !o.is_empty()),
+            "{stage}: {lock:#}"
+        );
+    }
+    // A third fresh store under --locked recomputes everything and must match the lock file.
+    let o = run_quickstart(&d.0, "store-c", &["--locked"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).ends_with("0 cached, 4 ran, 0 failed, 0 blocked\n"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read_to_string(&lock_path).unwrap(), locks[0]);
+    // Timing stays out of the hashed outputs, in the entry beside its manifest.
+    let tuned = std::fs::read_link(d.0.join("store-c/out/quickstart/tuned")).unwrap();
+    let entry = d.0.join("store-c/out/quickstart").join(tuned).join("..");
+    let timing = std::fs::read_to_string(entry.join("timing.jsonl")).unwrap();
+    let metrics = std::fs::read_to_string(entry.join("out/metrics.jsonl")).unwrap();
+    assert!(!metrics.contains("tokens_per_s"), "{metrics}");
+    assert_eq!(timing.lines().count(), metrics.lines().count(), "{timing}");
+    for line in timing.lines() {
+        let t: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(t["tokens_per_s"].as_f64().is_some_and(|v| v > 0.0), "{line}");
+    }
 }
 
 #[test]

@@ -34,9 +34,11 @@ pub struct DataArgs {
 fn model_dir(p: &Pipeline, v: &Value) -> Option<PathBuf> {
     match v {
         Value::HfModel(path) => Some(path.resolved.clone()),
-        // Training stages keep their base model's tokenizer.
+        // Training stages keep their base model's tokenizer; a stage that makes a model from a
+        // tokenizer folder (`init`) copies that folder's tokenizer into it.
         Value::Output { stage, .. } => {
-            let params = &p.stages[*stage].params;
+            let upstream = &p.stages[*stage];
+            let params = &upstream.params;
             params
                 .get("model")
                 .or_else(|| match params.get("models") {
@@ -44,6 +46,11 @@ fn model_dir(p: &Pipeline, v: &Value) -> Option<PathBuf> {
                     _ => None,
                 })
                 .and_then(|m| model_dir(p, m))
+                .or_else(|| {
+                    p.path_params(upstream)
+                        .find(|(field, _, _)| *field == "tokenizer")
+                        .map(|(_, _, resolved)| resolved)
+                })
         }
         Value::List(items) => items.first().and_then(|m| model_dir(p, m)),
         _ => None,

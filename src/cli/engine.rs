@@ -1,5 +1,6 @@
 //! `ptl plan`, `run`, `graph`, `gc`, `store verify` and `path`: the commands that use the store.
 
+use super::interrupt;
 use super::OutputFormat;
 use crate::lang::check::check_file;
 use crate::lang::diag::{render, Diag};
@@ -16,19 +17,9 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// `--store DIR`, else `PTL_STORE`, else `.ptl/` beside the pipeline file (for gc and verify, which
-/// take no pipeline, the current folder's `.ptl/`).
+/// The store of a pipeline: `--store DIR`, else `PTL_STORE`, else `.ptl/` beside the pipeline file.
 pub fn store_dir(file: &Path, flag: Option<&Path>) -> PathBuf {
-    if let Some(f) = flag {
-        return f.to_path_buf();
-    }
-    if let Some(env) = std::env::var_os("PTL_STORE").filter(|v| !v.is_empty()) {
-        return PathBuf::from(env);
-    }
-    file.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .join(".ptl")
+    crate::store::locate::for_pipeline(file, flag)
 }
 
 /// Checks the pipeline; prints diagnostics; `None` when it has errors.
@@ -62,12 +53,25 @@ fn stage_failed(p: &Pipeline, name: &str, why: &str) -> Diag {
     d
 }
 
+/// The pipeline's store, created if it does not exist yet (for the commands that write: run).
 fn open_store(file: &Path, flag: Option<&Path>) -> Option<Store> {
     let dir = store_dir(file, flag);
     match Store::open(&dir) {
         Ok(s) => Some(s),
         Err(e) => {
             errln!("error: cannot use the store {}: {e}", dir.display());
+            None
+        }
+    }
+}
+
+/// The store a command that only reads or cleans it uses (`gc`, `store verify`): found, never created.
+fn existing_store(pipeline: Option<&Path>, flag: Option<&Path>, command: &str) -> Option<Store> {
+    match crate::store::locate::existing(pipeline, flag) {
+        Ok(dir) => Some(Store::at(&dir)),
+        Err(nf) => {
+            let d = Diag::error("ptl::no_store", nf.to_string()).help(nf.help(command));
+            err!("{}", render(&[d], &SourceMap::default(), super::color()));
             None
         }
     }
@@ -96,7 +100,8 @@ fn make_plan(p: &Pipeline, store: &Store) -> Option<Plan> {
 /// Check, open the store, plan: what `plan` and `graph` share.
 fn planned(file: &Path, set: &[String], store: Option<&Path>) -> Option<(Pipeline, Plan)> {
     let p = checked(file, set)?;
-    let store = open_store(file, store)?;
+    // Planning reads the store; a pipeline that never ran has none yet, and plans against nothing.
+    let store = Store::at(&store_dir(file, store));
     let plan = make_plan(&p, &store)?;
     Some((p, plan))
 }
@@ -172,10 +177,17 @@ pub fn run(args: RunArgs) -> i32 {
             .unwrap_or(0),
     );
     let report = |e: &Event| console.report(e);
-    let control = crate::run::Control::default();
+    let control = std::sync::Arc::new(crate::run::Control::default());
+    interrupt::install(control.clone());
     let result = run.run(&args.options, &control, &report);
     console.clear();
+    let interrupted = control.stop.load(std::sync::atomic::Ordering::SeqCst);
     match result {
+        Ok(summary) if interrupted => {
+            outln!("{}", summary.line());
+            errln!("interrupted: finished stages are in the store and the lock file; `ptl run {}` resumes the rest", args.file.display());
+            interrupt::EXIT_CODE
+        }
         Ok(summary) => {
             outln!("{}", summary.line());
             let failed: Vec<Diag> = summary
@@ -278,7 +290,9 @@ impl Console {
                 }
                 self.line(&e.line());
             }
-            Event::Started { .. } | Event::Log { .. } => self.line(&e.line()),
+            Event::Started { .. } | Event::Log { .. } | Event::Tracking { .. } => {
+                self.line(&e.line())
+            }
         }
     }
 
@@ -325,10 +339,11 @@ impl Console {
     }
 }
 
-pub fn gc(store: Option<&Path>, dry_run: bool, checkpoints: bool) -> i32 {
-    let Some(store) = open_store(Path::new("pipeline.ptl"), store) else {
+pub fn gc(pipeline: Option<&Path>, store: Option<&Path>, dry_run: bool, checkpoints: bool) -> i32 {
+    let Some(store) = existing_store(pipeline, store, "ptl gc") else {
         return 1;
     };
+    outln!("store {}", store.root.display());
     match store.gc(dry_run, checkpoints) {
         Ok(r) => {
             let verb = if dry_run { "would remove" } else { "removed" };
@@ -369,10 +384,11 @@ pub fn gc(store: Option<&Path>, dry_run: bool, checkpoints: bool) -> i32 {
     }
 }
 
-pub fn verify(store: Option<&Path>) -> i32 {
-    let Some(store) = open_store(Path::new("pipeline.ptl"), store) else {
+pub fn verify(pipeline: Option<&Path>, store: Option<&Path>) -> i32 {
+    let Some(store) = existing_store(pipeline, store, "ptl store verify") else {
         return 1;
     };
+    outln!("store {}", store.root.display());
     match store.verify() {
         Ok((count, problems)) if problems.is_empty() => {
             outln!(
@@ -407,9 +423,7 @@ pub fn path(file: &Path, stage: &str, set: &[String], store: Option<&Path>) -> i
         );
         return 1;
     }
-    let Some(store) = open_store(file, store) else {
-        return 1;
-    };
+    let store = Store::at(&store_dir(file, store));
     let link = store.link_path(&p.name, stage);
     if !link.exists() {
         errln!(

@@ -38,6 +38,7 @@ mod doc;
 mod engine;
 mod fmt;
 mod generate;
+mod interrupt;
 mod score;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -59,23 +60,38 @@ struct Cli {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
+    /// Text for people
     Human,
+    /// JSON for programs
     Json,
 }
+
+/// Help texts that several commands share.
+const FILE_HELP: &str = "The pipeline file (.ptl)";
+const SET_HELP: &str =
+    "Override a field: `stage.field=value`, `config.seed=1`, or `name=value` for a top-level let (repeatable)";
+const STORE_HELP: &str = "The store folder (default: $PTL_STORE, else .ptl/ beside the pipeline file)";
+const FOUND_STORE_HELP: &str = "The store folder (default: the pipeline's; without one, $PTL_STORE, else the nearest .ptl/ from the current folder up)";
+const FOUND_PIPELINE_HELP: &str = "A pipeline file whose store to use (.ptl/ beside it)";
+const JOBS_HELP: &str = "Stages to run at once";
+const FORMAT_HELP: &str = "Output format: human-readable text or JSON";
+const MODEL_HELP: &str = "A local Hugging Face model folder (config.json, safetensors, tokenizer)";
+const ADAPTER_HELP: &str = "A PEFT LoRA adapter folder to apply on top of the model";
 
 #[derive(Subcommand)]
 enum Command {
     /// Parse and check a pipeline; report every error found
     Check {
+        #[arg(help = FILE_HELP)]
         file: PathBuf,
-        /// Override a field: `stage.field=value`, `config.seed=1`, or `name=value` for a top-level let
-        #[arg(long = "set", value_name = "PATH=VALUE")]
+        #[arg(long = "set", value_name = "PATH=VALUE", help = SET_HELP)]
         set: Vec<String>,
-        #[arg(long, value_enum, default_value = "human")]
+        #[arg(long, value_enum, default_value = "human", help = FORMAT_HELP)]
         format: OutputFormat,
     },
     /// Rewrite files in the canonical layout (comments kept)
     Fmt {
+        /// The .ptl files to format
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Change nothing; exit 1 and name the files that would change
@@ -84,52 +100,53 @@ enum Command {
     },
     /// Show every stage in order: cached, run (and why) or blocked
     Plan {
+        #[arg(help = FILE_HELP)]
         file: PathBuf,
-        #[arg(long = "set", value_name = "PATH=VALUE")]
+        #[arg(long = "set", value_name = "PATH=VALUE", help = SET_HELP)]
         set: Vec<String>,
-        /// The store (default: .ptl/ beside the pipeline file, or $PTL_STORE)
-        #[arg(long)]
+        #[arg(long, value_name = "DIR", help = STORE_HELP)]
         store: Option<PathBuf>,
-        #[arg(long, value_enum, default_value = "human")]
+        #[arg(long, value_enum, default_value = "human", help = FORMAT_HELP)]
         format: OutputFormat,
     },
-    /// Run what is stale; independent stages in parallel
+    /// Run what is stale; independent stages in parallel. Ctrl-C stops at the next step and saves a checkpoint
     Run {
+        #[arg(help = FILE_HELP)]
         file: PathBuf,
-        #[arg(long = "set", value_name = "PATH=VALUE")]
+        #[arg(long = "set", value_name = "PATH=VALUE", help = SET_HELP)]
         set: Vec<String>,
-        #[arg(long)]
+        #[arg(long, value_name = "DIR", help = STORE_HELP)]
         store: Option<PathBuf>,
         /// Run only this stage (its upstream must already be built)
-        #[arg(long, conflicts_with = "from")]
+        #[arg(long, value_name = "STAGE", conflicts_with = "from")]
         only: Option<String>,
         /// Run this stage and everything downstream of it
-        #[arg(long)]
+        #[arg(long, value_name = "STAGE")]
         from: Option<String>,
-        /// Stages to run at once
-        #[arg(short = 'j', long = "jobs", default_value_t = 1)]
+        #[arg(short = 'j', long = "jobs", default_value_t = 1, help = JOBS_HELP)]
         jobs: usize,
         /// After a failure, finish the stages that do not depend on it
         #[arg(long)]
         keep_going: bool,
-        /// Fail rather than change the lock file
+        /// Fail rather than change the lock file: every stage's key and outputs must match it (for CI)
         #[arg(long)]
         locked: bool,
     },
     /// Run the pipeline, then rerun exactly the stages whose inputs change
     Watch {
+        #[arg(help = FILE_HELP)]
         file: PathBuf,
-        #[arg(long = "set", value_name = "PATH=VALUE")]
+        #[arg(long = "set", value_name = "PATH=VALUE", help = SET_HELP)]
         set: Vec<String>,
-        #[arg(long)]
+        #[arg(long, value_name = "DIR", help = STORE_HELP)]
         store: Option<PathBuf>,
         /// Quiet time after a change before re-planning, in milliseconds
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, value_name = "MS", default_value_t = 50)]
         debounce: u64,
         /// Time a cancelled stage gets to stop, in milliseconds
-        #[arg(long, default_value_t = 5000)]
+        #[arg(long, value_name = "MS", default_value_t = 5000)]
         grace: u64,
-        #[arg(short = 'j', long = "jobs", default_value_t = 1)]
+        #[arg(short = 'j', long = "jobs", default_value_t = 1, help = JOBS_HELP)]
         jobs: usize,
         /// `json`: one event object per line (plan, stage_started, stage_finished, stage_cancelled, diagnostics, change, idle)
         #[arg(long, value_enum, default_value = "human")]
@@ -137,19 +154,23 @@ enum Command {
     },
     /// The DAG with statuses, as Graphviz dot or Mermaid
     Graph {
+        #[arg(help = FILE_HELP)]
         file: PathBuf,
-        #[arg(long = "set", value_name = "PATH=VALUE")]
+        #[arg(long = "set", value_name = "PATH=VALUE", help = SET_HELP)]
         set: Vec<String>,
-        #[arg(long)]
+        #[arg(long, value_name = "DIR", help = STORE_HELP)]
         store: Option<PathBuf>,
+        /// Graph language
         #[arg(long, value_enum, default_value = "dot")]
         format: GraphFormat,
     },
     /// Remove store entries that no pipeline's lock file references
     Gc {
-        /// The store (default: $PTL_STORE, else .ptl/ in the current folder)
-        #[arg(long)]
+        #[arg(help = FOUND_PIPELINE_HELP)]
+        pipeline: Option<PathBuf>,
+        #[arg(long, value_name = "DIR", help = FOUND_STORE_HELP)]
         store: Option<PathBuf>,
+        /// Say what would be removed; remove nothing
         #[arg(long)]
         dry_run: bool,
         /// Also remove the checkpoints of unfinished stages (they could resume from them)
@@ -158,10 +179,9 @@ enum Command {
     },
     /// Per-token log-probabilities of JSONL rows (`text`, `prompt`+`completion`, or `ids`) under a model
     Score {
-        /// A local HF model folder
+        #[arg(help = MODEL_HELP)]
         model: PathBuf,
-        /// A PEFT LoRA adapter folder to apply
-        #[arg(long)]
+        #[arg(long, value_name = "DIR", help = ADAPTER_HELP)]
         adapter: Option<PathBuf>,
         /// A JSONL file, or - for standard input
         #[arg(long)]
@@ -169,32 +189,38 @@ enum Command {
     },
     /// Continue a prompt with a model (greedy by default; sampling with --temperature)
     Generate {
+        #[arg(help = MODEL_HELP)]
         model: PathBuf,
-        #[arg(long)]
+        #[arg(long, value_name = "DIR", help = ADAPTER_HELP)]
         adapter: Option<PathBuf>,
+        /// The text to continue (with --chat: the user message)
         #[arg(long, conflicts_with = "input")]
         prompt: Option<String>,
         /// JSONL rows with a `prompt`
         #[arg(long)]
         input: Option<PathBuf>,
+        /// Tokens to generate at most (fewer when the model ends its answer)
         #[arg(long = "max-new-tokens", default_value_t = 64)]
         max_new_tokens: usize,
         /// Pick the most likely token each step (the default unless --temperature is given)
         #[arg(long, conflicts_with = "temperature")]
         greedy: bool,
+        /// Sample with this softmax temperature (> 0) instead of greedy decoding
         #[arg(long)]
         temperature: Option<f32>,
-        #[arg(long = "top-p", default_value_t = 1.0)]
+        /// Sample only from the smallest set of tokens whose probability reaches P (1: no cut)
+        #[arg(long = "top-p", value_name = "P", default_value_t = 1.0)]
         top_p: f32,
-        /// 0: no top-k cut
-        #[arg(long = "top-k", default_value_t = 0)]
+        /// Sample only from the K most likely tokens (0: no cut)
+        #[arg(long = "top-k", value_name = "K", default_value_t = 0)]
         top_k: usize,
+        /// Seed of the sampler: the same seed gives the same text
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Wrap the prompt as a user message with the tokenizer's chat template
         #[arg(long)]
         chat: bool,
-        #[arg(long, value_enum, default_value = "human")]
+        #[arg(long, value_enum, default_value = "human", help = FORMAT_HELP)]
         format: OutputFormat,
     },
     /// See exactly what a stage will train on
@@ -209,25 +235,36 @@ enum Command {
     },
     /// Print the folder holding a stage's outputs
     Path {
+        #[arg(help = FILE_HELP)]
         file: PathBuf,
+        /// The stage's name
         stage: String,
-        #[arg(long = "set", value_name = "PATH=VALUE")]
+        #[arg(long = "set", value_name = "PATH=VALUE", help = SET_HELP)]
         set: Vec<String>,
-        #[arg(long)]
+        #[arg(long, value_name = "DIR", help = STORE_HELP)]
         store: Option<PathBuf>,
     },
     /// List stage kinds, or show one kind's fields and outputs
     Doc {
+        /// A stage kind (`sft`, `dpo`, ...); none: list them all
         kind: Option<String>,
         /// Print the whole stage reference as Markdown (docs/stages.md)
         #[arg(long)]
         markdown: bool,
     },
+    /// Print a shell completion script: `ptl completions bash > ~/.local/share/bash-completion/completions/ptl`
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum GraphFormat {
+    /// Graphviz dot
     Dot,
+    /// A Mermaid flowchart
     Mermaid,
 }
 
@@ -235,8 +272,9 @@ pub enum GraphFormat {
 enum StoreCommand {
     /// Re-hash every entry and report those that do not match their manifest
     Verify {
-        /// The store (default: $PTL_STORE, else .ptl/ in the current folder)
-        #[arg(long)]
+        #[arg(help = FOUND_PIPELINE_HELP)]
+        pipeline: Option<PathBuf>,
+        #[arg(long, value_name = "DIR", help = FOUND_STORE_HELP)]
         store: Option<PathBuf>,
     },
 }
@@ -245,10 +283,11 @@ enum StoreCommand {
 struct DataCli {
     /// A pipeline file (then TARGET names a stage or a dataset binding) or a JSONL file
     input: PathBuf,
+    /// With a pipeline file: the stage whose data to show, or a dataset binding's name
     target: Option<String>,
-    #[arg(long = "set", value_name = "PATH=VALUE")]
+    #[arg(long = "set", value_name = "PATH=VALUE", help = SET_HELP)]
     set: Vec<String>,
-    #[arg(long)]
+    #[arg(long, value_name = "DIR", help = STORE_HELP)]
     store: Option<PathBuf>,
     /// A model or tokenizer folder (required for a JSONL file)
     #[arg(long)]
@@ -256,10 +295,13 @@ struct DataCli {
     /// The JSONL file's format: alpaca, sharegpt, messages, text, preference or kto (default: detected)
     #[arg(long = "format-in")]
     format_in: Option<String>,
-    #[arg(long = "max-len")]
+    /// Tokens per row; longer rows are truncated (default: the stage's `max_len`, else 1024)
+    #[arg(long = "max-len", value_name = "N")]
     max_len: Option<usize>,
+    /// Count the prompt's tokens in the loss too (as the stage field `train_on_prompt`)
     #[arg(long = "train-on-prompt")]
     train_on_prompt: bool,
+    /// Train on the last assistant turn only (as the stage field `mask_history`)
     #[arg(long = "mask-history")]
     mask_history: bool,
     /// A chat template file to use instead of the tokenizer's own
@@ -271,7 +313,7 @@ struct DataCli {
     /// Rows to skip first
     #[arg(long, default_value_t = 0)]
     offset: usize,
-    #[arg(long, value_enum, default_value = "human")]
+    #[arg(long, value_enum, default_value = "human", help = FORMAT_HELP)]
     format: OutputFormat,
 }
 
@@ -423,13 +465,19 @@ pub fn main() -> i32 {
                 DataCommand::Stats(a) => data::stats(a.args()),
             },
             Command::Gc {
+                pipeline,
                 store,
                 dry_run,
                 checkpoints,
-            } => engine::gc(store.as_deref(), dry_run, checkpoints),
+            } => engine::gc(pipeline.as_deref(), store.as_deref(), dry_run, checkpoints),
             Command::Store {
-                command: StoreCommand::Verify { store },
-            } => engine::verify(store.as_deref()),
+                command: StoreCommand::Verify { pipeline, store },
+            } => engine::verify(pipeline.as_deref(), store.as_deref()),
+            Command::Completions { shell } => {
+                use clap::CommandFactory as _;
+                clap_complete::generate(shell, &mut Cli::command(), "ptl", &mut std::io::stdout());
+                0
+            }
             Command::Path {
                 file,
                 stage,

@@ -18,6 +18,9 @@ pub struct RunContext<'a> {
     pub inputs: BTreeMap<String, Vec<PathBuf>>,
     /// Where the stage writes its outputs: `<out>/<output name>/...` or `<out>/<output name>.<ext>`.
     pub out: PathBuf,
+    /// The entry's folder outside its outputs, for records of this run that are not results (timings):
+    /// kept with the entry, never hashed, so they cannot change an output's hash.
+    pub run_dir: PathBuf,
     /// A folder for checkpoints that survives a killed run (removed once the stage's entry commits).
     pub checkpoints: PathBuf,
     /// The store the stage's entry goes into (for shared artifacts such as tokenized datasets).

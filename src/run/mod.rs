@@ -72,6 +72,10 @@ pub enum Event<'a> {
         stage: &'a str,
         line: &'a str,
     },
+    /// Where this run's tracking goes (one event per sink, before the first stage runs).
+    Tracking {
+        sink: &'a str,
+    },
 }
 
 impl Event<'_> {
@@ -80,6 +84,7 @@ impl Event<'_> {
         match self {
             Event::Started { stage } => format!("running  {stage}"),
             Event::Log { stage, line } => format!("         {stage}: {line}"),
+            Event::Tracking { sink } => format!("tracking {sink}"),
             Event::Progress {
                 stage,
                 step,
@@ -161,11 +166,15 @@ impl Summary {
     pub fn line(&self) -> String {
         let count = |f: fn(&Outcome) -> bool| self.outcomes.iter().filter(|(_, o)| f(o)).count();
         format!(
-            "{} cached, {} ran, {} failed, {} blocked{}",
+            "{} cached, {} ran, {} failed, {} blocked{}{}",
             count(|o| matches!(o, Outcome::Cached | Outcome::CachedByOther)),
             count(|o| matches!(o, Outcome::Ran(_))),
             count(|o| matches!(o, Outcome::Failed(_))),
             count(|o| matches!(o, Outcome::Blocked(_))),
+            match count(|o| matches!(o, Outcome::Cancelled)) {
+                0 => String::new(),
+                n => format!(", {n} cancelled"),
+            },
             match count(|o| matches!(o, Outcome::Skipped(_))) {
                 0 => String::new(),
                 n => format!(", {n} not selected"),
@@ -312,6 +321,7 @@ fn execute(
         tracker,
         inputs,
         out: pending.out.clone(),
+        run_dir: pending.dir.clone(),
         checkpoints: store.checkpoint_dir(&key.key),
         store,
         base_dir: p.dir().to_path_buf(),
@@ -458,6 +468,15 @@ impl Run<'_> {
         let jobs = opts.jobs.max(1);
         let order = plan.order.clone();
         let lazy_tracking = LazyTracking::new(p);
+        if plan
+            .stages
+            .iter()
+            .any(|s| s.status == crate::plan::Status::Run)
+        {
+            for sink in lazy_tracking.describe() {
+                report(&Event::Tracking { sink: &sink });
+            }
+        }
         let shared = &Shared {
             p,
             store,

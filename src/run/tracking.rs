@@ -14,7 +14,8 @@ pub struct LazyTracking {
 }
 
 impl LazyTracking {
-    /// From the pipeline's `track` block; paths are relative to the pipeline file.
+    /// From the pipeline's `track` block and MLflow's environment variables; paths are relative to the
+    /// pipeline file.
     pub fn new(p: &Pipeline) -> LazyTracking {
         let text = |k: &str| match p.track.get(k) {
             Some(Value::Str(s)) if !s.trim().is_empty() => Some(s.clone()),
@@ -25,10 +26,17 @@ impl LazyTracking {
                 tensorboard: text("tensorboard").map(|d| p.dir().join(d)),
                 mlflow: text("mlflow"),
                 experiment: text("experiment"),
-            },
+                access: track::Access::default(),
+            }
+            .with_env(),
             pipeline: p.name.clone(),
             cell: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Where tracking goes, a line per sink (empty when the run tracks nothing).
+    pub fn describe(&self) -> Vec<String> {
+        self.settings.describe(&self.pipeline)
     }
 
     pub fn stage(

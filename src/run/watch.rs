@@ -85,6 +85,10 @@ impl Out {
                 json!({"event": "stage_log", "stage": stage, "line": line}),
                 String::new(),
             ),
+            Event::Tracking { sink } => {
+                self.emit(json!({"event": "tracking", "to": sink}), Some(e.line()));
+                return;
+            }
             Event::Progress {
                 stage,
                 step,

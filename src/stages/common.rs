@@ -85,7 +85,12 @@ pub fn training(lr: f64, max_len: i64) -> Vec<FieldSchema> {
         int(
             "save_every",
             100,
-            "checkpoint every N steps so a killed run resumes (0: only at the end)",
+            "checkpoint every N steps so a killed run resumes (0: by time only)",
+        ),
+        float(
+            "save_minutes",
+            10.0,
+            "also checkpoint when this many minutes passed since the last one (0: by steps only)",
         ),
         int("log_every", 1, "log metrics every N steps"),
         skip_malformed(),
@@ -126,6 +131,7 @@ pub fn training_rules(s: &StageView, d: &mut Vec<Diag>) {
     rules::positive(s, d, "adam_eps");
     rules::non_negative(s, d, "max_grad_norm");
     rules::non_negative(s, d, "save_every");
+    rules::non_negative(s, d, "save_minutes");
     rules::positive(s, d, "log_every");
 }
 

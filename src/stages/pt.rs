@@ -13,7 +13,7 @@ pub fn kind() -> Kind {
         "pack rows into full sequences (no attention across rows)",
     ));
     Kind {
-        version: 1,
+        version: 2,
         run: Some(super::train_run::run_supervised),
         name: "pt",
         summary: "continued pretraining on plain text",

@@ -33,7 +33,7 @@ pub fn kind() -> Kind {
         ),
     ]);
     Kind {
-        version: 1,
+        version: 2,
         run: Some(super::train_run::run_supervised),
         name: "sft",
         summary: "supervised fine-tuning on conversations or instructions",

@@ -9,7 +9,8 @@ use crate::model::decoder::Decoder;
 use crate::run::context::RunContext;
 use crate::track;
 use crate::train::schedule::Schedule;
-use crate::train::supervised::{self, Hyper, Sequence};
+use crate::train::metrics_log::MetricsLog;
+use crate::train::supervised::{self, Hyper, Logged, Sequence};
 use candle_core::Device;
 
 pub fn run_supervised(ctx: &mut RunContext) -> Result<(), String> {
@@ -76,28 +77,27 @@ pub fn run_supervised(ctx: &mut RunContext) -> Result<(), String> {
         packing: ctx.flag("packing"),
         max_len: num("max_len", 1024.0) as usize,
         save_every: num("save_every", 100.0) as usize,
+        save_interval: ctx
+            .number("save_minutes")
+            .filter(|m| *m > 0.0)
+            .map(|m| std::time::Duration::from_secs_f64(m * 60.0)),
         checkpoints: Some(ctx.checkpoints.clone()),
     };
-    let metrics_path = ctx.out.join("metrics.jsonl");
-    let mut metrics =
-        std::io::BufWriter::new(std::fs::File::create(&metrics_path).map_err(|e| e.to_string())?);
+    let mut metrics = MetricsLog::create(&ctx.out.join("metrics.jsonl"), &ctx.run_dir)?;
     let tracker = &mut ctx.tracker;
-    let mut write_metrics = |m: &serde_json::Value| -> Result<(), String> {
-        use std::io::Write;
-        let values: Vec<(&str, f64)> = [
+    let mut write_metrics = |m: Logged| -> Result<(), String> {
+        let mut values: Vec<(&str, f64)> = [
             ("loss", track::LOSS),
             ("lr", track::LR),
             ("grad_norm", track::GRAD_NORM),
-            ("tokens_per_s", track::TOKENS_PER_S),
             ("epoch", track::EPOCH),
         ]
         .iter()
-        .filter_map(|(field, tag)| m[field].as_f64().map(|v| (*tag, v)))
+        .filter_map(|(field, tag)| m.record[field].as_f64().map(|v| (*tag, v)))
         .collect();
-        tracker.log(m["step"].as_u64().unwrap_or(0), &values);
-        writeln!(metrics, "{m}")
-            .and_then(|_| metrics.flush())
-            .map_err(|e| format!("cannot write {}: {e}", metrics_path.display()))
+        values.extend(m.tokens_per_s.map(|t| (track::TOKENS_PER_S, t)));
+        tracker.log(m.record["step"].as_u64().unwrap_or(0), &values);
+        metrics.write(&m)
     };
     let cancel = ctx.cancel;
     let summary = supervised::train(

@@ -9,6 +9,7 @@ pub mod checkpoints;
 pub mod entry;
 pub mod gc;
 pub mod hash;
+pub mod locate;
 
 use std::fs::File;
 use std::io;
@@ -48,6 +49,13 @@ impl Store {
         Ok(Store {
             root: root.to_path_buf(),
         })
+    }
+
+    /// The store at `root` as it is, for reading: nothing is created (a missing store reads as empty).
+    pub fn at(root: &Path) -> Store {
+        Store {
+            root: root.to_path_buf(),
+        }
     }
 
     pub fn entry_dir(&self, key: &str) -> PathBuf {

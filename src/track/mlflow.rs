@@ -66,11 +66,12 @@ impl Sink {
     /// run. `None` (after the one warning) when the URI is unusable.
     pub fn start(
         uri: &str,
+        access: &super::Access,
         experiment: &str,
         pipeline: &str,
         state: Arc<SinkState>,
     ) -> Option<Sink> {
-        let client = match Client::new(uri) {
+        let client = match Client::new(uri, access) {
             Ok(c) => c,
             Err(why) => {
                 state.fail(&why);

@@ -31,15 +31,140 @@ pub fn eval_tag(metric: &str) -> String {
     format!("eval/{metric}")
 }
 
-/// The pipeline's `track` block.
+/// Where a run's tracking goes: the pipeline's `track` block, completed from MLflow's own
+/// environment variables (the block wins where both are set).
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
     /// Root directory for TensorBoard event files; `None`: off.
     pub tensorboard: Option<PathBuf>,
-    /// MLflow tracking URI (`http://host:port`); `None` or empty: off.
+    /// MLflow tracking URI (`http://host:port` or `https://...`); `None` or empty: off.
     pub mlflow: Option<String>,
     /// MLflow experiment name; `None` or empty: the pipeline's name.
     pub experiment: Option<String>,
+    /// Credentials and TLS settings for the MLflow server.
+    pub access: Access,
+}
+
+/// How to reach an MLflow server besides its URI, as MLflow's clients read it from their environment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Access {
+    /// `MLFLOW_TRACKING_TOKEN`: sent as `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// `MLFLOW_TRACKING_USERNAME` and `MLFLOW_TRACKING_PASSWORD`: HTTP basic auth (wins over a token,
+    /// as in MLflow's client).
+    pub basic: Option<(String, String)>,
+    /// `MLFLOW_TRACKING_INSECURE_TLS=true`: do not verify the server's certificate.
+    pub insecure_tls: bool,
+    /// `MLFLOW_TRACKING_SERVER_CERT_PATH`: a PEM file of CA certificates to trust (instead of the
+    /// bundled web roots).
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// MLflow's environment variables, by the names its clients read.
+pub mod env {
+    pub const TRACKING_URI: &str = "MLFLOW_TRACKING_URI";
+    pub const EXPERIMENT_NAME: &str = "MLFLOW_EXPERIMENT_NAME";
+    pub const TRACKING_TOKEN: &str = "MLFLOW_TRACKING_TOKEN";
+    pub const TRACKING_USERNAME: &str = "MLFLOW_TRACKING_USERNAME";
+    pub const TRACKING_PASSWORD: &str = "MLFLOW_TRACKING_PASSWORD";
+    pub const TRACKING_INSECURE_TLS: &str = "MLFLOW_TRACKING_INSECURE_TLS";
+    pub const TRACKING_SERVER_CERT_PATH: &str = "MLFLOW_TRACKING_SERVER_CERT_PATH";
+
+    /// A variable's value, `None` when unset or blank.
+    pub fn get(name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    }
+}
+
+impl Access {
+    /// From the process environment.
+    pub fn from_env() -> Access {
+        let basic = match (
+            env::get(env::TRACKING_USERNAME),
+            env::get(env::TRACKING_PASSWORD),
+        ) {
+            (Some(u), Some(p)) => Some((u, p)),
+            _ => None,
+        };
+        Access {
+            token: env::get(env::TRACKING_TOKEN),
+            basic,
+            insecure_tls: env::get(env::TRACKING_INSECURE_TLS)
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+            ca_cert: env::get(env::TRACKING_SERVER_CERT_PATH).map(PathBuf::from),
+        }
+    }
+
+    /// The `Authorization` header's value: basic auth when a user and password are set, else the
+    /// bearer token.
+    fn authorization(&self) -> Option<String> {
+        use base64::Engine as _;
+        match (&self.basic, &self.token) {
+            (Some((user, password)), _) => Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            )),
+            (None, Some(token)) => Some(format!("Bearer {token}")),
+            (None, None) => None,
+        }
+    }
+}
+
+impl Settings {
+    /// A pipeline's `track` block completed from the environment: `MLFLOW_TRACKING_URI` when the
+    /// block names no server, `MLFLOW_EXPERIMENT_NAME` when it names no experiment, and the
+    /// credentials and TLS variables always.
+    pub fn with_env(mut self) -> Settings {
+        let blank = |v: &Option<String>| v.as_deref().is_none_or(|s| s.trim().is_empty());
+        if blank(&self.mlflow) {
+            self.mlflow = env::get(env::TRACKING_URI);
+        }
+        if blank(&self.experiment) {
+            self.experiment = env::get(env::EXPERIMENT_NAME);
+        }
+        self.access = Access::from_env();
+        self
+    }
+
+    /// One line per sink that is on, for the start of a run: `MLflow https://host (experiment x)`.
+    /// Credentials in a URI are hidden.
+    pub fn describe(&self, pipeline: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Some(uri) = self.mlflow.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
+            let experiment = match self.experiment.as_deref().map(str::trim) {
+                Some(e) if !e.is_empty() => e,
+                _ => pipeline,
+            };
+            let auth = match (&self.access.basic, &self.access.token) {
+                (Some((user, _)), _) => format!(", as {user}"),
+                (None, Some(_)) => ", with a token".to_string(),
+                (None, None) => String::new(),
+            };
+            lines.push(format!(
+                "MLflow {} (experiment {experiment}{auth})",
+                hide_credentials(uri)
+            ));
+        }
+        if let Some(dir) = &self.tensorboard {
+            lines.push(format!("TensorBoard {}", dir.display()));
+        }
+        lines
+    }
+}
+
+/// `https://user:secret@host` → `https://user:***@host`.
+fn hide_credentials(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
+        }
+        None => uri.to_string(),
+    }
 }
 
 /// How a run ended, as MLflow records it.
@@ -85,7 +210,13 @@ impl Tracking {
                 Some(e) if !e.is_empty() => e,
                 _ => pipeline,
             };
-            mlflow::Sink::start(uri, experiment, pipeline, SinkState::new("MLflow", warn))
+            mlflow::Sink::start(
+                uri,
+                &s.access,
+                experiment,
+                pipeline,
+                SinkState::new("MLflow", warn),
+            )
         });
         Tracking {
             pipeline: pipeline.to_string(),

@@ -1,5 +1,6 @@
-//! A minimal client for MLflow's REST API (2.0) over blocking plain HTTP: the five calls tracking needs.
+//! A minimal client for MLflow's REST API (2.0) over blocking HTTP(S): the five calls tracking needs.
 
+use super::Access;
 use serde_json::{json, Value};
 use std::fmt;
 use std::time::Duration;
@@ -61,37 +62,55 @@ pub(crate) struct Client {
     /// `<uri>/api/2.0/mlflow/`
     base: String,
     agent: ureq::Agent,
+    /// The `Authorization` header every call carries, if any.
+    authorization: Option<String>,
 }
 
 impl Client {
-    /// Checks the URI's form (no I/O). Only `http://` works: the HTTP client is built without TLS.
-    pub fn new(uri: &str) -> Result<Client, String> {
+    /// Checks the URI's form and reads the CA file `access` names (no network I/O).
+    pub fn new(uri: &str, access: &Access) -> Result<Client, String> {
         let uri = uri.trim();
-        let host = match uri.strip_prefix("http://") {
+        let host = match uri
+            .strip_prefix("http://")
+            .or_else(|| uri.strip_prefix("https://"))
+        {
             Some(rest) => rest,
-            None if uri.starts_with("https://") => {
-                return Err(format!(
-                    "`{uri}`: https:// tracking URIs are not supported (ptl talks plain http://)"
-                ))
-            }
             None => {
                 return Err(format!(
-                    "`{uri}` is not an http:// URI of an MLflow tracking server"
+                    "`{uri}` is not the http:// or https:// URI of an MLflow tracking server (ptl does \
+                     not write local `file:` or database stores; start `mlflow server` and point at it)"
                 ))
             }
         };
         if host.trim_matches('/').is_empty() {
             return Err(format!("`{uri}` names no host"));
         }
+        let mut tls = ureq::tls::TlsConfig::builder().disable_verification(access.insecure_tls);
+        if let Some(path) = &access.ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?;
+            let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                return Err(format!("{} holds no PEM certificate", path.display()));
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
         let agent = ureq::Agent::config_builder()
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_global(Some(REQUEST_TIMEOUT))
             .http_status_as_error(false)
+            .tls_config(tls.build())
             .build()
             .new_agent();
         Ok(Client {
             base: format!("{}/api/2.0/mlflow/", uri.trim_end_matches('/')),
             agent,
+            authorization: access.authorization(),
         })
     }
 
@@ -182,6 +201,9 @@ impl Client {
 
     fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, Error> {
         let mut req = self.agent.get(format!("{}{path}", self.base));
+        if let Some(a) = &self.authorization {
+            req = req.header("Authorization", a);
+        }
         for (k, v) in query {
             req = req.query(*k, *v);
         }
@@ -189,10 +211,13 @@ impl Client {
     }
 
     fn post(&self, path: &str, body: &Value) -> Result<Value, Error> {
-        let req = self
+        let mut req = self
             .agent
             .post(format!("{}{path}", self.base))
             .header("Content-Type", "application/json");
+        if let Some(a) = &self.authorization {
+            req = req.header("Authorization", a);
+        }
         answer(req.send(body.to_string()))
     }
 }

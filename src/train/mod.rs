@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod clip;
 pub mod loss;
+pub mod metrics_log;
 pub mod optim;
 pub mod pack;
 pub mod schedule;

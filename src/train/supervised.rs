@@ -35,6 +35,8 @@ pub struct Hyper {
     pub max_len: usize,
     /// Checkpoint every N steps into `checkpoints` (0: never).
     pub save_every: usize,
+    /// Also checkpoint when this much time has passed since the last checkpoint (or the start).
+    pub save_interval: Option<std::time::Duration>,
     pub checkpoints: Option<PathBuf>,
 }
 
@@ -50,10 +52,19 @@ pub struct Summary {
     pub last_loss: f64,
 }
 
+/// A logged step: the deterministic record (part of the stage's output) and, for a step this run
+/// trained (not one a resumed run replays), how fast it went.
+pub struct Logged<'a> {
+    /// `step`, `loss`, `lr`, `grad_norm`, `epoch`, `tokens`: the same on every run with the same seed.
+    pub record: &'a serde_json::Value,
+    /// Trained tokens per second of wall-clock time; `None` for a replayed step.
+    pub tokens_per_s: Option<f64>,
+}
+
 /// What the loop reports to and asks of its caller.
 pub struct Hooks<'a> {
-    /// One object per logged step (also replayed for the steps a resumed run restored).
-    pub metrics: &'a mut dyn FnMut(&serde_json::Value) -> Result<(), String>,
+    /// One call per logged step (also for the steps a resumed run restored).
+    pub metrics: &'a mut dyn FnMut(Logged) -> Result<(), String>,
     pub cancelled: &'a dyn Fn() -> bool,
     /// `step` of `total`, with a note: the step's loss and trained tokens per second.
     pub progress: &'a dyn Fn(u64, u64, &str),
@@ -188,16 +199,29 @@ pub fn train(
             pos.step
         ));
         for m in &pos.metrics {
-            (hooks.metrics)(m)?;
+            (hooks.metrics)(Logged {
+                record: m,
+                tokens_per_s: None,
+            })?;
         }
     }
     let mut rng = Rng::from_state(pos.rng);
     model
         .training
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut last_save = Instant::now();
     for step in pos.step..total {
         if (hooks.cancelled)() {
-            return Err("cancelled".into());
+            // Stopped at a step boundary (Ctrl-C, watch mode): keep what was trained for the rerun.
+            if let Some(dir) = &h.checkpoints {
+                if pos.step > 0 {
+                    pos.rng = rng.state();
+                    pos.dropout_rng = model.dropout_rng.lock().map_err(err)?.state();
+                    checkpoint::save(dir, &pos, vars, &opt)?;
+                    (hooks.log)(&format!("saved a checkpoint at step {}", pos.step));
+                }
+            }
+            return Err(crate::run::CANCELLED.into());
         }
         let started = Instant::now();
         let mut grads: Option<GradStore> = None;
@@ -253,17 +277,23 @@ pub fn train(
                 "loss": loss,
                 "lr": lr,
                 "grad_norm": grad_norm,
-                "tokens_per_s": tokens_per_s,
                 "epoch": pos.step as f64 / steps_per_epoch as f64,
+                "tokens": tokens,
             });
-            (hooks.metrics)(&line)?;
+            (hooks.metrics)(Logged {
+                record: &line,
+                tokens_per_s: Some(tokens_per_s),
+            })?;
             pos.metrics.push(line);
         }
         if let Some(dir) = &h.checkpoints {
-            if h.save_every > 0 && pos.step.is_multiple_of(h.save_every) && pos.step < total {
+            let by_steps = h.save_every > 0 && pos.step.is_multiple_of(h.save_every);
+            let by_time = h.save_interval.is_some_and(|d| last_save.elapsed() >= d);
+            if (by_steps || by_time) && pos.step < total {
                 pos.rng = rng.state();
                 pos.dropout_rng = model.dropout_rng.lock().map_err(err)?.state();
                 checkpoint::save(dir, &pos, vars, &opt)?;
+                last_save = Instant::now();
             }
         }
         checkpoint::crash_point(pos.step);

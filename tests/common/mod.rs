@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests (each test file uses some of them).
 #![allow(dead_code)]
 
+pub mod mlflow;
+pub mod venv;
+
 use std::path::{Path, PathBuf};
 
 /// The stages a `test_step` pipeline logged (`log = "ran.log"`), sorted; the log is emptied.
