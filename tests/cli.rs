@@ -179,3 +179,117 @@ fn readme_error_example_is_current() {
         "update the README's example output"
     );
 }
+
+/// Runs ptl in `dir` with PTL_STORE unset.
+fn ptl_in(dir: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("PTL_STORE")
+        .output()
+        .expect("runs")
+}
+
+#[test]
+fn every_command_finds_the_same_store_and_none_creates_one() {
+    let root = std::env::temp_dir().join(format!("ptl-cli-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("pipelines/sub")).unwrap();
+    std::fs::write(
+        root.join("pipelines/p.ptl"),
+        "stage a = test_step {\n  text = \"a\"\n}\n",
+    )
+    .unwrap();
+    // Planning, graphing and asking for a path read the store; none of them makes one.
+    for args in [
+        &["plan", "pipelines/p.ptl"][..],
+        &["graph", "pipelines/p.ptl"],
+        &["path", "pipelines/p.ptl", "a"],
+    ] {
+        ptl_in(&root, args);
+        assert!(!root.join("pipelines/.ptl").exists(), "{args:?}");
+    }
+    let o = ptl_in(&root, &["run", "pipelines/p.ptl"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(root.join("pipelines/.ptl/entries").is_dir());
+
+    // From the repository root, with no pipeline named: no store here or above, so say where one is.
+    for args in [&["gc", "--dry-run"][..], &["store", "verify"]] {
+        let o = ptl_in(&root, args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = stderr(&o);
+        assert!(err.contains("ptl::no_store"), "{err}");
+        assert!(err.contains("no ptl store found"), "{err}");
+        assert!(err.contains("found pipelines/.ptl"), "{err}");
+        assert!(!root.join(".ptl").exists(), "{args:?} created a store");
+    }
+    // Naming the pipeline finds its store, as `ptl run` did.
+    let o = ptl_in(&root, &["store", "verify", "pipelines/p.ptl"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "store pipelines/.ptl\nok: 1 entry verified\n");
+    let o = ptl_in(&root, &["gc", "--dry-run", "pipelines/p.ptl"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("kept 1 entry"), "{}", stdout(&o));
+    // So does looking upward from a folder below the store's.
+    let o = ptl_in(&root.join("pipelines/sub"), &["store", "verify"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "store {}\nok: 1 entry verified\n",
+            root.join("pipelines/.ptl").display()
+        )
+    );
+    // A --store that does not exist is an error, not a new empty store.
+    let o = ptl_in(&root, &["gc", "--store", "nowhere"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("nowhere does not exist"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!root.join("nowhere").exists());
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = ptl(&["completions", shell]);
+        assert_eq!(o.status.code(), Some(0), "{shell}");
+        assert!(stdout(&o).contains("watch"), "{shell}");
+    }
+}
+
+#[test]
+fn doc_shows_defaults_as_ptl_and_whether_the_kind_runs() {
+    let o = ptl(&["doc", "sft"]);
+    let out = stdout(&o);
+    assert!(out.contains("runs: yes"), "{out}");
+    let tuning = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("tuning "))
+        .unwrap();
+    assert!(tuning.contains(" full "), "{tuning}");
+    assert!(!out.contains("{\"mode\""), "{out}");
+    // The meaning column starts at the same place on every field line, under its header.
+    let lines: Vec<Vec<char>> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("fields:"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.chars().collect())
+        .collect();
+    let header: String = lines[0].iter().collect();
+    assert!(header.ends_with("meaning"), "{header}");
+    let at = header.chars().count() - "meaning".len();
+    for l in &lines[1..] {
+        assert!(
+            l[at - 1] == ' ' && l[at] != ' ',
+            "{}",
+            l.iter().collect::<String>()
+        );
+    }
+    let o = ptl(&["doc", "dpo"]);
+    assert!(stdout(&o).contains("runs: not yet"), "{}", stdout(&o));
+}

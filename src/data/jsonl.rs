@@ -27,6 +27,30 @@ pub fn detect(row: &serde_json::Map<String, serde_json::Value>) -> Option<Format
     }
 }
 
+/// Why a row is not JSON, placed in the file: `(column, reason)`. serde_json counts lines and columns
+/// within the row (a row cut short ends "at line 2 column 0", past its newline); the file's line is the
+/// caller's, so only the column is kept, and the reason loses serde_json's own position.
+pub fn json_error(e: &serde_json::Error, row: &str) -> (usize, String) {
+    let full = e.to_string();
+    let reason = full
+        .rsplit_once(" at line ")
+        .map_or(full.as_str(), |(r, _)| r)
+        .to_string();
+    let row = row.trim_end_matches(['\n', '\r']);
+    let column = if e.line() > 1 || e.column() == 0 {
+        row.chars().count() + 1
+    } else {
+        e.column()
+    };
+    (column, reason)
+}
+
+/// `file:line:column: not JSON: reason`.
+pub fn not_json(name: &impl std::fmt::Display, line: usize, e: &serde_json::Error, row: &str) -> String {
+    let (column, reason) = json_error(e, row);
+    format!("{name}:{line}:{column}: not JSON: {reason}")
+}
+
 /// The keys a row of `format` must have.
 pub fn required(format: Format) -> &'static [&'static str] {
     match format {
@@ -58,13 +82,13 @@ pub fn validate(path: &Path, format: Format) -> Result<(Format, usize), Vec<Stri
             Err(e) => return Err(vec![format!("{name}: cannot read: {e}")]),
         }
         line_no += 1;
-        let mut problem = |p: String| {
+        let mut push = |p: String| {
             if problems.len() < MAX_PROBLEMS {
-                problems.push(format!("{name}:{line_no}: {p}"));
+                problems.push(p);
             }
         };
         let Ok(text) = std::str::from_utf8(&buf) else {
-            problem("not valid UTF-8".into());
+            push(format!("{name}:{line_no}: not valid UTF-8"));
             continue;
         };
         if text.trim().is_empty() {
@@ -73,11 +97,11 @@ pub fn validate(path: &Path, format: Format) -> Result<(Format, usize), Vec<Stri
         let row: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(text) {
             Ok(serde_json::Value::Object(o)) => o,
             Ok(_) => {
-                problem("a row must be a JSON object".into());
+                push(format!("{name}:{line_no}: a row must be a JSON object"));
                 continue;
             }
             Err(e) => {
-                problem(format!("not JSON: {e}"));
+                push(not_json(&name, line_no, &e, text));
                 continue;
             }
         };
@@ -87,7 +111,9 @@ pub fn validate(path: &Path, format: Format) -> Result<(Format, usize), Vec<Stri
                 Some(f) => format = f,
                 None => {
                     let keys: Vec<&str> = row.keys().map(String::as_str).collect();
-                    problem(format!("cannot tell the format from the keys {keys:?}"));
+                    push(format!(
+                        "{name}:{line_no}: cannot tell the format from the keys {keys:?}"
+                    ));
                     continue;
                 }
             }
@@ -98,8 +124,8 @@ pub fn validate(path: &Path, format: Format) -> Result<(Format, usize), Vec<Stri
             .filter(|k| !row.contains_key(*k))
             .collect();
         if !missing.is_empty() {
-            problem(format!(
-                "a {} row needs {}",
+            push(format!(
+                "{name}:{line_no}: a {} row needs {}",
                 format.name(),
                 missing.join(", ")
             ));

@@ -236,7 +236,7 @@ pub fn read(path: &Path, format: Format) -> Result<(Vec<Row>, Vec<String>), Stri
                 continue;
             }
             Err(e) => {
-                problems.push(format!("{name}:{line}: not JSON: {e}"));
+                problems.push(super::jsonl::not_json(&name, line, &e, text));
                 continue;
             }
         };

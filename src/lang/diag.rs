@@ -178,6 +178,10 @@ pub fn render(diags: &[Diag], sources: &SourceMap, color: bool) -> String {
     };
     let handler = GraphicalReportHandler::new_themed(theme)
         .with_width(100)
+        // A long path in a help line wraps whole onto its own line, never split in the middle.
+        .with_break_words(false)
+        .with_word_separator(textwrap::WordSeparator::AsciiSpace)
+        .with_word_splitter(textwrap::WordSplitter::NoHyphenation)
         .with_links(false);
     let mut out = String::new();
     for d in diags {

@@ -282,7 +282,12 @@ fn execute(
     for value in stage.params.values() {
         if let Value::Dataset { path, format } = value {
             if !skip {
-                jsonl::validate(&path.resolved, *format).map_err(|problems| problems.join("\n"))?;
+                jsonl::validate(&path.resolved, *format).map_err(|problems| {
+                    format!(
+                        "{}\n(fix these rows, or set `skip_malformed = true` on the stage to skip and count them)",
+                        problems.join("\n")
+                    )
+                })?;
             }
         }
     }

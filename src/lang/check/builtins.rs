@@ -265,10 +265,20 @@ fn path_value(c: &mut Checker, frame: &Frame, v: &Value, loc: Loc, dir: bool) ->
                     "jsonl takes one .jsonl file"
                 })
         } else {
-            let mut help = format!(
-                "paths are relative to the file that names them; looked for {}",
-                resolved.display()
-            );
+            let mut help = match sibling_like(&resolved, dir) {
+                Some(near) => format!(
+                    "did you mean `{}`? paths are relative to the file that names them; looked for {}",
+                    match written.trim_end_matches('/').rsplit_once('/') {
+                        Some((folder, _)) => format!("{folder}/{near}"),
+                        None => near,
+                    },
+                    resolved.display()
+                ),
+                None => format!(
+                    "paths are relative to the file that names them; looked for {}",
+                    resolved.display()
+                ),
+            };
             if written.contains(['\t', '\n', '\r']) {
                 help = "the path holds a tab or line break: write `/` between folders, not `\\`"
                     .to_string();
@@ -284,6 +294,23 @@ fn path_value(c: &mut Checker, frame: &Frame, v: &Value, loc: Loc, dir: bool) ->
         written: written.clone(),
         resolved,
     })
+}
+
+/// A folder (`dir`) or file beside the missing `path` whose name is close to its name, written as the
+/// user would write it (the missing name replaced).
+fn sibling_like(path: &std::path::Path, dir: bool) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let parent = path.parent()?;
+    let names: Vec<String> = std::fs::read_dir(parent)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir() == dir))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    let hint = crate::lang::diag::did_you_mean(name, names.iter().map(String::as_str))?;
+    // did_you_mean says "did you mean `x`?": keep the name.
+    hint.split('`').nth(1).map(str::to_string)
 }
 
 /// `env("NAME", default)`: the variable's value, typed like the default.

@@ -186,6 +186,36 @@ impl Checker {
         super::builtins::value(name)
     }
 
+    /// A call of a builtin (`lora(...)`) whose name a stage or `let` of this module took: says which
+    /// binding hides it, and where.
+    fn shadowed_builtin(&self, frame: &Frame, callee: &[ast::Ident], found: &Value) -> Option<Diag> {
+        let [name] = callee else { return None };
+        let name = name.name.as_str();
+        super::builtins::value(name)?;
+        let binding = frame
+            .locals
+            .as_ref()
+            .and_then(|l| l.get(name))
+            .or_else(|| self.modules[frame.module].globals.get(name))?;
+        let (file, start) = (binding.loc.file, binding.loc.span.start);
+        let (line, _) = self.sources.line_col(file, start);
+        let what = match found {
+            Value::Stage(_) => "stage",
+            _ => "binding",
+        };
+        Some(
+            Diag::error(
+                "ptl::shadowed_builtin",
+                format!("`{name}` is the {what} declared on line {line}, which hides the builtin `{name}(...)`"),
+            )
+            .label(self.loc(frame, path_span(callee)), "calls the builtin here")
+            .label(binding.loc, format!("the {what} `{name}` takes the name"))
+            .help(format!(
+                "rename the {what} (for example `{name}_{what}`): stages and `let`s share one namespace with the builtins"
+            )),
+        )
+    }
+
     /// "declared further down" help when a top-level `let` or `stage v = f()` comes after its use.
     fn declared_later(&self, frame: &Frame, name: &str, used_at: Span) -> Option<String> {
         let m = &self.modules[frame.module];
@@ -435,6 +465,10 @@ impl Checker {
                 Value::Error
             }
             other => {
+                if let Some(d) = self.shadowed_builtin(frame, callee, &other) {
+                    self.error(d);
+                    return Value::Error;
+                }
                 let d = Diag::error(
                     "ptl::not_callable",
                     format!(
