@@ -198,8 +198,15 @@ fn preference_pairs_follow_trl() {
         },
     )
     .unwrap();
-    let prompt: Vec<Value> =
-        serde_json::from_str(r#"[{"role": "user", "content": "2+2?"}]"#).unwrap();
+    // The prompt is the fixture's `single_user_gen` conversation, whose text and ids transformers'
+    // apply_chat_template(add_generation_prompt=True) produced.
+    let gen = fx["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "single_user_gen")
+        .unwrap();
+    let prompt: Vec<Value> = gen["messages"].as_array().unwrap().clone();
     let ex = Example::Preference {
         prompt: ptl::data::rows::Side::Messages(prompt.clone()),
         chosen: ptl::data::rows::Side::Text("4".into()),
@@ -215,26 +222,16 @@ fn preference_pairs_follow_trl() {
     else {
         panic!()
     };
-    assert_eq!(
-        prompt_text,
-        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
-    );
-    assert_eq!(chosen_text, "<think>\n\n</think>\n\n4<|im_end|>\n");
-    let gen = fx["cases"]
+    assert_eq!(prompt_text, gen["text"].as_str().unwrap());
+    let expected_ids: Vec<u32> = gen["ids"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["name"] == "single_user_gen")
-        .unwrap();
-    assert_eq!(
-        tok.encode(gen["text"].as_str().unwrap(), false)
-            .unwrap()
-            .ids
-            .len(),
-        gen["ids"].as_array().unwrap().len()
-    );
+        .map(|i| i.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(prompt_ids, expected_ids, "prompt ids as transformers'");
+    assert_eq!(chosen_text, "<think>\n\n</think>\n\n4<|im_end|>\n");
     assert_eq!(tok.inner.decode(&chosen_ids, false).unwrap(), chosen_text);
-    assert!(!prompt_ids.is_empty());
     // A prompt that fills max_len is dropped, as TRL does.
     let short = Encoder::new(
         &tok,

@@ -1,4 +1,4 @@
-//! The decoder against transformers: per-token log-probs (1e-4), last-position logits and greedy ids
+//! The decoder against transformers: per-token log-probs (1e-5), last-position logits and greedy ids
 //! on tiny random checkpoints of each family that scripts/make_model_fixtures.py made with
 //! transformers (sharded and bf16 weights, llama3 rope scaling, a sliding window shorter than the
 //! text, qkv bias, tied embeddings, q/k norm); and a gradient for every weight.
@@ -9,6 +9,10 @@ use candle_core::Device;
 use ptl::model::decoder::{argmax, Decoder};
 use serde_json::Value;
 use std::path::Path;
+
+/// How far ptl's log-probs and logits may be from transformers' (f32 on both sides): the bound that
+/// docs/model.md states. Measured worst: 7.2e-6 (log-probs), 9.1e-6 (last logits) on AVX-512.
+const TOLERANCE: f32 = 1e-5;
 
 const MODELS: &[&str] = &["llama", "llama3_scaled", "mistral_sw", "qwen2", "qwen3"];
 
@@ -58,7 +62,7 @@ fn log_probs_match_transformers() {
                 .zip(&want)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0f32, f32::max);
-            assert!(worst < 1e-4, "{name}: log-probs differ by up to {worst}");
+            assert!(worst < TOLERANCE, "{name}: log-probs differ by up to {worst}");
         }
         let first = ids(&e["sequences"][0]);
         let got = d.last_logits(&first).unwrap();
@@ -67,7 +71,7 @@ fn log_probs_match_transformers() {
             .zip(floats(&e["last_logits"]))
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
-        assert!(worst < 1e-4, "{name}: last logits differ by up to {worst}");
+        assert!(worst < TOLERANCE, "{name}: last logits differ by up to {worst}");
     }
 }
 
@@ -235,7 +239,7 @@ fn adapters_and_merged_models_reload_with_the_same_logits() {
         );
         reloaded.merge_adapters().unwrap();
         assert!(
-            worst(&tuned, &reloaded.token_logprobs(&seq).unwrap()) < 1e-4,
+            worst(&tuned, &reloaded.token_logprobs(&seq).unwrap()) < TOLERANCE,
             "{name}: merged = base + adapter"
         );
         // A full folder, in one file and in shards, reloads to the same logits.
@@ -243,7 +247,7 @@ fn adapters_and_merged_models_reload_with_the_same_logits() {
             d.save_hf(&src, &dir.join(folder), shard).unwrap();
             let back = Decoder::load(&dir.join(folder), &Device::Cpu).unwrap();
             assert!(
-                worst(&tuned, &back.token_logprobs(&seq).unwrap()) < 1e-4,
+                worst(&tuned, &back.token_logprobs(&seq).unwrap()) < TOLERANCE,
                 "{name}: {folder}"
             );
         }
@@ -279,7 +283,7 @@ fn adapters_and_merged_models_reload_with_the_same_logits() {
         };
         let with_adapter = score(&src, Some(&dir.join("adapter")));
         assert!(
-            worst(&with_adapter, &score(&dir.join("merged"), None)) < 1e-4,
+            worst(&with_adapter, &score(&dir.join("merged"), None)) < TOLERANCE,
             "{name}: score adapter = merged"
         );
         assert!(
@@ -442,11 +446,11 @@ fn padded_and_packed_batches_equal_separate_sequences() {
             .forward_packed(&[padded, b.clone()], &[seg_a, vec![1; b.len()]])
             .unwrap();
         assert!(
-            worst(&row_logits(&out, 0, 0, a.len()), &alone(&a)) < 1e-4,
+            worst(&row_logits(&out, 0, 0, a.len()), &alone(&a)) < TOLERANCE,
             "{name}: padded row"
         );
         assert!(
-            worst(&row_logits(&out, 1, 0, b.len()), &alone(&b)) < 1e-4,
+            worst(&row_logits(&out, 1, 0, b.len()), &alone(&b)) < TOLERANCE,
             "{name}: full row"
         );
         // Packing: a then b in one row, positions restarting, no attention across.
@@ -454,11 +458,11 @@ fn padded_and_packed_batches_equal_separate_sequences() {
         let seg: Vec<u32> = a.iter().map(|_| 1).chain(b.iter().map(|_| 2)).collect();
         let out = d.forward_packed(&[packed], &[seg]).unwrap();
         assert!(
-            worst(&row_logits(&out, 0, 0, a.len()), &alone(&a)) < 1e-4,
+            worst(&row_logits(&out, 0, 0, a.len()), &alone(&a)) < TOLERANCE,
             "{name}: first packed document"
         );
         assert!(
-            worst(&row_logits(&out, 0, a.len(), b.len()), &alone(&b)) < 1e-4,
+            worst(&row_logits(&out, 0, a.len(), b.len()), &alone(&b)) < TOLERANCE,
             "{name}: second packed document"
         );
     }
@@ -530,7 +534,7 @@ fn the_chunked_loss_gives_the_same_value_and_gradients() {
                 .unwrap();
             let scale = a.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
             assert!(
-                worst(&a, &b) / scale < 1e-4,
+                worst(&a, &b) / scale < TOLERANCE,
                 "{name}: gradient of {param} differs"
             );
         }

@@ -48,17 +48,27 @@ mod tests {
 
     #[test]
     fn schedules_match_transformers() {
-        // transformers: lr_lambda(step) for 10 steps, 2 warmup.
-        let linear: Vec<f64> = (0..10).map(|s| Schedule::Linear.factor(s, 2, 10)).collect();
-        assert_eq!(linear[..3], [0.0, 0.5, 1.0]);
-        assert!((linear[6] - 0.5).abs() < 1e-12);
-        let cosine: Vec<f64> = (0..10).map(|s| Schedule::Cosine.factor(s, 2, 10)).collect();
-        assert!(
-            (cosine[6] - 0.5).abs() < 1e-12,
-            "half way through the decay: {}",
-            cosine[6]
-        );
-        assert!((cosine[4] - (0.5 * (1.0 + (std::f64::consts::PI * 0.25).cos()))).abs() < 1e-12);
+        // transformers' get_linear_schedule_with_warmup / get_cosine_schedule_with_warmup lr_lambda
+        // for 10 steps with 2 of warmup, written out (not recomputed with this module's formula).
+        let linear = [0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125];
+        let cosine = [
+            0.0,
+            0.5,
+            1.0,
+            0.9619397662556434,
+            0.8535533905932737,
+            0.6913417161825449,
+            0.5,
+            0.30865828381745514,
+            0.14644660940672627,
+            0.03806023374435663,
+        ];
+        for step in 0..10 {
+            let got = Schedule::Linear.factor(step, 2, 10);
+            assert!((got - linear[step]).abs() < 1e-15, "linear {step}: {got}");
+            let got = Schedule::Cosine.factor(step, 2, 10);
+            assert!((got - cosine[step]).abs() < 1e-15, "cosine {step}: {got}");
+        }
         assert_eq!(Schedule::Constant.factor(9, 2, 10), 1.0);
         assert_eq!(warmup_steps(0, 0.1, 95), 10);
         assert_eq!(warmup_steps(3, 0.1, 95), 3);
