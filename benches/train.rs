@@ -1,115 +1,162 @@
-//! Training throughput (forward + backward + AdamW step, tokens/s) on the shared benchmark config:
-//! Qwen3 architecture, vocab 32000, hidden 512, intermediate 1536, 8 layers, 8 heads, 4 KV heads,
-//! head_dim 64, tied embeddings (41.6 M parameters), batch 8 × 256, f32 on CPU. Full fine-tuning
-//! and LoRA (r 16, all-linear). The PyTorch reference is benches/reference/torch_train.py.
-//! Run with `cargo bench --bench train [-- --steps N]`.
+//! Training throughput as users get it: `ptl run` of real `pt` stages (full, and LoRA r 16 all-linear)
+//! on the shared bench model, tokens/s read from each stage's timing.jsonl, side by side with the
+//! PyTorch reference (benches/reference/torch_train.py) in the same run.
+//!
+//! The model: Qwen3 architecture made by an `init` stage, vocab 32000 (a generated word-level
+//! tokenizer), hidden 512, intermediate 1536, 8 layers, 8 heads, 4 KV heads, head_dim 64, tied
+//! embeddings (41.6 M parameters); batch 8 × 256 tokens, f32, CPU, AdamW, clipping at 1.0 (the stage
+//! defaults), every step logged. The first step is a warm-up and is not counted.
+//!
+//! Run with `cargo bench --bench train [-- --steps N]`. The PyTorch side runs when
+//! `PTL_BENCH_PYTHON` (default `python3`) has torch, transformers and peft.
 
-use candle_core::{Device, Tensor};
-use ptl::lang::value::{Lora, Tuning};
-use ptl::model::config::ModelConfig;
-use ptl::model::decoder::Decoder;
-use ptl::train::loss::chunked_nll;
-use ptl::train::optim::AdamW;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-fn config() -> ModelConfig {
-    ModelConfig::from_json(&serde_json::json!({
-        "architectures": ["Qwen3ForCausalLM"],
-        "vocab_size": 32000, "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8,
-        "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 64, "tie_word_embeddings": true,
-        "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 4096
-    }))
-    .unwrap()
+const VOCAB: usize = 32_000;
+const BATCH: usize = 8;
+const SEQ: usize = 256;
+
+/// A word-level tokenizer of `VOCAB` tokens (`w0` … `w31998`, then `</s>` as EOS).
+fn tokenizer(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut vocab = serde_json::Map::new();
+    for i in 0..VOCAB - 1 {
+        vocab.insert(format!("w{i}"), serde_json::json!(i));
+    }
+    vocab.insert("</s>".into(), serde_json::json!(VOCAB - 1));
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::json!({"eos_token": "</s>"}).to_string(),
+    )
+    .unwrap();
+}
+
+/// Text rows of `SEQ` random words: with the EOS, each row is one sequence of `SEQ` positions.
+fn rows(path: &Path, n: usize) {
+    let mut seed = 1u64;
+    let mut text = String::new();
+    for _ in 0..n {
+        let words: Vec<String> = (0..SEQ)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                format!("w{}", (seed >> 33) % (VOCAB as u64 - 1))
+            })
+            .collect();
+        text.push_str(&serde_json::json!({"text": words.join(" ")}).to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn pipeline(steps: usize) -> String {
+    let stage = |name: &str, tuning: &str| {
+        format!(
+            "stage {name} = pt {{\n  model = base.model\n  data = jsonl(\"rows.jsonl\", format = \"text\")\n  tuning = {tuning}\n  max_steps = {steps}\n  batch_size = {BATCH}\n  max_len = {}\n  packing = false\n  lr = 1e-4\n  log_every = 1\n  save_every = 0\n  save_minutes = 0\n}}\n",
+            SEQ + 1
+        )
+    };
+    format!(
+        "config {{\n  seed = 0\n}}\n\nstage base = init {{\n  tokenizer = \"tokenizer\"\n  hidden_size = 512\n  layers = 8\n  heads = 8\n  kv_heads = 4\n  intermediate_size = 1536\n  rope_theta = 1000000.0\n  max_position_embeddings = 4096\n}}\n\n{}\n{}",
+        stage("full", "full"),
+        stage(
+            "lora",
+            "lora(rank = 16, alpha = 32, targets = \"all-linear\")"
+        )
+    )
+}
+
+/// Trained tokens per second over the timed steps (all but the first) of a finished stage.
+fn tokens_per_s(dir: &Path, stage: &str) -> (f64, usize) {
+    let link = dir.join(".ptl/out/bench").join(stage);
+    let entry = link.join("..");
+    let timing = std::fs::read_to_string(entry.join("timing.jsonl")).unwrap();
+    let rates: Vec<f64> = timing
+        .lines()
+        .skip(1)
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["tokens_per_s"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    // Every step trains the same number of tokens: the overall rate is the harmonic mean.
+    let secs: f64 = rates.iter().map(|r| 1.0 / r).sum();
+    (rates.len() as f64 / secs, rates.len())
+}
+
+fn torch(mode: &str, steps: usize) -> Option<serde_json::Value> {
+    let python = std::env::var("PTL_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let o = Command::new(python)
+        .args(["benches/reference/torch_train.py", "--mode", mode])
+        .args(["--steps", &steps.to_string()])
+        .output()
+        .ok()?;
+    if !o.status.success() {
+        eprintln!(
+            "PyTorch reference failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+        return None;
+    }
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
 }
 
 fn main() {
-    ptl::keep_freed_memory();
     let steps: usize = std::env::args()
         .skip_while(|a| a != "--steps")
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    let (batch, seq) = (8usize, 256usize);
+        .unwrap_or(5);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-train");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    tokenizer(&dir.join("tokenizer"));
+    rows(&dir.join("rows.jsonl"), BATCH * (steps + 1));
+    std::fs::write(dir.join("bench.ptl"), pipeline(steps + 1)).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args(["run", "bench.ptl"])
+        .current_dir(&dir)
+        .env_remove("PTL_STORE")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     for mode in ["full", "lora"] {
-        let device = Device::Cpu;
-        let mut d = Decoder::random(config(), 0, &device).unwrap();
-        let params = d.parameter_count();
-        let tuning = if mode == "full" {
-            Tuning::Full
-        } else {
-            Tuning::Lora(Lora {
-                rank: 16,
-                alpha: 32.0,
-                dropout: 0.0,
-                targets: vec!["all-linear".into()],
-                rslora: false,
-            })
-        };
-        let vars = d.apply_tuning(&tuning, 0).unwrap();
-        let trainable: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
-        let mut opt = AdamW::new(&vars, 0.9, 0.999, 1e-8, 0.0).unwrap();
-        let mut seed = 1u64;
-        let mut ids = || {
-            (0..batch * (seq + 1))
-                .map(|_| {
-                    seed = seed
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((seed >> 33) % 32000) as u32
-                })
-                .collect::<Vec<u32>>()
-        };
-        let mut step = |tokens: &[u32]| {
-            let rows: Vec<u32> = tokens
-                .chunks(seq + 1)
-                .flat_map(|r| r[..seq].to_vec())
-                .collect();
-            let targets: Vec<u32> = tokens
-                .chunks(seq + 1)
-                .flat_map(|r| r[1..].to_vec())
-                .collect();
-            let input = Tensor::from_vec(rows, (batch, seq), &device).unwrap();
-            let hidden = d
-                .hidden(&input)
-                .unwrap()
-                .reshape((batch * seq, 512))
-                .unwrap();
-            let loss =
-                chunked_nll(&hidden, d.head(), &targets, &vec![1.0; batch * seq], 512).unwrap();
-            opt.step(&loss.surrogate.backward().unwrap(), 1e-4).unwrap();
-        };
-        for _ in 0..1 {
-            step(&ids());
-        }
-        let start = Instant::now();
-        for _ in 0..steps {
-            step(&ids());
-        }
-        let secs = start.elapsed().as_secs_f64() / steps as f64;
-        let ptl_tps = (batch * seq) as f64 / secs;
+        let (ptl_tps, timed) = tokens_per_s(&dir, mode);
         println!(
             "{}",
-            serde_json::json!({"engine": "ptl", "mode": mode, "params": params, "trainable": trainable, "step_s": secs, "tokens_per_s": ptl_tps})
+            serde_json::json!({"engine": "ptl run", "mode": mode, "timed_steps": timed, "tokens_per_s": (ptl_tps * 10.0).round() / 10.0})
         );
-        // The PyTorch reference, side by side, when torch is installed (it is not needed otherwise).
-        let reference = std::process::Command::new("python3")
-            .args([
-                "benches/reference/torch_train.py",
-                "--mode",
-                mode,
-                "--steps",
-                &steps.to_string(),
-            ])
-            .output();
-        match reference {
-            Ok(o) if o.status.success() => {
-                let text = String::from_utf8_lossy(&o.stdout);
-                if let Some(j) = text.lines().rev().find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
-                    let torch = j["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
-                    println!("{}", serde_json::json!({"engine": "pytorch", "mode": mode, "tokens_per_s": torch, "ptl_over_pytorch": ptl_tps / torch}));
-                }
+        match torch(mode, steps) {
+            Some(j) => {
+                let t = j["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+                println!(
+                    "{}",
+                    serde_json::json!({"engine": "pytorch", "mode": mode, "tokens_per_s": t, "params": j["params"], "trainable": j["trainable"], "ptl_over_pytorch": (ptl_tps / t * 100.0).round() / 100.0})
+                );
             }
-            _ => println!("(PyTorch reference not run: python3 with torch, transformers and peft is not installed)"),
+            None => println!(
+                "(PyTorch reference not run: PTL_BENCH_PYTHON / python3 lacks torch, transformers or peft)"
+            ),
         }
     }
 }

@@ -411,7 +411,8 @@ fn malformed_dataset_rows_are_reported_with_file_and_line() {
     let o = w.ptl(&["run", "p.ptl"]);
     assert_eq!(o.status.code(), Some(1));
     let e = err(&o);
-    assert!(e.contains("d.jsonl:2: not JSON"), "{e}");
+    assert!(e.contains("d.jsonl:2:2: not JSON: expected ident\n"), "{e}");
+    assert!(e.contains("`skip_malformed = true`"), "{e}");
     assert!(e.contains("d.jsonl:3: a text row needs text"), "{e}");
 }
 

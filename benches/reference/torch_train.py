@@ -4,8 +4,9 @@
 
 Qwen3 architecture (Qwen3ForCausalLM from config, random init, f32), vocab 32000, hidden 512,
 intermediate 1536, 8 layers, 8 heads, 4 KV heads, head_dim 64, tied embeddings (41.6 M
-parameters), batch 8 x 256 random token ids, AdamW (lr 1e-4), eager attention.
-One step = forward (labels=input_ids, transformers' own loss) + backward + AdamW step + zero_grad.
+parameters), batch 8 x 256 random token ids, AdamW (lr 1e-4), transformers' default attention (sdpa).
+One step = forward (labels=input_ids, transformers' own loss) + backward + gradient clipping at 1.0
+(as ptl's and the HF Trainer's default max_grad_norm) + AdamW step + zero_grad.
 Warms up 2 steps, then times --steps steps; prints one JSON line
 {"mode", "params", "trainable", "tokens_per_s", "step_s"}.
 
@@ -56,9 +57,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = Qwen3ForCausalLM._from_config(
-        config(), dtype=torch.float32, attn_implementation="eager"
-    )
+    model = Qwen3ForCausalLM._from_config(config(), dtype=torch.float32)
     params = sum(p.numel() for p in model.parameters())  # tied: embed/lm_head counted once
     if args.mode == "lora":
         from peft import LoraConfig, get_peft_model
@@ -80,6 +79,7 @@ def main() -> None:
     def step() -> float:
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.item()
