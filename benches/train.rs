@@ -66,9 +66,9 @@ fn pipeline(steps: usize) -> String {
     };
     format!(
         "config {{\n  seed = 0\n}}\n\nstage base = init {{\n  tokenizer = \"tokenizer\"\n  hidden_size = 512\n  layers = 8\n  heads = 8\n  kv_heads = 4\n  intermediate_size = 1536\n  rope_theta = 1000000.0\n  max_position_embeddings = 4096\n}}\n\n{}\n{}",
-        stage("full", "full"),
+        stage("full_ft", "full"),
         stage(
-            "lora",
+            "lora_ft",
             "lora(rank = 16, alpha = 32, targets = \"all-linear\")"
         )
     )
@@ -141,7 +141,7 @@ fn main() {
         String::from_utf8_lossy(&o.stderr)
     );
     for mode in ["full", "lora"] {
-        let (ptl_tps, timed) = tokens_per_s(&dir, mode);
+        let (ptl_tps, timed) = tokens_per_s(&dir, &format!("{mode}_ft"));
         println!(
             "{}",
             serde_json::json!({"engine": "ptl run", "mode": mode, "timed_steps": timed, "tokens_per_s": (ptl_tps * 10.0).round() / 10.0})

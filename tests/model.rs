@@ -62,7 +62,10 @@ fn log_probs_match_transformers() {
                 .zip(&want)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0f32, f32::max);
-            assert!(worst < TOLERANCE, "{name}: log-probs differ by up to {worst}");
+            assert!(
+                worst < TOLERANCE,
+                "{name}: log-probs differ by up to {worst}"
+            );
         }
         let first = ids(&e["sequences"][0]);
         let got = d.last_logits(&first).unwrap();
@@ -71,7 +74,10 @@ fn log_probs_match_transformers() {
             .zip(floats(&e["last_logits"]))
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
-        assert!(worst < TOLERANCE, "{name}: last logits differ by up to {worst}");
+        assert!(
+            worst < TOLERANCE,
+            "{name}: last logits differ by up to {worst}"
+        );
     }
 }
 

@@ -5,6 +5,7 @@ mod common;
 #[path = "common/tfrecord.rs"]
 mod tfrecord;
 
+use common::mlflow::free_port;
 use ptl::track::{self, Settings, Status, Tracking};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -13,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ptl-track-{name}-{}", std::process::id()));
@@ -196,14 +196,6 @@ fn tracking_with_both_sinks_off_does_nothing() {
 
 // ---- MLflow ----
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Calls MLflow's REST API (`POST` when there is a body) and returns the JSON answer.
 fn api(uri: &str, path: &str, query: &[(&str, &str)], body: Option<Value>) -> Value {
     api_as(uri, None, path, query, body)
@@ -228,16 +220,16 @@ fn api_as(
     });
     let resp = match body {
         Some(b) => {
-            let mut r = agent
-                .post(&url)
-                .header("Content-Type", "application/json");
+            let mut r = agent.post(&url).header("Content-Type", "application/json");
             if let Some(a) = &auth {
                 r = r.header("Authorization", a);
             }
             r.send(b.to_string())
         }
         None => {
-            let mut r = query.iter().fold(agent.get(&url), |r, (k, v)| r.query(*k, *v));
+            let mut r = query
+                .iter()
+                .fold(agent.get(&url), |r, (k, v)| r.query(*k, *v));
             if let Some(a) = &auth {
                 r = r.header("Authorization", a);
             }
@@ -595,32 +587,14 @@ fn unusable_mlflow_uris_warn_once_without_a_connection() {
 fn ptl_run_tracks_every_stage_that_runs() {
     let dir = tmp("e2e");
     let uri = common::mlflow::shared();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let experiment = format!("ptl-e2e-{}-{nanos}", std::process::id());
-    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tokenizers/tiny-chat");
-    let rows: String = (0..6)
-        .map(|i| {
-            format!(
-                "{}\n",
-                json!({"messages": [{"role": "user", "content": format!("{i}+1=")}, {"role": "assistant", "content": format!("{}", i + 1)}]})
-            )
-        })
-        .collect();
-    std::fs::write(dir.join("chat.jsonl"), rows).unwrap();
-    std::fs::write(
-        dir.join("p.ptl"),
-        format!(
-            "track {{\n  tensorboard = \"tb\"\n  mlflow = \"{}\"\n  experiment = \"{experiment}\"\n}}\n\n\
-             stage base = init {{\n  tokenizer = \"{}\"\n  hidden_size = 32\n}}\n\n\
-             stage tuned = sft {{\n  model = base.model\n  data = jsonl(\"chat.jsonl\", format = \"messages\")\n  max_steps = 3\n  batch_size = 2\n  lr = 1e-3\n}}\n",
-            uri,
-            tokenizer.display()
+    let experiment = experiment_name("e2e");
+    tracked_pipeline(
+        &dir,
+        &format!(
+            "track {{\n  tensorboard = \"tb\"\n  mlflow = \"{uri}\"\n  experiment = \"{experiment}\"\n}}\n"
         ),
-    )
-    .unwrap();
+        "  max_steps = 3\n",
+    );
     let out = common::run_ok(&dir, &[]);
     assert!(!out.contains("warning"), "{out}");
 
@@ -820,7 +794,9 @@ fn mlflow_is_configured_by_its_own_environment_variables() {
     );
     assert!(!out.contains("warning"), "{out}");
     assert!(
-        out.contains(&format!("tracking MLflow {uri} (experiment {block_experiment})")),
+        out.contains(&format!(
+            "tracking MLflow {uri} (experiment {block_experiment})"
+        )),
         "{out}"
     );
     assert_eq!(
@@ -971,10 +947,14 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration, out: &Mutex<Strin
 /// Waits until a file matching `pred` exists below `dir`.
 fn wait_for(dir: &Path, what: &str, pred: &dyn Fn(&Path) -> bool, out: &Mutex<String>) {
     fn walk(d: &Path, pred: &dyn Fn(&Path) -> bool) -> bool {
-        std::fs::read_dir(d).into_iter().flatten().flatten().any(|e| {
-            let p = e.path();
-            pred(&p) || (p.is_dir() && walk(&p, pred))
-        })
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let p = e.path();
+                pred(&p) || (p.is_dir() && walk(&p, pred))
+            })
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while !walk(dir, pred) {
@@ -1014,8 +994,14 @@ fn ctrl_c_stops_at_a_step_saves_a_checkpoint_and_marks_mlflow_runs_killed() {
     let text = out.lock().unwrap().clone();
     assert_eq!(code, Some(130), "{text}");
     assert!(text.contains("cancelled tuned"), "{text}");
-    assert!(text.contains("tuned: saved a checkpoint at step "), "{text}");
-    assert!(text.contains("1 ran, 0 failed, 0 blocked, 1 cancelled"), "{text}");
+    assert!(
+        text.contains("tuned: saved a checkpoint at step "),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 ran, 0 failed, 0 blocked, 1 cancelled"),
+        "{text}"
+    );
 
     // The finished stage is in the lock file, the interrupted one is not.
     let lock: Value =
@@ -1026,7 +1012,10 @@ fn ctrl_c_stops_at_a_step_saves_a_checkpoint_and_marks_mlflow_runs_killed() {
     // The rerun would resume from the checkpoint.
     let o = common::ptl(&dir, &["plan", "p.ptl"]);
     let plan = common::text(&o);
-    assert!(plan.contains("resumes from its checkpoint at step "), "{plan}");
+    assert!(
+        plan.contains("resumes from its checkpoint at step "),
+        "{plan}"
+    );
 
     // MLflow: the interrupted stage and the parent run are KILLED, the finished stage FINISHED.
     let runs = run_statuses(uri, None, &experiment);
@@ -1062,7 +1051,10 @@ fn a_second_ctrl_c_exits_at_once() {
         assert!(Instant::now() < deadline, "{}", out.lock().unwrap());
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(child.try_wait().unwrap().is_none(), "the first Ctrl-C waits for the step");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first Ctrl-C waits for the step"
+    );
     let started = Instant::now();
     interrupt(&child);
     let code = wait_exit(&mut child, Duration::from_secs(10), &out);

@@ -151,7 +151,11 @@ fn run_crashing(dir: &Path, step: u64) -> std::process::Output {
 fn a_crashed_stage_resumes_and_ends_bit_identical() {
     // (name, fields, the step of the newest checkpoint when the run dies after step 5)
     for (name, fields, resume) in [
-        ("lora", "tuning = lora(rank = 4, dropout = 0.1)\n  save_every = 3", 3),
+        (
+            "lora",
+            "tuning = lora(rank = 4, dropout = 0.1)\n  save_every = 3",
+            3,
+        ),
         ("full", "grad_accum = 2\n  save_every = 3", 3),
         // By wall-clock time alone: a tiny interval checkpoints after every step.
         ("time", "save_every = 0\n  save_minutes = 0.000001", 5),
@@ -175,7 +179,9 @@ fn a_crashed_stage_resumes_and_ends_bit_identical() {
         );
         let out = run_ok(&crashed.0, &[]);
         assert!(
-            out.contains(&format!("tuned: resuming from the checkpoint at step {resume}")),
+            out.contains(&format!(
+                "tuned: resuming from the checkpoint at step {resume}"
+            )),
             "{name}: {out}"
         );
         assert!(
@@ -352,7 +358,10 @@ fn data_show_finds_the_tokenizer_of_a_stage_trained_from_an_init_stage() {
     // `tuned` trains from `pretrained`, which trains from `base = init {...}`: nothing is built yet.
     let d = quickstart("data-show");
     for stage in ["pretrained", "tuned"] {
-        let o = ptl(&d.0, &["data", "show", "quickstart.ptl", stage, "--rows", "1"]);
+        let o = ptl(
+            &d.0,
+            &["data", "show", "quickstart.ptl", stage, "--rows", "1"],
+        );
         assert_eq!(o.status.code(), Some(0), "{stage}: {}", text(&o));
     }
 }
@@ -373,7 +382,9 @@ fn the_quickstart_reproduces_its_lock_file_on_fresh_stores() {
     let lock: serde_json::Value = serde_json::from_str(&locks[0]).unwrap();
     for stage in ["base", "pretrained", "tuned", "score"] {
         assert!(
-            lock["stages"][stage]["outputs"].as_object().is_some_and(|o| !o.is_empty()),
+            lock["stages"][stage]["outputs"]
+                .as_object()
+                .is_some_and(|o| !o.is_empty()),
             "{stage}: {lock:#}"
         );
     }
@@ -395,7 +406,10 @@ fn the_quickstart_reproduces_its_lock_file_on_fresh_stores() {
     assert_eq!(timing.lines().count(), metrics.lines().count(), "{timing}");
     for line in timing.lines() {
         let t: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert!(t["tokens_per_s"].as_f64().is_some_and(|v| v > 0.0), "{line}");
+        assert!(
+            t["tokens_per_s"].as_f64().is_some_and(|v| v > 0.0),
+            "{line}"
+        );
     }
 }
 
@@ -417,7 +431,10 @@ fn malformed_rows_fail_the_stage_unless_it_skips_them() {
         if skip {
             assert_eq!(o.status.code(), Some(0), "{out}");
             assert!(out.contains("tuned: skipping 2 malformed rows:"), "{out}");
-            assert!(out.contains("train.jsonl:13:30: not JSON: EOF while parsing"), "{out}");
+            assert!(
+                out.contains("train.jsonl:13:30: not JSON: EOF while parsing"),
+                "{out}"
+            );
             assert!(
                 out.contains("tuned: 12 rows to train on (2 malformed)"),
                 "{out}"

@@ -15,7 +15,11 @@ pub fn run(name: Option<&str>, as_markdown: bool) -> i32 {
         None => {
             outln!("stage kinds (ptl doc KIND for fields and outputs):");
             for k in user_kinds() {
-                let later = if k.run.is_some() { "" } else { " (not runnable yet)" };
+                let later = if k.run.is_some() {
+                    ""
+                } else {
+                    " (not runnable yet)"
+                };
                 outln!("  {:<13} {}{later}", k.name, k.summary);
             }
             outln!("blocks:");

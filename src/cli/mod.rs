@@ -70,7 +70,8 @@ pub enum OutputFormat {
 const FILE_HELP: &str = "The pipeline file (.ptl)";
 const SET_HELP: &str =
     "Override a field: `stage.field=value`, `config.seed=1`, or `name=value` for a top-level let (repeatable)";
-const STORE_HELP: &str = "The store folder (default: $PTL_STORE, else .ptl/ beside the pipeline file)";
+const STORE_HELP: &str =
+    "The store folder (default: $PTL_STORE, else .ptl/ beside the pipeline file)";
 const FOUND_STORE_HELP: &str = "The store folder (default: the pipeline's; without one, $PTL_STORE, else the nearest .ptl/ from the current folder up)";
 const FOUND_PIPELINE_HELP: &str = "A pipeline file whose store to use (.ptl/ beside it)";
 const JOBS_HELP: &str = "Stages to run at once";
@@ -518,7 +519,12 @@ mod tests {
                     Vec::new()
                 };
                 for value in values {
-                    if value.get_help().is_none() && !matches!(value.get_name(), "bash" | "zsh" | "fish" | "elvish" | "powershell") {
+                    if value.get_help().is_none()
+                        && !matches!(
+                            value.get_name(),
+                            "bash" | "zsh" | "fish" | "elvish" | "powershell"
+                        )
+                    {
                         missing.push(format!("{path} {id}={}", value.get_name()));
                     }
                 }

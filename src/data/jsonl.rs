@@ -46,7 +46,12 @@ pub fn json_error(e: &serde_json::Error, row: &str) -> (usize, String) {
 }
 
 /// `file:line:column: not JSON: reason`.
-pub fn not_json(name: &impl std::fmt::Display, line: usize, e: &serde_json::Error, row: &str) -> String {
+pub fn not_json(
+    name: &impl std::fmt::Display,
+    line: usize,
+    e: &serde_json::Error,
+    row: &str,
+) -> String {
     let (column, reason) = json_error(e, row);
     format!("{name}:{line}:{column}: not JSON: {reason}")
 }

@@ -8,8 +8,8 @@ use crate::lang::value::{Tuning, Value};
 use crate::model::decoder::Decoder;
 use crate::run::context::RunContext;
 use crate::track;
-use crate::train::schedule::Schedule;
 use crate::train::metrics_log::MetricsLog;
+use crate::train::schedule::Schedule;
 use crate::train::supervised::{self, Hyper, Logged, Sequence};
 use candle_core::Device;
 

@@ -130,7 +130,12 @@ impl Settings {
     /// Credentials in a URI are hidden.
     pub fn describe(&self, pipeline: &str) -> Vec<String> {
         let mut lines = Vec::new();
-        if let Some(uri) = self.mlflow.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
+        if let Some(uri) = self
+            .mlflow
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
             let experiment = match self.experiment.as_deref().map(str::trim) {
                 Some(e) if !e.is_empty() => e,
                 _ => pipeline,
@@ -344,4 +349,47 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{hide_credentials, Access, Settings};
+
+    #[test]
+    fn authorization_follows_mlflows_precedence() {
+        let token = Access {
+            token: Some("tok".into()),
+            ..Access::default()
+        };
+        assert_eq!(token.authorization().as_deref(), Some("Bearer tok"));
+        // MLflow's client: a user and password win over a token. base64("alice:s3cret").
+        let both = Access {
+            basic: Some(("alice".into(), "s3cret".into())),
+            ..token
+        };
+        assert_eq!(
+            both.authorization().as_deref(),
+            Some("Basic YWxpY2U6czNjcmV0")
+        );
+        assert_eq!(Access::default().authorization(), None);
+    }
+
+    #[test]
+    fn descriptions_hide_passwords() {
+        assert_eq!(
+            hide_credentials("https://bob:pw@mlflow.example:8443/path"),
+            "https://bob:***@mlflow.example:8443/path"
+        );
+        assert_eq!(hide_credentials("http://h:1"), "http://h:1");
+        let s = Settings {
+            mlflow: Some("http://h:1".into()),
+            access: Access {
+                basic: Some(("bob".into(), "pw".into())),
+                ..Access::default()
+            },
+            ..Settings::default()
+        };
+        let lines = s.describe("p");
+        assert_eq!(lines, ["MLflow http://h:1 (experiment p, as bob)"]);
+    }
 }

@@ -45,7 +45,8 @@ pub fn tls_cert() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls/ca.pem")
 }
 
-fn free_port() -> u16 {
+/// A port on 127.0.0.1 that nothing listens on now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

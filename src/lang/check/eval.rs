@@ -188,7 +188,12 @@ impl Checker {
 
     /// A call of a builtin (`lora(...)`) whose name a stage or `let` of this module took: says which
     /// binding hides it, and where.
-    fn shadowed_builtin(&self, frame: &Frame, callee: &[ast::Ident], found: &Value) -> Option<Diag> {
+    fn shadowed_builtin(
+        &self,
+        frame: &Frame,
+        callee: &[ast::Ident],
+        found: &Value,
+    ) -> Option<Diag> {
         let [name] = callee else { return None };
         let name = name.name.as_str();
         super::builtins::value(name)?;

@@ -114,9 +114,26 @@ fn conform(v: Value, ty: &Type) -> Result<Value, Mismatch> {
 impl Checker {
     /// Checks `v` against `ty`; on a mismatch reports `ptl::type_mismatch` at `loc` and yields `Value::Error`.
     pub(super) fn expect_type(&mut self, v: Value, ty: &Type, loc: Loc, what: &str) -> Value {
+        let stage = match &v {
+            Value::Stage(id) => Some(*id),
+            _ => None,
+        };
         match conform(v, ty) {
             Ok(v) => v,
-            Err(m) => {
+            Err(mut m) => {
+                // A stage that took a builtin's name (`stage full = ...` then `tuning = full`).
+                if let Some(id) = stage {
+                    let name = self.stages[id].name.clone();
+                    let builtin_fits =
+                        super::builtins::value(&name).is_some_and(|b| conform(b, ty).is_ok());
+                    if builtin_fits {
+                        let decl = self.stages[id].decl;
+                        let (line, _) = self.sources.line_col(decl.file, decl.span.start);
+                        m.help = format!(
+                            "`{name}` here is the stage declared on line {line}, which hides the builtin `{name}`: rename the stage"
+                        );
+                    }
+                }
                 self.error(
                     Diag::error(
                         "ptl::type_mismatch",
