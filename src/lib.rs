@@ -36,6 +36,7 @@ mod tests {
 
 pub mod cli;
 pub mod data;
+pub mod error;
 pub mod lang;
 pub mod model;
 pub mod plan;

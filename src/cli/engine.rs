@@ -42,13 +42,27 @@ fn checked_with_sources(file: &Path, set: &[String]) -> Option<(Pipeline, Source
     Some((c.pipeline?, c.sources))
 }
 
-/// A diagnostic for a stage that failed while running, pointing at its declaration.
-fn stage_failed(p: &Pipeline, name: &str, why: &str) -> Diag {
-    let mut d = Diag::error("ptl::stage_failed", format!("stage `{name}` failed: {why}")).help(
-        "fix the cause and run again: finished stages stay in the store, and a training stage resumes from its last checkpoint",
-    );
+/// A diagnostic for a stage that failed while running: at the field that caused it when one did (the
+/// checker knows where each field was written), else at the stage's declaration.
+fn stage_failed(p: &Pipeline, name: &str, f: &crate::run::Failure) -> Diag {
+    let message = if f.internal {
+        format!("stage `{name}` failed: {} (internal error, please report)", f.message)
+    } else {
+        format!("stage `{name}` failed: {}", f.message)
+    };
+    let mut d = Diag::error(f.code, message).help(f.help.clone());
     if let Some(id) = p.stage_id(name) {
-        d = d.label(p.stages[id].decl, "this stage");
+        let stage = &p.stages[id];
+        let field = f.field.and_then(|field| stage.locs.get(field).map(|loc| (field, *loc)));
+        d = match field {
+            Some((field, loc)) => d.label(loc, format!("`{field}` of this stage")),
+            None => {
+                let what = f.field.map_or("this stage".to_string(), |field| {
+                    format!("this stage (its `{field}` is the default)")
+                });
+                d.label(stage.decl, what)
+            }
+        };
     }
     d
 }
@@ -194,7 +208,7 @@ pub fn run(args: RunArgs) -> i32 {
                 .outcomes
                 .iter()
                 .filter_map(|(name, o)| match o {
-                    Outcome::Failed(why) => Some(stage_failed(&p, name, why)),
+                    Outcome::Failed(f) => Some(stage_failed(&p, name, f)),
                     _ => None,
                 })
                 .collect();

@@ -71,11 +71,11 @@ pub fn run(a: GenerateArgs) -> i32 {
     };
     let mut decoder = match Decoder::load(&a.model, &Device::Cpu) {
         Ok(d) => d,
-        Err(e) => return fail(e),
+        Err(e) => return fail(e.to_string()),
     };
     if let Some(adapter) = &a.adapter {
         if let Err(e) = decoder.load_adapter(adapter) {
-            return fail(e);
+            return fail(e.to_string());
         }
     }
     let prompts: Vec<String> = match (&a.prompt, &a.input) {

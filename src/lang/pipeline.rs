@@ -25,6 +25,8 @@ pub struct Stage {
     /// Every field of the kind that has a value, defaults filled in.
     pub params: BTreeMap<String, Value>,
     pub decl: Loc,
+    /// Where each field's value was written (absent for defaults): run-time failures point here.
+    pub locs: BTreeMap<String, Loc>,
     /// Upstream stages whose outputs this stage reads, sorted, without repeats.
     pub deps: Vec<StageId>,
 }

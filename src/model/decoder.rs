@@ -20,7 +20,13 @@ pub struct Linear {
 }
 
 impl Linear {
-    fn load(w: &mut Weights, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+    fn load(
+        w: &mut Weights,
+        name: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> crate::error::Result<Linear> {
         Ok(Linear {
             weight: w.take(&format!("{name}.weight"), &[out, inp])?,
             bias: if bias {
@@ -184,7 +190,8 @@ fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
 }
 
 impl Decoder {
-    pub fn load(dir: &Path, device: &Device) -> Result<Decoder> {
+    /// Loads an HF model folder; weights that are missing, misshapen or left over are typed errors.
+    pub fn load(dir: &Path, device: &Device) -> crate::error::Result<Decoder> {
         let cfg = ModelConfig::load(dir)?;
         let mut w = Weights::load(dir, device)?;
         let (h, hd, nh, nkv, inter) = (
@@ -228,6 +235,7 @@ impl Decoder {
         } else {
             Some(w.take("lm_head.weight", &[cfg.vocab_size, h])?)
         };
+        w.finish()?;
         Ok(Decoder {
             inv_freq: inv_freq(&cfg),
             cfg,

@@ -172,8 +172,9 @@ impl Decoder {
         write_safetensors(&tensors, &dir.join("adapter_model.safetensors"))
     }
 
-    /// Loads a PEFT LoRA adapter folder onto this model.
-    pub fn load_adapter(&mut self, dir: &Path) -> Result<()> {
+    /// Loads a PEFT LoRA adapter folder onto this model; an adapter made for another base (its A and B
+    /// do not fit a module's weight) is [`crate::error::Error::AdapterShape`].
+    pub fn load_adapter(&mut self, dir: &Path) -> crate::error::Result<()> {
         let cfg_path = dir.join("adapter_config.json");
         let cfg: serde_json::Value = serde_json::from_slice(
             &std::fs::read(&cfg_path)
@@ -184,7 +185,8 @@ impl Decoder {
             return Err(format!(
                 "{}: only LoRA adapters are supported",
                 cfg_path.display()
-            ));
+            )
+            .into());
         }
         let r = cfg["r"]
             .as_f64()
@@ -207,6 +209,18 @@ impl Decoder {
                 format!("base_model.model.{path}.lora_B.weight"),
             );
             if let (Some(a), Some(b)) = (tensors.remove(&ka), tensors.remove(&kb)) {
+                let (out, inp) = lin.weight.dims2().map_err(err)?;
+                let rank = a.dims().first().copied().unwrap_or(0);
+                for (name, t, expected) in [(&ka, &a, [rank, inp]), (&kb, &b, [out, rank])] {
+                    if t.dims() != expected {
+                        return Err(crate::error::Error::AdapterShape {
+                            dir: dir.to_path_buf(),
+                            tensor: name.clone(),
+                            found: t.dims().to_vec(),
+                            expected: expected.to_vec(),
+                        });
+                    }
+                }
                 let (a, b) = (
                     a.to_dtype(DType::F32).map_err(err)?,
                     b.to_dtype(DType::F32).map_err(err)?,
@@ -226,13 +240,15 @@ impl Decoder {
             return Err(format!(
                 "{}: no LoRA weights match this model's modules",
                 file.display()
-            ));
+            )
+            .into());
         }
         if let Some(extra) = tensors.keys().next() {
             return Err(format!(
                 "{}: tensor `{extra}` matches no module of this model",
                 file.display()
-            ));
+            )
+            .into());
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! Reading a model's safetensors (single file or sharded with an index), stored as f32, bf16 or f16;
 //! every tensor is brought to f32. Pickle checkpoints are never loaded.
 
+use crate::error::{Error, TensorProblem};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -59,22 +60,45 @@ impl Weights {
         })
     }
 
+    fn problem(&self, problem: TensorProblem) -> Error {
+        Error::ModelTensors {
+            dir: self.dir.clone(),
+            problem,
+        }
+    }
+
     /// Takes the tensor `name`, checking its shape.
-    pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor, String> {
-        let t = self.tensors.remove(name).ok_or_else(|| {
-            format!(
-                "{}: the checkpoint has no tensor `{name}`",
-                self.dir.display()
-            )
-        })?;
+    pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor, Error> {
+        let t = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| self.problem(TensorProblem::Missing(name.to_string())))?;
         if t.dims() != shape {
-            return Err(format!(
-                "{}: tensor `{name}` has shape {:?}, the config implies {shape:?}",
-                self.dir.display(),
-                t.dims()
-            ));
+            return Err(self.problem(TensorProblem::Shape {
+                tensor: name.to_string(),
+                found: t.dims().to_vec(),
+                expected: shape.to_vec(),
+            }));
         }
         Ok(t)
+    }
+
+    /// After every weight was taken: tensors nothing took (buffers transformers recomputes, such as
+    /// rotary `inv_freq`, are not weights and are let go).
+    pub fn finish(self) -> Result<(), Error> {
+        let mut extra: Vec<String> = self
+            .tensors
+            .into_keys()
+            .filter(|n| !n.ends_with("rotary_emb.inv_freq"))
+            .collect();
+        if extra.is_empty() {
+            return Ok(());
+        }
+        extra.sort();
+        Err(Error::ModelTensors {
+            dir: self.dir,
+            problem: TensorProblem::Extra(extra),
+        })
     }
 
     pub fn has(&self, name: &str) -> bool {

@@ -2,6 +2,8 @@
 //! stage's result committed to the store and recorded in the lock file as soon as it finishes.
 
 pub mod context;
+pub mod outcome;
+pub mod schedule;
 pub mod tracking;
 pub mod watch;
 
@@ -14,6 +16,7 @@ use crate::plan::Plan;
 use crate::store::hash::HashCache;
 use crate::store::{Manifest, Store};
 use crate::track;
+use crate::error::Error;
 use context::RunContext;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,6 +24,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::time::Instant;
 use tracking::LazyTracking;
+
+pub use outcome::{Failure, Outcome, Summary};
+use schedule::{Consider, Keyed, Scheduler, StageSpec};
 
 pub struct Options {
     pub jobs: usize,
@@ -31,24 +37,6 @@ pub struct Options {
     pub from: Option<String>,
     /// Fail instead of changing the lock file.
     pub locked: bool,
-}
-
-/// The error text of a stage stopped on request.
-pub const CANCELLED: &str = "cancelled";
-
-/// What happened to one stage.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
-    Cached,
-    /// Another `ptl run` on the same store computed it while this one waited.
-    CachedByOther,
-    Ran(f64),
-    Failed(String),
-    Blocked(String),
-    /// Not selected by `--only` / `--from`, and not in the store.
-    Skipped(String),
-    /// Stopped on request (watch mode, Ctrl-C); nothing was committed.
-    Cancelled,
 }
 
 /// What the executor tells its caller, as it happens.
@@ -98,7 +86,7 @@ impl Event<'_> {
                 Outcome::Cached => format!("cached   {stage}"),
                 Outcome::CachedByOther => format!("cached   {stage} (computed by another run)"),
                 Outcome::Ran(secs) => format!("ran      {stage} in {secs:.1} s"),
-                Outcome::Failed(why) => format!("failed   {stage}: {why}"),
+                Outcome::Failed(f) => format!("failed   {stage}: {}", f.message),
                 Outcome::Blocked(why) => format!("blocked  {stage}: {why}"),
                 Outcome::Skipped(why) => format!("skipped  {stage}: {why}"),
                 Outcome::Cancelled => format!("cancelled {stage}"),
@@ -146,70 +134,6 @@ impl Control {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         self.cancel_unless(&|_| false);
     }
-}
-
-#[derive(Default)]
-pub struct Summary {
-    pub outcomes: Vec<(String, Outcome)>,
-}
-
-impl Summary {
-    pub fn ok(&self) -> bool {
-        self.outcomes.iter().all(|(_, o)| {
-            matches!(
-                o,
-                Outcome::Cached | Outcome::CachedByOther | Outcome::Ran(_) | Outcome::Skipped(_)
-            )
-        })
-    }
-
-    pub fn line(&self) -> String {
-        let count = |f: fn(&Outcome) -> bool| self.outcomes.iter().filter(|(_, o)| f(o)).count();
-        format!(
-            "{} cached, {} ran, {} failed, {} blocked{}{}",
-            count(|o| matches!(o, Outcome::Cached | Outcome::CachedByOther)),
-            count(|o| matches!(o, Outcome::Ran(_))),
-            count(|o| matches!(o, Outcome::Failed(_))),
-            count(|o| matches!(o, Outcome::Blocked(_))),
-            match count(|o| matches!(o, Outcome::Cancelled)) {
-                0 => String::new(),
-                n => format!(", {n} cancelled"),
-            },
-            match count(|o| matches!(o, Outcome::Skipped(_))) {
-                0 => String::new(),
-                n => format!(", {n} not selected"),
-            }
-        )
-    }
-}
-
-enum State {
-    Waiting,
-    Running,
-    Done(Manifest),
-    Failed,
-    Blocked,
-    Skipped,
-}
-
-/// Reports a stage that will not complete, and records why (failed, blocked, skipped or cancelled).
-fn settle(
-    report: Report,
-    name: &str,
-    outcome: Outcome,
-    state: &mut State,
-    slot: &mut Option<Outcome>,
-) {
-    report(&Event::Finished {
-        stage: name,
-        outcome: &outcome,
-    });
-    *state = match outcome {
-        Outcome::Failed(_) => State::Failed,
-        Outcome::Skipped(_) => State::Skipped,
-        _ => State::Blocked,
-    };
-    *slot = Some(outcome);
 }
 
 /// The local path of an upstream output: `out/<name>` or `out/<name>.<ext>`.
@@ -263,7 +187,7 @@ fn execute(
     key: &StageKey,
     keys: &[Option<String>],
     cancel: &AtomicBool,
-) -> Result<(Manifest, bool), String> {
+) -> Result<(Manifest, bool), Error> {
     let Shared {
         p,
         store,
@@ -271,7 +195,7 @@ fn execute(
         tracking,
     } = *shared;
     let stage = &p.stages[id];
-    let io = |e: std::io::Error| format!("store error: {e}");
+    let io = |e: std::io::Error| Error::Store(e.to_string());
     let _guard = store.lock(&key.key).map_err(io)?;
     if store.has(&key.key) {
         return store.manifest(&key.key).map(|m| (m, true)).map_err(io);
@@ -291,7 +215,10 @@ fn execute(
             }
         }
     }
-    let run = stage.kind.run.ok_or("this stage kind cannot run yet")?;
+    let run = stage
+        .kind
+        .run
+        .ok_or_else(|| Error::Internal("a stage kind that cannot run was started".into()))?;
     let inputs: BTreeMap<String, Vec<PathBuf>> = stage
         .params
         .iter()
@@ -335,16 +262,18 @@ fn execute(
         log: &log,
     };
     let started = Instant::now();
-    let result = run(&mut ctx);
-    let cancelled = cancel.load(std::sync::atomic::Ordering::Relaxed);
-    ctx.tracker.finish(match (&result, cancelled) {
-        (_, true) => track::Status::Killed,
-        (Ok(()), _) => track::Status::Finished,
-        (Err(_), _) => track::Status::Failed,
+    let mut result = run(&mut ctx);
+    if result.is_ok() && cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        result = Err(Error::Cancelled);
+    }
+    ctx.tracker.finish(match &result {
+        Ok(()) => track::Status::Finished,
+        Err(Error::Cancelled) => track::Status::Killed,
+        Err(_) => track::Status::Failed,
     });
-    if result.is_err() || cancelled {
+    if let Err(e) = result {
         store.abort(pending);
-        return Err(result.err().unwrap_or_else(|| CANCELLED.to_string()));
+        return Err(e);
     }
     let manifest = Manifest {
         key: key.key.clone(),
@@ -364,7 +293,7 @@ fn execute(
     let committed = store
         .commit(pending, manifest, &outputs)
         .map(|m| (m, false))
-        .map_err(|e| format!("cannot commit the outputs: {e}"))?;
+        .map_err(|e| Error::Store(format!("cannot commit the outputs: {e}")))?;
     let _ = std::fs::remove_dir_all(&ctx.checkpoints);
     Ok(committed)
 }
@@ -443,7 +372,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Runs the pipeline; `report` gets one line per event.
+    /// Runs the pipeline; `report` gets one line per event. The scheduler decides, this applies.
     pub fn run(
         &self,
         opts: &Options,
@@ -464,14 +393,26 @@ impl Run<'_> {
             locked_check(p, &plan, &lock)?;
         }
         let selected = selection(p, opts)?;
+        let specs = p
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(id, s)| StageSpec {
+                name: s.name.clone(),
+                deps: s.deps.clone(),
+                selected: selected.as_ref().is_none_or(|sel| sel[id]),
+                runnable: s.kind.run.is_some(),
+                kind: s.kind.name.to_string(),
+            })
+            .collect();
+        let mut sched = Scheduler::new(specs, plan.order.clone(), opts.jobs, opts.keep_going);
         let n = p.stages.len();
-        let mut state: Vec<State> = (0..n).map(|_| State::Waiting).collect();
-        let mut keys: Vec<Option<String>> = vec![None; n];
-        let mut stage_keys: Vec<Option<StageKey>> = vec![None; n];
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
-        let mut stop = false;
-        let jobs = opts.jobs.max(1);
-        let order = plan.order.clone();
+        let mut runs = Runs {
+            keys: vec![None; n],
+            stage_keys: vec![None; n],
+            manifests: vec![None; n],
+            outcomes: vec![None; n],
+        };
         let lazy_tracking = LazyTracking::new(p);
         if plan
             .stages
@@ -488,263 +429,139 @@ impl Run<'_> {
             report,
             tracking: &lazy_tracking,
         };
-        let (tx, rx) = mpsc::channel::<(StageId, Result<(Manifest, bool), String>, f64)>();
+        let settle = |runs: &mut Runs, id: StageId, outcome: Outcome| {
+            report(&Event::Finished {
+                stage: &p.stages[id].name,
+                outcome: &outcome,
+            });
+            runs.outcomes[id] = Some(outcome);
+        };
+        let (tx, rx) = mpsc::channel::<(StageId, Result<(Manifest, bool), Error>, f64)>();
         std::thread::scope(|scope| -> Result<(), String> {
-            let mut running = 0;
             loop {
+                if control.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    sched.stop();
+                }
                 let mut progressed = false;
-                for &id in &order {
-                    if !matches!(state[id], State::Waiting) {
-                        continue;
-                    }
+                for id in sched.order() {
                     let name = &p.stages[id].name;
-                    let deps = &p.stages[id].deps;
-                    let chosen = selected.as_ref().is_none_or(|s| s[id]);
-                    if let Some(d) = deps.iter().find(|d| matches!(state[**d], State::Skipped)) {
-                        let upstream = &p.stages[*d].name;
-                        let outcome = if chosen {
-                            let why = format!(
-                                "upstream {upstream} is not built: run it first, or select it too"
-                            );
-                            Outcome::Blocked(why)
-                        } else {
-                            let why = format!("not selected, and upstream {upstream} is not built");
-                            Outcome::Skipped(why)
-                        };
-                        report(&Event::Finished {
-                            stage: name,
-                            outcome: &outcome,
-                        });
-                        state[id] = if chosen {
-                            State::Blocked
-                        } else {
-                            State::Skipped
-                        };
-                        outcomes[id] = Some(outcome);
-                        progressed = true;
-                        continue;
+                    match sched.consider(id) {
+                        Consider::Nothing => continue,
+                        Consider::Settled(outcome) => {
+                            progressed = true;
+                            settle(&mut runs, id, outcome);
+                            continue;
+                        }
+                        Consider::NeedKey => {}
                     }
-                    if let Some(d) = deps
-                        .iter()
-                        .find(|d| matches!(state[**d], State::Failed | State::Blocked))
-                    {
-                        let why = format!("upstream {} did not finish", p.stages[*d].name);
-                        settle(
-                            report,
-                            name,
-                            Outcome::Blocked(why),
-                            &mut state[id],
-                            &mut outcomes[id],
-                        );
-                        progressed = true;
-                        continue;
-                    }
-                    if !deps.iter().all(|d| matches!(state[*d], State::Done(_))) {
-                        continue;
-                    }
-                    let upstream = |s: StageId, output: &str| match &state[s] {
-                        State::Done(m) => m.outputs.get(output).cloned(),
-                        _ => None,
+                    let upstream = |s: StageId, output: &str| {
+                        runs.manifests[s]
+                            .as_ref()
+                            .and_then(|m: &Manifest| m.outputs.get(output).cloned())
                     };
                     let key = match stage_key(p, id, &mut cache, &upstream) {
                         Ok(k) => k,
                         Err(KeyError::Input(label, e)) => {
-                            let why = format!("cannot read input {label}: {e}");
-                            settle(
-                                report,
-                                name,
-                                Outcome::Failed(why),
-                                &mut state[id],
-                                &mut outcomes[id],
-                            );
                             progressed = true;
+                            let failure = Failure::plain(format!("cannot read input {label}: {e}"));
+                            let outcome = sched.fail(id, failure);
+                            settle(&mut runs, id, outcome);
                             continue;
                         }
                         Err(KeyError::Upstream(_)) => continue,
                     };
                     progressed = true;
-                    keys[id] = Some(key.key.clone());
-                    if opts.locked {
-                        if let Some(l) = lock.stages.get(name) {
-                            if l.key != key.key {
-                                let why =
-                                    "--locked: its key differs from the lock file".to_string();
-                                settle(
-                                    report,
-                                    name,
-                                    Outcome::Failed(why),
-                                    &mut state[id],
-                                    &mut outcomes[id],
-                                );
-                                continue;
+                    if opts.locked && lock.stages.get(name).is_some_and(|l| l.key != key.key) {
+                        let failure = Failure::plain("--locked: its key differs from the lock file");
+                        let outcome = sched.fail(id, failure);
+                        settle(&mut runs, id, outcome);
+                        continue;
+                    }
+                    let cached = store.has(&key.key);
+                    match sched.keyed(id, cached) {
+                        Keyed::Wait => {}
+                        Keyed::Settled(outcome) => settle(&mut runs, id, outcome),
+                        Keyed::Cached => {
+                            let m = store
+                                .manifest(&key.key)
+                                .map_err(|e| format!("store error: {e}"))?;
+                            self.record(&mut known, name, id, &key, &m)?;
+                            runs.keys[id] = Some(key.key.clone());
+                            runs.manifests[id] = Some(m);
+                            runs.stage_keys[id] = Some(key);
+                            settle(&mut runs, id, Outcome::Cached);
+                        }
+                        Keyed::Start => {
+                            runs.keys[id] = Some(key.key.clone());
+                            // Registered before it is announced, and the stop flag read again after: a
+                            // stop that lands between the check above and here still cancels it.
+                            let flag = std::sync::Arc::new(AtomicBool::new(false));
+                            control
+                                .running
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(key.key.clone(), flag.clone());
+                            if control.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                                flag.store(true, std::sync::atomic::Ordering::SeqCst);
                             }
+                            report(&Event::Started { stage: name });
+                            runs.stage_keys[id] = Some(key.clone());
+                            let tx = tx.clone();
+                            let keys_now = runs.keys.clone();
+                            scope.spawn(move || {
+                                let started = Instant::now();
+                                let result = execute(shared, id, &key, &keys_now, &flag);
+                                control
+                                    .running
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .remove(&key.key);
+                                let _ = tx.send((id, result, started.elapsed().as_secs_f64()));
+                            });
                         }
                     }
-                    if store.has(&key.key) {
-                        let m = store
-                            .manifest(&key.key)
-                            .map_err(|e| format!("store error: {e}"))?;
-                        self.record(&mut known, name, id, &key, &m)?;
-                        report(&Event::Finished {
-                            stage: name,
-                            outcome: &Outcome::Cached,
-                        });
-                        outcomes[id] = Some(Outcome::Cached);
-                        state[id] = State::Done(m);
-                        stage_keys[id] = Some(key);
-                        continue;
-                    }
-                    if !chosen {
-                        let why = "not built, and not selected by --only/--from".to_string();
-                        settle(
-                            report,
-                            name,
-                            Outcome::Skipped(why),
-                            &mut state[id],
-                            &mut outcomes[id],
-                        );
-                        continue;
-                    }
-                    let blocked = if p.stages[id].kind.run.is_none() {
-                        Some(format!(
-                            "stage kind {} cannot run yet: its training is not built in this version of ptl",
-                            p.stages[id].kind.name
-                        ))
-                    } else if control.stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        Some("not started: the run was stopped".to_string())
-                    } else if stop {
-                        Some(
-                            "not started: an earlier stage failed (use --keep-going to go on)"
-                                .to_string(),
-                        )
-                    } else {
-                        None
-                    };
-                    if let Some(why) = blocked {
-                        settle(
-                            report,
-                            name,
-                            Outcome::Blocked(why),
-                            &mut state[id],
-                            &mut outcomes[id],
-                        );
-                        continue;
-                    }
-                    if running >= jobs {
-                        keys[id] = None;
-                        continue;
-                    }
-                    // Registered before it is announced, and the stop flag read again after: a stop that
-                    // lands between the check above and here still cancels it.
-                    let flag = std::sync::Arc::new(AtomicBool::new(false));
-                    control
-                        .running
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(key.key.clone(), flag.clone());
-                    if control.stop.load(std::sync::atomic::Ordering::SeqCst) {
-                        flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                    }
-                    report(&Event::Started { stage: name });
-                    running += 1;
-                    state[id] = State::Running;
-                    stage_keys[id] = Some(key.clone());
-                    let tx = tx.clone();
-                    let keys_now = keys.clone();
-                    scope.spawn(move || {
-                        let started = Instant::now();
-                        let result = execute(shared, id, &key, &keys_now, &flag);
-                        control
-                            .running
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&key.key);
-                        let _ = tx.send((id, result, started.elapsed().as_secs_f64()));
-                    });
                 }
-                if running == 0 && !progressed {
+                if sched.running() == 0 && !progressed {
                     break;
                 }
-                if running == 0 {
+                if sched.running() == 0 {
                     continue;
                 }
                 let Ok((id, result, secs)) = rx.recv() else {
                     break;
                 };
-                running -= 1;
                 let name = &p.stages[id].name;
-                match result {
+                let outcome = match result {
                     Ok((m, by_other)) => {
-                        let key = stage_keys[id].clone().expect("key of a started stage");
-                        let mut outcome = if by_other {
-                            Outcome::CachedByOther
+                        let locked_differs = opts.locked
+                            && lock.stages.get(name).is_some_and(|l| l.outputs != m.outputs);
+                        if locked_differs {
+                            Outcome::Failed(Failure::plain(
+                                "--locked: its outputs differ from the lock file",
+                            ))
                         } else {
-                            Outcome::Ran(secs)
-                        };
-                        if opts.locked {
-                            if let Some(l) = lock.stages.get(name) {
-                                if l.outputs != m.outputs {
-                                    outcome = Outcome::Failed(
-                                        "--locked: its outputs differ from the lock file".into(),
-                                    );
-                                }
+                            let key = runs.stage_keys[id].clone().expect("key of a started stage");
+                            self.record(&mut known, name, id, &key, &m)?;
+                            runs.manifests[id] = Some(m);
+                            if by_other {
+                                Outcome::CachedByOther
+                            } else {
+                                Outcome::Ran(secs)
                             }
                         }
-                        match &outcome {
-                            Outcome::Failed(why) => {
-                                report(&Event::Finished {
-                                    stage: name,
-                                    outcome: &Outcome::Failed(why.clone()),
-                                });
-                                state[id] = State::Failed;
-                                stop |= !opts.keep_going;
-                            }
-                            Outcome::CachedByOther => {
-                                self.record(&mut known, name, id, &key, &m)?;
-                                report(&Event::Finished {
-                                    stage: name,
-                                    outcome: &Outcome::CachedByOther,
-                                });
-                                state[id] = State::Done(m);
-                            }
-                            _ => {
-                                self.record(&mut known, name, id, &key, &m)?;
-                                report(&Event::Finished {
-                                    stage: name,
-                                    outcome: &Outcome::Ran(secs),
-                                });
-                                state[id] = State::Done(m);
-                            }
-                        }
-                        outcomes[id] = Some(outcome);
                     }
-                    Err(why) if why == CANCELLED => {
-                        settle(
-                            report,
-                            name,
-                            Outcome::Cancelled,
-                            &mut state[id],
-                            &mut outcomes[id],
-                        );
-                    }
-                    Err(why) => {
-                        settle(
-                            report,
-                            name,
-                            Outcome::Failed(why),
-                            &mut state[id],
-                            &mut outcomes[id],
-                        );
-                        stop |= !opts.keep_going;
-                    }
-                }
+                    Err(Error::Cancelled) => Outcome::Cancelled,
+                    Err(e) => Outcome::Failed(Failure::of(&e)),
+                };
+                sched.finished(id, outcome.clone());
+                settle(&mut runs, id, outcome);
             }
             Ok(())
         })?;
         let _ = cache.save();
         let status = if control.stop.load(std::sync::atomic::Ordering::Relaxed) {
             track::Status::Killed
-        } else if outcomes.iter().flatten().all(|o| {
+        } else if runs.outcomes.iter().flatten().all(|o| {
             !matches!(
                 o,
                 Outcome::Failed(_) | Outcome::Blocked(_) | Outcome::Cancelled
@@ -755,10 +572,11 @@ impl Run<'_> {
             track::Status::Failed
         };
         lazy_tracking.end(status);
-        let outcomes = order
+        let outcomes = plan
+            .order
             .iter()
             .map(|&id| {
-                let o = outcomes[id]
+                let o = runs.outcomes[id]
                     .clone()
                     .unwrap_or_else(|| Outcome::Blocked("not started".into()));
                 (p.stages[id].name.clone(), o)
@@ -766,6 +584,16 @@ impl Run<'_> {
             .collect();
         Ok(Summary { outcomes })
     }
+}
+
+/// What a run has learned of each stage so far, by stage id.
+struct Runs {
+    /// Store keys of stages keyed so far (for upstream output paths).
+    keys: Vec<Option<String>>,
+    stage_keys: Vec<Option<StageKey>>,
+    /// Entries of finished stages (their output hashes key the downstream).
+    manifests: Vec<Option<Manifest>>,
+    outcomes: Vec<Option<Outcome>>,
 }
 
 /// `--locked`: every stage must be in the lock file with the key it would have now.

@@ -121,7 +121,7 @@ impl Out {
                     "cached".into(),
                 ),
                 Outcome::Failed(why) => (
-                    json!({"event": "stage_finished", "stage": stage, "status": "failed", "error": why}),
+                    json!({"event": "stage_finished", "stage": stage, "status": "failed", "error": why.message}),
                     format!("failed: {why}"),
                 ),
                 Outcome::Blocked(why) => (

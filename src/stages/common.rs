@@ -93,6 +93,11 @@ pub fn training(lr: f64, max_len: i64) -> Vec<FieldSchema> {
             "also checkpoint when this many minutes passed since the last one (0: by steps only)",
         ),
         int("log_every", 1, "log metrics every N steps"),
+        int(
+            "skip_nonfinite",
+            0,
+            "steps whose loss or gradient norm is NaN or infinite that may be skipped (not applied, counted in the log and metrics) before the stage stops",
+        ),
         skip_malformed(),
     ]
 }
@@ -133,6 +138,7 @@ pub fn training_rules(s: &StageView, d: &mut Vec<Diag>) {
     rules::non_negative(s, d, "save_every");
     rules::non_negative(s, d, "save_minutes");
     rules::positive(s, d, "log_every");
+    rules::non_negative(s, d, "skip_nonfinite");
 }
 
 /// Fields of preference-optimization kinds: `beta` and `label_smoothing`.

@@ -191,11 +191,11 @@ fn exact_match(
     rows: &[rows::Row],
     max_new: usize,
     cancelled: &dyn Fn() -> bool,
-) -> Result<(f64, usize, Vec<Json>), String> {
+) -> crate::error::Result<(f64, usize, Vec<Json>)> {
     let (mut hits, mut total, mut examples) = (0usize, 0usize, Vec::new());
     for r in rows {
         if cancelled() {
-            return Err(crate::run::CANCELLED.into());
+            return Err(crate::error::Error::Cancelled);
         }
         let Some((prompt, reference)) = prompt_and_answer(&r.example) else {
             continue;
@@ -222,7 +222,7 @@ fn exact_match(
     Ok((hits as f64 / total as f64, total, examples))
 }
 
-fn run(ctx: &mut RunContext) -> Result<(), String> {
+fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
     let labels: Vec<String> = ctx.params_json["models"]
         .as_array()
         .map_or(vec![], |m| m.iter().map(label).collect());
@@ -242,7 +242,8 @@ fn run(ctx: &mut RunContext) -> Result<(), String> {
         if m == "reward" || m == "win_rate" {
             return Err(format!(
                 "the `{m}` metric needs reward models, which are not built yet"
-            ));
+            )
+            .into());
         }
     }
     let opts = EncodeOptions {
@@ -311,5 +312,5 @@ fn run(ctx: &mut RunContext) -> Result<(), String> {
         &path,
         serde_json::to_vec_pretty(&json!({"models": results})).map_err(|e| e.to_string())?,
     )
-    .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    .map_err(|e| crate::error::Error::Store(format!("cannot write {}: {e}", path.display())))
 }

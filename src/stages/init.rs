@@ -178,7 +178,7 @@ pub fn hf_config(ctx: &RunContext, tok: &TextTokenizer) -> serde_json::Value {
     })
 }
 
-fn run(ctx: &mut RunContext) -> Result<(), String> {
+fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
     let tokenizer = ctx.path("tokenizer").ok_or("the stage has no tokenizer")?;
     let tok = TextTokenizer::load(&tokenizer)?;
     let config = hf_config(ctx, &tok);
@@ -199,5 +199,5 @@ fn run(ctx: &mut RunContext) -> Result<(), String> {
         model.parameter_count(),
         model.cfg.vocab_size
     ));
-    model.save_weights(&out, 2 << 30)
+    Ok(model.save_weights(&out, 2 << 30)?)
 }

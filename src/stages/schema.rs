@@ -74,7 +74,7 @@ impl StageView<'_> {
 pub type Rule = fn(&StageView, &mut Vec<Diag>);
 
 /// How a stage kind runs: writes its outputs into the context's output folder.
-pub type RunFn = fn(&mut crate::run::context::RunContext) -> Result<(), String>;
+pub type RunFn = fn(&mut crate::run::context::RunContext) -> crate::error::Result<()>;
 
 pub struct Kind {
     pub name: &'static str,

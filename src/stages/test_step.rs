@@ -63,7 +63,7 @@ fn hash_input(path: &std::path::Path) -> Result<String, String> {
     }
 }
 
-fn run(ctx: &mut RunContext) -> Result<(), String> {
+fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
     let steps = match ctx.param("steps") {
         Value::Int(n) => (*n).max(1) as u64,
         _ => 1,
@@ -74,7 +74,7 @@ fn run(ctx: &mut RunContext) -> Result<(), String> {
     };
     for step in 0..steps {
         if ctx.cancelled() {
-            return Err("cancelled".into());
+            return Err(crate::error::Error::Cancelled);
         }
         std::thread::sleep(std::time::Duration::from_millis(sleep / steps));
         (ctx.progress)(step + 1, steps, "");

@@ -13,7 +13,7 @@ use crate::train::schedule::Schedule;
 use crate::train::supervised::{self, Hyper, Logged, Sequence};
 use candle_core::Device;
 
-pub fn run_supervised(ctx: &mut RunContext) -> Result<(), String> {
+pub fn run_supervised(ctx: &mut RunContext) -> crate::error::Result<()> {
     let model_dir = ctx
         .input("model")
         .ok_or("the stage has no model")?
@@ -47,6 +47,9 @@ pub fn run_supervised(ctx: &mut RunContext) -> Result<(), String> {
         sequences.len(),
         tokenized.problems.len()
     ));
+    if !sequences.iter().any(trains) {
+        return Err(all_rows_dropped(&spec, sequences.len()));
+    }
     let mut model = Decoder::load(&model_dir, &Device::Cpu)?;
     let tuning = match ctx.param("tuning") {
         Value::Tuning(t) => t.clone(),
@@ -77,6 +80,7 @@ pub fn run_supervised(ctx: &mut RunContext) -> Result<(), String> {
         packing: ctx.flag("packing"),
         max_len: num("max_len", 1024.0) as usize,
         save_every: num("save_every", 100.0) as usize,
+        skip_nonfinite: num("skip_nonfinite", 0.0) as usize,
         save_interval: ctx
             .number("save_minutes")
             .filter(|m| *m > 0.0)
@@ -123,5 +127,34 @@ pub fn run_supervised(ctx: &mut RunContext) -> Result<(), String> {
             &model_dir.display().to_string(),
         )?;
     }
-    model.save_hf(&model_dir, &ctx.out.join("model"), 2 << 30)
+    Ok(model.save_hf(&model_dir, &ctx.out.join("model"), 2 << 30)?)
+}
+
+/// Whether a sequence keeps a token to train on (the first token is never predicted).
+fn trains(s: &Sequence) -> bool {
+    s.ids.len() >= 2 && s.mask[1..].contains(&1)
+}
+
+/// No row keeps a trained token within `max_len`: how many tokens the shortest row needs, found by
+/// encoding the rows again without a length limit (only on this error path).
+fn all_rows_dropped(spec: &DataSpec, rows: usize) -> crate::error::Error {
+    let mut whole = spec.clone();
+    whole.opts.max_len = usize::MAX;
+    let shortest = artifact::tokenize(&whole).ok().and_then(|t| {
+        t.rows
+            .iter()
+            .filter_map(|r| match &r.result {
+                // Tokens up to and including the first trained one (never the first token).
+                Ok(Encoded::Sequence { mask, .. }) => {
+                    mask.iter().skip(1).position(|&m| m == 1).map(|i| i + 2)
+                }
+                _ => None,
+            })
+            .min()
+    });
+    crate::error::Error::AllRowsDropped {
+        rows,
+        max_len: spec.opts.max_len,
+        shortest,
+    }
 }

@@ -24,6 +24,9 @@ pub struct Position {
     pub last_loss: Option<f64>,
     /// The metrics logged so far (rewritten to metrics.jsonl on resume).
     pub metrics: Vec<serde_json::Value>,
+    /// Steps skipped because their loss or gradient norm was not finite (`skip_nonfinite`).
+    #[serde(default)]
+    pub skipped_nonfinite: usize,
 }
 
 fn err(e: impl std::fmt::Display) -> String {

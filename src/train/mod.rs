@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod clip;
 pub mod loss;
+pub mod memory;
 pub mod metrics_log;
 pub mod optim;
 pub mod pack;

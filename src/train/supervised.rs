@@ -37,6 +37,9 @@ pub struct Hyper {
     pub save_every: usize,
     /// Also checkpoint when this much time has passed since the last checkpoint (or the start).
     pub save_interval: Option<std::time::Duration>,
+    /// Steps whose loss or gradient norm is not finite that may be skipped (not applied) before the
+    /// stage stops.
+    pub skip_nonfinite: usize,
     pub checkpoints: Option<PathBuf>,
 }
 
@@ -157,7 +160,7 @@ pub fn train(
     data: &[Sequence],
     h: &Hyper,
     hooks: Hooks,
-) -> Result<Summary, String> {
+) -> crate::error::Result<Summary> {
     let usable: Vec<&Sequence> = data
         .iter()
         .filter(|s| s.ids.len() >= 2 && s.mask[1..].contains(&1))
@@ -167,6 +170,12 @@ pub fn train(
     }
     let lens: Vec<usize> = usable.iter().map(|s| s.ids.len() - 1).collect();
     let rows = pack::rows(&lens, h.packing, h.max_len.max(1));
+    let widest = rows
+        .iter()
+        .map(|r| r.iter().map(|&i| lens[i]).sum::<usize>())
+        .max()
+        .unwrap_or(1);
+    super::memory::check(&model.cfg, h.batch_size.max(1), widest)?;
     if h.packing {
         (hooks.log)(&format!(
             "packed {} sequences into {} rows of ≤ {} tokens",
@@ -221,7 +230,7 @@ pub fn train(
                     (hooks.log)(&format!("saved a checkpoint at step {}", pos.step));
                 }
             }
-            return Err(crate::run::CANCELLED.into());
+            return Err(crate::error::Error::Cancelled);
         }
         let started = Instant::now();
         let mut grads: Option<GradStore> = None;
@@ -265,14 +274,43 @@ pub fn train(
         }
         let grad_norm = clip_grad_norm(&mut grads, vars, h.max_grad_norm).map_err(err)?;
         let lr = h.lr * h.schedule.factor(step, warmup, total);
-        opt.step(&grads, lr).map_err(err)?;
         let loss = loss_sum / tokens.max(1.0);
-        pos.first_loss.get_or_insert(loss);
-        pos.last_loss = Some(loss);
+        // A step that is not finite is never applied: it would turn every weight into NaN.
+        let bad = [("loss", loss), ("gradient norm", grad_norm)]
+            .into_iter()
+            .find(|(_, v)| !v.is_finite());
+        if let Some((what, value)) = bad {
+            if pos.skipped_nonfinite >= h.skip_nonfinite {
+                let checkpoint = h
+                    .checkpoints
+                    .as_deref()
+                    .and_then(crate::store::checkpoints::latest)
+                    .and_then(|dir| crate::store::checkpoints::step_of(&dir));
+                return Err(crate::error::Error::NonFinite {
+                    step: step + 1,
+                    what,
+                    value,
+                    checkpoint,
+                });
+            }
+            pos.skipped_nonfinite += 1;
+            (hooks.log)(&format!(
+                "step {}: the {what} is {value}; step skipped ({} of at most {})",
+                step + 1,
+                pos.skipped_nonfinite,
+                h.skip_nonfinite
+            ));
+        } else {
+            opt.step(&grads, lr).map_err(err)?;
+        }
+        if loss.is_finite() {
+            pos.first_loss.get_or_insert(loss);
+            pos.last_loss = Some(loss);
+        }
         pos.step = step + 1;
         let tokens_per_s = tokens / started.elapsed().as_secs_f64().max(1e-9);
         if pos.step.is_multiple_of(h.log_every.max(1)) || pos.step == total {
-            let line = serde_json::json!({
+            let mut line = serde_json::json!({
                 "step": pos.step,
                 "loss": loss,
                 "lr": lr,
@@ -280,6 +318,9 @@ pub fn train(
                 "epoch": pos.step as f64 / steps_per_epoch as f64,
                 "tokens": tokens,
             });
+            if pos.skipped_nonfinite > 0 {
+                line["skipped_nonfinite"] = pos.skipped_nonfinite.into();
+            }
             (hooks.metrics)(Logged {
                 record: &line,
                 tokens_per_s: Some(tokens_per_s),

@@ -70,6 +70,7 @@ impl Checker {
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
                     decl: s.decl,
+                    locs: s.locs.clone(),
                     deps,
                 })
             })
