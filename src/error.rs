@@ -215,7 +215,7 @@ impl fmt::Display for Error {
                 mib(*needed),
                 mib(*available)
             ),
-            Error::Store(why) => write!(f, "store error: {why}"),
+            Error::Store(why) => f.write_str(why),
             Error::Internal(why) => write!(f, "internal error: {why}"),
             Error::Other(why) => f.write_str(why),
         }

@@ -127,7 +127,7 @@ fn unknown_architectures_and_missing_tensors_are_clear_errors() {
         r#"{"architectures": ["GPT2LMHeadModel"]}"#,
     )
     .unwrap();
-    let e = Decoder::load(&dir, &Device::Cpu).err().unwrap();
+    let e = Decoder::load(&dir, &Device::Cpu).err().unwrap().to_string();
     assert!(
         e.contains("architecture GPT2LMHeadModel is not supported"),
         "{e}"
@@ -138,13 +138,38 @@ fn unknown_architectures_and_missing_tensors_are_clear_errors() {
     )
     .unwrap();
     std::fs::write(dir.join("pytorch_model.bin"), b"not loaded").unwrap();
-    let e = Decoder::load(&dir, &Device::Cpu).err().unwrap();
+    let e = Decoder::load(&dir, &Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("safetensors only"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 use ptl::lang::value::{Lora, Tuning};
 use ptl::train::optim::AdamW;
+
+#[test]
+fn an_adapter_made_for_another_base_is_a_typed_error() {
+    let dir = std::env::temp_dir().join(format!("ptl-adapter-shape-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut llama = Decoder::load(Path::new("tests/fixtures/models/llama"), &Device::Cpu).unwrap();
+    llama.apply_tuning(&lora(4), 0).unwrap();
+    llama.save_adapter(&dir, &lora(4), "llama").unwrap();
+    // Qwen3's heads are twice as wide: its q/k/v projections do not fit the adapter's B matrices.
+    let mut qwen3 = Decoder::load(Path::new("tests/fixtures/models/qwen3"), &Device::Cpu).unwrap();
+    match qwen3.load_adapter(&dir) {
+        Err(ptl::error::Error::AdapterShape {
+            tensor,
+            found,
+            expected,
+            ..
+        }) => {
+            assert!(tensor.ends_with("lora_B.weight"), "{tensor}");
+            assert_eq!(found[1], 4);
+            assert_eq!(expected[0], 2 * found[0], "{found:?} vs {expected:?}");
+        }
+        other => panic!("{:?}", other.err()),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
 fn lora(rank: i64) -> Tuning {
     Tuning::Lora(Lora {

@@ -195,7 +195,7 @@ fn execute(
         tracking,
     } = *shared;
     let stage = &p.stages[id];
-    let io = |e: std::io::Error| Error::Store(e.to_string());
+    let io = |e: std::io::Error| Error::Store(format!("store error: {e}"));
     let _guard = store.lock(&key.key).map_err(io)?;
     if store.has(&key.key) {
         return store.manifest(&key.key).map(|m| (m, true)).map_err(io);

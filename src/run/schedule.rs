@@ -416,7 +416,7 @@ mod tests {
                     "b",
                     "blocked: upstream a is not built: run it first, or select it too",
                 ),
-                ("c", "skipped: not selected, and upstream a is not built"),
+                ("c", "blocked: upstream b did not finish"),
             ],
         );
     }
@@ -453,7 +453,7 @@ mod tests {
                 ("a", "ran"),
                 ("b", "cancelled"),
                 ("c", "blocked: not started: the run was stopped"),
-                ("d", "blocked: upstream b did not finish"),
+                ("d", "blocked: upstream c did not finish"),
             ],
         );
     }
