@@ -80,10 +80,7 @@ fn prepare(name: &str, case: &Path) -> common::Dir {
         })
         .collect();
     std::fs::write(dir.join("chat.jsonl"), chat).unwrap();
-    let long = format!(
-        "{}\n",
-        serde_json::json!({"text": "12+34=46 ".repeat(100)})
-    );
+    let long = format!("{}\n", serde_json::json!({"text": "12+34=46 ".repeat(100)}));
     std::fs::write(dir.join("long.jsonl"), long).unwrap();
     if let Ok(edit) = std::fs::read_to_string(dir.join("model.edit")) {
         edited_model(&dir, &edit);
@@ -139,7 +136,10 @@ fn a_skipped_non_finite_step_is_counted_and_the_stage_goes_on() {
     let dir = prepare("skip-nonfinite", case);
     let p = std::fs::read_to_string(dir.0.join("p.ptl"))
         .unwrap()
-        .replace("  save_every = 1\n", "  save_every = 1\n  skip_nonfinite = 10\n");
+        .replace(
+            "  save_every = 1\n",
+            "  save_every = 1\n  skip_nonfinite = 10\n",
+        );
     std::fs::write(dir.0.join("p.ptl"), p).unwrap();
     let out = common::run_ok(&dir.0, &[]);
     assert!(

@@ -3,7 +3,7 @@
 use super::interrupt;
 use super::OutputFormat;
 use crate::lang::check::check_file;
-use crate::lang::diag::{render, Diag};
+use crate::lang::diag::{render, to_json, Diag};
 use crate::lang::pipeline::Pipeline;
 use crate::lang::source::SourceMap;
 use crate::plan::lockfile::{path_for, LockFile};
@@ -46,14 +46,19 @@ fn checked_with_sources(file: &Path, set: &[String]) -> Option<(Pipeline, Source
 /// checker knows where each field was written), else at the stage's declaration.
 fn stage_failed(p: &Pipeline, name: &str, f: &crate::run::Failure) -> Diag {
     let message = if f.internal {
-        format!("stage `{name}` failed: {} (internal error, please report)", f.message)
+        format!(
+            "stage `{name}` failed: {} (internal error, please report)",
+            f.message
+        )
     } else {
         format!("stage `{name}` failed: {}", f.message)
     };
     let mut d = Diag::error(f.code, message).help(f.help.clone());
     if let Some(id) = p.stage_id(name) {
         let stage = &p.stages[id];
-        let field = f.field.and_then(|field| stage.locs.get(field).map(|loc| (field, *loc)));
+        let field = f
+            .field
+            .and_then(|field| stage.locs.get(field).map(|loc| (field, *loc)));
         d = match field {
             Some((field, loc)) => d.label(loc, format!("`{field}` of this stage")),
             None => {
@@ -169,11 +174,27 @@ pub struct RunArgs<'a> {
     pub set: &'a [String],
     pub store: Option<&'a Path>,
     pub options: Options,
+    /// `json`: every event as one JSON object per line on stdout (docs/engine.md).
+    pub format: OutputFormat,
 }
 
 pub fn run(args: RunArgs) -> i32 {
-    let Some((p, sources)) = checked_with_sources(args.file, args.set) else {
-        return 1;
+    let json = args.format == OutputFormat::Json;
+    let (p, sources) = if json {
+        let c = check_file(args.file, args.set);
+        match c.pipeline {
+            Some(p) => (p, c.sources),
+            None => {
+                let diagnostics = c.diags.iter().map(|d| to_json(d, &c.sources)).collect();
+                outln!("{}", Event::Diagnostics { diagnostics }.json());
+                return 1;
+            }
+        }
+    } else {
+        match checked_with_sources(args.file, args.set) {
+            Some(checked) => checked,
+            None => return 1,
+        }
     };
     let Some(store) = open_store(args.file, args.store) else {
         return 1;
@@ -183,46 +204,62 @@ pub fn run(args: RunArgs) -> i32 {
         store: &store,
         lock_path: path_for(&p.file),
     };
-    let console = Console::new(
-        p.stages
-            .iter()
-            .map(|s| s.name.chars().count())
-            .max()
-            .unwrap_or(0),
-    );
+    let width = p
+        .stages
+        .iter()
+        .map(|s| s.name.chars().count())
+        .max()
+        .unwrap_or(0);
+    let console = if json {
+        Console::Json
+    } else {
+        Console::new(width)
+    };
     let report = |e: &Event| console.report(e);
     let control = std::sync::Arc::new(crate::run::Control::default());
     interrupt::install(control.clone());
     let result = run.run(&args.options, &control, &report);
     console.clear();
     let interrupted = control.stop.load(std::sync::atomic::Ordering::SeqCst);
-    match result {
-        Ok(summary) if interrupted => {
-            outln!("{}", summary.line());
-            errln!("interrupted: finished stages are in the store and the lock file; `ptl run {}` resumes the rest", args.file.display());
-            interrupt::EXIT_CODE
-        }
-        Ok(summary) => {
-            outln!("{}", summary.line());
-            let failed: Vec<Diag> = summary
-                .outcomes
-                .iter()
-                .filter_map(|(name, o)| match o {
-                    Outcome::Failed(f) => Some(stage_failed(&p, name, f)),
-                    _ => None,
-                })
-                .collect();
-            err!("{}", render(&failed, &sources, super::color()));
-            if summary.ok() {
-                0
-            } else {
-                1
-            }
-        }
+    let summary = match result {
+        Ok(summary) => summary,
         Err(e) => {
-            errln!("error: {e}");
-            1
+            if json {
+                outln!("{}", Event::Error { message: e }.json());
+            } else {
+                errln!("error: {e}");
+            }
+            return 1;
         }
+    };
+    console.report(&Event::summary(&summary.outcomes));
+    if interrupted {
+        errln!(
+            "interrupted: finished stages are in the store and the lock file; `ptl run {}` resumes the rest",
+            args.file.display()
+        );
+        return interrupt::EXIT_CODE;
+    }
+    let failed: Vec<Diag> = summary
+        .outcomes
+        .iter()
+        .filter_map(|(name, o)| match o {
+            Outcome::Failed(f) => Some(stage_failed(&p, name, f)),
+            _ => None,
+        })
+        .collect();
+    if json {
+        if !failed.is_empty() {
+            let diagnostics = failed.iter().map(|d| to_json(d, &sources)).collect();
+            outln!("{}", Event::Diagnostics { diagnostics }.json());
+        }
+    } else {
+        err!("{}", render(&failed, &sources, super::color()));
+    }
+    if summary.ok() {
+        0
+    } else {
+        1
     }
 }
 
@@ -230,6 +267,8 @@ pub fn run(args: RunArgs) -> i32 {
 /// under the event lines; otherwise (pipes, CI, tests) the lines alone, with a plain progress line
 /// at most every tenth of a stage and at its last step, so logs stay short.
 enum Console {
+    /// `--format json`: every event as a JSON line.
+    Json,
     Plain {
         /// Stage → the tenth of its steps and the step of its last progress line.
         printed: Mutex<BTreeMap<String, (u64, u64)>>,
@@ -270,55 +309,60 @@ impl Console {
     /// One line on stdout, above the bars.
     fn line(&self, line: &str) {
         match self {
-            Console::Plain { .. } => outln!("{line}"),
+            Console::Json | Console::Plain { .. } => outln!("{line}"),
             Console::Bars { multi, .. } => multi.suspend(|| outln!("{line}")),
         }
     }
 
     fn report(&self, e: &Event) {
+        if let Console::Json = self {
+            outln!("{}", e.json());
+            return;
+        }
         match e {
-            Event::Progress {
+            Event::StageProgress {
                 stage,
                 step,
                 total,
                 note,
             } => self.progress(e, stage, *step, *total, note),
-            Event::Finished { stage, .. } => {
+            Event::StageFinished { stage, .. } | Event::StageCancelled { stage, .. } => {
                 match self {
+                    Console::Json => {}
                     Console::Plain { printed } => {
                         printed
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .remove(*stage);
+                            .remove(stage);
                     }
                     Console::Bars { multi, bars, .. } => {
-                        let bar = bars
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(*stage);
+                        let bar = bars.lock().unwrap_or_else(|e| e.into_inner()).remove(stage);
                         if let Some(bar) = bar {
                             bar.finish_and_clear();
                             multi.remove(&bar);
                         }
                     }
                 }
-                self.line(&e.line());
+                self.line(&e.line().unwrap_or_default());
             }
-            Event::Started { .. } | Event::Log { .. } | Event::Tracking { .. } => {
-                self.line(&e.line())
+            other => {
+                if let Some(line) = other.line() {
+                    self.line(&line);
+                }
             }
         }
     }
 
     fn progress(&self, e: &Event, stage: &str, step: u64, total: u64, note: &str) {
         match self {
+            Console::Json => {}
             Console::Plain { printed } => {
                 let tenth = (step.min(total) * 10).checked_div(total).unwrap_or(10);
                 let mut printed = printed.lock().unwrap_or_else(|e| e.into_inner());
                 let (last_tenth, last_step) = printed.get(stage).copied().unwrap_or((0, u64::MAX));
                 if tenth > last_tenth || (step >= total && step != last_step) {
                     printed.insert(stage.to_string(), (tenth, step));
-                    outln!("{}", e.line());
+                    outln!("{}", e.line().unwrap_or_default());
                 }
             }
             Console::Bars { multi, style, bars } => {

@@ -132,6 +132,9 @@ enum Command {
         /// Fail rather than change the lock file: every stage's key and outputs must match it (for CI)
         #[arg(long)]
         locked: bool,
+        /// `json`: one event object per line (the events of `ptl watch --format json`, then a summary)
+        #[arg(long, value_enum, default_value = "human")]
+        format: OutputFormat,
     },
     /// Run the pipeline, then rerun exactly the stages whose inputs change
     Watch {
@@ -399,10 +402,12 @@ pub fn main() -> i32 {
                 jobs,
                 keep_going,
                 locked,
+                format,
             } => engine::run(engine::RunArgs {
                 file: &file,
                 set: &set,
                 store: store.as_deref(),
+                format,
                 options: crate::run::Options {
                     jobs,
                     keep_going,

@@ -195,7 +195,7 @@ pub fn render(diags: &[Diag], sources: &SourceMap, color: bool) -> String {
     out
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct JsonDiag {
     pub code: &'static str,
     pub severity: Severity,
@@ -209,7 +209,7 @@ pub struct JsonDiag {
     pub labels: Vec<JsonLabel>,
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct JsonLabel {
     pub message: String,
     pub line: usize,

@@ -182,11 +182,7 @@ impl Decoder {
         )
         .map_err(|e| format!("{}: not valid JSON: {e}", cfg_path.display()))?;
         if cfg["peft_type"].as_str() != Some("LORA") {
-            return Err(format!(
-                "{}: only LoRA adapters are supported",
-                cfg_path.display()
-            )
-            .into());
+            return Err(format!("{}: only LoRA adapters are supported", cfg_path.display()).into());
         }
         let r = cfg["r"]
             .as_f64()

@@ -2,12 +2,14 @@
 //! stage's result committed to the store and recorded in the lock file as soon as it finishes.
 
 pub mod context;
+pub mod event;
 pub mod outcome;
 pub mod schedule;
 pub mod tracking;
 pub mod watch;
 
 use crate::data::jsonl;
+use crate::error::Error;
 use crate::lang::pipeline::Pipeline;
 use crate::lang::value::{StageId, Value};
 use crate::plan::key::{stage_key, KeyError, StageKey};
@@ -16,7 +18,6 @@ use crate::plan::Plan;
 use crate::store::hash::HashCache;
 use crate::store::{Manifest, Store};
 use crate::track;
-use crate::error::Error;
 use context::RunContext;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 use tracking::LazyTracking;
 
+pub use event::Event;
 pub use outcome::{Failure, Outcome, Summary};
 use schedule::{Consider, Keyed, Scheduler, StageSpec};
 
@@ -37,62 +39,6 @@ pub struct Options {
     pub from: Option<String>,
     /// Fail instead of changing the lock file.
     pub locked: bool,
-}
-
-/// What the executor tells its caller, as it happens.
-pub enum Event<'a> {
-    Started {
-        stage: &'a str,
-    },
-    Finished {
-        stage: &'a str,
-        outcome: &'a Outcome,
-    },
-    /// `step` of `total` steps done; `note` says how it goes (may be empty).
-    Progress {
-        stage: &'a str,
-        step: u64,
-        total: u64,
-        note: &'a str,
-    },
-    /// A line of a stage's own output.
-    Log {
-        stage: &'a str,
-        line: &'a str,
-    },
-    /// Where this run's tracking goes (one event per sink, before the first stage runs).
-    Tracking {
-        sink: &'a str,
-    },
-}
-
-impl Event<'_> {
-    /// The plain one-line form `ptl run` prints.
-    pub fn line(&self) -> String {
-        match self {
-            Event::Started { stage } => format!("running  {stage}"),
-            Event::Log { stage, line } => format!("         {stage}: {line}"),
-            Event::Tracking { sink } => format!("tracking {sink}"),
-            Event::Progress {
-                stage,
-                step,
-                total,
-                note,
-            } => {
-                let sep = if note.is_empty() { "" } else { " " };
-                format!("         {stage}: step {step}/{total}{sep}{note}")
-            }
-            Event::Finished { stage, outcome } => match outcome {
-                Outcome::Cached => format!("cached   {stage}"),
-                Outcome::CachedByOther => format!("cached   {stage} (computed by another run)"),
-                Outcome::Ran(secs) => format!("ran      {stage} in {secs:.1} s"),
-                Outcome::Failed(f) => format!("failed   {stage}: {}", f.message),
-                Outcome::Blocked(why) => format!("blocked  {stage}: {why}"),
-                Outcome::Skipped(why) => format!("skipped  {stage}: {why}"),
-                Outcome::Cancelled => format!("cancelled {stage}"),
-            },
-        }
-    }
 }
 
 /// A training step's progress note: `loss 1.2345 · 9.1k tok/s`.
@@ -231,17 +177,17 @@ fn execute(
         .collect();
     let pending = store.begin(&key.key).map_err(io)?;
     let progress = |step: u64, total: u64, note: &str| {
-        report(&Event::Progress {
-            stage: &stage.name,
+        report(&Event::StageProgress {
+            stage: stage.name.clone(),
             step,
             total,
-            note,
+            note: note.to_string(),
         })
     };
     let log = |line: &str| {
-        report(&Event::Log {
-            stage: &stage.name,
-            line,
+        report(&Event::StageLog {
+            stage: stage.name.clone(),
+            line: line.to_string(),
         })
     };
     let params_json = p.params_json(id);
@@ -419,8 +365,8 @@ impl Run<'_> {
             .iter()
             .any(|s| s.status == crate::plan::Status::Run)
         {
-            for sink in lazy_tracking.describe() {
-                report(&Event::Tracking { sink: &sink });
+            for to in lazy_tracking.describe() {
+                report(&Event::Tracking { to });
             }
         }
         let shared = &Shared {
@@ -430,10 +376,7 @@ impl Run<'_> {
             tracking: &lazy_tracking,
         };
         let settle = |runs: &mut Runs, id: StageId, outcome: Outcome| {
-            report(&Event::Finished {
-                stage: &p.stages[id].name,
-                outcome: &outcome,
-            });
+            report(&Event::finished(&p.stages[id].name, &outcome));
             runs.outcomes[id] = Some(outcome);
         };
         let (tx, rx) = mpsc::channel::<(StageId, Result<(Manifest, bool), Error>, f64)>();
@@ -472,7 +415,8 @@ impl Run<'_> {
                     };
                     progressed = true;
                     if opts.locked && lock.stages.get(name).is_some_and(|l| l.key != key.key) {
-                        let failure = Failure::plain("--locked: its key differs from the lock file");
+                        let failure =
+                            Failure::plain("--locked: its key differs from the lock file");
                         let outcome = sched.fail(id, failure);
                         settle(&mut runs, id, outcome);
                         continue;
@@ -504,7 +448,9 @@ impl Run<'_> {
                             if control.stop.load(std::sync::atomic::Ordering::SeqCst) {
                                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
                             }
-                            report(&Event::Started { stage: name });
+                            report(&Event::StageStarted {
+                                stage: name.clone(),
+                            });
                             runs.stage_keys[id] = Some(key.clone());
                             let tx = tx.clone();
                             let keys_now = runs.keys.clone();
@@ -534,7 +480,10 @@ impl Run<'_> {
                 let outcome = match result {
                     Ok((m, by_other)) => {
                         let locked_differs = opts.locked
-                            && lock.stages.get(name).is_some_and(|l| l.outputs != m.outputs);
+                            && lock
+                                .stages
+                                .get(name)
+                                .is_some_and(|l| l.outputs != m.outputs);
                         if locked_differs {
                             Outcome::Failed(Failure::plain(
                                 "--locked: its outputs differ from the lock file",

@@ -1,4 +1,4 @@
-//! How each stage of a run ended, how a failure is reported, and the run's summary line.
+//! How each stage of a run ended, how a failure is reported, and the run's summary.
 
 use crate::error::Error;
 use std::fmt;
@@ -65,24 +65,5 @@ impl Summary {
                 Outcome::Cached | Outcome::CachedByOther | Outcome::Ran(_) | Outcome::Skipped(_)
             )
         })
-    }
-
-    pub fn line(&self) -> String {
-        let count = |f: fn(&Outcome) -> bool| self.outcomes.iter().filter(|(_, o)| f(o)).count();
-        format!(
-            "{} cached, {} ran, {} failed, {} blocked{}{}",
-            count(|o| matches!(o, Outcome::Cached | Outcome::CachedByOther)),
-            count(|o| matches!(o, Outcome::Ran(_))),
-            count(|o| matches!(o, Outcome::Failed(_))),
-            count(|o| matches!(o, Outcome::Blocked(_))),
-            match count(|o| matches!(o, Outcome::Cancelled)) {
-                0 => String::new(),
-                n => format!(", {n} cancelled"),
-            },
-            match count(|o| matches!(o, Outcome::Skipped(_))) {
-                0 => String::new(),
-                n => format!(", {n} not selected"),
-            }
-        )
     }
 }

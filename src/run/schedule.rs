@@ -114,7 +114,9 @@ impl Scheduler {
                     "upstream {upstream} is not built: run it first, or select it too"
                 ))
             } else {
-                Outcome::Skipped(format!("not selected, and upstream {upstream} is not built"))
+                Outcome::Skipped(format!(
+                    "not selected, and upstream {upstream} is not built"
+                ))
             };
             return Consider::Settled(self.settle(id, outcome));
         }
@@ -317,12 +319,8 @@ mod tests {
         assert_eq!(got, want);
     }
 
-    const DIAMOND: &[(&str, &[&str])] = &[
-        ("a", &[]),
-        ("b", &["a"]),
-        ("c", &["a"]),
-        ("d", &["b", "c"]),
-    ];
+    const DIAMOND: &[(&str, &[&str])] =
+        &[("a", &[]), ("b", &["a"]), ("c", &["a"]), ("d", &["b", "c"])];
 
     #[test]
     fn dependencies_run_in_order_and_cached_stages_are_not_run() {

@@ -2,7 +2,7 @@
 //! re-checks and re-plans; running stages whose key changed are cancelled, unchanged ones go on, and
 //! a new run picks up everything stale.
 
-use super::{Control, Event, Options, Outcome, Run};
+use super::{Control, Event, Options, Run};
 use crate::lang::check::check_file;
 use crate::lang::diag::{render, to_json};
 use crate::lang::pipeline::Pipeline;
@@ -12,7 +12,6 @@ use crate::plan::Plan;
 use crate::store::hash::HashCache;
 use crate::store::Store;
 use notify::{RecursiveMode, Watcher};
-use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -49,10 +48,12 @@ struct Out {
 }
 
 impl Out {
-    fn emit(&self, event: serde_json::Value, line: Option<String>) {
+    /// Writes `event` (as JSON), or `line` for people; `None` for an event that only changes the
+    /// status table.
+    fn emit(&self, event: &Event, line: Option<String>) {
         let mut stdout = std::io::stdout().lock();
         if self.json {
-            let _ = writeln!(stdout, "{event}");
+            let _ = writeln!(stdout, "{}", event.json());
         } else if self.screen {
             let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
             let _ = write!(stdout, "\x1b[2J\x1b[H");
@@ -76,20 +77,9 @@ impl Out {
     }
 
     fn run_event(&self, e: &Event) {
-        let (event, status) = match e {
-            Event::Started { stage } => (
-                json!({"event": "stage_started", "stage": stage}),
-                "running".to_string(),
-            ),
-            Event::Log { stage, line } => (
-                json!({"event": "stage_log", "stage": stage, "line": line}),
-                String::new(),
-            ),
-            Event::Tracking { sink } => {
-                self.emit(json!({"event": "tracking", "to": sink}), Some(e.line()));
-                return;
-            }
-            Event::Progress {
+        let status = match e {
+            Event::StageStarted { .. } => "running".to_string(),
+            Event::StageProgress {
                 stage,
                 step,
                 total,
@@ -97,47 +87,35 @@ impl Out {
             } => {
                 let sep = if note.is_empty() { "" } else { "  " };
                 self.set_status(stage, format!("running {step}/{total}{sep}{note}"));
-                if self.json {
-                    self.emit(
-                        json!({"event": "stage_progress", "stage": stage, "step": step, "total": total, "note": note}),
-                        None,
-                    );
-                } else if self.screen {
-                    self.emit(serde_json::Value::Null, None);
+                if self.json || self.screen {
+                    self.emit(e, None);
                 }
                 return;
             }
-            Event::Finished { stage, outcome } => match outcome {
-                Outcome::Cancelled => (
-                    json!({"event": "stage_cancelled", "stage": stage, "forced": false}),
-                    "cancelled".into(),
-                ),
-                Outcome::Ran(secs) => (
-                    json!({"event": "stage_finished", "stage": stage, "status": "ran", "seconds": secs}),
-                    format!("done in {secs:.1} s"),
-                ),
-                Outcome::Cached | Outcome::CachedByOther => (
-                    json!({"event": "stage_finished", "stage": stage, "status": "cached"}),
-                    "cached".into(),
-                ),
-                Outcome::Failed(why) => (
-                    json!({"event": "stage_finished", "stage": stage, "status": "failed", "error": why.message}),
-                    format!("failed: {why}"),
-                ),
-                Outcome::Blocked(why) => (
-                    json!({"event": "stage_finished", "stage": stage, "status": "blocked", "error": why}),
-                    format!("blocked: {why}"),
-                ),
-                Outcome::Skipped(why) => (
-                    json!({"event": "stage_finished", "stage": stage, "status": "skipped", "error": why}),
-                    format!("skipped: {why}"),
-                ),
-            },
+            Event::StageCancelled { .. } => "cancelled".into(),
+            Event::StageFinished {
+                status,
+                seconds,
+                error,
+                ..
+            } => {
+                let why = error.as_deref().unwrap_or_default();
+                match status {
+                    super::event::Status::Ran => format!("done in {:.1} s", seconds.unwrap_or(0.0)),
+                    super::event::Status::Cached => "cached".into(),
+                    super::event::Status::Failed => format!("failed: {why}"),
+                    super::event::Status::Blocked => format!("blocked: {why}"),
+                    super::event::Status::Skipped => format!("skipped: {why}"),
+                }
+            }
+            _ => String::new(),
         };
-        if let Event::Started { stage } | Event::Finished { stage, .. } = e {
-            self.set_status(stage, status);
+        if let Some(stage) = e.stage() {
+            if !matches!(e, Event::StageLog { .. }) {
+                self.set_status(stage, status);
+            }
         }
-        self.emit(event, Some(e.line()));
+        self.emit(e, e.line());
     }
 }
 
@@ -235,7 +213,7 @@ impl Session {
                 .collect();
             let text = render(&checked.diags, &checked.sources, false);
             self.out.emit(
-                json!({"event": "diagnostics", "diagnostics": diags}),
+                &Event::Diagnostics { diagnostics: diags },
                 Some(format!(
                     "{text}the pipeline has errors; watching for the next save"
                 )),
@@ -246,7 +224,9 @@ impl Session {
             Ok(s) => s,
             Err(e) => {
                 self.out.emit(
-                    json!({"event": "error", "message": e.to_string()}),
+                    &Event::Error {
+                        message: e.to_string(),
+                    },
                     Some(format!("error: {e}")),
                 );
                 return;
@@ -258,15 +238,16 @@ impl Session {
             Ok(p) => p,
             Err(e) => {
                 self.out.emit(
-                    json!({"event": "error", "message": e}),
+                    &Event::Error { message: e.clone() },
                     Some(format!("error: {e}")),
                 );
                 return;
             }
         };
         let _ = cache.save();
-        let mut plan_json = plan.to_json(&pipeline);
-        plan_json["event"] = json!("plan");
+        let plan_event = Event::Plan {
+            plan: plan.to_json(&pipeline),
+        };
         let mut lines = Vec::new();
         for &id in &plan.order {
             let s = &plan.stages[id];
@@ -280,7 +261,7 @@ impl Session {
             self.out
                 .set_status(name, format!("{}{why}", s.status.name()));
         }
-        self.out.emit(plan_json, Some(lines.join("\n")));
+        self.out.emit(&plan_event, Some(lines.join("\n")));
         // Running stages whose key is still wanted go on; the others stop.
         let keep: BTreeSet<String> = plan
             .stages
@@ -308,10 +289,11 @@ impl Session {
                         }
                         std::thread::sleep(Duration::from_millis(10));
                     }
-                    out.emit(
-                        json!({"event": "stage_cancelled", "stage": name, "forced": true}),
-                        Some(format!("cancelled {name} (did not stop within the grace period; its result will be discarded)")),
-                    );
+                    let event = Event::StageCancelled {
+                        stage: name,
+                        forced: true,
+                    };
+                    out.emit(&event, event.line());
                 });
             }
         }
@@ -353,8 +335,8 @@ impl Session {
                 if stale
                     && matches!(
                         e,
-                        Event::Finished {
-                            outcome: Outcome::Blocked(_) | Outcome::Skipped(_),
+                        Event::StageFinished {
+                            status: super::event::Status::Blocked | super::event::Status::Skipped,
                             ..
                         }
                     )
@@ -372,7 +354,7 @@ impl Session {
             };
             if let Err(e) = run.run(&options, &control, &report) {
                 out.emit(
-                    json!({"event": "error", "message": e}),
+                    &Event::Error { message: e.clone() },
                     Some(format!("error: {e}")),
                 );
             }
@@ -483,10 +465,8 @@ pub fn watch(opts: WatchOptions) -> i32 {
                     return s.stop(&rx, grace);
                 }
                 let paths: Vec<String> = changed.iter().map(|p| p.display().to_string()).collect();
-                s.out.emit(
-                    json!({"event": "change", "paths": paths}),
-                    Some(format!("changed: {}", paths.join(", "))),
-                );
+                let line = format!("changed: {}", paths.join(", "));
+                s.out.emit(&Event::Change { paths }, Some(line));
                 s.reload(&mut watcher);
             }
             Msg::Done(g) => s.finished(g),
@@ -500,7 +480,7 @@ impl Session {
         self.active.retain(|a| a.generation != generation);
         if generation == self.generation {
             self.out.emit(
-                json!({"event": "idle"}),
+                &Event::Idle,
                 Some("idle: watching for changes (Ctrl-C stops)".into()),
             );
         }
@@ -520,8 +500,7 @@ impl Session {
                 Err(_) => break,
             }
         }
-        self.out
-            .emit(json!({"event": "stopped"}), Some("stopped".into()));
+        self.out.emit(&Event::Stopped, Some("stopped".into()));
         130
     }
 }

@@ -240,10 +240,9 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
     };
     for m in &wanted {
         if m == "reward" || m == "win_rate" {
-            return Err(format!(
-                "the `{m}` metric needs reward models, which are not built yet"
-            )
-            .into());
+            return Err(
+                format!("the `{m}` metric needs reward models, which are not built yet").into(),
+            );
         }
     }
     let opts = EncodeOptions {
