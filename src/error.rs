@@ -248,3 +248,15 @@ impl From<candle_core::Error> for Error {
         Error::Other(e.to_string())
     }
 }
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Error {
+        Error::Other(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Error {
+        Error::Other(e.to_string())
+    }
+}

@@ -141,7 +141,7 @@ pub fn run(a: GenerateArgs) -> i32 {
         };
         let new = match decoder.generate(&ids, a.max_new_tokens, &stop, &mut pick) {
             Ok(n) => n,
-            Err(e) => return fail(e),
+            Err(e) => return fail(e.to_string()),
         };
         let text = tok.inner.decode(&new, true).unwrap_or_default();
         if a.json {

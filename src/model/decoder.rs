@@ -7,11 +7,7 @@ use super::weights::Weights;
 use candle_core::{DType, Device, Tensor, D};
 use std::path::Path;
 
-type Result<T> = std::result::Result<T, String>;
-
-fn err(e: candle_core::Error) -> String {
-    e.to_string()
-}
+type Result<T> = crate::error::Result<T>;
 
 pub struct Linear {
     pub weight: Tensor,
@@ -20,13 +16,7 @@ pub struct Linear {
 }
 
 impl Linear {
-    fn load(
-        w: &mut Weights,
-        name: &str,
-        out: usize,
-        inp: usize,
-        bias: bool,
-    ) -> crate::error::Result<Linear> {
+    fn load(w: &mut Weights, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
         Ok(Linear {
             weight: w.take(&format!("{name}.weight"), &[out, inp])?,
             bias: if bias {
@@ -191,7 +181,7 @@ fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
 
 impl Decoder {
     /// Loads an HF model folder; weights that are missing, misshapen or left over are typed errors.
-    pub fn load(dir: &Path, device: &Device) -> crate::error::Result<Decoder> {
+    pub fn load(dir: &Path, device: &Device) -> Result<Decoder> {
         let cfg = ModelConfig::load(dir)?;
         let mut w = Weights::load(dir, device)?;
         let (h, hd, nh, nkv, inter) = (
@@ -257,10 +247,10 @@ impl Decoder {
             let n: usize = shape.iter().product();
             let mut rng = rng.borrow_mut();
             let values: Vec<f32> = (0..n).map(|_| rng.normal() * 0.02).collect();
-            Tensor::from_vec(values, shape, device).map_err(err)
+            Tensor::from_vec(values, shape, device)
         };
-        let ones = |n: usize| Tensor::ones(n, DType::F32, device).map_err(err);
-        let zeros = |n: usize| Tensor::zeros(n, DType::F32, device).map_err(err);
+        let ones = |n: usize| Tensor::ones(n, DType::F32, device);
+        let zeros = |n: usize| Tensor::zeros(n, DType::F32, device);
         let (h, hd, nh, nkv, inter) = (
             cfg.hidden_size,
             cfg.head_dim,
@@ -475,8 +465,8 @@ impl Decoder {
     /// Logits for a batch of rows padded on the right (`segments` 0) or packed with several documents
     /// (segments 1, 2, ...): no attention across documents or onto padding; positions restart per document.
     pub fn forward_packed(&self, ids: &[Vec<u32>], segments: &[Vec<u32>]) -> Result<Tensor> {
-        self.hidden_packed(ids, segments)
-            .and_then(|h| self.logits(&h).map_err(err))
+        let hidden = self.hidden_packed(ids, segments)?;
+        Ok(self.logits(&hidden)?)
     }
 
     /// Final hidden states [b, t, hidden] of a padded or packed batch (see `forward_packed`).
@@ -494,9 +484,9 @@ impl Decoder {
             }
         }
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(flat, (b, t), &self.device).map_err(err)?;
-        let mask = self.mask(b, t, 0, Some(segments)).map_err(err)?;
-        self.run(&ids, &positions, &mask, None).map_err(err)
+        let ids = Tensor::from_vec(flat, (b, t), &self.device)?;
+        let mask = self.mask(b, t, 0, Some(segments))?;
+        Ok(self.run(&ids, &positions, &mask, None)?)
     }
 
     /// Generates up to `max_new` tokens after `prompt` with a KV cache; `pick` chooses each next token
@@ -518,17 +508,14 @@ impl Decoder {
             let t = next.len();
             let past = cache.len;
             let positions: Vec<u32> = (past as u32..(past + t) as u32).collect();
-            let mask = self.mask(1, t, past, None).map_err(err)?;
-            let ids = Tensor::from_vec(next.clone(), (1, t), &self.device).map_err(err)?;
-            let h = self
-                .run(&ids, &positions, &mask, Some(&mut cache))
-                .map_err(err)?;
+            let mask = self.mask(1, t, past, None)?;
+            let ids = Tensor::from_vec(next.clone(), (1, t), &self.device)?;
+            let h = self.run(&ids, &positions, &mask, Some(&mut cache))?;
             let last = self
-                .logits(&h.narrow(1, t - 1, 1).map_err(err)?)
+                .logits(&h.narrow(1, t - 1, 1)?)
                 .and_then(|l| l.flatten_all())
                 .and_then(|l| l.to_dtype(DType::F32))
-                .and_then(|l| l.to_vec1::<f32>())
-                .map_err(err)?;
+                .and_then(|l| l.to_vec1::<f32>())?;
             let token = pick(&last);
             out.push(token);
             if stop.contains(&token) {
@@ -581,7 +568,7 @@ impl Decoder {
     /// Converts every weight (and adapter) to `dtype` (f64 for gradient checks).
     pub fn to_dtype(&mut self, dtype: DType) -> Result<()> {
         for (_, t) in self.params_mut() {
-            *t = t.to_dtype(dtype).map_err(err)?;
+            *t = t.to_dtype(dtype)?;
         }
         Ok(())
     }
@@ -590,7 +577,7 @@ impl Decoder {
     pub fn make_trainable(&mut self) -> Result<Vec<(String, candle_core::Var)>> {
         let mut vars = Vec::new();
         for (name, t) in self.params_mut() {
-            let var = candle_core::Var::from_tensor(t).map_err(err)?;
+            let var = candle_core::Var::from_tensor(t)?;
             *t = var.as_tensor().clone();
             vars.push((name, var));
         }
@@ -599,27 +586,23 @@ impl Decoder {
 
     /// log p(token i+1 | tokens 0..=i) for each i, as a [n − 1, 1] tensor (differentiable).
     fn next_token_logprobs(&self, ids: &[u32]) -> Result<Tensor> {
-        let logits = self
-            .forward(&self.ids(ids)?)
-            .map_err(err)?
-            .squeeze(0)
-            .map_err(err)?;
-        let lp = log_softmax(&logits.narrow(0, 0, ids.len() - 1).map_err(err)?).map_err(err)?;
-        let targets =
-            Tensor::from_vec(ids[1..].to_vec(), (ids.len() - 1, 1), &self.device).map_err(err)?;
-        lp.gather(&targets, 1).map_err(err)
+        let logits = self.forward(&self.ids(ids)?)?.squeeze(0)?;
+        let lp = log_softmax(&logits.narrow(0, 0, ids.len() - 1)?)?;
+        let targets = Tensor::from_vec(ids[1..].to_vec(), (ids.len() - 1, 1), &self.device)?;
+        Ok(lp.gather(&targets, 1)?)
     }
 
     /// Mean negative log-likelihood of each next token (a differentiable scalar).
     pub fn nll(&self, ids: &[u32]) -> Result<Tensor> {
-        self.next_token_logprobs(ids)?
-            .mean_all()
-            .and_then(|m| m.neg())
-            .map_err(err)
+        Ok(self.next_token_logprobs(ids)?.mean_all()?.neg()?)
     }
 
     fn ids(&self, ids: &[u32]) -> Result<Tensor> {
-        Tensor::from_vec(ids.to_vec(), (1, ids.len()), &self.device).map_err(err)
+        Ok(Tensor::from_vec(
+            ids.to_vec(),
+            (1, ids.len()),
+            &self.device,
+        )?)
     }
 
     /// log p(token i+1 | tokens 0..=i) for each i.
@@ -627,21 +610,20 @@ impl Decoder {
         if ids.len() < 2 {
             return Ok(vec![]);
         }
-        self.next_token_logprobs(ids)?
-            .flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(err)
+        Ok(self
+            .next_token_logprobs(ids)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
     }
 
     /// Logits of the last position.
     pub fn last_logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
-        let logits = self.forward(&self.ids(ids)?).map_err(err)?;
-        logits
-            .squeeze(0)
-            .and_then(|l| l.get(ids.len() - 1))
-            .and_then(|l| l.to_dtype(DType::F32))
-            .and_then(|l| l.to_vec1())
-            .map_err(err)
+        let logits = self.forward(&self.ids(ids)?)?;
+        Ok(logits
+            .squeeze(0)?
+            .get(ids.len() - 1)?
+            .to_dtype(DType::F32)?
+            .to_vec1()?)
     }
 
     /// `n` greedy tokens after `prompt` (recomputing the whole sequence each step).

@@ -8,11 +8,7 @@ use candle_core::{DType, Tensor, Var};
 use std::collections::HashMap;
 use std::path::Path;
 
-type Result<T> = std::result::Result<T, String>;
-
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
-}
+type Result<T> = crate::error::Result<T>;
 
 /// The linear layers PEFT's "all-linear" means for these models (every projection, not lm_head).
 pub const LINEAR_MODULES: [&str; 7] = [
@@ -65,7 +61,7 @@ impl Decoder {
                         name.split('.').any(|part| part == m) || name.starts_with(m.as_str())
                     });
                     if in_last || named {
-                        let var = Var::from_tensor(t).map_err(err)?;
+                        let var = Var::from_tensor(t)?;
                         *t = var.as_tensor().clone();
                         vars.push((name, var));
                     }
@@ -90,7 +86,8 @@ impl Decoder {
                         return Err(format!(
                             "LoRA target `{t}` is not a linear module of this model ({})",
                             LINEAR_MODULES.join(", ")
-                        ));
+                        )
+                        .into());
                     }
                 }
                 let training = self.training.clone();
@@ -110,8 +107,7 @@ impl Decoder {
                         &mut rng,
                         training.clone(),
                         dropout_rng.clone(),
-                    )
-                    .map_err(err)?;
+                    )?;
                     vars.push((
                         format!("base_model.model.{path}.lora_A.weight"),
                         w.a.clone(),
@@ -132,7 +128,7 @@ impl Decoder {
         let Some(l) = tuning.lora() else {
             return Err("only LoRA tuning has an adapter to save".into());
         };
-        std::fs::create_dir_all(dir).map_err(err)?;
+        std::fs::create_dir_all(dir)?;
         let targets: Vec<String> = if l.targets.iter().any(|t| t == "all-linear") {
             LINEAR_MODULES.iter().map(|s| s.to_string()).collect()
         } else {
@@ -153,9 +149,8 @@ impl Decoder {
         });
         std::fs::write(
             dir.join("adapter_config.json"),
-            serde_json::to_string_pretty(&config).map_err(err)?,
-        )
-        .map_err(err)?;
+            serde_json::to_string_pretty(&config)?,
+        )?;
         let mut tensors = HashMap::new();
         for (path, _, lin) in self.linears_mut() {
             if let Some(w) = &lin.lora {
@@ -174,7 +169,7 @@ impl Decoder {
 
     /// Loads a PEFT LoRA adapter folder onto this model; an adapter made for another base (its A and B
     /// do not fit a module's weight) is [`crate::error::Error::AdapterShape`].
-    pub fn load_adapter(&mut self, dir: &Path) -> crate::error::Result<()> {
+    pub fn load_adapter(&mut self, dir: &Path) -> Result<()> {
         let cfg_path = dir.join("adapter_config.json");
         let cfg: serde_json::Value = serde_json::from_slice(
             &std::fs::read(&cfg_path)
@@ -205,7 +200,7 @@ impl Decoder {
                 format!("base_model.model.{path}.lora_B.weight"),
             );
             if let (Some(a), Some(b)) = (tensors.remove(&ka), tensors.remove(&kb)) {
-                let (out, inp) = lin.weight.dims2().map_err(err)?;
+                let (out, inp) = lin.weight.dims2()?;
                 let rank = a.dims().first().copied().unwrap_or(0);
                 for (name, t, expected) in [(&ka, &a, [rank, inp]), (&kb, &b, [out, rank])] {
                     if t.dims() != expected {
@@ -217,13 +212,10 @@ impl Decoder {
                         });
                     }
                 }
-                let (a, b) = (
-                    a.to_dtype(DType::F32).map_err(err)?,
-                    b.to_dtype(DType::F32).map_err(err)?,
-                );
+                let (a, b) = (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?);
                 lin.lora = Some(LoraWeights {
-                    a: Var::from_tensor(&a).map_err(err)?,
-                    b: Var::from_tensor(&b).map_err(err)?,
+                    a: Var::from_tensor(&a)?,
+                    b: Var::from_tensor(&b)?,
                     scaling,
                     dropout: 0.0,
                     training: training.clone(),
@@ -253,9 +245,7 @@ impl Decoder {
     pub fn merge_adapters(&mut self) -> Result<()> {
         for (_, _, lin) in self.linears_mut() {
             if let Some(w) = lin.lora.take() {
-                lin.weight = (&lin.weight + w.delta().map_err(err)?)
-                    .map_err(err)?
-                    .detach();
+                lin.weight = (&lin.weight + w.delta()?)?.detach();
             }
         }
         Ok(())
@@ -264,20 +254,18 @@ impl Decoder {
     /// Writes a full HF folder: the source folder's config and tokenizer files, and every weight
     /// (adapters merged first) as f32 safetensors, sharded above `shard_bytes`.
     pub fn save_hf(&mut self, source: &Path, out: &Path, shard_bytes: usize) -> Result<()> {
-        std::fs::create_dir_all(out).map_err(err)?;
+        std::fs::create_dir_all(out)?;
         copy_hf_files(source, out)?;
         let mut config: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(source.join("config.json")).map_err(err)?)
-                .map_err(err)?;
+            serde_json::from_slice(&std::fs::read(source.join("config.json"))?)?;
         config["dtype"] = serde_json::json!("float32");
         if config.get("torch_dtype").is_some() {
             config["torch_dtype"] = serde_json::json!("float32");
         }
         std::fs::write(
             out.join("config.json"),
-            serde_json::to_string_pretty(&config).map_err(err)?,
-        )
-        .map_err(err)?;
+            serde_json::to_string_pretty(&config)?,
+        )?;
         self.save_weights(out, shard_bytes)
     }
 
@@ -321,9 +309,9 @@ impl Decoder {
             serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
         std::fs::write(
             out.join("model.safetensors.index.json"),
-            serde_json::to_string_pretty(&index).map_err(err)?,
-        )
-        .map_err(err)
+            serde_json::to_string_pretty(&index)?,
+        )?;
+        Ok(())
     }
 }
 
@@ -337,7 +325,7 @@ pub fn copy_hf_files(source: &Path, out: &Path) -> Result<()> {
         "generation_config.json",
     ] {
         if source.join(name).is_file() {
-            std::fs::copy(source.join(name), out.join(name)).map_err(err)?;
+            std::fs::copy(source.join(name), out.join(name))?;
         }
     }
     Ok(())
@@ -349,8 +337,8 @@ pub fn write_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Resu
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     for name in names {
-        let t = tensors[name].to_dtype(DType::F32).map_err(err)?;
-        let values: Vec<f32> = t.flatten_all().map_err(err)?.to_vec1().map_err(err)?;
+        let t = tensors[name].to_dtype(DType::F32)?;
+        let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         data.push((name.clone(), bytes, t.dims().to_vec()));
     }
@@ -360,11 +348,11 @@ pub fn write_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Resu
             Ok((
                 n.clone(),
                 safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .map_err(err)?,
+                    .map_err(|e| crate::error::Error::Internal(e.to_string()))?,
             ))
         })
         .collect::<Result<_>>()?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(views, Some(meta), path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()).into())
 }

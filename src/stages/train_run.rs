@@ -127,7 +127,7 @@ pub fn run_supervised(ctx: &mut RunContext) -> crate::error::Result<()> {
             &model_dir.display().to_string(),
         )?;
     }
-    Ok(model.save_hf(&model_dir, &ctx.out.join("model"), 2 << 30)?)
+    model.save_hf(&model_dir, &ctx.out.join("model"), 2 << 30)
 }
 
 /// Whether a sequence keeps a token to train on (the first token is never predicted).

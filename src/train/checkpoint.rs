@@ -29,13 +29,19 @@ pub struct Position {
     pub skipped_nonfinite: usize,
 }
 
-fn err(e: impl std::fmt::Display) -> String {
-    format!("checkpoint: {e}")
+/// A checkpoint that cannot be written or read: the disk or the store, not the pipeline.
+fn err(e: impl std::fmt::Display) -> crate::error::Error {
+    crate::error::Error::Store(format!("checkpoint: {e}"))
 }
 
 /// Writes a checkpoint for `pos` into `dir/step-N` (via a temporary folder renamed into place) and
 /// removes older ones.
-pub fn save(dir: &Path, pos: &Position, vars: &[(String, Var)], opt: &AdamW) -> Result<(), String> {
+pub fn save(
+    dir: &Path,
+    pos: &Position,
+    vars: &[(String, Var)],
+    opt: &AdamW,
+) -> crate::error::Result<()> {
     let tmp = dir.join(format!("step-{:08}.tmp", pos.step));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(err)?;
@@ -69,7 +75,11 @@ pub fn save(dir: &Path, pos: &Position, vars: &[(String, Var)], opt: &AdamW) -> 
 }
 
 /// Loads the checkpoint at `path` into `vars` and `opt`; returns the loop's position.
-pub fn load(path: &Path, vars: &[(String, Var)], opt: &mut AdamW) -> Result<Position, String> {
+pub fn load(
+    path: &Path,
+    vars: &[(String, Var)],
+    opt: &mut AdamW,
+) -> crate::error::Result<Position> {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(path.join("state.json")).map_err(err)?)
             .map_err(err)?;

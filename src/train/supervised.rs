@@ -74,8 +74,11 @@ pub struct Hooks<'a> {
     pub log: &'a dyn Fn(&str),
 }
 
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
+/// The model's dropout generator (a poisoned lock is a bug: a thread panicked while holding it).
+fn dropout_rng(model: &Decoder) -> crate::error::Result<std::sync::MutexGuard<'_, Rng>> {
+    model.dropout_rng.lock().map_err(|_| {
+        crate::error::Error::Internal("the dropout generator's lock is poisoned".into())
+    })
 }
 
 /// Adds `b`'s gradients into `a` (for accumulation over micro-batches).
@@ -142,15 +145,19 @@ pub fn batch(rows: &[Vec<&Sequence>]) -> Batch {
 }
 
 /// The masked token-mean loss of one batch (and the number of tokens it counts).
-pub fn batch_loss(model: &Decoder, b: &Batch) -> Result<super::loss::ChunkedLoss, String> {
+pub fn batch_loss(model: &Decoder, b: &Batch) -> crate::error::Result<super::loss::ChunkedLoss> {
     let width = b.ids.first().map_or(0, Vec::len);
     let hidden = model.hidden_packed(&b.ids, &b.segments)?;
-    let hidden = hidden
-        .reshape((b.ids.len() * width, model.cfg.hidden_size))
-        .map_err(err)?;
+    let hidden = hidden.reshape((b.ids.len() * width, model.cfg.hidden_size))?;
     // Chunks of about 4M logits (16 MB in f32): big vocabularies get short chunks, small ones long.
     let chunk = ((4 << 20) / model.cfg.vocab_size.max(1)).clamp(16, 8192);
-    chunked_nll(&hidden, model.head(), &b.targets, &b.mask, chunk).map_err(err)
+    Ok(chunked_nll(
+        &hidden,
+        model.head(),
+        &b.targets,
+        &b.mask,
+        chunk,
+    )?)
 }
 
 /// Trains `model`'s `vars` on `data`, resuming from the newest checkpoint when there is one.
@@ -190,10 +197,10 @@ pub fn train(
         .max_steps
         .unwrap_or(((steps_per_epoch as f64) * h.epochs).ceil().max(1.0) as usize);
     let warmup = warmup_steps(h.warmup_steps, h.warmup_ratio, total);
-    let mut opt = AdamW::new(vars, h.betas.0, h.betas.1, h.eps, h.weight_decay).map_err(err)?;
+    let mut opt = AdamW::new(vars, h.betas.0, h.betas.1, h.eps, h.weight_decay)?;
     let mut pos = Position {
         rng: Rng::new(h.seed).state(),
-        dropout_rng: model.dropout_rng.lock().map_err(err)?.state(),
+        dropout_rng: dropout_rng(model)?.state(),
         ..Position::default()
     };
     if let Some(found) = h
@@ -202,7 +209,7 @@ pub fn train(
         .and_then(crate::store::checkpoints::latest)
     {
         pos = checkpoint::load(&found, vars, &mut opt)?;
-        *model.dropout_rng.lock().map_err(err)? = Rng::from_state(pos.dropout_rng);
+        *dropout_rng(model)? = Rng::from_state(pos.dropout_rng);
         (hooks.log)(&format!(
             "resuming from the checkpoint at step {}",
             pos.step
@@ -225,7 +232,7 @@ pub fn train(
             if let Some(dir) = &h.checkpoints {
                 if pos.step > 0 {
                     pos.rng = rng.state();
-                    pos.dropout_rng = model.dropout_rng.lock().map_err(err)?.state();
+                    pos.dropout_rng = dropout_rng(model)?.state();
                     checkpoint::save(dir, &pos, vars, &opt)?;
                     (hooks.log)(&format!("saved a checkpoint at step {}", pos.step));
                 }
@@ -257,22 +264,19 @@ pub fn train(
             }
             let loss = batch_loss(model, &batch(&picked))?;
             // Micro-batches are weighted by their trained tokens, so accumulation equals one big batch.
-            let g = (loss.surrogate * loss.tokens)
-                .map_err(err)?
-                .backward()
-                .map_err(err)?;
-            accumulate(&mut grads, g, vars).map_err(err)?;
+            let g = (loss.surrogate * loss.tokens)?.backward()?;
+            accumulate(&mut grads, g, vars)?;
             loss_sum += loss.value * loss.tokens;
             tokens += loss.tokens;
         }
         let mut grads = grads.ok_or("no micro-batch")?;
         for (_, v) in vars {
             if let Some(g) = grads.get(v) {
-                let mean = (g / tokens.max(1.0)).map_err(err)?;
+                let mean = (g / tokens.max(1.0))?;
                 grads.insert(v, mean);
             }
         }
-        let grad_norm = clip_grad_norm(&mut grads, vars, h.max_grad_norm).map_err(err)?;
+        let grad_norm = clip_grad_norm(&mut grads, vars, h.max_grad_norm)?;
         let lr = h.lr * h.schedule.factor(step, warmup, total);
         let loss = loss_sum / tokens.max(1.0);
         // A step that is not finite is never applied: it would turn every weight into NaN.
@@ -301,7 +305,7 @@ pub fn train(
                 h.skip_nonfinite
             ));
         } else {
-            opt.step(&grads, lr).map_err(err)?;
+            opt.step(&grads, lr)?;
         }
         if loss.is_finite() {
             pos.first_loss.get_or_insert(loss);
@@ -332,7 +336,7 @@ pub fn train(
             let by_time = h.save_interval.is_some_and(|d| last_save.elapsed() >= d);
             if (by_steps || by_time) && pos.step < total {
                 pos.rng = rng.state();
-                pos.dropout_rng = model.dropout_rng.lock().map_err(err)?.state();
+                pos.dropout_rng = dropout_rng(model)?.state();
                 checkpoint::save(dir, &pos, vars, &opt)?;
                 last_save = Instant::now();
             }
