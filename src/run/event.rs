@@ -164,6 +164,36 @@ impl Event {
         }
     }
 
+    /// A stage's state in a status table (watch mode's screen): `running 3/10  loss …`, `done in 1.2 s`.
+    pub fn status(&self) -> Option<String> {
+        Some(match self {
+            Event::StageStarted { .. } => "running".into(),
+            Event::StageProgress {
+                step, total, note, ..
+            } => {
+                let sep = if note.is_empty() { "" } else { "  " };
+                format!("running {step}/{total}{sep}{note}")
+            }
+            Event::StageCancelled { .. } => "cancelled".into(),
+            Event::StageFinished {
+                status,
+                seconds,
+                error,
+                ..
+            } => {
+                let why = error.as_deref().unwrap_or_default();
+                match status {
+                    Status::Ran => format!("done in {:.1} s", seconds.unwrap_or(0.0)),
+                    Status::Cached => "cached".into(),
+                    Status::Failed => format!("failed: {why}"),
+                    Status::Blocked => format!("blocked: {why}"),
+                    Status::Skipped => format!("skipped: {why}"),
+                }
+            }
+            _ => return None,
+        })
+    }
+
     /// One JSON object, as `--format json` prints it.
     pub fn json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()

@@ -77,43 +77,15 @@ impl Out {
     }
 
     fn run_event(&self, e: &Event) {
-        let status = match e {
-            Event::StageStarted { .. } => "running".to_string(),
-            Event::StageProgress {
-                stage,
-                step,
-                total,
-                note,
-            } => {
-                let sep = if note.is_empty() { "" } else { "  " };
-                self.set_status(stage, format!("running {step}/{total}{sep}{note}"));
-                if self.json || self.screen {
-                    self.emit(e, None);
-                }
-                return;
+        if let (Some(stage), Some(status)) = (e.stage(), e.status()) {
+            self.set_status(stage, status);
+        }
+        if let Event::StageProgress { .. } = e {
+            // Progress only redraws the table (or goes out as JSON); no line for it.
+            if self.json || self.screen {
+                self.emit(e, None);
             }
-            Event::StageCancelled { .. } => "cancelled".into(),
-            Event::StageFinished {
-                status,
-                seconds,
-                error,
-                ..
-            } => {
-                let why = error.as_deref().unwrap_or_default();
-                match status {
-                    super::event::Status::Ran => format!("done in {:.1} s", seconds.unwrap_or(0.0)),
-                    super::event::Status::Cached => "cached".into(),
-                    super::event::Status::Failed => format!("failed: {why}"),
-                    super::event::Status::Blocked => format!("blocked: {why}"),
-                    super::event::Status::Skipped => format!("skipped: {why}"),
-                }
-            }
-            _ => String::new(),
-        };
-        if let Some(stage) = e.stage() {
-            if !matches!(e, Event::StageLog { .. }) {
-                self.set_status(stage, status);
-            }
+            return;
         }
         self.emit(e, e.line());
     }
