@@ -9,8 +9,10 @@ use crate::model::decoder::Decoder;
 use crate::run::context::RunContext;
 use crate::track;
 use crate::train::metrics_log::MetricsLog;
+use crate::train::objective::Objective;
 use crate::train::schedule::Schedule;
-use crate::train::supervised::{self, Hyper, Logged, Sequence};
+use crate::train::supervised::{Sequence, Supervised};
+use crate::train::trainer::{self, Hyper, Logged};
 use candle_core::Device;
 
 pub fn run_supervised(ctx: &mut RunContext) -> crate::error::Result<()> {
@@ -55,61 +57,82 @@ pub fn run_supervised(ctx: &mut RunContext) -> crate::error::Result<()> {
         Value::Tuning(t) => t.clone(),
         _ => Tuning::Full,
     };
-    let num = |k: &str, default: f64| ctx.number(k).unwrap_or(default);
-    let seed = num("seed", 42.0) as u64;
+    let seed = ctx.number("seed").unwrap_or(0.0) as u64;
     let vars = model.apply_tuning(&tuning, seed)?;
-    let schedule = ctx
-        .text("schedule")
-        .and_then(Schedule::parse)
-        .unwrap_or(Schedule::Linear);
-    let hyper = Hyper {
-        lr: num("lr", 2e-5),
-        epochs: num("epochs", 3.0),
+    let hyper = hyper(ctx);
+    let objective = Supervised::new(
+        &sequences,
+        ctx.flag("packing"),
+        ctx.number("max_len").unwrap_or(1024.0) as usize,
+        ctx.log,
+    )?;
+    fit(ctx, &model, &vars, &objective, &hyper)?;
+    save(ctx, &mut model, &tuning, &model_dir)
+}
+
+/// The loop's settings from a training stage's fields (the schema fills in every default).
+pub fn hyper(ctx: &RunContext) -> Hyper {
+    let num = |k: &str| ctx.number(k).unwrap_or(0.0);
+    Hyper {
+        lr: num("lr"),
+        epochs: num("epochs"),
         max_steps: ctx.number("max_steps").map(|n| n as usize),
-        batch_size: num("batch_size", 8.0) as usize,
-        grad_accum: num("grad_accum", 1.0) as usize,
-        schedule,
-        warmup_steps: num("warmup_steps", 0.0) as usize,
-        warmup_ratio: num("warmup_ratio", 0.0),
-        weight_decay: num("weight_decay", 0.0),
-        betas: (num("adam_beta1", 0.9), num("adam_beta2", 0.999)),
-        eps: num("adam_eps", 1e-8),
-        max_grad_norm: num("max_grad_norm", 1.0),
-        seed,
-        log_every: num("log_every", 1.0) as usize,
-        packing: ctx.flag("packing"),
-        max_len: num("max_len", 1024.0) as usize,
-        save_every: num("save_every", 100.0) as usize,
-        skip_nonfinite: num("skip_nonfinite", 0.0) as usize,
+        batch_size: num("batch_size") as usize,
+        grad_accum: num("grad_accum") as usize,
+        schedule: ctx
+            .text("schedule")
+            .and_then(Schedule::parse)
+            .unwrap_or(Schedule::Linear),
+        warmup_steps: num("warmup_steps") as usize,
+        warmup_ratio: num("warmup_ratio"),
+        weight_decay: num("weight_decay"),
+        betas: (num("adam_beta1"), num("adam_beta2")),
+        eps: num("adam_eps"),
+        max_grad_norm: num("max_grad_norm"),
+        seed: num("seed") as u64,
+        log_every: num("log_every") as usize,
+        save_every: num("save_every") as usize,
+        skip_nonfinite: num("skip_nonfinite") as usize,
         save_interval: ctx
             .number("save_minutes")
             .filter(|m| *m > 0.0)
             .map(|m| std::time::Duration::from_secs_f64(m * 60.0)),
         checkpoints: Some(ctx.checkpoints.clone()),
-    };
+    }
+}
+
+/// Trains with the shared loop, writing metrics.jsonl and timing.jsonl and logging every metric to
+/// the trackers as `train/<name>`.
+pub fn fit(
+    ctx: &mut RunContext,
+    model: &Decoder,
+    vars: &[(String, candle_core::Var)],
+    objective: &dyn Objective,
+    hyper: &Hyper,
+) -> crate::error::Result<()> {
     let mut metrics = MetricsLog::create(&ctx.out.join("metrics.jsonl"), &ctx.run_dir)?;
     let tracker = &mut ctx.tracker;
     let mut write_metrics = |m: Logged| -> Result<(), String> {
-        let mut values: Vec<(&str, f64)> = [
-            ("loss", track::LOSS),
-            ("lr", track::LR),
-            ("grad_norm", track::GRAD_NORM),
-            ("epoch", track::EPOCH),
-        ]
-        .iter()
-        .filter_map(|(field, tag)| m.record[field].as_f64().map(|v| (*tag, v)))
-        .collect();
-        values.extend(m.tokens_per_s.map(|t| (track::TOKENS_PER_S, t)));
+        let mut values: Vec<(String, f64)> = m
+            .record
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| !matches!(k.as_str(), "step" | "tokens" | "skipped_nonfinite"))
+            .filter_map(|(k, v)| v.as_f64().map(|v| (format!("train/{k}"), v)))
+            .collect();
+        values.extend(m.tokens_per_s.map(|t| (track::TOKENS_PER_S.to_string(), t)));
+        let values: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         tracker.log(m.record["step"].as_u64().unwrap_or(0), &values);
         metrics.write(&m)
     };
     let cancel = ctx.cancel;
-    let summary = supervised::train(
-        &model,
-        &vars,
-        &sequences,
-        &hyper,
-        supervised::Hooks {
+    let summary = trainer::train(
+        model,
+        vars,
+        objective,
+        hyper,
+        trainer::Hooks {
             metrics: &mut write_metrics,
             cancelled: &|| cancel.load(std::sync::atomic::Ordering::Relaxed),
             progress: ctx.progress,
@@ -120,14 +143,24 @@ pub fn run_supervised(ctx: &mut RunContext) -> crate::error::Result<()> {
         "{} steps: loss {:.4} → {:.4}",
         summary.steps, summary.first_loss, summary.last_loss
     ));
+    Ok(())
+}
+
+/// Writes the trained model (a full HF folder) and, for LoRA, the PEFT adapter beside it.
+pub fn save(
+    ctx: &RunContext,
+    model: &mut Decoder,
+    tuning: &Tuning,
+    model_dir: &std::path::Path,
+) -> crate::error::Result<()> {
     if tuning.lora().is_some() {
         model.save_adapter(
             &ctx.out.join("adapter"),
-            &tuning,
+            tuning,
             &model_dir.display().to_string(),
         )?;
     }
-    model.save_hf(&model_dir, &ctx.out.join("model"), 2 << 30)
+    model.save_hf(model_dir, &ctx.out.join("model"), 2 << 30)
 }
 
 /// Whether a sequence keeps a token to train on (the first token is never predicted).

@@ -1,7 +1,7 @@
 //! Where a training stage's logged steps go: `metrics.jsonl` in its output (deterministic, hashed, in
 //! the lock file) and `timing.jsonl` beside the entry's manifest (wall-clock figures, never hashed).
 
-use super::supervised::Logged;
+use super::trainer::Logged;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};

@@ -1,47 +1,10 @@
-//! The supervised loop shared by `pt` and `sft`: seeded row order per epoch, padded or packed
-//! micro-batches (no attention across documents), masked token-mean loss (chunked), gradient
-//! accumulation, clipping, AdamW with a warmup schedule, metrics per step, checkpoints and resume.
+//! The supervised objective of `pt` and `sft`: padded or packed micro-batches (no attention across
+//! documents) and the masked token-mean loss, computed in chunks. The loop is `trainer`'s.
 
-use super::checkpoint::{self, Position};
-use super::clip::clip_grad_norm;
 use super::loss::chunked_nll;
-use super::optim::AdamW;
+use super::objective::{MicroLoss, Objective};
 use super::pack;
-use super::schedule::{warmup_steps, Schedule};
 use crate::model::decoder::Decoder;
-use crate::model::lora::Rng;
-use candle_core::backprop::GradStore;
-use candle_core::Var;
-use std::path::PathBuf;
-use std::time::Instant;
-
-pub struct Hyper {
-    pub lr: f64,
-    pub epochs: f64,
-    pub max_steps: Option<usize>,
-    pub batch_size: usize,
-    pub grad_accum: usize,
-    pub schedule: Schedule,
-    pub warmup_steps: usize,
-    pub warmup_ratio: f64,
-    pub weight_decay: f64,
-    pub betas: (f64, f64),
-    pub eps: f64,
-    pub max_grad_norm: f64,
-    pub seed: u64,
-    pub log_every: usize,
-    /// Pack sequences into rows of `max_len` positions.
-    pub packing: bool,
-    pub max_len: usize,
-    /// Checkpoint every N steps into `checkpoints` (0: never).
-    pub save_every: usize,
-    /// Also checkpoint when this much time has passed since the last checkpoint (or the start).
-    pub save_interval: Option<std::time::Duration>,
-    /// Steps whose loss or gradient norm is not finite that may be skipped (not applied) before the
-    /// stage stops.
-    pub skip_nonfinite: usize,
-    pub checkpoints: Option<PathBuf>,
-}
 
 /// One training sequence: ids and a 0/1 mask of the tokens that count in the loss.
 pub struct Sequence {
@@ -49,58 +12,70 @@ pub struct Sequence {
     pub mask: Vec<u8>,
 }
 
-pub struct Summary {
-    pub steps: usize,
-    pub first_loss: f64,
-    pub last_loss: f64,
+/// Sequences in (packed) rows, each micro-batch weighted by its trained tokens.
+pub struct Supervised<'a> {
+    usable: Vec<&'a Sequence>,
+    lens: Vec<usize>,
+    rows: Vec<Vec<usize>>,
 }
 
-/// A logged step: the deterministic record (part of the stage's output) and, for a step this run
-/// trained (not one a resumed run replays), how fast it went.
-pub struct Logged<'a> {
-    /// `step`, `loss`, `lr`, `grad_norm`, `epoch`, `tokens`: the same on every run with the same seed.
-    pub record: &'a serde_json::Value,
-    /// Trained tokens per second of wall-clock time; `None` for a replayed step.
-    pub tokens_per_s: Option<f64>,
-}
-
-/// What the loop reports to and asks of its caller.
-pub struct Hooks<'a> {
-    /// One call per logged step (also for the steps a resumed run restored).
-    pub metrics: &'a mut dyn FnMut(Logged) -> Result<(), String>,
-    pub cancelled: &'a dyn Fn() -> bool,
-    /// `step` of `total`, with a note: the step's loss and trained tokens per second.
-    pub progress: &'a dyn Fn(u64, u64, &str),
-    pub log: &'a dyn Fn(&str),
-}
-
-/// The model's dropout generator (a poisoned lock is a bug: a thread panicked while holding it).
-fn dropout_rng(model: &Decoder) -> crate::error::Result<std::sync::MutexGuard<'_, Rng>> {
-    model.dropout_rng.lock().map_err(|_| {
-        crate::error::Error::Internal("the dropout generator's lock is poisoned".into())
-    })
-}
-
-/// Adds `b`'s gradients into `a` (for accumulation over micro-batches).
-fn accumulate(
-    a: &mut Option<GradStore>,
-    b: GradStore,
-    vars: &[(String, Var)],
-) -> candle_core::Result<()> {
-    let Some(acc) = a else {
-        *a = Some(b);
-        return Ok(());
-    };
-    for (_, v) in vars {
-        if let Some(g) = b.get(v) {
-            let sum = match acc.get(v) {
-                Some(prev) => (prev + g)?,
-                None => g.clone(),
-            };
-            acc.insert(v, sum);
+impl<'a> Supervised<'a> {
+    /// The sequences with a token to train on, packed into rows of `max_len` when `packing`.
+    pub fn new(
+        data: &'a [Sequence],
+        packing: bool,
+        max_len: usize,
+        log: &dyn Fn(&str),
+    ) -> crate::error::Result<Supervised<'a>> {
+        let usable: Vec<&Sequence> = data
+            .iter()
+            .filter(|s| s.ids.len() >= 2 && s.mask[1..].contains(&1))
+            .collect();
+        if usable.is_empty() {
+            return Err("no row has a token to train on".into());
         }
+        let lens: Vec<usize> = usable.iter().map(|s| s.ids.len() - 1).collect();
+        let rows = pack::rows(&lens, packing, max_len.max(1));
+        if packing {
+            log(&format!(
+                "packed {} sequences into {} rows of ≤ {max_len} tokens",
+                usable.len(),
+                rows.len(),
+            ));
+        }
+        Ok(Supervised { usable, lens, rows })
     }
-    Ok(())
+}
+
+impl Objective for Supervised<'_> {
+    fn rows(&self) -> &[Vec<usize>] {
+        &self.rows
+    }
+
+    fn batch_shape(&self, batch_size: usize) -> (usize, usize) {
+        let widest = self
+            .rows
+            .iter()
+            .map(|r| r.iter().map(|&i| self.lens[i]).sum::<usize>())
+            .max()
+            .unwrap_or(1);
+        (batch_size, widest)
+    }
+
+    fn micro_batch(&self, model: &Decoder, rows: &[&[usize]]) -> crate::error::Result<MicroLoss> {
+        let picked: Vec<Vec<&Sequence>> = rows
+            .iter()
+            .map(|r| r.iter().map(|&i| self.usable[i]).collect())
+            .collect();
+        let loss = batch_loss(model, &batch(&picked))?;
+        Ok(MicroLoss {
+            surrogate: (loss.surrogate * loss.tokens)?,
+            value: loss.value * loss.tokens,
+            weight: loss.tokens,
+            tokens: loss.tokens,
+            metrics: Vec::new(),
+        })
+    }
 }
 
 /// A micro-batch as the model takes it: each row holds one sequence (padded) or several (packed);
@@ -158,202 +133,4 @@ pub fn batch_loss(model: &Decoder, b: &Batch) -> crate::error::Result<super::los
         &b.mask,
         chunk,
     )?)
-}
-
-/// Trains `model`'s `vars` on `data`, resuming from the newest checkpoint when there is one.
-pub fn train(
-    model: &Decoder,
-    vars: &[(String, Var)],
-    data: &[Sequence],
-    h: &Hyper,
-    hooks: Hooks,
-) -> crate::error::Result<Summary> {
-    let usable: Vec<&Sequence> = data
-        .iter()
-        .filter(|s| s.ids.len() >= 2 && s.mask[1..].contains(&1))
-        .collect();
-    if usable.is_empty() {
-        return Err("no row has a token to train on".into());
-    }
-    let lens: Vec<usize> = usable.iter().map(|s| s.ids.len() - 1).collect();
-    let rows = pack::rows(&lens, h.packing, h.max_len.max(1));
-    let widest = rows
-        .iter()
-        .map(|r| r.iter().map(|&i| lens[i]).sum::<usize>())
-        .max()
-        .unwrap_or(1);
-    super::memory::check(&model.cfg, h.batch_size.max(1), widest)?;
-    if h.packing {
-        (hooks.log)(&format!(
-            "packed {} sequences into {} rows of ≤ {} tokens",
-            usable.len(),
-            rows.len(),
-            h.max_len
-        ));
-    }
-    let per_step = h.batch_size.max(1) * h.grad_accum.max(1);
-    let steps_per_epoch = rows.len().div_ceil(per_step);
-    let total = h
-        .max_steps
-        .unwrap_or(((steps_per_epoch as f64) * h.epochs).ceil().max(1.0) as usize);
-    let warmup = warmup_steps(h.warmup_steps, h.warmup_ratio, total);
-    let mut opt = AdamW::new(vars, h.betas.0, h.betas.1, h.eps, h.weight_decay)?;
-    let mut pos = Position {
-        rng: Rng::new(h.seed).state(),
-        dropout_rng: dropout_rng(model)?.state(),
-        ..Position::default()
-    };
-    if let Some(found) = h
-        .checkpoints
-        .as_deref()
-        .and_then(crate::store::checkpoints::latest)
-    {
-        pos = checkpoint::load(&found, vars, &mut opt)?;
-        *dropout_rng(model)? = Rng::from_state(pos.dropout_rng);
-        (hooks.log)(&format!(
-            "resuming from the checkpoint at step {}",
-            pos.step
-        ));
-        for m in &pos.metrics {
-            (hooks.metrics)(Logged {
-                record: m,
-                tokens_per_s: None,
-            })?;
-        }
-    }
-    let mut rng = Rng::from_state(pos.rng);
-    model
-        .training
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut last_save = Instant::now();
-    for step in pos.step..total {
-        if (hooks.cancelled)() {
-            // Stopped at a step boundary (Ctrl-C, watch mode): keep what was trained for the rerun.
-            if let Some(dir) = &h.checkpoints {
-                if pos.step > 0 {
-                    pos.rng = rng.state();
-                    pos.dropout_rng = dropout_rng(model)?.state();
-                    checkpoint::save(dir, &pos, vars, &opt)?;
-                    (hooks.log)(&format!("saved a checkpoint at step {}", pos.step));
-                }
-            }
-            return Err(crate::error::Error::Cancelled);
-        }
-        let started = Instant::now();
-        let mut grads: Option<GradStore> = None;
-        let (mut loss_sum, mut tokens) = (0.0, 0.0);
-        for _ in 0..h.grad_accum.max(1) {
-            let mut picked: Vec<Vec<&Sequence>> = Vec::with_capacity(h.batch_size);
-            while picked.len() < h.batch_size.max(1) {
-                if pos.cursor == pos.order.len() {
-                    // A new epoch: a fresh permutation from the seeded generator.
-                    pos.order = (0..rows.len()).collect();
-                    for i in (1..pos.order.len()).rev() {
-                        pos.order
-                            .swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-                    }
-                    pos.cursor = 0;
-                }
-                picked.push(
-                    rows[pos.order[pos.cursor]]
-                        .iter()
-                        .map(|&i| usable[i])
-                        .collect(),
-                );
-                pos.cursor += 1;
-            }
-            let loss = batch_loss(model, &batch(&picked))?;
-            // Micro-batches are weighted by their trained tokens, so accumulation equals one big batch.
-            let g = (loss.surrogate * loss.tokens)?.backward()?;
-            accumulate(&mut grads, g, vars)?;
-            loss_sum += loss.value * loss.tokens;
-            tokens += loss.tokens;
-        }
-        let mut grads = grads.ok_or("no micro-batch")?;
-        for (_, v) in vars {
-            if let Some(g) = grads.get(v) {
-                let mean = (g / tokens.max(1.0))?;
-                grads.insert(v, mean);
-            }
-        }
-        let grad_norm = clip_grad_norm(&mut grads, vars, h.max_grad_norm)?;
-        let lr = h.lr * h.schedule.factor(step, warmup, total);
-        let loss = loss_sum / tokens.max(1.0);
-        // A step that is not finite is never applied: it would turn every weight into NaN.
-        let bad = [("loss", loss), ("gradient norm", grad_norm)]
-            .into_iter()
-            .find(|(_, v)| !v.is_finite());
-        if let Some((what, value)) = bad {
-            if pos.skipped_nonfinite >= h.skip_nonfinite {
-                let checkpoint = h
-                    .checkpoints
-                    .as_deref()
-                    .and_then(crate::store::checkpoints::latest)
-                    .and_then(|dir| crate::store::checkpoints::step_of(&dir));
-                return Err(crate::error::Error::NonFinite {
-                    step: step + 1,
-                    what,
-                    value,
-                    checkpoint,
-                });
-            }
-            pos.skipped_nonfinite += 1;
-            (hooks.log)(&format!(
-                "step {}: the {what} is {value}; step skipped ({} of at most {})",
-                step + 1,
-                pos.skipped_nonfinite,
-                h.skip_nonfinite
-            ));
-        } else {
-            opt.step(&grads, lr)?;
-        }
-        if loss.is_finite() {
-            pos.first_loss.get_or_insert(loss);
-            pos.last_loss = Some(loss);
-        }
-        pos.step = step + 1;
-        let tokens_per_s = tokens / started.elapsed().as_secs_f64().max(1e-9);
-        if pos.step.is_multiple_of(h.log_every.max(1)) || pos.step == total {
-            let mut line = serde_json::json!({
-                "step": pos.step,
-                "loss": loss,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "epoch": pos.step as f64 / steps_per_epoch as f64,
-                "tokens": tokens,
-            });
-            if pos.skipped_nonfinite > 0 {
-                line["skipped_nonfinite"] = pos.skipped_nonfinite.into();
-            }
-            (hooks.metrics)(Logged {
-                record: &line,
-                tokens_per_s: Some(tokens_per_s),
-            })?;
-            pos.metrics.push(line);
-        }
-        if let Some(dir) = &h.checkpoints {
-            let by_steps = h.save_every > 0 && pos.step.is_multiple_of(h.save_every);
-            let by_time = h.save_interval.is_some_and(|d| last_save.elapsed() >= d);
-            if (by_steps || by_time) && pos.step < total {
-                pos.rng = rng.state();
-                pos.dropout_rng = dropout_rng(model)?.state();
-                checkpoint::save(dir, &pos, vars, &opt)?;
-                last_save = Instant::now();
-            }
-        }
-        checkpoint::crash_point(pos.step);
-        (hooks.progress)(
-            pos.step as u64,
-            total as u64,
-            &crate::run::training_note(loss, tokens_per_s),
-        );
-    }
-    model
-        .training
-        .store(false, std::sync::atomic::Ordering::Relaxed);
-    Ok(Summary {
-        steps: pos.step,
-        first_loss: pos.first_loss.unwrap_or(f64::NAN),
-        last_loss: pos.last_loss.unwrap_or(f64::NAN),
-    })
 }
