@@ -13,7 +13,7 @@ Writes, under tests/fixtures/dpo/:
   expected.json  for each loss (sigmoid, ipo, hinge, robust with label_smoothing 0.1), TRL's logged
                step-1 values (loss, rewards/chosen, rewards/rejected, rewards/accuracies,
                rewards/margins, logps/chosen, logps/rejected) with all 4 rows in one batch and
-               learning_rate 0; and TRL's tokenized rows (prompt_ids, chosen_ids, rejected_ids).
+               learning_rate 0, in float32 (bf16 autocast off); and TRL's tokenized rows (prompt_ids, chosen_ids, rejected_ids).
 
 Re-run:  HF_HUB_OFFLINE=1 python3 scripts/make_dpo_fixture.py   (needs torch, transformers, trl 1.16)
 """
@@ -112,6 +112,10 @@ def main() -> None:
                 max_length=1024,
                 save_strategy="no",
                 seed=0,
+                # TRL's configs turn bf16 autocast on by default where the CPU supports it; the fixture is
+                # float32 throughout, as ptl computes.
+                bf16=False,
+                fp16=False,
             )
             trainer = DPOTrainer(
                 model=policy,

@@ -3,8 +3,15 @@
 use super::common;
 use super::rules;
 use super::schema::*;
+use crate::data::artifact::{self, DataSpec};
+use crate::data::encode::{EncodeOptions, Encoded};
 use crate::lang::diag::Diag;
 use crate::lang::types::{Format, Type};
+use crate::lang::value::{Tuning, Value};
+use crate::model::decoder::Decoder;
+use crate::run::context::RunContext;
+use crate::train::preference::{reference_logps, Dpo, DpoLoss, DpoSettings, Pair};
+use candle_core::Device;
 
 pub const LOSSES: &[&str] = &["sigmoid", "ipo", "hinge", "robust"];
 
@@ -38,12 +45,12 @@ pub fn kind() -> Kind {
         boolean(
             "precompute_ref",
             true,
-            "compute reference log-probs once, cached as their own artifact",
+            "compute the reference log-probs once, before training (the only mode in this version)",
         ),
     ]);
     Kind {
         version: 1,
-        run: None,
+        run: Some(run),
         name: "dpo",
         summary: "direct preference optimization against a frozen reference",
         fields,
@@ -58,6 +65,16 @@ pub fn kind() -> Kind {
 
 fn dpo_rules(s: &StageView, d: &mut Vec<Diag>) {
     rules::positive(s, d, "beta");
+    if s.get("precompute_ref") == &Value::Bool(false) {
+        d.push(
+            Diag::error(
+                "ptl::not_supported",
+                "`precompute_ref = false` is not supported yet",
+            )
+            .label(s.loc("precompute_ref"), "reference log-probs on the fly")
+            .help("ptl computes the reference's log-probs once before training, which gives the same losses; remove the field"),
+        );
+    }
     rules::within(s, d, "label_smoothing", 0.0, 0.5, false);
     let smoothing = s.num("label_smoothing").unwrap_or(0.0);
     let loss = s.str("loss").unwrap_or("sigmoid");
@@ -68,4 +85,80 @@ fn dpo_rules(s: &StageView, d: &mut Vec<Diag>) {
                 .help("label smoothing applies to loss = \"robust\" (as in TRL); remove it or switch the loss"),
         );
     }
+}
+
+/// Encodes the preference rows as TRL does, computes the reference's log-probs once (the `reference`
+/// model, else the starting policy: for LoRA the adapters start at zero, so that is the base), then
+/// trains with the shared loop.
+fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
+    let model_dir = ctx
+        .input("model")
+        .ok_or("the stage has no model")?
+        .to_path_buf();
+    let (data, format) = ctx.dataset("data")?;
+    let spec = DataSpec {
+        data,
+        format,
+        tokenizer: model_dir.clone(),
+        template: None,
+        opts: EncodeOptions::from_stage(ctx.params),
+    };
+    let tokenized = artifact::cached(ctx.store, &spec)?;
+    super::common::report_malformed(ctx, &tokenized.problems)?;
+    let total = tokenized.rows.len();
+    let pairs: Vec<Pair> = tokenized
+        .rows
+        .into_iter()
+        .filter_map(|r| match r.result {
+            Ok(Encoded::Pair {
+                prompt_ids,
+                chosen_ids,
+                rejected_ids,
+                ..
+            }) => Some(Pair {
+                prompt: prompt_ids,
+                chosen: chosen_ids,
+                rejected: rejected_ids,
+            }),
+            _ => None,
+        })
+        .collect();
+    (ctx.log)(&format!(
+        "{} pairs to train on ({} dropped: prompt at least max_len; {} malformed)",
+        pairs.len(),
+        total - pairs.len(),
+        tokenized.problems.len()
+    ));
+    if pairs.is_empty() {
+        return Err(crate::error::Error::AllRowsDropped {
+            rows: total,
+            max_len: spec.opts.max_len,
+            shortest: None,
+        });
+    }
+    let hyper = super::train_run::hyper(ctx);
+    let mut model = Decoder::load(&model_dir, &Device::Cpu)?;
+    let tuning = match ctx.param("tuning") {
+        Value::Tuning(t) => t.clone(),
+        _ => Tuning::Full,
+    };
+    let vars = model.apply_tuning(&tuning, hyper.seed)?;
+    let reference = match ctx.input("reference") {
+        Some(dir) => {
+            let reference = Decoder::load(dir, &Device::Cpu)?;
+            reference_logps(&reference, &pairs, hyper.batch_size)?
+        }
+        None => reference_logps(&model, &pairs, hyper.batch_size)?,
+    };
+    let settings = DpoSettings {
+        beta: ctx.number("beta").unwrap_or(0.1),
+        loss: ctx
+            .text("loss")
+            .and_then(DpoLoss::parse)
+            .unwrap_or(DpoLoss::Sigmoid),
+        label_smoothing: ctx.number("label_smoothing").unwrap_or(0.0),
+    };
+    let objective = Dpo::new(pairs, reference, settings);
+    super::train_run::fit(ctx, &model, &vars, &objective, &hyper)?;
+    super::train_run::save(ctx, &mut model, &tuning, &model_dir)
 }

@@ -3,12 +3,14 @@
 
 pub mod checkpoint;
 pub mod clip;
+pub mod logps;
 pub mod loss;
 pub mod memory;
 pub mod metrics_log;
 pub mod objective;
 pub mod optim;
 pub mod pack;
+pub mod preference;
 pub mod schedule;
 pub mod supervised;
 pub mod trainer;

@@ -1,0 +1,73 @@
+//! Sequence log-probabilities for preference objectives, chunked over positions so that no
+//! [tokens, vocab] logits tensor is kept for backward: one pass reads each position's log-probability
+//! of its target (no graph), the objective turns their per-sequence sums into a loss and the loss's
+//! derivative per sequence, and a second pass forms the gradient of Σ_t w_t · log p_t directly
+//! (w_t · (one-hot − softmax) per position), carried into autograd by a surrogate scalar.
+
+use candle_core::{Tensor, D};
+
+/// log p(target) at each position: `hidden` [n, h] (final-norm output), `head` [vocab, h].
+pub fn token_logps(
+    hidden: &Tensor,
+    head: &Tensor,
+    targets: &[u32],
+    chunk: usize,
+) -> candle_core::Result<Vec<f32>> {
+    let h = hidden.detach();
+    let w = head.detach();
+    let mut out = Vec::with_capacity(targets.len());
+    for start in (0..targets.len()).step_by(chunk.max(1)) {
+        let len = chunk.min(targets.len() - start);
+        let logp = log_softmax(&h.narrow(0, start, len)?.matmul(&w.t()?)?)?;
+        let tgt = Tensor::from_vec(targets[start..start + len].to_vec(), (len, 1), h.device())?;
+        out.extend(logp.gather(&tgt, 1)?.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
+}
+
+fn log_softmax(logits: &Tensor) -> candle_core::Result<Tensor> {
+    let max = logits.max_keepdim(D::Minus1)?;
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// A scalar whose gradient (through `hidden` and `head`) is the gradient of Σ_t weights_t · log p_t.
+pub fn weighted_logp_surrogate(
+    hidden: &Tensor,
+    head: &Tensor,
+    targets: &[u32],
+    weights: &[f32],
+    chunk: usize,
+) -> candle_core::Result<Tensor> {
+    let dtype = hidden.dtype();
+    let dev = hidden.device();
+    let h_detached = hidden.detach();
+    let w_detached = head.detach();
+    let vocab = head.dim(0)?;
+    let mut grad_h = Vec::new();
+    let mut grad_w = w_detached.zeros_like()?;
+    for start in (0..targets.len()).step_by(chunk.max(1)) {
+        let len = chunk.min(targets.len() - start);
+        if weights[start..start + len].iter().all(|w| *w == 0.0) {
+            grad_h.push(Tensor::zeros((len, h_detached.dim(1)?), dtype, dev)?);
+            continue;
+        }
+        let h = h_detached.narrow(0, start, len)?;
+        let probs = log_softmax(&h.matmul(&w_detached.t()?)?)?.exp()?;
+        let tgt = Tensor::from_vec(targets[start..start + len].to_vec(), (len, 1), dev)?;
+        let onehot = Tensor::zeros((len, vocab), dtype, dev)?.scatter_add(
+            &tgt,
+            &Tensor::ones((len, 1), dtype, dev)?,
+            1,
+        )?;
+        let wt = Tensor::from_vec(weights[start..start + len].to_vec(), (len, 1), dev)?
+            .to_dtype(dtype)?;
+        // d(w · log p_target)/d logits = w · (one-hot − softmax).
+        let g = (onehot - probs)?.broadcast_mul(&wt)?;
+        grad_h.push(g.matmul(&w_detached)?);
+        grad_w = (grad_w + g.t()?.matmul(&h)?)?;
+    }
+    let grad_h = Tensor::cat(&grad_h, 0)?;
+    (hidden * grad_h)?.sum_all()? + (head * grad_w)?.sum_all()?
+}

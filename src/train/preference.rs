@@ -1,0 +1,314 @@
+//! Preference objectives on (prompt, chosen, rejected) pairs. Chosen and rejected of a micro-batch go
+//! through the model in one forward (TRL's concatenated forward: rows [chosen…; rejected…], right
+//! padded); a completion's log-probability is the sum over its tokens only. DPO's losses and logged
+//! metrics follow TRL 1.16's DPOTrainer (../shared/reference/losses-and-formats.md §1).
+
+use super::logps::{token_logps, weighted_logp_surrogate};
+use super::objective::{MicroLoss, Objective};
+use super::supervised::{batch, Sequence};
+use crate::model::decoder::Decoder;
+
+/// One preference row, encoded: the prompt and the two completions (each ends as TRL's does).
+pub struct Pair {
+    pub prompt: Vec<u32>,
+    pub chosen: Vec<u32>,
+    pub rejected: Vec<u32>,
+}
+
+impl Pair {
+    /// The two sequences, prompt + completion, the completion's tokens marked.
+    fn sequences(&self) -> [Sequence; 2] {
+        [&self.chosen, &self.rejected].map(|c| {
+            let mut ids = self.prompt.clone();
+            ids.extend_from_slice(c);
+            let mut mask = vec![0u8; self.prompt.len()];
+            mask.extend(std::iter::repeat_n(1u8, c.len()));
+            Sequence { ids, mask }
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DpoLoss {
+    Sigmoid,
+    Ipo,
+    Hinge,
+    Robust,
+}
+
+impl DpoLoss {
+    pub fn parse(s: &str) -> Option<DpoLoss> {
+        Some(match s {
+            "sigmoid" => DpoLoss::Sigmoid,
+            "ipo" => DpoLoss::Ipo,
+            "hinge" => DpoLoss::Hinge,
+            "robust" => DpoLoss::Robust,
+            _ => return None,
+        })
+    }
+}
+
+/// log σ(x), stable for large |x|.
+fn log_sigmoid(x: f64) -> f64 {
+    -((-x).max(0.0) + (-x.abs()).exp().ln_1p())
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// One pair's DPO loss and its derivatives with respect to the policy's chosen and rejected
+/// log-probabilities, given the reference's.
+#[derive(Debug, PartialEq)]
+pub struct PairLoss {
+    pub loss: f64,
+    pub d_chosen: f64,
+    pub d_rejected: f64,
+}
+
+pub struct DpoSettings {
+    pub beta: f64,
+    pub loss: DpoLoss,
+    pub label_smoothing: f64,
+}
+
+impl DpoSettings {
+    /// `logps` = (policy chosen, policy rejected, reference chosen, reference rejected); `lens` the
+    /// two completions' token counts (IPO averages per token).
+    pub fn pair_loss(&self, logps: [f64; 4], lens: [usize; 2]) -> PairLoss {
+        let [pc, pr, rc, rr] = logps;
+        let beta = self.beta;
+        let (chosen, rejected) = (pc - rc, pr - rr);
+        let delta = chosen - rejected;
+        let eps = self.label_smoothing;
+        // (loss, dloss/dΔ) for the losses that depend on Δ alone.
+        let of_delta = |loss: f64, d: f64| PairLoss {
+            loss,
+            d_chosen: d,
+            d_rejected: -d,
+        };
+        match self.loss {
+            DpoLoss::Sigmoid => {
+                of_delta(-log_sigmoid(beta * delta), -beta * sigmoid(-beta * delta))
+            }
+            DpoLoss::Hinge => {
+                let margin = 1.0 - beta * delta;
+                of_delta(margin.max(0.0), if margin > 0.0 { -beta } else { 0.0 })
+            }
+            DpoLoss::Robust => {
+                let loss = (-(1.0 - eps) * log_sigmoid(beta * delta)
+                    + eps * log_sigmoid(-beta * delta))
+                    / (1.0 - 2.0 * eps);
+                let d = (-(1.0 - eps) * beta * sigmoid(-beta * delta)
+                    - eps * beta * sigmoid(beta * delta))
+                    / (1.0 - 2.0 * eps);
+                of_delta(loss, d)
+            }
+            DpoLoss::Ipo => {
+                let (nc, nr) = (lens[0].max(1) as f64, lens[1].max(1) as f64);
+                let gap = chosen / nc - rejected / nr - 1.0 / (2.0 * beta);
+                PairLoss {
+                    loss: gap * gap,
+                    d_chosen: 2.0 * gap / nc,
+                    d_rejected: -2.0 * gap / nr,
+                }
+            }
+        }
+    }
+}
+
+/// DPO against reference log-probabilities computed before training.
+pub struct Dpo {
+    pub pairs: Vec<Pair>,
+    /// (chosen, rejected) under the reference, by pair.
+    pub reference: Vec<(f64, f64)>,
+    pub settings: DpoSettings,
+    rows: Vec<Vec<usize>>,
+}
+
+/// Positions per chunk of the log-prob passes: about 4M logits, as the supervised loss.
+fn chunk(model: &Decoder) -> usize {
+    ((4 << 20) / model.cfg.vocab_size.max(1)).clamp(16, 8192)
+}
+
+/// Summed completion log-probabilities of each sequence of a padded batch, and what the passes need.
+struct Forward {
+    hidden: candle_core::Tensor,
+    targets: Vec<u32>,
+    mask: Vec<f32>,
+    width: usize,
+    sums: Vec<f64>,
+}
+
+fn forward(model: &Decoder, seqs: &[Sequence]) -> crate::error::Result<Forward> {
+    let rows: Vec<Vec<&Sequence>> = seqs.iter().map(|s| vec![s]).collect();
+    let b = batch(&rows);
+    let width = b.ids.first().map_or(0, Vec::len);
+    let hidden = model
+        .hidden_packed(&b.ids, &b.segments)?
+        .reshape((b.ids.len() * width, model.cfg.hidden_size))?;
+    let logps = token_logps(&hidden, model.head(), &b.targets, chunk(model))?;
+    let sums = (0..seqs.len())
+        .map(|i| {
+            (i * width..(i + 1) * width)
+                .map(|t| (logps[t] * b.mask[t]) as f64)
+                .sum()
+        })
+        .collect();
+    Ok(Forward {
+        hidden,
+        targets: b.targets,
+        mask: b.mask,
+        width,
+        sums,
+    })
+}
+
+/// (chosen, rejected) summed completion log-probabilities of every pair under `model` (no gradient),
+/// `batch_size` pairs at a time.
+pub fn reference_logps(
+    model: &Decoder,
+    pairs: &[Pair],
+    batch_size: usize,
+) -> crate::error::Result<Vec<(f64, f64)>> {
+    let mut out = Vec::with_capacity(pairs.len());
+    for group in pairs.chunks(batch_size.max(1)) {
+        let (chosen, rejected): (Vec<Sequence>, Vec<Sequence>) = group
+            .iter()
+            .map(|p| {
+                let [c, r] = p.sequences();
+                (c, r)
+            })
+            .unzip();
+        let seqs: Vec<Sequence> = chosen.into_iter().chain(rejected).collect();
+        let f = forward(model, &seqs)?;
+        let n = group.len();
+        out.extend((0..n).map(|i| (f.sums[i], f.sums[n + i])));
+    }
+    Ok(out)
+}
+
+impl Dpo {
+    pub fn new(pairs: Vec<Pair>, reference: Vec<(f64, f64)>, settings: DpoSettings) -> Dpo {
+        let rows = (0..pairs.len()).map(|i| vec![i]).collect();
+        Dpo {
+            pairs,
+            reference,
+            settings,
+            rows,
+        }
+    }
+}
+
+impl Objective for Dpo {
+    fn rows(&self) -> &[Vec<usize>] {
+        &self.rows
+    }
+
+    fn batch_shape(&self, batch_size: usize) -> (usize, usize) {
+        let widest = self
+            .pairs
+            .iter()
+            .map(|p| p.prompt.len() + p.chosen.len().max(p.rejected.len()))
+            .max()
+            .unwrap_or(1);
+        (2 * batch_size, widest)
+    }
+
+    fn micro_batch(&self, model: &Decoder, rows: &[&[usize]]) -> crate::error::Result<MicroLoss> {
+        let ids: Vec<usize> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        let n = ids.len();
+        let (chosen, rejected): (Vec<Sequence>, Vec<Sequence>) = ids
+            .iter()
+            .map(|&i| {
+                let [c, r] = self.pairs[i].sequences();
+                (c, r)
+            })
+            .unzip();
+        let seqs: Vec<Sequence> = chosen.into_iter().chain(rejected).collect();
+        let f = forward(model, &seqs)?;
+        let beta = self.settings.beta;
+        let mut value = 0.0;
+        let mut coef = vec![0.0f64; 2 * n];
+        let mut sums = [0.0f64; 6];
+        for (k, &i) in ids.iter().enumerate() {
+            let (pc, pr) = (f.sums[k], f.sums[n + k]);
+            let (rc, rr) = self.reference[i];
+            let lens = [self.pairs[i].chosen.len(), self.pairs[i].rejected.len()];
+            let l = self.settings.pair_loss([pc, pr, rc, rr], lens);
+            value += l.loss;
+            coef[k] = l.d_chosen;
+            coef[n + k] = l.d_rejected;
+            let (reward_c, reward_r) = (beta * (pc - rc), beta * (pr - rr));
+            sums[0] += reward_c;
+            sums[1] += reward_r;
+            sums[2] += f64::from(u8::from(reward_c > reward_r));
+            sums[3] += reward_c - reward_r;
+            sums[4] += pc;
+            sums[5] += pr;
+        }
+        // The gradient of Σ_pairs loss = Σ_sequences dloss/dlogp · ∇ Σ_completion log p_t.
+        let weights: Vec<f32> = (0..f.targets.len())
+            .map(|t| (coef[t / f.width] * f.mask[t] as f64) as f32)
+            .collect();
+        let surrogate =
+            weighted_logp_surrogate(&f.hidden, model.head(), &f.targets, &weights, chunk(model))?;
+        let tokens: f64 = f.mask.iter().map(|&m| m as f64).sum();
+        let names = [
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/accuracies",
+            "rewards/margins",
+            "logps/chosen",
+            "logps/rejected",
+        ];
+        Ok(MicroLoss {
+            surrogate,
+            value,
+            weight: n as f64,
+            tokens,
+            metrics: names.into_iter().zip(sums).collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each loss's derivative agrees with a central finite difference of the loss itself.
+    #[test]
+    fn pair_loss_derivatives_match_finite_differences() {
+        for loss in [
+            DpoLoss::Sigmoid,
+            DpoLoss::Ipo,
+            DpoLoss::Hinge,
+            DpoLoss::Robust,
+        ] {
+            let s = DpoSettings {
+                beta: 0.1,
+                loss,
+                label_smoothing: 0.1,
+            };
+            let at = [-20.0, -27.0, -21.0, -25.0];
+            let lens = [4, 7];
+            let l = s.pair_loss(at, lens);
+            let h = 1e-5;
+            for (i, want) in [(0, l.d_chosen), (1, l.d_rejected)] {
+                let (mut up, mut down) = (at, at);
+                up[i] += h;
+                down[i] -= h;
+                let fd = (s.pair_loss(up, lens).loss - s.pair_loss(down, lens).loss) / (2.0 * h);
+                assert!((fd - want).abs() < 1e-7, "{loss:?}[{i}]: {fd} vs {want}");
+            }
+        }
+        // With the policy equal to the reference the sigmoid loss is ln 2.
+        let s = DpoSettings {
+            beta: 0.1,
+            loss: DpoLoss::Sigmoid,
+            label_smoothing: 0.0,
+        };
+        let l = s.pair_loss([-5.0, -6.0, -5.0, -6.0], [1, 1]);
+        assert!((l.loss - std::f64::consts::LN_2).abs() < 1e-15);
+    }
+}

@@ -1,0 +1,184 @@
+//! DPO against TRL 1.16's own DPOTrainer (tests/fixtures/dpo, made by scripts/make_dpo_fixture.py):
+//! step 1's loss and every logged metric for the sigmoid, ipo, hinge and robust losses, with a
+//! reference model different from the policy, for full tuning and a fresh LoRA; and the tokenized
+//! prompt / chosen / rejected ids equal TRL's preprocessing.
+
+mod common;
+
+use common::{ptl, text, Dir};
+use serde_json::Value;
+use std::path::Path;
+
+/// Within this of TRL's values (absolute): losses and rewards (measured ≤ 7e-6).
+const TOLERANCE: f64 = 1e-5;
+/// Summed log-probabilities (about −200 here) are f32 sums in TRL, whose spacing at 200 is 1.5e-5
+/// itself: they agree within this relative difference (measured 3.5e-7, 6.9e-5 absolute).
+const RELATIVE: f64 = 5e-7;
+
+fn expected() -> Value {
+    serde_json::from_str(&std::fs::read_to_string("tests/fixtures/dpo/expected.json").unwrap())
+        .unwrap()
+}
+
+/// The fixture's models and rows in a temporary folder (symlinks followed).
+fn workdir(name: &str) -> Dir {
+    let dir = std::env::temp_dir().join(format!("ptl-dpo-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for sub in ["policy", "reference"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        for f in std::fs::read_dir(Path::new("tests/fixtures/dpo").join(sub)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.join(sub).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy("tests/fixtures/dpo/data.jsonl", dir.join("data.jsonl")).unwrap();
+    Dir(dir)
+}
+
+#[test]
+fn step_one_matches_trl_for_every_loss_full_and_lora() {
+    let want = expected();
+    let mut problems = Vec::new();
+    for (loss, case) in want["losses"].as_object().unwrap() {
+        for tuning in ["full", "lora(rank = 4, alpha = 8)"] {
+            let d = workdir(&format!("{loss}-{}", tuning.len()));
+            std::fs::write(
+                d.0.join("p.ptl"),
+                format!(
+                    "stage aligned = dpo {{\n  model = hf_model(\"policy\")\n  reference = hf_model(\"reference\")\n  data = jsonl(\"data.jsonl\", format = \"preference\")\n  tuning = {tuning}\n  loss = \"{loss}\"\n  label_smoothing = {}\n  beta = 0.1\n  batch_size = 4\n  max_steps = 1\n}}\n",
+                    case["label_smoothing"]
+                ),
+            )
+            .unwrap();
+            let o = ptl(&d.0, &["run", "p.ptl"]);
+            assert_eq!(o.status.code(), Some(0), "{loss}: {}", text(&o));
+            let out = ptl(&d.0, &["path", "p.ptl", "aligned"]);
+            let dir = d.0.join(String::from_utf8_lossy(&out.stdout).trim());
+            let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+            let got: Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+            for key in [
+                "loss",
+                "rewards/chosen",
+                "rewards/rejected",
+                "rewards/accuracies",
+                "rewards/margins",
+                "logps/chosen",
+                "logps/rejected",
+            ] {
+                let (g, w) = (got[key].as_f64().unwrap(), case[key].as_f64().unwrap());
+                eprintln!(
+                    "{loss:8} {tuning:26} {key:20} ptl {g:.7}  trl {w:.7}  diff {:+.2e}",
+                    g - w
+                );
+                if (g - w).abs() > TOLERANCE.max(RELATIVE * w.abs()) {
+                    problems.push(format!("{loss} {tuning} {key}: ptl {g} vs TRL {w}"));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn pairs_are_tokenized_as_trl_does() {
+    use ptl::data::encode::{EncodeOptions, Encoded, Encoder};
+    use ptl::data::tokenizer::TextTokenizer;
+    let want = expected();
+    let tok = TextTokenizer::load(Path::new("tests/fixtures/dpo/policy")).unwrap();
+    let enc = Encoder::new(
+        &tok,
+        None,
+        EncodeOptions {
+            max_len: 1024,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (rows, problems) = ptl::data::rows::read(
+        Path::new("tests/fixtures/dpo/data.jsonl"),
+        ptl::lang::types::Format::Preference,
+    )
+    .unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    let ids = |v: &Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as u32)
+            .collect()
+    };
+    for (row, trl) in rows.iter().zip(want["tokenized"].as_array().unwrap()) {
+        let Encoded::Pair {
+            prompt_ids,
+            chosen_ids,
+            rejected_ids,
+            ..
+        } = enc.encode(&row.example).unwrap()
+        else {
+            panic!("not a pair")
+        };
+        assert_eq!(prompt_ids, ids(&trl["prompt_ids"]), "line {}", row.line);
+        assert_eq!(chosen_ids, ids(&trl["chosen_ids"]), "line {}", row.line);
+        assert_eq!(rejected_ids, ids(&trl["rejected_ids"]), "line {}", row.line);
+    }
+}
+
+#[test]
+fn a_killed_dpo_stage_resumes_bit_identical() {
+    let pipeline = "stage aligned = dpo {\n  model = hf_model(\"policy\")\n  reference = hf_model(\"reference\")\n  data = jsonl(\"data.jsonl\", format = \"preference\")\n  tuning = lora(rank = 4, alpha = 8, dropout = 0.1)\n  lr = 1e-2\n  batch_size = 2\n  max_steps = 5\n  save_every = 2\n}\n";
+    let files = |d: &Path| -> Vec<(String, Vec<u8>)> {
+        let o = ptl(d, &["path", "p.ptl", "aligned"]);
+        let out = d.join(String::from_utf8_lossy(&o.stdout).trim());
+        let mut files = Vec::new();
+        for sub in ["model", "adapter"] {
+            for f in std::fs::read_dir(out.join(sub)).unwrap() {
+                let f = f.unwrap().path();
+                files.push((
+                    f.display()
+                        .to_string()
+                        .rsplit('/')
+                        .next()
+                        .unwrap()
+                        .to_string(),
+                    std::fs::read(&f).unwrap(),
+                ));
+            }
+        }
+        files.push((
+            "metrics".into(),
+            std::fs::read(out.join("metrics.jsonl")).unwrap(),
+        ));
+        files.sort();
+        files
+    };
+    let whole = workdir("whole");
+    std::fs::write(whole.0.join("p.ptl"), pipeline).unwrap();
+    let o = ptl(&whole.0, &["run", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let crashed = workdir("crashed");
+    std::fs::write(crashed.0.join("p.ptl"), pipeline).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args(["run", "p.ptl"])
+        .env("PTL_FAULT", "crash_after_step:3")
+        .env_remove("PTL_STORE")
+        .current_dir(&crashed.0)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), None, "killed by a signal: {}", text(&o));
+    let o = ptl(&crashed.0, &["run", "p.ptl"]);
+    assert!(
+        text(&o).contains("aligned: resuming from the checkpoint at step 2"),
+        "{}",
+        text(&o)
+    );
+    let (a, b) = (files(&whole.0), files(&crashed.0));
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(
+            x == y,
+            "{name} differs after the resume:\n{}\n{}",
+            String::from_utf8_lossy(&x[..x.len().min(2000)]),
+            String::from_utf8_lossy(&y[..y.len().min(2000)])
+        );
+    }
+    assert_eq!(a.len(), b.len());
+}
