@@ -56,15 +56,7 @@ fn step_one_matches_trl_for_every_loss_full_and_lora() {
             let dir = d.0.join(String::from_utf8_lossy(&out.stdout).trim());
             let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
             let got: Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
-            for key in [
-                "loss",
-                "rewards/chosen",
-                "rewards/rejected",
-                "rewards/accuracies",
-                "rewards/margins",
-                "logps/chosen",
-                "logps/rejected",
-            ] {
+            for key in std::iter::once("loss").chain(ptl::train::preference::DPO_METRICS) {
                 let (g, w) = (got[key].as_f64().unwrap(), case[key].as_f64().unwrap());
                 eprintln!(
                     "{loss:8} {tuning:26} {key:20} ptl {g:.7}  trl {w:.7}  diff {:+.2e}",

@@ -117,6 +117,16 @@ impl DpoSettings {
     }
 }
 
+/// What DPO logs per step besides the loss, by TRL's names (means over the step's pairs).
+pub const DPO_METRICS: [&str; 6] = [
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+];
+
 /// DPO against reference log-probabilities computed before training.
 pub struct Dpo {
     pub pairs: Vec<Pair>,
@@ -254,20 +264,12 @@ impl Objective for Dpo {
         let surrogate =
             weighted_logp_surrogate(&f.hidden, model.head(), &f.targets, &weights, chunk(model))?;
         let tokens: f64 = f.mask.iter().map(|&m| m as f64).sum();
-        let names = [
-            "rewards/chosen",
-            "rewards/rejected",
-            "rewards/accuracies",
-            "rewards/margins",
-            "logps/chosen",
-            "logps/rejected",
-        ];
         Ok(MicroLoss {
             surrogate,
             value,
             weight: n as f64,
             tokens,
-            metrics: names.into_iter().zip(sums).collect(),
+            metrics: DPO_METRICS.into_iter().zip(sums).collect(),
         })
     }
 }
