@@ -7,6 +7,10 @@
 //! embeddings (41.6 M parameters); batch 8 × 256 tokens, f32, CPU, AdamW, clipping at 1.0 (the stage
 //! defaults), every step logged. The first step is a warm-up and is not counted.
 //!
+//! It also times a `dpo` step against an `sft`-shaped step on the same tokens (LoRA, 4 pairs of 128
+//! prompt + 128 completion tokens = 8 sequences of 256, reference log-probs computed before training),
+//! the ratio the preference issue bounds at 2.2×.
+//!
 //! Run with `cargo bench --bench train [-- --steps N]`. The PyTorch side runs when
 //! `PTL_BENCH_PYTHON` (default `python3`) has torch, transformers and peft.
 
@@ -57,6 +61,35 @@ fn rows(path: &Path, n: usize) {
     std::fs::write(path, text).unwrap();
 }
 
+/// Random words.
+fn words(seed: &mut u64, n: usize) -> String {
+    (0..n)
+        .map(|_| {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            format!("w{}", (*seed >> 33) % (VOCAB as u64 - 1))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Preference rows of 128-word prompts and 127-word completions (the EOS makes 128 tokens).
+fn pairs(path: &Path, n: usize) {
+    let mut seed = 7u64;
+    let text: String = (0..n)
+        .map(|_| {
+            let row = serde_json::json!({
+                "prompt": words(&mut seed, SEQ / 2),
+                "chosen": format!(" {}", words(&mut seed, SEQ / 2 - 1)),
+                "rejected": format!(" {}", words(&mut seed, SEQ / 2 - 1)),
+            });
+            format!("{row}\n")
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
 fn pipeline(steps: usize) -> String {
     let stage = |name: &str, tuning: &str| {
         format!(
@@ -64,14 +97,37 @@ fn pipeline(steps: usize) -> String {
             SEQ + 1
         )
     };
+    let dpo = format!(
+        "stage lora_dpo = dpo {{\n  model = base.model\n  data = jsonl(\"pairs.jsonl\", format = \"preference\")\n  tuning = lora(rank = 16, alpha = 32, targets = \"all-linear\")\n  max_steps = {steps}\n  batch_size = {}\n  max_len = {}\n  lr = 1e-5\n  log_every = 1\n  save_every = 0\n  save_minutes = 0\n}}\n",
+        BATCH / 2,
+        SEQ + 1
+    );
     format!(
-        "config {{\n  seed = 0\n}}\n\nstage base = init {{\n  tokenizer = \"tokenizer\"\n  hidden_size = 512\n  layers = 8\n  heads = 8\n  kv_heads = 4\n  intermediate_size = 1536\n  rope_theta = 1000000.0\n  max_position_embeddings = 4096\n}}\n\n{}\n{}",
+        "config {{\n  seed = 0\n}}\n\nstage base = init {{\n  tokenizer = \"tokenizer\"\n  hidden_size = 512\n  layers = 8\n  heads = 8\n  kv_heads = 4\n  intermediate_size = 1536\n  rope_theta = 1000000.0\n  max_position_embeddings = 4096\n}}\n\n{}\n{}\n{dpo}",
         stage("full_ft", "full"),
         stage(
             "lora_ft",
             "lora(rank = 16, alpha = 32, targets = \"all-linear\")"
         )
     )
+}
+
+/// Seconds per step over the timed steps (all but the first) of a finished stage.
+fn step_seconds(dir: &Path, stage: &str) -> f64 {
+    let entry = dir.join(".ptl/out/bench").join(stage).join("..");
+    let timing = std::fs::read_to_string(entry.join("timing.jsonl")).unwrap();
+    let metrics = std::fs::read_to_string(entry.join("out/metrics.jsonl")).unwrap();
+    let secs: Vec<f64> = timing
+        .lines()
+        .zip(metrics.lines())
+        .skip(1)
+        .map(|(t, m)| {
+            let t: serde_json::Value = serde_json::from_str(t).unwrap();
+            let m: serde_json::Value = serde_json::from_str(m).unwrap();
+            m["tokens"].as_f64().unwrap() / t["tokens_per_s"].as_f64().unwrap()
+        })
+        .collect();
+    secs.iter().sum::<f64>() / secs.len() as f64
 }
 
 /// Trained tokens per second over the timed steps (all but the first) of a finished stage.
@@ -127,6 +183,7 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     tokenizer(&dir.join("tokenizer"));
     rows(&dir.join("rows.jsonl"), BATCH * (steps + 1));
+    pairs(&dir.join("pairs.jsonl"), BATCH / 2 * (steps + 1));
     std::fs::write(dir.join("bench.ptl"), pipeline(steps + 1)).unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_ptl"))
         .args(["run", "bench.ptl"])
@@ -139,6 +196,11 @@ fn main() {
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
+    );
+    let (sft, dpo) = (step_seconds(&dir, "lora_ft"), step_seconds(&dir, "lora_dpo"));
+    println!(
+        "{}",
+        serde_json::json!({"engine": "ptl run", "mode": "lora", "sft_step_s": (sft * 1000.0).round() / 1000.0, "dpo_step_s": (dpo * 1000.0).round() / 1000.0, "dpo_over_sft": (dpo / sft * 100.0).round() / 100.0})
     );
     for mode in ["full", "lora"] {
         let (ptl_tps, timed) = tokens_per_s(&dir, &format!("{mode}_ft"));
