@@ -197,7 +197,10 @@ fn main() {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    let (sft, dpo) = (step_seconds(&dir, "lora_ft"), step_seconds(&dir, "lora_dpo"));
+    let (sft, dpo) = (
+        step_seconds(&dir, "lora_ft"),
+        step_seconds(&dir, "lora_dpo"),
+    );
     println!(
         "{}",
         serde_json::json!({"engine": "ptl run", "mode": "lora", "sft_step_s": (sft * 1000.0).round() / 1000.0, "dpo_step_s": (dpo * 1000.0).round() / 1000.0, "dpo_over_sft": (dpo / sft * 100.0).round() / 100.0})

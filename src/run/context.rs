@@ -75,6 +75,18 @@ impl RunContext<'_> {
         }
     }
 
+    /// The stage's parameters as a typed struct: the checker filled in every default from the schema,
+    /// so run code never needs one of its own. A field that does not fit is a bug (the schema and the
+    /// struct disagree), not a user error.
+    pub fn typed<T: serde::de::DeserializeOwned>(&self) -> crate::error::Result<T> {
+        serde_json::from_value(self.params_json.clone()).map_err(|e| {
+            crate::error::Error::Internal(format!(
+                "stage {}: its parameters do not fit the run's settings: {e}",
+                self.stage
+            ))
+        })
+    }
+
     /// Whether the run was asked to stop; long stages check it between steps.
     pub fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)

@@ -10,7 +10,7 @@ use crate::lang::types::{Format, Type};
 use crate::lang::value::{Tuning, Value};
 use crate::model::decoder::Decoder;
 use crate::run::context::RunContext;
-use crate::train::preference::{reference_logps, Dpo, DpoLoss, DpoSettings, Pair};
+use crate::train::preference::{reference_logps, Dpo, DpoSettings, Pair};
 use candle_core::Device;
 
 pub const LOSSES: &[&str] = &["sigmoid", "ipo", "hinge", "robust"];
@@ -136,7 +136,7 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
             shortest: None,
         });
     }
-    let hyper = super::train_run::hyper(ctx);
+    let hyper = super::train_run::hyper(ctx)?;
     let mut model = Decoder::load(&model_dir, &Device::Cpu)?;
     let tuning = match ctx.param("tuning") {
         Value::Tuning(t) => t.clone(),
@@ -150,14 +150,7 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
         }
         None => reference_logps(&model, &pairs, hyper.batch_size)?,
     };
-    let settings = DpoSettings {
-        beta: ctx.number("beta").unwrap_or(0.1),
-        loss: ctx
-            .text("loss")
-            .and_then(DpoLoss::parse)
-            .unwrap_or(DpoLoss::Sigmoid),
-        label_smoothing: ctx.number("label_smoothing").unwrap_or(0.0),
-    };
+    let settings: DpoSettings = ctx.typed()?;
     let objective = Dpo::new(pairs, reference, settings);
     super::train_run::fit(ctx, &model, &vars, &objective, &hyper)?;
     super::train_run::save(ctx, &mut model, &tuning, &model_dir)

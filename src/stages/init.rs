@@ -136,17 +136,29 @@ fn init_rules(s: &StageView, d: &mut Vec<Diag>) {
     }
 }
 
-fn int_param(ctx: &RunContext, k: &str, default: i64) -> i64 {
-    ctx.number(k).map_or(default, |n| n as i64)
+/// The stage's fields, typed (the schema fills in every default; the shape fields left out take the
+/// `size` preset's values).
+#[derive(Debug, serde::Deserialize)]
+pub struct InitParams {
+    pub arch: String,
+    pub size: String,
+    pub hidden_size: Option<i64>,
+    pub layers: Option<i64>,
+    pub heads: Option<i64>,
+    pub kv_heads: Option<i64>,
+    pub intermediate_size: Option<i64>,
+    pub max_position_embeddings: i64,
+    pub rope_theta: f64,
+    pub tie_embeddings: bool,
+    pub seed: u64,
 }
 
 /// config.json for `arch` with the given shape, as transformers writes it.
-pub fn hf_config(ctx: &RunContext, tok: &TextTokenizer) -> serde_json::Value {
-    let arch = ctx.text("arch").unwrap_or("qwen3");
-    let (hidden, layers, heads, kv, inter) = preset(ctx.text("size").unwrap_or("tiny"));
-    let hidden = int_param(ctx, "hidden_size", hidden);
-    let heads = int_param(ctx, "heads", heads);
-    let class = match arch {
+pub fn hf_config(p: &InitParams, tok: &TextTokenizer) -> serde_json::Value {
+    let (hidden, layers, heads, kv, inter) = preset(&p.size);
+    let hidden = p.hidden_size.unwrap_or(hidden);
+    let heads = p.heads.unwrap_or(heads);
+    let class = match p.arch.as_str() {
         "qwen2" => "Qwen2ForCausalLM",
         "llama" => "LlamaForCausalLM",
         "mistral" => "MistralForCausalLM",
@@ -155,19 +167,19 @@ pub fn hf_config(ctx: &RunContext, tok: &TextTokenizer) -> serde_json::Value {
     let token = |name: Option<&str>| name.and_then(|t| tok.inner.token_to_id(t));
     json!({
         "architectures": [class],
-        "model_type": arch,
+        "model_type": p.arch,
         "vocab_size": tok.inner.get_vocab_size(true),
         "hidden_size": hidden,
-        "intermediate_size": int_param(ctx, "intermediate_size", inter),
-        "num_hidden_layers": int_param(ctx, "layers", layers),
+        "intermediate_size": p.intermediate_size.unwrap_or(inter),
+        "num_hidden_layers": p.layers.unwrap_or(layers),
         "num_attention_heads": heads,
-        "num_key_value_heads": int_param(ctx, "kv_heads", kv),
+        "num_key_value_heads": p.kv_heads.unwrap_or(kv),
         "head_dim": hidden / heads.max(1),
         "hidden_act": "silu",
-        "max_position_embeddings": int_param(ctx, "max_position_embeddings", 2048),
+        "max_position_embeddings": p.max_position_embeddings,
         "rms_norm_eps": 1e-6,
-        "rope_theta": ctx.number("rope_theta").unwrap_or(10_000.0),
-        "tie_word_embeddings": ctx.param("tie_embeddings") != &Value::Bool(false),
+        "rope_theta": p.rope_theta,
+        "tie_word_embeddings": p.tie_embeddings,
         "attention_bias": false,
         "initializer_range": 0.02,
         "bos_token_id": token(tok.bos.as_deref()),
@@ -181,7 +193,8 @@ pub fn hf_config(ctx: &RunContext, tok: &TextTokenizer) -> serde_json::Value {
 fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
     let tokenizer = ctx.path("tokenizer").ok_or("the stage has no tokenizer")?;
     let tok = TextTokenizer::load(&tokenizer)?;
-    let config = hf_config(ctx, &tok);
+    let params: InitParams = ctx.typed()?;
+    let config = hf_config(&params, &tok);
     let cfg = ModelConfig::from_json(&config)?;
     let out = ctx.out.join("model");
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
@@ -192,8 +205,7 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
         serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?,
     )
     .map_err(io)?;
-    let seed = int_param(ctx, "seed", 42) as u64;
-    let mut model = Decoder::random(cfg, seed, &Device::Cpu)?;
+    let mut model = Decoder::random(cfg, params.seed, &Device::Cpu)?;
     (ctx.log)(&format!(
         "{} parameters, vocabulary {}",
         model.parameter_count(),

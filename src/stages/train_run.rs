@@ -57,48 +57,69 @@ pub fn run_supervised(ctx: &mut RunContext) -> crate::error::Result<()> {
         Value::Tuning(t) => t.clone(),
         _ => Tuning::Full,
     };
-    let seed = ctx.number("seed").unwrap_or(0.0) as u64;
-    let vars = model.apply_tuning(&tuning, seed)?;
-    let hyper = hyper(ctx);
-    let objective = Supervised::new(
-        &sequences,
-        ctx.flag("packing"),
-        ctx.number("max_len").unwrap_or(1024.0) as usize,
-        ctx.log,
-    )?;
+    let params: TrainingParams = ctx.typed()?;
+    let vars = model.apply_tuning(&tuning, params.seed)?;
+    let hyper = params.hyper(&ctx.checkpoints);
+    let objective = Supervised::new(&sequences, ctx.flag("packing"), params.max_len, ctx.log)?;
     fit(ctx, &model, &vars, &objective, &hyper)?;
     save(ctx, &mut model, &tuning, &model_dir)
 }
 
-/// The loop's settings from a training stage's fields (the schema fills in every default).
-pub fn hyper(ctx: &RunContext) -> Hyper {
-    let num = |k: &str| ctx.number(k).unwrap_or(0.0);
-    Hyper {
-        lr: num("lr"),
-        epochs: num("epochs"),
-        max_steps: ctx.number("max_steps").map(|n| n as usize),
-        batch_size: num("batch_size") as usize,
-        grad_accum: num("grad_accum") as usize,
-        schedule: ctx
-            .text("schedule")
-            .and_then(Schedule::parse)
-            .unwrap_or(Schedule::Linear),
-        warmup_steps: num("warmup_steps") as usize,
-        warmup_ratio: num("warmup_ratio"),
-        weight_decay: num("weight_decay"),
-        betas: (num("adam_beta1"), num("adam_beta2")),
-        eps: num("adam_eps"),
-        max_grad_norm: num("max_grad_norm"),
-        seed: num("seed") as u64,
-        log_every: num("log_every") as usize,
-        save_every: num("save_every") as usize,
-        skip_nonfinite: num("skip_nonfinite") as usize,
-        save_interval: ctx
-            .number("save_minutes")
-            .filter(|m| *m > 0.0)
-            .map(|m| std::time::Duration::from_secs_f64(m * 60.0)),
-        checkpoints: Some(ctx.checkpoints.clone()),
+/// The loop's fields of a training stage (`common::training`), typed; the schema fills in every
+/// default.
+#[derive(Debug, serde::Deserialize)]
+pub struct TrainingParams {
+    pub lr: f64,
+    pub epochs: f64,
+    pub max_steps: Option<usize>,
+    pub schedule: Schedule,
+    pub warmup_ratio: f64,
+    pub warmup_steps: usize,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub max_len: usize,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_eps: f64,
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    pub save_every: usize,
+    pub save_minutes: f64,
+    pub log_every: usize,
+    pub skip_nonfinite: usize,
+}
+
+impl TrainingParams {
+    /// The loop's settings; checkpoints go to `checkpoints`.
+    pub fn hyper(&self, checkpoints: &std::path::Path) -> Hyper {
+        Hyper {
+            lr: self.lr,
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            schedule: self.schedule,
+            warmup_steps: self.warmup_steps,
+            warmup_ratio: self.warmup_ratio,
+            weight_decay: self.weight_decay,
+            betas: (self.adam_beta1, self.adam_beta2),
+            eps: self.adam_eps,
+            max_grad_norm: self.max_grad_norm,
+            seed: self.seed,
+            log_every: self.log_every,
+            save_every: self.save_every,
+            skip_nonfinite: self.skip_nonfinite,
+            save_interval: (self.save_minutes > 0.0)
+                .then(|| std::time::Duration::from_secs_f64(self.save_minutes * 60.0)),
+            checkpoints: Some(checkpoints.to_path_buf()),
+        }
     }
+}
+
+/// The loop's settings of a training stage.
+pub fn hyper(ctx: &RunContext) -> crate::error::Result<Hyper> {
+    Ok(ctx.typed::<TrainingParams>()?.hyper(&ctx.checkpoints))
 }
 
 /// Trains with the shared loop, writing metrics.jsonl and timing.jsonl and logging every metric to

@@ -28,24 +28,13 @@ impl Pair {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DpoLoss {
     Sigmoid,
     Ipo,
     Hinge,
     Robust,
-}
-
-impl DpoLoss {
-    pub fn parse(s: &str) -> Option<DpoLoss> {
-        Some(match s {
-            "sigmoid" => DpoLoss::Sigmoid,
-            "ipo" => DpoLoss::Ipo,
-            "hinge" => DpoLoss::Hinge,
-            "robust" => DpoLoss::Robust,
-            _ => return None,
-        })
-    }
 }
 
 /// log σ(x), stable for large |x|.
@@ -66,6 +55,8 @@ pub struct PairLoss {
     pub d_rejected: f64,
 }
 
+/// DPO's own fields of the stage (the schema holds their defaults).
+#[derive(Debug, serde::Deserialize)]
 pub struct DpoSettings {
     pub beta: f64,
     pub loss: DpoLoss,

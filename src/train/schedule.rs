@@ -2,7 +2,8 @@
 //! decay to 0, or cosine decay to 0 (`get_constant_schedule_with_warmup`, `get_linear_schedule_with_warmup`,
 //! `get_cosine_schedule_with_warmup` with 0.5 cycles).
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Schedule {
     Constant,
     Linear,
@@ -10,15 +11,6 @@ pub enum Schedule {
 }
 
 impl Schedule {
-    pub fn parse(name: &str) -> Option<Schedule> {
-        match name {
-            "constant" => Some(Schedule::Constant),
-            "linear" => Some(Schedule::Linear),
-            "cosine" => Some(Schedule::Cosine),
-            _ => None,
-        }
-    }
-
     /// The multiplier of the peak learning rate at optimizer step `step` (0-based) of `total`.
     pub fn factor(self, step: usize, warmup: usize, total: usize) -> f64 {
         if step < warmup {
