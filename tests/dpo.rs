@@ -174,3 +174,30 @@ fn a_killed_dpo_stage_resumes_bit_identical() {
     }
     assert_eq!(a.len(), b.len());
 }
+
+#[test]
+fn a_row_without_rejected_stops_the_stage_at_its_line() {
+    let d = workdir("bad-row");
+    let rows = std::fs::read_to_string(d.0.join("data.jsonl")).unwrap();
+    std::fs::write(
+        d.0.join("data.jsonl"),
+        format!("{rows}{{\"prompt\": \"a\", \"chosen\": \"b\"}}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.0.join("p.ptl"),
+        "stage aligned = dpo {\n  model = hf_model(\"policy\")\n  data = jsonl(\"data.jsonl\", format = \"preference\")\n  max_steps = 1\n}\n",
+    )
+    .unwrap();
+    let o = ptl(&d.0, &["run", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(1));
+    let all = text(&o);
+    assert!(
+        all.contains("data.jsonl:5: a preference row needs rejected"),
+        "{all}"
+    );
+    assert!(
+        !d.0.join(".ptl/out/p/aligned").exists(),
+        "nothing committed"
+    );
+}
