@@ -3,14 +3,12 @@
 use super::common;
 use super::rules;
 use super::schema::*;
-use crate::data::artifact::{self, DataSpec};
-use crate::data::encode::{EncodeOptions, Encoded};
 use crate::lang::diag::Diag;
 use crate::lang::types::{Format, Type};
-use crate::lang::value::{Tuning, Value};
+use crate::lang::value::Value;
 use crate::model::decoder::Decoder;
 use crate::run::context::RunContext;
-use crate::train::preference::{reference_logps, Dpo, DpoSettings, Pair};
+use crate::train::preference::{reference_logps, Dpo, DpoSettings};
 use candle_core::Device;
 
 pub const LOSSES: &[&str] = &["sigmoid", "ipo", "hinge", "robust"];
@@ -87,62 +85,17 @@ fn dpo_rules(s: &StageView, d: &mut Vec<Diag>) {
     }
 }
 
-/// Encodes the preference rows as TRL does, computes the reference's log-probs once (the `reference`
-/// model, else the starting policy: for LoRA the adapters start at zero, so that is the base), then
-/// trains with the shared loop.
+/// Computes the reference's log-probs once (the `reference` model, else the starting policy: for LoRA
+/// the adapters start at zero, so that is the base), then trains with the shared loop.
 fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
-    let model_dir = ctx
-        .input("model")
-        .ok_or("the stage has no model")?
-        .to_path_buf();
-    let (data, format) = ctx.dataset("data")?;
-    let spec = DataSpec {
-        data,
-        format,
-        tokenizer: model_dir.clone(),
-        template: None,
-        opts: EncodeOptions::from_stage(ctx.params),
-    };
-    let tokenized = artifact::cached(ctx.store, &spec)?;
-    super::common::report_malformed(ctx, &tokenized.problems)?;
-    let total = tokenized.rows.len();
-    let pairs: Vec<Pair> = tokenized
-        .rows
-        .into_iter()
-        .filter_map(|r| match r.result {
-            Ok(Encoded::Pair {
-                prompt_ids,
-                chosen_ids,
-                rejected_ids,
-                ..
-            }) => Some(Pair {
-                prompt: prompt_ids,
-                chosen: chosen_ids,
-                rejected: rejected_ids,
-            }),
-            _ => None,
-        })
-        .collect();
-    (ctx.log)(&format!(
-        "{} pairs to train on ({} dropped: prompt at least max_len; {} malformed)",
-        pairs.len(),
-        total - pairs.len(),
-        tokenized.problems.len()
-    ));
-    if pairs.is_empty() {
-        return Err(crate::error::Error::AllRowsDropped {
-            rows: total,
-            max_len: spec.opts.max_len,
-            shortest: None,
-        });
-    }
+    let model_dir = super::preference_run::model_dir(ctx)?;
+    let pairs = super::preference_run::pairs(ctx, &model_dir)?;
     let hyper = super::train_run::hyper(ctx)?;
-    let mut model = Decoder::load(&model_dir, &Device::Cpu)?;
-    let tuning = match ctx.param("tuning") {
-        Value::Tuning(t) => t.clone(),
-        _ => Tuning::Full,
-    };
-    let vars = model.apply_tuning(&tuning, hyper.seed)?;
+    let super::preference_run::Policy {
+        mut model,
+        vars,
+        tuning,
+    } = super::preference_run::policy(ctx, &model_dir, hyper.seed)?;
     let reference = match ctx.input("reference") {
         Some(dir) => {
             let reference = Decoder::load(dir, &Device::Cpu)?;

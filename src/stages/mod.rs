@@ -9,6 +9,7 @@ pub mod kto;
 pub mod merge;
 pub mod orpo;
 pub mod ppo;
+pub mod preference_run;
 pub mod pt;
 pub mod reward_model;
 pub mod rules;

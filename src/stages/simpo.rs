@@ -3,8 +3,11 @@
 use super::common;
 use super::rules;
 use super::schema::*;
+use crate::data::tokenizer::TextTokenizer;
 use crate::lang::diag::Diag;
 use crate::lang::types::Format;
+use crate::run::context::RunContext;
+use crate::train::preference::{Simpo, SimpoSettings};
 
 pub fn kind() -> Kind {
     let mut fields = common::inputs(
@@ -27,7 +30,7 @@ pub fn kind() -> Kind {
     ]);
     Kind {
         version: 1,
-        run: None,
+        run: Some(run),
         name: "simpo",
         summary: "SimPO: reference-free preference optimization with a target margin",
         fields,
@@ -48,4 +51,30 @@ fn simpo_rules(s: &StageView, d: &mut Vec<Diag>) {
     rules::non_negative(s, d, "gamma");
     rules::non_negative(s, d, "cpo_alpha");
     rules::within(s, d, "label_smoothing", 0.0, 0.5, false);
+}
+
+/// Trains without a reference. Every completion ends with the EOS token, as TRL's CPO preprocessing
+/// appends it when the template's rendering does not end with it.
+fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
+    let model_dir = super::preference_run::model_dir(ctx)?;
+    let mut pairs = super::preference_run::pairs(ctx, &model_dir)?;
+    if let Some(eos) = TextTokenizer::load(&model_dir)?.eos_id() {
+        for p in &mut pairs {
+            for completion in [&mut p.chosen, &mut p.rejected] {
+                if completion.last() != Some(&eos) {
+                    completion.push(eos);
+                }
+            }
+        }
+    }
+    let hyper = super::train_run::hyper(ctx)?;
+    let super::preference_run::Policy {
+        mut model,
+        vars,
+        tuning,
+    } = super::preference_run::policy(ctx, &model_dir, hyper.seed)?;
+    let settings: SimpoSettings = ctx.typed()?;
+    let objective = Simpo::new(pairs, settings);
+    super::train_run::fit(ctx, &model, &vars, &objective, &hyper)?;
+    super::train_run::save(ctx, &mut model, &tuning, &model_dir)
 }

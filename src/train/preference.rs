@@ -1,7 +1,8 @@
 //! Preference objectives on (prompt, chosen, rejected) pairs. Chosen and rejected of a micro-batch go
 //! through the model in one forward (TRL's concatenated forward: rows [chosen…; rejected…], right
-//! padded); a completion's log-probability is the sum over its tokens only. DPO's losses and logged
-//! metrics follow TRL 1.16's DPOTrainer (../shared/reference/losses-and-formats.md §1).
+//! padded); a completion's log-probability is the sum over its tokens only. DPO follows TRL 1.16's
+//! DPOTrainer, SimPO its CPOTrainer with `loss_type = "simpo"` (../shared/reference/
+//! losses-and-formats.md §1–2).
 
 use super::logps::{token_logps, weighted_logp_surrogate};
 use super::objective::{MicroLoss, Objective};
@@ -207,26 +208,12 @@ impl Objective for Dpo {
     }
 
     fn batch_shape(&self, batch_size: usize) -> (usize, usize) {
-        let widest = self
-            .pairs
-            .iter()
-            .map(|p| p.prompt.len() + p.chosen.len().max(p.rejected.len()))
-            .max()
-            .unwrap_or(1);
-        (2 * batch_size, widest)
+        pair_batch_shape(&self.pairs, batch_size)
     }
 
     fn micro_batch(&self, model: &Decoder, rows: &[&[usize]]) -> crate::error::Result<MicroLoss> {
-        let ids: Vec<usize> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        let (ids, seqs) = concatenated(&self.pairs, rows);
         let n = ids.len();
-        let (chosen, rejected): (Vec<Sequence>, Vec<Sequence>) = ids
-            .iter()
-            .map(|&i| {
-                let [c, r] = self.pairs[i].sequences();
-                (c, r)
-            })
-            .unzip();
-        let seqs: Vec<Sequence> = chosen.into_iter().chain(rejected).collect();
         let f = forward(model, &seqs)?;
         let beta = self.settings.beta;
         let mut value = 0.0;
@@ -265,6 +252,141 @@ impl Objective for Dpo {
     }
 }
 
+/// SimPO's fields of the stage (the schema holds their defaults).
+#[derive(Debug, serde::Deserialize)]
+pub struct SimpoSettings {
+    pub beta: f64,
+    pub gamma: f64,
+    pub cpo_alpha: f64,
+    pub label_smoothing: f64,
+}
+
+impl SimpoSettings {
+    /// One pair's loss and its derivatives with respect to the summed chosen and rejected
+    /// log-probabilities, from the sums and the completions' token counts (SimPO averages per token).
+    pub fn pair_loss(&self, sums: [f64; 2], lens: [usize; 2]) -> PairLoss {
+        let (nc, nr) = (lens[0].max(1) as f64, lens[1].max(1) as f64);
+        let z = self.beta * (sums[0] / nc - sums[1] / nr) - self.gamma;
+        let eps = self.label_smoothing;
+        let loss = -(1.0 - eps) * log_sigmoid(z) - eps * log_sigmoid(-z);
+        let dz = -(1.0 - eps) * sigmoid(-z) + eps * sigmoid(z);
+        PairLoss {
+            loss,
+            d_chosen: dz * self.beta / nc,
+            d_rejected: -dz * self.beta / nr,
+        }
+    }
+}
+
+/// What SimPO logs per step besides the loss, by TRL's names (logps are per-token averages).
+pub const SIMPO_METRICS: [&str; 7] = [
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "nll_loss",
+];
+
+/// SimPO, reference-free: length-normalized log-probabilities with a target margin, plus `cpo_alpha`
+/// times the token-mean NLL of the chosen completions (TRL's CPO term).
+pub struct Simpo {
+    pub pairs: Vec<Pair>,
+    pub settings: SimpoSettings,
+    rows: Vec<Vec<usize>>,
+}
+
+impl Simpo {
+    pub fn new(pairs: Vec<Pair>, settings: SimpoSettings) -> Simpo {
+        let rows = (0..pairs.len()).map(|i| vec![i]).collect();
+        Simpo {
+            pairs,
+            settings,
+            rows,
+        }
+    }
+}
+
+/// The sequences of a micro-batch of pairs: [chosen…; rejected…], and the pair ids in order.
+fn concatenated(pairs: &[Pair], rows: &[&[usize]]) -> (Vec<usize>, Vec<Sequence>) {
+    let ids: Vec<usize> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+    let (chosen, rejected): (Vec<Sequence>, Vec<Sequence>) = ids
+        .iter()
+        .map(|&i| {
+            let [c, r] = pairs[i].sequences();
+            (c, r)
+        })
+        .unzip();
+    (ids, chosen.into_iter().chain(rejected).collect())
+}
+
+/// The widest micro-batch of `batch_size` pairs: twice as many sequences as pairs.
+fn pair_batch_shape(pairs: &[Pair], batch_size: usize) -> (usize, usize) {
+    let widest = pairs
+        .iter()
+        .map(|p| p.prompt.len() + p.chosen.len().max(p.rejected.len()))
+        .max()
+        .unwrap_or(1);
+    (2 * batch_size, widest)
+}
+
+impl Objective for Simpo {
+    fn rows(&self) -> &[Vec<usize>] {
+        &self.rows
+    }
+
+    fn batch_shape(&self, batch_size: usize) -> (usize, usize) {
+        pair_batch_shape(&self.pairs, batch_size)
+    }
+
+    fn micro_batch(&self, model: &Decoder, rows: &[&[usize]]) -> crate::error::Result<MicroLoss> {
+        let (ids, seqs) = concatenated(&self.pairs, rows);
+        let n = ids.len();
+        let f = forward(model, &seqs)?;
+        let s = &self.settings;
+        // The CPO term: token-mean NLL over every chosen completion token of the micro-batch.
+        let chosen_tokens: f64 = f.mask[..n * f.width].iter().map(|&m| m as f64).sum();
+        let nll = -f.sums[..n].iter().sum::<f64>() / chosen_tokens.max(1.0);
+        let mut value = n as f64 * s.cpo_alpha * nll;
+        let mut coef = vec![0.0f64; 2 * n];
+        let mut sums = [0.0f64; 7];
+        for (k, &i) in ids.iter().enumerate() {
+            let lens = [self.pairs[i].chosen.len(), self.pairs[i].rejected.len()];
+            let l = s.pair_loss([f.sums[k], f.sums[n + k]], lens);
+            value += l.loss;
+            coef[k] = l.d_chosen - n as f64 * s.cpo_alpha / chosen_tokens.max(1.0);
+            coef[n + k] = l.d_rejected;
+            let (avg_c, avg_r) = (
+                f.sums[k] / lens[0].max(1) as f64,
+                f.sums[n + k] / lens[1].max(1) as f64,
+            );
+            let (reward_c, reward_r) = (s.beta * avg_c, s.beta * avg_r);
+            sums[0] += reward_c;
+            sums[1] += reward_r;
+            sums[2] += f64::from(u8::from(reward_c > reward_r));
+            sums[3] += reward_c - reward_r;
+            sums[4] += avg_c;
+            sums[5] += avg_r;
+            // TRL logs the NLL only when it is part of the loss (0 otherwise).
+            sums[6] += if s.cpo_alpha == 0.0 { 0.0 } else { nll };
+        }
+        let weights: Vec<f32> = (0..f.targets.len())
+            .map(|t| (coef[t / f.width] * f.mask[t] as f64) as f32)
+            .collect();
+        let surrogate =
+            weighted_logp_surrogate(&f.hidden, model.head(), &f.targets, &weights, chunk(model))?;
+        let tokens: f64 = f.mask.iter().map(|&m| m as f64).sum();
+        Ok(MicroLoss {
+            surrogate,
+            value,
+            weight: n as f64,
+            tokens,
+            metrics: SIMPO_METRICS.into_iter().zip(sums).collect(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +406,22 @@ mod tests {
                 label_smoothing: 0.1,
             };
             let at = [-20.0, -27.0, -21.0, -25.0];
+            let simpo = SimpoSettings {
+                beta: 2.0,
+                gamma: 0.5,
+                cpo_alpha: 0.0,
+                label_smoothing: 0.1,
+            };
+            let l = simpo.pair_loss([at[0], at[1]], [4, 7]);
+            for (i, want) in [(0, l.d_chosen), (1, l.d_rejected)] {
+                let mut up = [at[0], at[1]];
+                let mut down = up;
+                up[i] += 1e-5;
+                down[i] -= 1e-5;
+                let fd =
+                    (simpo.pair_loss(up, [4, 7]).loss - simpo.pair_loss(down, [4, 7]).loss) / 2e-5;
+                assert!((fd - want).abs() < 1e-7, "simpo[{i}]: {fd} vs {want}");
+            }
             let lens = [4, 7];
             let l = s.pair_loss(at, lens);
             let h = 1e-5;

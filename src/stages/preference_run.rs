@@ -1,0 +1,88 @@
+//! What the preference kinds (`dpo`, `simpo`) share when they run: the pairs, encoded as TRL encodes
+//! them, and the policy with its tuning applied.
+
+use crate::data::artifact::{self, DataSpec};
+use crate::data::encode::{EncodeOptions, Encoded};
+use crate::lang::value::{Tuning, Value};
+use crate::model::decoder::Decoder;
+use crate::run::context::RunContext;
+use crate::train::preference::Pair;
+use candle_core::{Device, Var};
+use std::path::{Path, PathBuf};
+
+pub fn model_dir(ctx: &RunContext) -> crate::error::Result<PathBuf> {
+    Ok(ctx
+        .input("model")
+        .ok_or("the stage has no model")?
+        .to_path_buf())
+}
+
+/// The stage's preference rows as pairs (prompt with the generation prompt; each completion as the
+/// template renders it after the prompt), the tokenizer being the model's. Pairs whose prompt alone
+/// fills `max_len` are dropped and counted, as TRL does.
+pub fn pairs(ctx: &RunContext, model_dir: &Path) -> crate::error::Result<Vec<Pair>> {
+    let (data, format) = ctx.dataset("data")?;
+    let spec = DataSpec {
+        data,
+        format,
+        tokenizer: model_dir.to_path_buf(),
+        template: None,
+        opts: EncodeOptions::from_stage(ctx.params),
+    };
+    let tokenized = artifact::cached(ctx.store, &spec)?;
+    super::common::report_malformed(ctx, &tokenized.problems)?;
+    let total = tokenized.rows.len();
+    let pairs: Vec<Pair> = tokenized
+        .rows
+        .into_iter()
+        .filter_map(|r| match r.result {
+            Ok(Encoded::Pair {
+                prompt_ids,
+                chosen_ids,
+                rejected_ids,
+                ..
+            }) => Some(Pair {
+                prompt: prompt_ids,
+                chosen: chosen_ids,
+                rejected: rejected_ids,
+            }),
+            _ => None,
+        })
+        .collect();
+    (ctx.log)(&format!(
+        "{} pairs to train on ({} dropped: prompt at least max_len; {} malformed)",
+        pairs.len(),
+        total - pairs.len(),
+        tokenized.problems.len()
+    ));
+    if pairs.is_empty() {
+        return Err(crate::error::Error::AllRowsDropped {
+            rows: total,
+            max_len: spec.opts.max_len,
+            shortest: None,
+        });
+    }
+    Ok(pairs)
+}
+
+/// The policy a preference stage trains: the starting model, its trainable variables, its tuning.
+pub struct Policy {
+    pub model: Decoder,
+    pub vars: Vec<(String, Var)>,
+    pub tuning: Tuning,
+}
+
+/// The starting model with the stage's tuning applied.
+pub fn policy(ctx: &RunContext, model_dir: &Path, seed: u64) -> crate::error::Result<Policy> {
+    let mut model = Decoder::load(model_dir, &Device::Cpu)?;
+    let tuning = match ctx.param("tuning") {
+        Value::Tuning(t) => t.clone(),
+        _ => Tuning::Full,
+    };
+    let vars = model.apply_tuning(&tuning, seed)?;
+    Ok(Policy {
+        model,
+        vars,
+        tuning,
+    })
+}
