@@ -52,20 +52,15 @@ fn step_one_matches_trl_for_every_loss_full_and_lora() {
             .unwrap();
             let o = ptl(&d.0, &["run", "p.ptl"]);
             assert_eq!(o.status.code(), Some(0), "{loss}: {}", text(&o));
-            let out = ptl(&d.0, &["path", "p.ptl", "aligned"]);
-            let dir = d.0.join(String::from_utf8_lossy(&out.stdout).trim());
-            let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-            let got: Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
-            for key in std::iter::once("loss").chain(ptl::train::preference::DPO_METRICS) {
-                let (g, w) = (got[key].as_f64().unwrap(), case[key].as_f64().unwrap());
-                eprintln!(
-                    "{loss:8} {tuning:26} {key:20} ptl {g:.7}  trl {w:.7}  diff {:+.2e}",
-                    g - w
-                );
-                if (g - w).abs() > TOLERANCE.max(RELATIVE * w.abs()) {
-                    problems.push(format!("{loss} {tuning} {key}: ptl {g} vs TRL {w}"));
-                }
-            }
+            let got = common::first_logged_step(&d.0, "aligned");
+            problems.extend(common::compare_metrics(
+                &format!("{loss} {tuning}"),
+                &got,
+                case,
+                std::iter::once("loss").chain(ptl::train::preference::DPO_METRICS),
+                TOLERANCE,
+                RELATIVE,
+            ));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));

@@ -49,20 +49,15 @@ fn step_one_matches_trl_with_and_without_the_nll_term() {
             .unwrap();
             let o = ptl(&d.0, &["run", "p.ptl"]);
             assert_eq!(o.status.code(), Some(0), "{name}: {}", text(&o));
-            let out = ptl(&d.0, &["path", "p.ptl", "aligned"]);
-            let dir = d.0.join(String::from_utf8_lossy(&out.stdout).trim());
-            let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-            let got: Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
-            for key in std::iter::once("loss").chain(ptl::train::preference::SIMPO_METRICS) {
-                let (g, w) = (got[key].as_f64().unwrap(), case[key].as_f64().unwrap());
-                eprintln!(
-                    "{name:10} {tuning:26} {key:20} ptl {g:.7}  trl {w:.7}  diff {:+.2e}",
-                    g - w
-                );
-                if (g - w).abs() > TOLERANCE.max(RELATIVE * w.abs()) {
-                    problems.push(format!("{name} {tuning} {key}: ptl {g} vs TRL {w}"));
-                }
-            }
+            let got = common::first_logged_step(&d.0, "aligned");
+            problems.extend(common::compare_metrics(
+                &format!("{name} {tuning}"),
+                &got,
+                case,
+                std::iter::once("loss").chain(ptl::train::preference::SIMPO_METRICS),
+                TOLERANCE,
+                RELATIVE,
+            ));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));

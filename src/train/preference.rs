@@ -166,6 +166,45 @@ fn forward(model: &Decoder, seqs: &[Sequence]) -> crate::error::Result<Forward> 
     })
 }
 
+/// Adds one pair's rewards/chosen, rewards/rejected, rewards/accuracies (strictly greater),
+/// rewards/margins, logps/chosen and logps/rejected to the first six metric sums.
+fn add_rewards(sums: &mut [f64], reward_c: f64, reward_r: f64, logp_c: f64, logp_r: f64) {
+    for (sum, v) in sums.iter_mut().zip([
+        reward_c,
+        reward_r,
+        f64::from(u8::from(reward_c > reward_r)),
+        reward_c - reward_r,
+        logp_c,
+        logp_r,
+    ]) {
+        *sum += v;
+    }
+}
+
+/// The micro-batch's share of the step: `value` over `pairs` pairs, its gradient Σ_t coef(row of t) ·
+/// mask_t · ∇log p_t through the chunked surrogate.
+fn micro_loss(
+    model: &Decoder,
+    f: &Forward,
+    coef: &[f64],
+    value: f64,
+    pairs: usize,
+    metrics: Vec<(&'static str, f64)>,
+) -> crate::error::Result<MicroLoss> {
+    let weights: Vec<f32> = (0..f.targets.len())
+        .map(|t| (coef[t / f.width] * f.mask[t] as f64) as f32)
+        .collect();
+    let surrogate =
+        weighted_logp_surrogate(&f.hidden, model.head(), &f.targets, &weights, chunk(model))?;
+    Ok(MicroLoss {
+        surrogate,
+        value,
+        weight: pairs as f64,
+        tokens: f.mask.iter().map(|&m| m as f64).sum(),
+        metrics,
+    })
+}
+
 /// (chosen, rejected) summed completion log-probabilities of every pair under `model` (no gradient),
 /// `batch_size` pairs at a time.
 pub fn reference_logps(
@@ -227,28 +266,16 @@ impl Objective for Dpo {
             value += l.loss;
             coef[k] = l.d_chosen;
             coef[n + k] = l.d_rejected;
-            let (reward_c, reward_r) = (beta * (pc - rc), beta * (pr - rr));
-            sums[0] += reward_c;
-            sums[1] += reward_r;
-            sums[2] += f64::from(u8::from(reward_c > reward_r));
-            sums[3] += reward_c - reward_r;
-            sums[4] += pc;
-            sums[5] += pr;
+            add_rewards(&mut sums, beta * (pc - rc), beta * (pr - rr), pc, pr);
         }
-        // The gradient of Σ_pairs loss = Σ_sequences dloss/dlogp · ∇ Σ_completion log p_t.
-        let weights: Vec<f32> = (0..f.targets.len())
-            .map(|t| (coef[t / f.width] * f.mask[t] as f64) as f32)
-            .collect();
-        let surrogate =
-            weighted_logp_surrogate(&f.hidden, model.head(), &f.targets, &weights, chunk(model))?;
-        let tokens: f64 = f.mask.iter().map(|&m| m as f64).sum();
-        Ok(MicroLoss {
-            surrogate,
+        micro_loss(
+            model,
+            &f,
+            &coef,
             value,
-            weight: n as f64,
-            tokens,
-            metrics: DPO_METRICS.into_iter().zip(sums).collect(),
-        })
+            n,
+            DPO_METRICS.into_iter().zip(sums).collect(),
+        )
     }
 }
 
@@ -361,29 +388,18 @@ impl Objective for Simpo {
                 f.sums[k] / lens[0].max(1) as f64,
                 f.sums[n + k] / lens[1].max(1) as f64,
             );
-            let (reward_c, reward_r) = (s.beta * avg_c, s.beta * avg_r);
-            sums[0] += reward_c;
-            sums[1] += reward_r;
-            sums[2] += f64::from(u8::from(reward_c > reward_r));
-            sums[3] += reward_c - reward_r;
-            sums[4] += avg_c;
-            sums[5] += avg_r;
+            add_rewards(&mut sums, s.beta * avg_c, s.beta * avg_r, avg_c, avg_r);
             // TRL logs the NLL only when it is part of the loss (0 otherwise).
             sums[6] += if s.cpo_alpha == 0.0 { 0.0 } else { nll };
         }
-        let weights: Vec<f32> = (0..f.targets.len())
-            .map(|t| (coef[t / f.width] * f.mask[t] as f64) as f32)
-            .collect();
-        let surrogate =
-            weighted_logp_surrogate(&f.hidden, model.head(), &f.targets, &weights, chunk(model))?;
-        let tokens: f64 = f.mask.iter().map(|&m| m as f64).sum();
-        Ok(MicroLoss {
-            surrogate,
+        micro_loss(
+            model,
+            &f,
+            &coef,
             value,
-            weight: n as f64,
-            tokens,
-            metrics: SIMPO_METRICS.into_iter().zip(sums).collect(),
-        })
+            n,
+            SIMPO_METRICS.into_iter().zip(sums).collect(),
+        )
     }
 }
 

@@ -132,3 +132,35 @@ pub fn run_ok(dir: &Path, env: &[(&str, &str)]) -> String {
     assert_eq!(o.status.code(), Some(0), "{text}");
     text
 }
+
+/// The first line of a stage's metrics.jsonl, after a run of `p.ptl` in `dir`.
+pub fn first_logged_step(dir: &Path, stage: &str) -> serde_json::Value {
+    let o = ptl(dir, &["path", "p.ptl", stage]);
+    let out = dir.join(String::from_utf8_lossy(&o.stdout).trim());
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    serde_json::from_str(metrics.lines().next().unwrap()).unwrap()
+}
+
+/// Compares `keys` of ptl's logged step with a reference's (within `abs`, or `rel` of the reference's
+/// magnitude when that is larger); prints every difference; returns one line per key out of bounds.
+pub fn compare_metrics<'a>(
+    label: &str,
+    got: &serde_json::Value,
+    want: &serde_json::Value,
+    keys: impl IntoIterator<Item = &'a str>,
+    abs: f64,
+    rel: f64,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for key in keys {
+        let (g, w) = (got[key].as_f64().unwrap(), want[key].as_f64().unwrap());
+        eprintln!(
+            "{label:36} {key:20} ptl {g:.7}  reference {w:.7}  diff {:+.2e}",
+            g - w
+        );
+        if (g - w).abs() > abs.max(rel * w.abs()) {
+            problems.push(format!("{label} {key}: ptl {g} vs reference {w}"));
+        }
+    }
+    problems
+}
