@@ -290,6 +290,6 @@ fn doc_shows_defaults_as_ptl_and_whether_the_kind_runs() {
             l.iter().collect::<String>()
         );
     }
-    let o = ptl(&["doc", "orpo"]);
+    let o = ptl(&["doc", "kto"]);
     assert!(stdout(&o).contains("runs: not yet"), "{}", stdout(&o));
 }

@@ -5,6 +5,8 @@ use super::rules;
 use super::schema::*;
 use crate::lang::diag::Diag;
 use crate::lang::types::Format;
+use crate::run::context::RunContext;
+use crate::train::preference::{Orpo, OrpoSettings};
 
 pub fn kind() -> Kind {
     let mut fields = common::inputs(
@@ -15,7 +17,7 @@ pub fn kind() -> Kind {
     fields.push(common::beta(0.1, "weight λ of the odds-ratio term"));
     Kind {
         version: 1,
-        run: None,
+        run: Some(run),
         name: "orpo",
         summary: "ORPO: odds-ratio preference optimization without a reference",
         fields,
@@ -33,4 +35,12 @@ pub fn kind() -> Kind {
 
 fn orpo_rules(s: &StageView, d: &mut Vec<Diag>) {
     rules::positive(s, d, "beta");
+}
+
+/// Trains without a reference, on TRL's CPO/ORPO sequences (each completion ends with EOS).
+fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
+    let model_dir = super::preference_run::model_dir(ctx)?;
+    let pairs = super::preference_run::pairs_with_eos(ctx, &model_dir)?;
+    let settings: OrpoSettings = ctx.typed()?;
+    super::preference_run::train(ctx, &model_dir, &Orpo::new(pairs, settings))
 }

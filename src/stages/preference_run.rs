@@ -1,11 +1,13 @@
-//! What the preference kinds (`dpo`, `simpo`) share when they run: the pairs, encoded as TRL encodes
+//! What the preference kinds (`dpo`, `simpo`, `orpo`) share when they run: the pairs, encoded as TRL encodes
 //! them, and the policy with its tuning applied.
 
 use crate::data::artifact::{self, DataSpec};
 use crate::data::encode::{EncodeOptions, Encoded};
+use crate::data::tokenizer::TextTokenizer;
 use crate::lang::value::{Tuning, Value};
 use crate::model::decoder::Decoder;
 use crate::run::context::RunContext;
+use crate::train::objective::Objective;
 use crate::train::preference::Pair;
 use candle_core::{Device, Var};
 use std::path::{Path, PathBuf};
@@ -63,6 +65,39 @@ pub fn pairs(ctx: &RunContext, model_dir: &Path) -> crate::error::Result<Vec<Pai
         });
     }
     Ok(pairs)
+}
+
+/// The pairs as TRL's CPO and ORPO trainers tokenize them: as [`pairs`], then every completion ends
+/// with the EOS token (their preprocessing appends it when the template's rendering does not end
+/// with it; for Qwen3 after `<|im_end|>\n`).
+pub fn pairs_with_eos(ctx: &RunContext, model_dir: &Path) -> crate::error::Result<Vec<Pair>> {
+    let mut pairs = pairs(ctx, model_dir)?;
+    if let Some(eos) = TextTokenizer::load(model_dir)?.eos_id() {
+        for p in &mut pairs {
+            for completion in [&mut p.chosen, &mut p.rejected] {
+                if completion.last() != Some(&eos) {
+                    completion.push(eos);
+                }
+            }
+        }
+    }
+    Ok(pairs)
+}
+
+/// Trains the stage's policy on `objective` with the shared loop and writes its outputs.
+pub fn train(
+    ctx: &mut RunContext,
+    model_dir: &Path,
+    objective: &dyn Objective,
+) -> crate::error::Result<()> {
+    let hyper = super::train_run::hyper(ctx)?;
+    let Policy {
+        mut model,
+        vars,
+        tuning,
+    } = policy(ctx, model_dir, hyper.seed)?;
+    super::train_run::fit(ctx, &model, &vars, objective, &hyper)?;
+    super::train_run::save(ctx, &mut model, &tuning, model_dir)
 }
 
 /// The policy a preference stage trains: the starting model, its trainable variables, its tuning.

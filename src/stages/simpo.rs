@@ -3,7 +3,6 @@
 use super::common;
 use super::rules;
 use super::schema::*;
-use crate::data::tokenizer::TextTokenizer;
 use crate::lang::diag::Diag;
 use crate::lang::types::Format;
 use crate::run::context::RunContext;
@@ -53,28 +52,10 @@ fn simpo_rules(s: &StageView, d: &mut Vec<Diag>) {
     rules::within(s, d, "label_smoothing", 0.0, 0.5, false);
 }
 
-/// Trains without a reference. Every completion ends with the EOS token, as TRL's CPO preprocessing
-/// appends it when the template's rendering does not end with it.
+/// Trains without a reference, on TRL's CPO sequences (each completion ends with EOS).
 fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
     let model_dir = super::preference_run::model_dir(ctx)?;
-    let mut pairs = super::preference_run::pairs(ctx, &model_dir)?;
-    if let Some(eos) = TextTokenizer::load(&model_dir)?.eos_id() {
-        for p in &mut pairs {
-            for completion in [&mut p.chosen, &mut p.rejected] {
-                if completion.last() != Some(&eos) {
-                    completion.push(eos);
-                }
-            }
-        }
-    }
-    let hyper = super::train_run::hyper(ctx)?;
-    let super::preference_run::Policy {
-        mut model,
-        vars,
-        tuning,
-    } = super::preference_run::policy(ctx, &model_dir, hyper.seed)?;
+    let pairs = super::preference_run::pairs_with_eos(ctx, &model_dir)?;
     let settings: SimpoSettings = ctx.typed()?;
-    let objective = Simpo::new(pairs, settings);
-    super::train_run::fit(ctx, &model, &vars, &objective, &hyper)?;
-    super::train_run::save(ctx, &mut model, &tuning, &model_dir)
+    super::preference_run::train(ctx, &model_dir, &Simpo::new(pairs, settings))
 }

@@ -137,7 +137,12 @@ fn chunk(model: &Decoder) -> usize {
 struct Forward {
     hidden: candle_core::Tensor,
     targets: Vec<u32>,
+    /// 1 where the target is a completion token.
     mask: Vec<f32>,
+    /// 1 where the target is a real token (prompt or completion), 0 on padding.
+    real: Vec<f32>,
+    /// log p(target) at every position.
+    logps: Vec<f32>,
     width: usize,
     sums: Vec<f64>,
 }
@@ -157,10 +162,18 @@ fn forward(model: &Decoder, seqs: &[Sequence]) -> crate::error::Result<Forward> 
                 .sum()
         })
         .collect();
+    let real = b
+        .segments
+        .iter()
+        .flatten()
+        .map(|&s| f32::from(u8::from(s != 0)))
+        .collect();
     Ok(Forward {
         hidden,
         targets: b.targets,
         mask: b.mask,
+        real,
+        logps,
         width,
         sums,
     })
@@ -181,18 +194,19 @@ fn add_rewards(sums: &mut [f64], reward_c: f64, reward_r: f64, logp_c: f64, logp
     }
 }
 
-/// The micro-batch's share of the step: `value` over `pairs` pairs, its gradient Σ_t coef(row of t) ·
-/// mask_t · ∇log p_t through the chunked surrogate.
+/// The micro-batch's share of the step: `value` over `pairs` pairs, its gradient Σ_t (coef(row of t) ·
+/// mask_t + extra_t) · ∇log p_t through the chunked surrogate.
 fn micro_loss(
     model: &Decoder,
     f: &Forward,
     coef: &[f64],
+    extra: Option<&[f64]>,
     value: f64,
     pairs: usize,
     metrics: Vec<(&'static str, f64)>,
 ) -> crate::error::Result<MicroLoss> {
     let weights: Vec<f32> = (0..f.targets.len())
-        .map(|t| (coef[t / f.width] * f.mask[t] as f64) as f32)
+        .map(|t| (coef[t / f.width] * f.mask[t] as f64 + extra.map_or(0.0, |e| e[t])) as f32)
         .collect();
     let surrogate =
         weighted_logp_surrogate(&f.hidden, model.head(), &f.targets, &weights, chunk(model))?;
@@ -272,6 +286,7 @@ impl Objective for Dpo {
             model,
             &f,
             &coef,
+            None,
             value,
             n,
             DPO_METRICS.into_iter().zip(sums).collect(),
@@ -396,10 +411,131 @@ impl Objective for Simpo {
             model,
             &f,
             &coef,
+            None,
             value,
             n,
             SIMPO_METRICS.into_iter().zip(sums).collect(),
         )
+    }
+}
+
+/// log(1 − eˣ) for x < 0, stable on both sides of −ln 2 (as TRL's ORPO).
+fn log1mexp(x: f64) -> f64 {
+    if x < -std::f64::consts::LN_2 {
+        (-x.exp()).ln_1p()
+    } else {
+        (-x.exp_m1()).ln()
+    }
+}
+
+/// ORPO's fields of the stage (the schema holds the default).
+#[derive(Debug, serde::Deserialize)]
+pub struct OrpoSettings {
+    pub beta: f64,
+}
+
+/// One ORPO pair from the average completion log-probs: the odds-ratio term's loss −β·logσ(log odds),
+/// its derivatives with respect to the two averages, the log odds and logσ of it.
+pub struct OddsRatio {
+    pub loss: f64,
+    pub d_chosen: f64,
+    pub d_rejected: f64,
+    pub log_odds: f64,
+    pub ratio: f64,
+}
+
+impl OrpoSettings {
+    pub fn odds_ratio(&self, avg_c: f64, avg_r: f64) -> OddsRatio {
+        let log_odds = (avg_c - avg_r) - (log1mexp(avg_c) - log1mexp(avg_r));
+        let ratio = log_sigmoid(log_odds);
+        let d = -self.beta * sigmoid(-log_odds);
+        OddsRatio {
+            loss: -self.beta * ratio,
+            // d log_odds / d avg_c = 1 / (1 − e^avg_c); / d avg_r = −1 / (1 − e^avg_r).
+            d_chosen: d / -avg_c.exp_m1(),
+            d_rejected: -d / -avg_r.exp_m1(),
+            log_odds,
+            ratio,
+        }
+    }
+}
+
+/// What ORPO logs per step besides the loss, by TRL's names.
+pub const ORPO_METRICS: [&str; 9] = [
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "nll_loss",
+    "log_odds_ratio",
+    "log_odds_chosen",
+];
+
+/// ORPO, reference-free: the token-mean NLL of the chosen sequences (prompt and completion, as TRL)
+/// minus β · logσ(log odds of chosen over rejected), on per-token average completion log-probs.
+pub struct Orpo {
+    pub pairs: Vec<Pair>,
+    pub settings: OrpoSettings,
+    rows: Vec<Vec<usize>>,
+}
+
+impl Orpo {
+    pub fn new(pairs: Vec<Pair>, settings: OrpoSettings) -> Orpo {
+        let rows = (0..pairs.len()).map(|i| vec![i]).collect();
+        Orpo {
+            pairs,
+            settings,
+            rows,
+        }
+    }
+}
+
+impl Objective for Orpo {
+    fn rows(&self) -> &[Vec<usize>] {
+        &self.rows
+    }
+
+    fn batch_shape(&self, batch_size: usize) -> (usize, usize) {
+        pair_batch_shape(&self.pairs, batch_size)
+    }
+
+    fn micro_batch(&self, model: &Decoder, rows: &[&[usize]]) -> crate::error::Result<MicroLoss> {
+        let (ids, seqs) = concatenated(&self.pairs, rows);
+        let n = ids.len();
+        let f = forward(model, &seqs)?;
+        let beta = self.settings.beta;
+        // The NLL: token mean over every real target of the chosen rows, prompt included.
+        let chosen = 0..n * f.width;
+        let nll_tokens: f64 = f.real[chosen.clone()].iter().map(|&r| r as f64).sum();
+        let nll = -chosen
+            .clone()
+            .map(|t| (f.logps[t] * f.real[t]) as f64)
+            .sum::<f64>()
+            / nll_tokens.max(1.0);
+        let mut extra = vec![0.0f64; f.targets.len()];
+        for t in chosen {
+            extra[t] = -(n as f64) * f.real[t] as f64 / nll_tokens.max(1.0);
+        }
+        let mut value = n as f64 * nll;
+        let mut coef = vec![0.0f64; 2 * n];
+        let mut sums = [0.0f64; 9];
+        for (k, &i) in ids.iter().enumerate() {
+            let lens = [self.pairs[i].chosen.len(), self.pairs[i].rejected.len()];
+            let (nc, nr) = (lens[0].max(1) as f64, lens[1].max(1) as f64);
+            let (avg_c, avg_r) = (f.sums[k] / nc, f.sums[n + k] / nr);
+            let o = self.settings.odds_ratio(avg_c, avg_r);
+            value += o.loss;
+            coef[k] = o.d_chosen / nc;
+            coef[n + k] = o.d_rejected / nr;
+            add_rewards(&mut sums, beta * avg_c, beta * avg_r, avg_c, avg_r);
+            sums[6] += nll;
+            sums[7] += o.ratio;
+            sums[8] += o.log_odds;
+        }
+        let metrics = ORPO_METRICS.into_iter().zip(sums).collect();
+        micro_loss(model, &f, &coef, Some(&extra), value, n, metrics)
     }
 }
 
@@ -448,6 +584,22 @@ mod tests {
                 let fd = (s.pair_loss(up, lens).loss - s.pair_loss(down, lens).loss) / (2.0 * h);
                 assert!((fd - want).abs() < 1e-7, "{loss:?}[{i}]: {fd} vs {want}");
             }
+        }
+        // ORPO's odds-ratio term, against finite differences of its loss.
+        let orpo = OrpoSettings { beta: 0.5 };
+        for (c, r) in [(-2.5, -3.0), (-0.3, -0.9)] {
+            let o = orpo.odds_ratio(c, r);
+            let h = 1e-6;
+            let fd_c =
+                (orpo.odds_ratio(c + h, r).loss - orpo.odds_ratio(c - h, r).loss) / (2.0 * h);
+            let fd_r =
+                (orpo.odds_ratio(c, r + h).loss - orpo.odds_ratio(c, r - h).loss) / (2.0 * h);
+            assert!((fd_c - o.d_chosen).abs() < 1e-7, "{fd_c} vs {}", o.d_chosen);
+            assert!(
+                (fd_r - o.d_rejected).abs() < 1e-7,
+                "{fd_r} vs {}",
+                o.d_rejected
+            );
         }
         // With the policy equal to the reference the sigmoid loss is ln 2.
         let s = DpoSettings {

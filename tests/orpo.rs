@@ -1,0 +1,59 @@
+//! ORPO against TRL 1.16's own ORPOTrainer (tests/fixtures/orpo, made by scripts/make_orpo_fixture.py
+//! on the DPO fixture's policy and rows): step 1's loss and every logged metric for two betas, full and
+//! LoRA. ORPO's sequences are CPO's (tests/simpo.rs checks them against TRL's preprocessing).
+
+mod common;
+
+use common::{ptl, text, Dir};
+use serde_json::Value;
+
+/// Within this of TRL's values (absolute): losses, NLL, odds terms.
+const TOLERANCE: f64 = 1e-5;
+/// Rewards and averaged log-probs are f32 values in TRL: within this relative difference.
+const RELATIVE: f64 = 5e-7;
+
+#[test]
+fn step_one_matches_trl_for_two_betas_full_and_lora() {
+    let want: Value = serde_json::from_str(
+        &std::fs::read_to_string("tests/fixtures/orpo/expected.json").unwrap(),
+    )
+    .unwrap();
+    let mut problems = Vec::new();
+    for (name, case) in want["cases"].as_object().unwrap() {
+        for tuning in ["full", "lora(rank = 4, alpha = 8)"] {
+            let dir = std::env::temp_dir().join(format!(
+                "ptl-orpo-{name}-{}-{}",
+                tuning.len(),
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("policy")).unwrap();
+            for f in std::fs::read_dir("tests/fixtures/dpo/policy").unwrap() {
+                let f = f.unwrap().path();
+                std::fs::copy(&f, dir.join("policy").join(f.file_name().unwrap())).unwrap();
+            }
+            std::fs::copy("tests/fixtures/dpo/data.jsonl", dir.join("data.jsonl")).unwrap();
+            let d = Dir(dir);
+            std::fs::write(
+                d.0.join("p.ptl"),
+                format!(
+                    "stage aligned = orpo {{\n  model = hf_model(\"policy\")\n  data = jsonl(\"data.jsonl\", format = \"preference\")\n  tuning = {tuning}\n  beta = {}\n  batch_size = 4\n  max_steps = 1\n}}\n",
+                    case["beta"]
+                ),
+            )
+            .unwrap();
+            let o = ptl(&d.0, &["run", "p.ptl"]);
+            assert_eq!(o.status.code(), Some(0), "{name}: {}", text(&o));
+            let got = common::first_logged_step(&d.0, "aligned");
+            problems.extend(common::compare_metrics(
+                &format!("{name} {tuning}"),
+                &got,
+                case,
+                std::iter::once("loss").chain(ptl::train::preference::ORPO_METRICS),
+                TOLERANCE,
+                RELATIVE,
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
