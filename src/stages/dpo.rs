@@ -8,7 +8,7 @@ use crate::lang::types::{Format, Type};
 use crate::lang::value::Value;
 use crate::model::decoder::Decoder;
 use crate::run::context::RunContext;
-use crate::train::preference::{reference_logps, Dpo, DpoSettings};
+use crate::train::preference::{self, reference_logps, DpoSettings};
 use candle_core::Device;
 
 pub const LOSSES: &[&str] = &["sigmoid", "ipo", "hinge", "robust"];
@@ -104,7 +104,7 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
         None => reference_logps(&model, &pairs, hyper.batch_size)?,
     };
     let settings: DpoSettings = ctx.typed()?;
-    let objective = Dpo::new(pairs, reference, settings);
+    let objective = preference::dpo(pairs, reference, settings);
     super::train_run::fit(ctx, &model, &vars, &objective, &hyper)?;
     super::train_run::save(ctx, &mut model, &tuning, &model_dir)
 }

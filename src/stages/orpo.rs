@@ -6,7 +6,7 @@ use super::schema::*;
 use crate::lang::diag::Diag;
 use crate::lang::types::Format;
 use crate::run::context::RunContext;
-use crate::train::preference::{Orpo, OrpoSettings};
+use crate::train::preference::{self, OrpoSettings};
 
 pub fn kind() -> Kind {
     let mut fields = common::inputs(
@@ -42,5 +42,5 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
     let model_dir = super::preference_run::model_dir(ctx)?;
     let pairs = super::preference_run::pairs_with_eos(ctx, &model_dir)?;
     let settings: OrpoSettings = ctx.typed()?;
-    super::preference_run::train(ctx, &model_dir, &Orpo::new(pairs, settings))
+    super::preference_run::train(ctx, &model_dir, &preference::orpo(pairs, settings))
 }

@@ -119,15 +119,6 @@ pub const DPO_METRICS: [&str; 6] = [
     "logps/rejected",
 ];
 
-/// DPO against reference log-probabilities computed before training.
-pub struct Dpo {
-    pub pairs: Vec<Pair>,
-    /// (chosen, rejected) under the reference, by pair.
-    pub reference: Vec<(f64, f64)>,
-    pub settings: DpoSettings,
-    rows: Vec<Vec<usize>>,
-}
-
 /// Positions per chunk of the log-prob passes: about 4M logits, as the supervised loss.
 fn chunk(model: &Decoder) -> usize {
     ((4 << 20) / model.cfg.vocab_size.max(1)).clamp(16, 8192)
@@ -194,31 +185,6 @@ fn add_rewards(sums: &mut [f64], reward_c: f64, reward_r: f64, logp_c: f64, logp
     }
 }
 
-/// The micro-batch's share of the step: `value` over `pairs` pairs, its gradient Σ_t (coef(row of t) ·
-/// mask_t + extra_t) · ∇log p_t through the chunked surrogate.
-fn micro_loss(
-    model: &Decoder,
-    f: &Forward,
-    coef: &[f64],
-    extra: Option<&[f64]>,
-    value: f64,
-    pairs: usize,
-    metrics: Vec<(&'static str, f64)>,
-) -> crate::error::Result<MicroLoss> {
-    let weights: Vec<f32> = (0..f.targets.len())
-        .map(|t| (coef[t / f.width] * f.mask[t] as f64 + extra.map_or(0.0, |e| e[t])) as f32)
-        .collect();
-    let surrogate =
-        weighted_logp_surrogate(&f.hidden, model.head(), &f.targets, &weights, chunk(model))?;
-    Ok(MicroLoss {
-        surrogate,
-        value,
-        weight: pairs as f64,
-        tokens: f.mask.iter().map(|&m| m as f64).sum(),
-        metrics,
-    })
-}
-
 /// (chosen, rejected) summed completion log-probabilities of every pair under `model` (no gradient),
 /// `batch_size` pairs at a time.
 pub fn reference_logps(
@@ -241,57 +207,6 @@ pub fn reference_logps(
         out.extend((0..n).map(|i| (f.sums[i], f.sums[n + i])));
     }
     Ok(out)
-}
-
-impl Dpo {
-    pub fn new(pairs: Vec<Pair>, reference: Vec<(f64, f64)>, settings: DpoSettings) -> Dpo {
-        let rows = (0..pairs.len()).map(|i| vec![i]).collect();
-        Dpo {
-            pairs,
-            reference,
-            settings,
-            rows,
-        }
-    }
-}
-
-impl Objective for Dpo {
-    fn rows(&self) -> &[Vec<usize>] {
-        &self.rows
-    }
-
-    fn batch_shape(&self, batch_size: usize) -> (usize, usize) {
-        pair_batch_shape(&self.pairs, batch_size)
-    }
-
-    fn micro_batch(&self, model: &Decoder, rows: &[&[usize]]) -> crate::error::Result<MicroLoss> {
-        let (ids, seqs) = concatenated(&self.pairs, rows);
-        let n = ids.len();
-        let f = forward(model, &seqs)?;
-        let beta = self.settings.beta;
-        let mut value = 0.0;
-        let mut coef = vec![0.0f64; 2 * n];
-        let mut sums = [0.0f64; 6];
-        for (k, &i) in ids.iter().enumerate() {
-            let (pc, pr) = (f.sums[k], f.sums[n + k]);
-            let (rc, rr) = self.reference[i];
-            let lens = [self.pairs[i].chosen.len(), self.pairs[i].rejected.len()];
-            let l = self.settings.pair_loss([pc, pr, rc, rr], lens);
-            value += l.loss;
-            coef[k] = l.d_chosen;
-            coef[n + k] = l.d_rejected;
-            add_rewards(&mut sums, beta * (pc - rc), beta * (pr - rr), pc, pr);
-        }
-        micro_loss(
-            model,
-            &f,
-            &coef,
-            None,
-            value,
-            n,
-            DPO_METRICS.into_iter().zip(sums).collect(),
-        )
-    }
 }
 
 /// SimPO's fields of the stage (the schema holds their defaults).
@@ -331,25 +246,6 @@ pub const SIMPO_METRICS: [&str; 7] = [
     "nll_loss",
 ];
 
-/// SimPO, reference-free: length-normalized log-probabilities with a target margin, plus `cpo_alpha`
-/// times the token-mean NLL of the chosen completions (TRL's CPO term).
-pub struct Simpo {
-    pub pairs: Vec<Pair>,
-    pub settings: SimpoSettings,
-    rows: Vec<Vec<usize>>,
-}
-
-impl Simpo {
-    pub fn new(pairs: Vec<Pair>, settings: SimpoSettings) -> Simpo {
-        let rows = (0..pairs.len()).map(|i| vec![i]).collect();
-        Simpo {
-            pairs,
-            settings,
-            rows,
-        }
-    }
-}
-
 /// The sequences of a micro-batch of pairs: [chosen…; rejected…], and the pair ids in order.
 fn concatenated(pairs: &[Pair], rows: &[&[usize]]) -> (Vec<usize>, Vec<Sequence>) {
     let ids: Vec<usize> = rows.iter().flat_map(|r| r.iter().copied()).collect();
@@ -361,62 +257,6 @@ fn concatenated(pairs: &[Pair], rows: &[&[usize]]) -> (Vec<usize>, Vec<Sequence>
         })
         .unzip();
     (ids, chosen.into_iter().chain(rejected).collect())
-}
-
-/// The widest micro-batch of `batch_size` pairs: twice as many sequences as pairs.
-fn pair_batch_shape(pairs: &[Pair], batch_size: usize) -> (usize, usize) {
-    let widest = pairs
-        .iter()
-        .map(|p| p.prompt.len() + p.chosen.len().max(p.rejected.len()))
-        .max()
-        .unwrap_or(1);
-    (2 * batch_size, widest)
-}
-
-impl Objective for Simpo {
-    fn rows(&self) -> &[Vec<usize>] {
-        &self.rows
-    }
-
-    fn batch_shape(&self, batch_size: usize) -> (usize, usize) {
-        pair_batch_shape(&self.pairs, batch_size)
-    }
-
-    fn micro_batch(&self, model: &Decoder, rows: &[&[usize]]) -> crate::error::Result<MicroLoss> {
-        let (ids, seqs) = concatenated(&self.pairs, rows);
-        let n = ids.len();
-        let f = forward(model, &seqs)?;
-        let s = &self.settings;
-        // The CPO term: token-mean NLL over every chosen completion token of the micro-batch.
-        let chosen_tokens: f64 = f.mask[..n * f.width].iter().map(|&m| m as f64).sum();
-        let nll = -f.sums[..n].iter().sum::<f64>() / chosen_tokens.max(1.0);
-        let mut value = n as f64 * s.cpo_alpha * nll;
-        let mut coef = vec![0.0f64; 2 * n];
-        let mut sums = [0.0f64; 7];
-        for (k, &i) in ids.iter().enumerate() {
-            let lens = [self.pairs[i].chosen.len(), self.pairs[i].rejected.len()];
-            let l = s.pair_loss([f.sums[k], f.sums[n + k]], lens);
-            value += l.loss;
-            coef[k] = l.d_chosen - n as f64 * s.cpo_alpha / chosen_tokens.max(1.0);
-            coef[n + k] = l.d_rejected;
-            let (avg_c, avg_r) = (
-                f.sums[k] / lens[0].max(1) as f64,
-                f.sums[n + k] / lens[1].max(1) as f64,
-            );
-            add_rewards(&mut sums, s.beta * avg_c, s.beta * avg_r, avg_c, avg_r);
-            // TRL logs the NLL only when it is part of the loss (0 otherwise).
-            sums[6] += if s.cpo_alpha == 0.0 { 0.0 } else { nll };
-        }
-        micro_loss(
-            model,
-            &f,
-            &coef,
-            None,
-            value,
-            n,
-            SIMPO_METRICS.into_iter().zip(sums).collect(),
-        )
-    }
 }
 
 /// log(1 − eˣ) for x < 0, stable on both sides of −ln 2 (as TRL's ORPO).
@@ -473,39 +313,184 @@ pub const ORPO_METRICS: [&str; 9] = [
     "log_odds_chosen",
 ];
 
-/// ORPO, reference-free: the token-mean NLL of the chosen sequences (prompt and completion, as TRL)
-/// minus β · logσ(log odds of chosen over rejected), on per-token average completion log-probs.
-pub struct Orpo {
-    pub pairs: Vec<Pair>,
-    pub settings: OrpoSettings,
+/// What a preference rule makes of a micro-batch's forward: the loss summed over its pairs, the
+/// loss's derivative per sequence (rows [chosen…; rejected…]) with respect to its summed completion
+/// log-prob, optional per-position additions to that gradient, and metric sums in `metrics()` order.
+struct Scored {
+    value: f64,
+    coef: Vec<f64>,
+    extra: Option<Vec<f64>>,
+    sums: Vec<f64>,
+}
+
+/// A pairwise loss: DPO, SimPO or ORPO.
+trait PairRule {
+    fn metrics(&self) -> &'static [&'static str];
+    fn score(&self, pairs: &[Pair], ids: &[usize], f: &Forward) -> Scored;
+}
+
+/// A pairwise objective: the pairs in the loop's data order, one rule for their loss.
+struct PairObjective<R> {
+    pairs: Vec<Pair>,
+    rule: R,
     rows: Vec<Vec<usize>>,
 }
 
-impl Orpo {
-    pub fn new(pairs: Vec<Pair>, settings: OrpoSettings) -> Orpo {
-        let rows = (0..pairs.len()).map(|i| vec![i]).collect();
-        Orpo {
-            pairs,
-            settings,
-            rows,
-        }
-    }
+fn pair_objective<R: PairRule>(pairs: Vec<Pair>, rule: R) -> PairObjective<R> {
+    let rows = (0..pairs.len()).map(|i| vec![i]).collect();
+    PairObjective { pairs, rule, rows }
 }
 
-impl Objective for Orpo {
+impl<R: PairRule> Objective for PairObjective<R> {
     fn rows(&self) -> &[Vec<usize>] {
         &self.rows
     }
 
+    /// The widest micro-batch of `batch_size` pairs: twice as many sequences as pairs.
     fn batch_shape(&self, batch_size: usize) -> (usize, usize) {
-        pair_batch_shape(&self.pairs, batch_size)
+        let widest = self
+            .pairs
+            .iter()
+            .map(|p| p.prompt.len() + p.chosen.len().max(p.rejected.len()))
+            .max()
+            .unwrap_or(1);
+        (2 * batch_size, widest)
     }
 
     fn micro_batch(&self, model: &Decoder, rows: &[&[usize]]) -> crate::error::Result<MicroLoss> {
         let (ids, seqs) = concatenated(&self.pairs, rows);
-        let n = ids.len();
         let f = forward(model, &seqs)?;
+        let scored = self.rule.score(&self.pairs, &ids, &f);
+        let extra = scored.extra.as_deref();
+        // The gradient of the summed loss: Σ_t (coef(row of t) · mask_t + extra_t) · ∇log p_t.
+        let weights: Vec<f32> = (0..f.targets.len())
+            .map(|t| {
+                (scored.coef[t / f.width] * f.mask[t] as f64 + extra.map_or(0.0, |e| e[t])) as f32
+            })
+            .collect();
+        let surrogate =
+            weighted_logp_surrogate(&f.hidden, model.head(), &f.targets, &weights, chunk(model))?;
+        Ok(MicroLoss {
+            surrogate,
+            value: scored.value,
+            weight: ids.len() as f64,
+            tokens: f.mask.iter().map(|&m| m as f64).sum(),
+            metrics: self
+                .rule
+                .metrics()
+                .iter()
+                .copied()
+                .zip(scored.sums)
+                .collect(),
+        })
+    }
+}
+
+/// DPO against reference log-probabilities computed before training.
+pub fn dpo(pairs: Vec<Pair>, reference: Vec<(f64, f64)>, settings: DpoSettings) -> impl Objective {
+    pair_objective(
+        pairs,
+        DpoRule {
+            settings,
+            reference,
+        },
+    )
+}
+
+/// SimPO, reference-free: length-normalized log-probabilities with a target margin, plus `cpo_alpha`
+/// times the token-mean NLL of the chosen completions (TRL's CPO term).
+pub fn simpo(pairs: Vec<Pair>, settings: SimpoSettings) -> impl Objective {
+    pair_objective(pairs, settings)
+}
+
+/// ORPO, reference-free: the token-mean NLL of the chosen sequences (prompt and completion, as TRL)
+/// minus β · logσ(log odds of chosen over rejected), on per-token average completion log-probs.
+pub fn orpo(pairs: Vec<Pair>, settings: OrpoSettings) -> impl Objective {
+    pair_objective(pairs, settings)
+}
+
+struct DpoRule {
+    settings: DpoSettings,
+    reference: Vec<(f64, f64)>,
+}
+
+impl PairRule for DpoRule {
+    fn metrics(&self) -> &'static [&'static str] {
+        &DPO_METRICS
+    }
+
+    fn score(&self, pairs: &[Pair], ids: &[usize], f: &Forward) -> Scored {
+        let n = ids.len();
         let beta = self.settings.beta;
+        let mut scored = Scored::new(n, self.metrics().len());
+        for (k, &i) in ids.iter().enumerate() {
+            let (pc, pr) = (f.sums[k], f.sums[n + k]);
+            let (rc, rr) = self.reference[i];
+            let lens = [pairs[i].chosen.len(), pairs[i].rejected.len()];
+            let l = self.settings.pair_loss([pc, pr, rc, rr], lens);
+            scored.value += l.loss;
+            scored.coef[k] = l.d_chosen;
+            scored.coef[n + k] = l.d_rejected;
+            add_rewards(&mut scored.sums, beta * (pc - rc), beta * (pr - rr), pc, pr);
+        }
+        scored
+    }
+}
+
+impl Scored {
+    fn new(pairs: usize, metrics: usize) -> Scored {
+        Scored {
+            value: 0.0,
+            coef: vec![0.0; 2 * pairs],
+            extra: None,
+            sums: vec![0.0; metrics],
+        }
+    }
+}
+
+impl PairRule for SimpoSettings {
+    fn metrics(&self) -> &'static [&'static str] {
+        &SIMPO_METRICS
+    }
+
+    fn score(&self, pairs: &[Pair], ids: &[usize], f: &Forward) -> Scored {
+        let n = ids.len();
+        // The CPO term: token-mean NLL over every chosen completion token of the micro-batch.
+        let chosen_tokens: f64 = f.mask[..n * f.width].iter().map(|&m| m as f64).sum();
+        let nll = -f.sums[..n].iter().sum::<f64>() / chosen_tokens.max(1.0);
+        let mut scored = Scored::new(n, self.metrics().len());
+        scored.value = n as f64 * self.cpo_alpha * nll;
+        for (k, &i) in ids.iter().enumerate() {
+            let lens = [pairs[i].chosen.len(), pairs[i].rejected.len()];
+            let l = self.pair_loss([f.sums[k], f.sums[n + k]], lens);
+            scored.value += l.loss;
+            scored.coef[k] = l.d_chosen - n as f64 * self.cpo_alpha / chosen_tokens.max(1.0);
+            scored.coef[n + k] = l.d_rejected;
+            let (avg_c, avg_r) = (
+                f.sums[k] / lens[0].max(1) as f64,
+                f.sums[n + k] / lens[1].max(1) as f64,
+            );
+            add_rewards(
+                &mut scored.sums,
+                self.beta * avg_c,
+                self.beta * avg_r,
+                avg_c,
+                avg_r,
+            );
+            // TRL logs the NLL only when it is part of the loss (0 otherwise).
+            scored.sums[6] += if self.cpo_alpha == 0.0 { 0.0 } else { nll };
+        }
+        scored
+    }
+}
+
+impl PairRule for OrpoSettings {
+    fn metrics(&self) -> &'static [&'static str] {
+        &ORPO_METRICS
+    }
+
+    fn score(&self, pairs: &[Pair], ids: &[usize], f: &Forward) -> Scored {
+        let n = ids.len();
         // The NLL: token mean over every real target of the chosen rows, prompt included.
         let chosen = 0..n * f.width;
         let nll_tokens: f64 = f.real[chosen.clone()].iter().map(|&r| r as f64).sum();
@@ -518,24 +503,31 @@ impl Objective for Orpo {
         for t in chosen {
             extra[t] = -(n as f64) * f.real[t] as f64 / nll_tokens.max(1.0);
         }
-        let mut value = n as f64 * nll;
-        let mut coef = vec![0.0f64; 2 * n];
-        let mut sums = [0.0f64; 9];
+        let mut scored = Scored::new(n, self.metrics().len());
+        scored.value = n as f64 * nll;
         for (k, &i) in ids.iter().enumerate() {
-            let lens = [self.pairs[i].chosen.len(), self.pairs[i].rejected.len()];
-            let (nc, nr) = (lens[0].max(1) as f64, lens[1].max(1) as f64);
+            let (nc, nr) = (
+                pairs[i].chosen.len().max(1) as f64,
+                pairs[i].rejected.len().max(1) as f64,
+            );
             let (avg_c, avg_r) = (f.sums[k] / nc, f.sums[n + k] / nr);
-            let o = self.settings.odds_ratio(avg_c, avg_r);
-            value += o.loss;
-            coef[k] = o.d_chosen / nc;
-            coef[n + k] = o.d_rejected / nr;
-            add_rewards(&mut sums, beta * avg_c, beta * avg_r, avg_c, avg_r);
-            sums[6] += nll;
-            sums[7] += o.ratio;
-            sums[8] += o.log_odds;
+            let o = self.odds_ratio(avg_c, avg_r);
+            scored.value += o.loss;
+            scored.coef[k] = o.d_chosen / nc;
+            scored.coef[n + k] = o.d_rejected / nr;
+            add_rewards(
+                &mut scored.sums,
+                self.beta * avg_c,
+                self.beta * avg_r,
+                avg_c,
+                avg_r,
+            );
+            scored.sums[6] += nll;
+            scored.sums[7] += o.ratio;
+            scored.sums[8] += o.log_odds;
         }
-        let metrics = ORPO_METRICS.into_iter().zip(sums).collect();
-        micro_loss(model, &f, &coef, Some(&extra), value, n, metrics)
+        scored.extra = Some(extra);
+        scored
     }
 }
 
