@@ -20,19 +20,8 @@ fn expected() -> Value {
         .unwrap()
 }
 
-/// The fixture's models and rows in a temporary folder (symlinks followed).
 fn workdir(name: &str) -> Dir {
-    let dir = std::env::temp_dir().join(format!("ptl-dpo-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    for sub in ["policy", "reference"] {
-        std::fs::create_dir_all(dir.join(sub)).unwrap();
-        for f in std::fs::read_dir(Path::new("tests/fixtures/dpo").join(sub)).unwrap() {
-            let f = f.unwrap().path();
-            std::fs::copy(&f, dir.join(sub).join(f.file_name().unwrap())).unwrap();
-        }
-    }
-    std::fs::copy("tests/fixtures/dpo/data.jsonl", dir.join("data.jsonl")).unwrap();
-    Dir(dir)
+    common::preference_workdir(name)
 }
 
 #[test]
@@ -41,18 +30,13 @@ fn step_one_matches_trl_for_every_loss_full_and_lora() {
     let mut problems = Vec::new();
     for (loss, case) in want["losses"].as_object().unwrap() {
         for tuning in ["full", "lora(rank = 4, alpha = 8)"] {
-            let d = workdir(&format!("{loss}-{}", tuning.len()));
-            std::fs::write(
-                d.0.join("p.ptl"),
-                format!(
+            let got = common::preference_step_one(
+                &format!("dpo-{loss}-{}", tuning.len()),
+                &format!(
                     "stage aligned = dpo {{\n  model = hf_model(\"policy\")\n  reference = hf_model(\"reference\")\n  data = jsonl(\"data.jsonl\", format = \"preference\")\n  tuning = {tuning}\n  loss = \"{loss}\"\n  label_smoothing = {}\n  beta = 0.1\n  batch_size = 4\n  max_steps = 1\n}}\n",
                     case["label_smoothing"]
                 ),
-            )
-            .unwrap();
-            let o = ptl(&d.0, &["run", "p.ptl"]);
-            assert_eq!(o.status.code(), Some(0), "{loss}: {}", text(&o));
-            let got = common::first_logged_step(&d.0, "aligned");
+            );
             problems.extend(common::compare_metrics(
                 &format!("{loss} {tuning}"),
                 &got,

@@ -4,7 +4,6 @@
 
 mod common;
 
-use common::{ptl, text, Dir};
 use serde_json::Value;
 
 /// Within this of TRL's values (absolute): losses, NLL, odds terms.
@@ -21,30 +20,13 @@ fn step_one_matches_trl_for_two_betas_full_and_lora() {
     let mut problems = Vec::new();
     for (name, case) in want["cases"].as_object().unwrap() {
         for tuning in ["full", "lora(rank = 4, alpha = 8)"] {
-            let dir = std::env::temp_dir().join(format!(
-                "ptl-orpo-{name}-{}-{}",
-                tuning.len(),
-                std::process::id()
-            ));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(dir.join("policy")).unwrap();
-            for f in std::fs::read_dir("tests/fixtures/dpo/policy").unwrap() {
-                let f = f.unwrap().path();
-                std::fs::copy(&f, dir.join("policy").join(f.file_name().unwrap())).unwrap();
-            }
-            std::fs::copy("tests/fixtures/dpo/data.jsonl", dir.join("data.jsonl")).unwrap();
-            let d = Dir(dir);
-            std::fs::write(
-                d.0.join("p.ptl"),
-                format!(
+            let got = common::preference_step_one(
+                &format!("orpo-{name}-{}", tuning.len()),
+                &format!(
                     "stage aligned = orpo {{\n  model = hf_model(\"policy\")\n  data = jsonl(\"data.jsonl\", format = \"preference\")\n  tuning = {tuning}\n  beta = {}\n  batch_size = 4\n  max_steps = 1\n}}\n",
                     case["beta"]
                 ),
-            )
-            .unwrap();
-            let o = ptl(&d.0, &["run", "p.ptl"]);
-            assert_eq!(o.status.code(), Some(0), "{name}: {}", text(&o));
-            let got = common::first_logged_step(&d.0, "aligned");
+            );
             problems.extend(common::compare_metrics(
                 &format!("{name} {tuning}"),
                 &got,

@@ -5,7 +5,6 @@
 
 mod common;
 
-use common::{ptl, text, Dir};
 use serde_json::Value;
 use std::path::Path;
 
@@ -20,36 +19,19 @@ fn expected() -> Value {
         .unwrap()
 }
 
-fn workdir(name: &str) -> Dir {
-    let dir = std::env::temp_dir().join(format!("ptl-simpo-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("policy")).unwrap();
-    for f in std::fs::read_dir("tests/fixtures/dpo/policy").unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, dir.join("policy").join(f.file_name().unwrap())).unwrap();
-    }
-    std::fs::copy("tests/fixtures/dpo/data.jsonl", dir.join("data.jsonl")).unwrap();
-    Dir(dir)
-}
-
 #[test]
 fn step_one_matches_trl_with_and_without_the_nll_term() {
     let want = expected();
     let mut problems = Vec::new();
     for (name, case) in want["cases"].as_object().unwrap() {
         for tuning in ["full", "lora(rank = 4, alpha = 8)"] {
-            let d = workdir(&format!("{name}-{}", tuning.len()));
-            std::fs::write(
-                d.0.join("p.ptl"),
-                format!(
+            let got = common::preference_step_one(
+                &format!("simpo-{name}-{}", tuning.len()),
+                &format!(
                     "stage aligned = simpo {{\n  model = hf_model(\"policy\")\n  data = jsonl(\"data.jsonl\", format = \"preference\")\n  tuning = {tuning}\n  beta = 2.0\n  gamma = 0.5\n  cpo_alpha = {}\n  label_smoothing = {}\n  batch_size = 4\n  max_steps = 1\n}}\n",
                     case["cpo_alpha"], case["label_smoothing"]
                 ),
-            )
-            .unwrap();
-            let o = ptl(&d.0, &["run", "p.ptl"]);
-            assert_eq!(o.status.code(), Some(0), "{name}: {}", text(&o));
-            let got = common::first_logged_step(&d.0, "aligned");
+            );
             problems.extend(common::compare_metrics(
                 &format!("{name} {tuning}"),
                 &got,

@@ -164,3 +164,29 @@ pub fn compare_metrics<'a>(
     }
     problems
 }
+
+/// The preference fixture (tests/fixtures/dpo: `policy/`, `reference/`, `data.jsonl`) in a temporary
+/// folder, symlinks followed.
+pub fn preference_workdir(name: &str) -> Dir {
+    let dir = std::env::temp_dir().join(format!("ptl-pref-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for sub in ["policy", "reference"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        for f in std::fs::read_dir(Path::new("tests/fixtures/dpo").join(sub)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.join(sub).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy("tests/fixtures/dpo/data.jsonl", dir.join("data.jsonl")).unwrap();
+    Dir(dir)
+}
+
+/// Runs `pipeline` (whose stage `aligned` trains for one step) in a fresh preference folder; the
+/// step's logged metrics.
+pub fn preference_step_one(name: &str, pipeline: &str) -> serde_json::Value {
+    let d = preference_workdir(name);
+    std::fs::write(d.0.join("p.ptl"), pipeline).unwrap();
+    let o = ptl(&d.0, &["run", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(0), "{name}: {}", text(&o));
+    first_logged_step(&d.0, "aligned")
+}
