@@ -354,7 +354,6 @@ impl Run<'_> {
         let mut sched = Scheduler::new(specs, plan.order.clone(), opts.jobs, opts.keep_going);
         let n = p.stages.len();
         let mut runs = Runs {
-            keys: vec![None; n],
             stage_keys: vec![None; n],
             manifests: vec![None; n],
             outcomes: vec![None; n],
@@ -430,13 +429,11 @@ impl Run<'_> {
                                 .manifest(&key.key)
                                 .map_err(|e| format!("store error: {e}"))?;
                             self.record(&mut known, name, id, &key, &m)?;
-                            runs.keys[id] = Some(key.key.clone());
                             runs.manifests[id] = Some(m);
                             runs.stage_keys[id] = Some(key);
                             settle(&mut runs, id, Outcome::Cached);
                         }
                         Keyed::Start => {
-                            runs.keys[id] = Some(key.key.clone());
                             // Registered before it is announced, and the stop flag read again after: a
                             // stop that lands between the check above and here still cancels it.
                             let flag = std::sync::Arc::new(AtomicBool::new(false));
@@ -453,7 +450,7 @@ impl Run<'_> {
                             });
                             runs.stage_keys[id] = Some(key.clone());
                             let tx = tx.clone();
-                            let keys_now = runs.keys.clone();
+                            let keys_now = runs.keys();
                             scope.spawn(move || {
                                 let started = Instant::now();
                                 let result = execute(shared, id, &key, &keys_now, &flag);
@@ -535,10 +532,19 @@ impl Run<'_> {
     }
 }
 
+impl Runs {
+    /// The store keys known so far, by stage id (for upstream output paths).
+    fn keys(&self) -> Vec<Option<String>> {
+        self.stage_keys
+            .iter()
+            .map(|k| k.as_ref().map(|k| k.key.clone()))
+            .collect()
+    }
+}
+
 /// What a run has learned of each stage so far, by stage id.
 struct Runs {
-    /// Store keys of stages keyed so far (for upstream output paths).
-    keys: Vec<Option<String>>,
+    /// Keys of the stages keyed so far (cached or started).
     stage_keys: Vec<Option<StageKey>>,
     /// Entries of finished stages (their output hashes key the downstream).
     manifests: Vec<Option<Manifest>>,

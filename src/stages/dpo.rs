@@ -88,14 +88,14 @@ fn dpo_rules(s: &StageView, d: &mut Vec<Diag>) {
 /// Computes the reference's log-probs once (the `reference` model, else the starting policy: for LoRA
 /// the adapters start at zero, so that is the base), then trains with the shared loop.
 fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
-    let model_dir = super::preference_run::model_dir(ctx)?;
+    let model_dir = super::train_run::model_dir(ctx)?;
     let pairs = super::preference_run::pairs(ctx, &model_dir)?;
     let hyper = super::train_run::hyper(ctx)?;
-    let super::preference_run::Policy {
+    let super::train_run::Policy {
         mut model,
         vars,
         tuning,
-    } = super::preference_run::policy(ctx, &model_dir, hyper.seed)?;
+    } = super::train_run::policy(ctx, &model_dir, hyper.seed)?;
     let reference = match ctx.input("reference") {
         Some(dir) => {
             let reference = Decoder::load(dir, &Device::Cpu)?;

@@ -1,23 +1,14 @@
-//! What the preference kinds (`dpo`, `simpo`, `orpo`) share when they run: the pairs, encoded as TRL encodes
-//! them, and the policy with its tuning applied.
+//! What the preference kinds (`dpo`, `simpo`, `orpo`) share when they run: the pairs, encoded as TRL
+//! encodes them, and training the policy on a pair objective.
 
+use super::train_run::Policy;
 use crate::data::artifact::{self, DataSpec};
 use crate::data::encode::{EncodeOptions, Encoded};
 use crate::data::tokenizer::TextTokenizer;
-use crate::lang::value::{Tuning, Value};
-use crate::model::decoder::Decoder;
 use crate::run::context::RunContext;
 use crate::train::objective::Objective;
 use crate::train::preference::Pair;
-use candle_core::{Device, Var};
-use std::path::{Path, PathBuf};
-
-pub fn model_dir(ctx: &RunContext) -> crate::error::Result<PathBuf> {
-    Ok(ctx
-        .input("model")
-        .ok_or("the stage has no model")?
-        .to_path_buf())
-}
+use std::path::Path;
 
 /// The stage's preference rows as pairs (prompt with the generation prompt; each completion as the
 /// template renders it after the prompt), the tokenizer being the model's. Pairs whose prompt alone
@@ -95,29 +86,7 @@ pub fn train(
         mut model,
         vars,
         tuning,
-    } = policy(ctx, model_dir, hyper.seed)?;
+    } = super::train_run::policy(ctx, model_dir, hyper.seed)?;
     super::train_run::fit(ctx, &model, &vars, objective, &hyper)?;
     super::train_run::save(ctx, &mut model, &tuning, model_dir)
-}
-
-/// The policy a preference stage trains: the starting model, its trainable variables, its tuning.
-pub struct Policy {
-    pub model: Decoder,
-    pub vars: Vec<(String, Var)>,
-    pub tuning: Tuning,
-}
-
-/// The starting model with the stage's tuning applied.
-pub fn policy(ctx: &RunContext, model_dir: &Path, seed: u64) -> crate::error::Result<Policy> {
-    let mut model = Decoder::load(model_dir, &Device::Cpu)?;
-    let tuning = match ctx.param("tuning") {
-        Value::Tuning(t) => t.clone(),
-        _ => Tuning::Full,
-    };
-    let vars = model.apply_tuning(&tuning, seed)?;
-    Ok(Policy {
-        model,
-        vars,
-        tuning,
-    })
 }

@@ -54,7 +54,7 @@ fn simpo_rules(s: &StageView, d: &mut Vec<Diag>) {
 
 /// Trains without a reference, on TRL's CPO sequences (each completion ends with EOS).
 fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
-    let model_dir = super::preference_run::model_dir(ctx)?;
+    let model_dir = super::train_run::model_dir(ctx)?;
     let pairs = super::preference_run::pairs_with_eos(ctx, &model_dir)?;
     let settings: SimpoSettings = ctx.typed()?;
     super::preference_run::train(ctx, &model_dir, &preference::simpo(pairs, settings))

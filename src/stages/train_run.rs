@@ -13,13 +13,11 @@ use crate::train::objective::Objective;
 use crate::train::schedule::Schedule;
 use crate::train::supervised::{Sequence, Supervised};
 use crate::train::trainer::{self, Hyper, Logged};
-use candle_core::Device;
+use candle_core::{Device, Var};
+use std::path::{Path, PathBuf};
 
 pub fn run_supervised(ctx: &mut RunContext) -> crate::error::Result<()> {
-    let model_dir = ctx
-        .input("model")
-        .ok_or("the stage has no model")?
-        .to_path_buf();
+    let model_dir = model_dir(ctx)?;
     let (data, format) = ctx.dataset("data")?;
     let template = ctx.path("template");
     let spec = DataSpec {
@@ -49,20 +47,49 @@ pub fn run_supervised(ctx: &mut RunContext) -> crate::error::Result<()> {
         sequences.len(),
         tokenized.problems.len()
     ));
-    if !sequences.iter().any(trains) {
+    if !sequences.iter().any(Sequence::trains) {
         return Err(all_rows_dropped(&spec, sequences.len()));
     }
-    let mut model = Decoder::load(&model_dir, &Device::Cpu)?;
-    let tuning = match ctx.param("tuning") {
-        Value::Tuning(t) => t.clone(),
-        _ => Tuning::Full,
-    };
     let params: TrainingParams = ctx.typed()?;
-    let vars = model.apply_tuning(&tuning, params.seed)?;
+    let Policy {
+        mut model,
+        vars,
+        tuning,
+    } = policy(ctx, &model_dir, params.seed)?;
     let hyper = params.hyper(&ctx.checkpoints);
     let objective = Supervised::new(&sequences, ctx.flag("packing"), params.max_len, ctx.log)?;
     fit(ctx, &model, &vars, &objective, &hyper)?;
     save(ctx, &mut model, &tuning, &model_dir)
+}
+
+/// The folder of the stage's starting model.
+pub fn model_dir(ctx: &RunContext) -> crate::error::Result<PathBuf> {
+    Ok(ctx
+        .input("model")
+        .ok_or("the stage has no model")?
+        .to_path_buf())
+}
+
+/// The model a training stage trains: the starting model, its trainable variables, its tuning.
+pub struct Policy {
+    pub model: Decoder,
+    pub vars: Vec<(String, Var)>,
+    pub tuning: Tuning,
+}
+
+/// The starting model with the stage's tuning applied.
+pub fn policy(ctx: &RunContext, model_dir: &Path, seed: u64) -> crate::error::Result<Policy> {
+    let mut model = Decoder::load(model_dir, &Device::Cpu)?;
+    let tuning = match ctx.param("tuning") {
+        Value::Tuning(t) => t.clone(),
+        _ => Tuning::Full,
+    };
+    let vars = model.apply_tuning(&tuning, seed)?;
+    Ok(Policy {
+        model,
+        vars,
+        tuning,
+    })
 }
 
 /// The loop's fields of a training stage (`common::training`), typed; the schema fills in every
@@ -92,7 +119,7 @@ pub struct TrainingParams {
 
 impl TrainingParams {
     /// The loop's settings; checkpoints go to `checkpoints`.
-    pub fn hyper(&self, checkpoints: &std::path::Path) -> Hyper {
+    pub fn hyper(&self, checkpoints: &Path) -> Hyper {
         Hyper {
             lr: self.lr,
             epochs: self.epochs,
@@ -127,7 +154,7 @@ pub fn hyper(ctx: &RunContext) -> crate::error::Result<Hyper> {
 pub fn fit(
     ctx: &mut RunContext,
     model: &Decoder,
-    vars: &[(String, candle_core::Var)],
+    vars: &[(String, Var)],
     objective: &dyn Objective,
     hyper: &Hyper,
 ) -> crate::error::Result<()> {
@@ -144,7 +171,7 @@ pub fn fit(
             .collect();
         values.extend(m.tokens_per_s.map(|t| (track::TOKENS_PER_S.to_string(), t)));
         let values: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        tracker.log(m.record["step"].as_u64().unwrap_or(0), &values);
+        tracker.log(m.step as u64, &values);
         metrics.write(&m)
     };
     let cancel = ctx.cancel;
@@ -172,7 +199,7 @@ pub fn save(
     ctx: &RunContext,
     model: &mut Decoder,
     tuning: &Tuning,
-    model_dir: &std::path::Path,
+    model_dir: &Path,
 ) -> crate::error::Result<()> {
     if tuning.lora().is_some() {
         model.save_adapter(
@@ -182,11 +209,6 @@ pub fn save(
         )?;
     }
     model.save_hf(model_dir, &ctx.out.join("model"), 2 << 30)
-}
-
-/// Whether a sequence keeps a token to train on (the first token is never predicted).
-fn trains(s: &Sequence) -> bool {
-    s.ids.len() >= 2 && s.mask[1..].contains(&1)
 }
 
 /// No row keeps a trained token within `max_len`: how many tokens the shortest row needs, found by

@@ -126,20 +126,28 @@ impl Settings {
         self
     }
 
+    /// The MLflow server's URI, when one is set (blank is off).
+    fn mlflow_uri(&self) -> Option<&str> {
+        self.mlflow
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+    }
+
+    /// The MLflow experiment: the one set, else the pipeline's name.
+    fn experiment_or<'a>(&'a self, pipeline: &'a str) -> &'a str {
+        match self.experiment.as_deref().map(str::trim) {
+            Some(e) if !e.is_empty() => e,
+            _ => pipeline,
+        }
+    }
+
     /// One line per sink that is on, for the start of a run: `MLflow https://host (experiment x)`.
     /// Credentials in a URI are hidden.
     pub fn describe(&self, pipeline: &str) -> Vec<String> {
         let mut lines = Vec::new();
-        if let Some(uri) = self
-            .mlflow
-            .as_deref()
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-        {
-            let experiment = match self.experiment.as_deref().map(str::trim) {
-                Some(e) if !e.is_empty() => e,
-                _ => pipeline,
-            };
+        if let Some(uri) = self.mlflow_uri() {
+            let experiment = self.experiment_or(pipeline);
             let auth = match (&self.access.basic, &self.access.token) {
                 (Some((user, _)), _) => format!(", as {user}"),
                 (None, Some(_)) => ", with a token".to_string(),
@@ -209,16 +217,11 @@ impl Tracking {
             .tensorboard
             .clone()
             .map(|dir| (dir, SinkState::new("TensorBoard", warn.clone())));
-        let uri = s.mlflow.as_deref().map(str::trim).filter(|u| !u.is_empty());
-        let mlflow = uri.and_then(|uri| {
-            let experiment = match s.experiment.as_deref().map(str::trim) {
-                Some(e) if !e.is_empty() => e,
-                _ => pipeline,
-            };
+        let mlflow = s.mlflow_uri().and_then(|uri| {
             mlflow::Sink::start(
                 uri,
                 &s.access,
-                experiment,
+                s.experiment_or(pipeline),
                 pipeline,
                 SinkState::new("MLflow", warn),
             )

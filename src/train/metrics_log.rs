@@ -39,10 +39,9 @@ impl MetricsLog {
     pub fn write(&mut self, m: &Logged) -> Result<(), String> {
         line(&mut self.metrics, m.record)?;
         if let Some(tps) = m.tokens_per_s {
-            let step = m.record["step"].as_u64().unwrap_or(0);
             line(
                 &mut self.timing,
-                &serde_json::json!({"step": step, "tokens_per_s": tps}),
+                &serde_json::json!({"step": m.step, "tokens_per_s": tps}),
             )?;
         }
         Ok(())

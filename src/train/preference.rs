@@ -1,8 +1,8 @@
 //! Preference objectives on (prompt, chosen, rejected) pairs. Chosen and rejected of a micro-batch go
 //! through the model in one forward (TRL's concatenated forward: rows [chosen…; rejected…], right
 //! padded); a completion's log-probability is the sum over its tokens only. DPO follows TRL 1.16's
-//! DPOTrainer, SimPO its CPOTrainer with `loss_type = "simpo"` (../shared/reference/
-//! losses-and-formats.md §1–2).
+//! DPOTrainer, SimPO its CPOTrainer with `loss_type = "simpo"`, ORPO its ORPOTrainer
+//! (../shared/reference/losses-and-formats.md §1–3).
 
 use super::logps::{token_logps, weighted_logp_surrogate};
 use super::objective::{MicroLoss, Objective};
@@ -192,18 +192,12 @@ pub fn reference_logps(
     pairs: &[Pair],
     batch_size: usize,
 ) -> crate::error::Result<Vec<(f64, f64)>> {
+    let all: Vec<usize> = (0..pairs.len()).collect();
     let mut out = Vec::with_capacity(pairs.len());
-    for group in pairs.chunks(batch_size.max(1)) {
-        let (chosen, rejected): (Vec<Sequence>, Vec<Sequence>) = group
-            .iter()
-            .map(|p| {
-                let [c, r] = p.sequences();
-                (c, r)
-            })
-            .unzip();
-        let seqs: Vec<Sequence> = chosen.into_iter().chain(rejected).collect();
+    for group in all.chunks(batch_size.max(1)) {
+        let (ids, seqs) = concatenated(pairs, &[group]);
         let f = forward(model, &seqs)?;
-        let n = group.len();
+        let n = ids.len();
         out.extend((0..n).map(|i| (f.sums[i], f.sums[n + i])));
     }
     Ok(out)

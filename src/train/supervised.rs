@@ -12,6 +12,13 @@ pub struct Sequence {
     pub mask: Vec<u8>,
 }
 
+impl Sequence {
+    /// Whether it keeps a token to train on (the first token is never predicted).
+    pub fn trains(&self) -> bool {
+        self.ids.len() >= 2 && self.mask[1..].contains(&1)
+    }
+}
+
 /// Sequences in (packed) rows, each micro-batch weighted by its trained tokens.
 pub struct Supervised<'a> {
     usable: Vec<&'a Sequence>,
@@ -27,10 +34,7 @@ impl<'a> Supervised<'a> {
         max_len: usize,
         log: &dyn Fn(&str),
     ) -> crate::error::Result<Supervised<'a>> {
-        let usable: Vec<&Sequence> = data
-            .iter()
-            .filter(|s| s.ids.len() >= 2 && s.mask[1..].contains(&1))
-            .collect();
+        let usable: Vec<&Sequence> = data.iter().filter(|s| s.trains()).collect();
         if usable.is_empty() {
             return Err("no row has a token to train on".into());
         }

@@ -49,6 +49,8 @@ pub struct Summary {
 /// A logged step: the deterministic record (part of the stage's output) and, for a step this run
 /// trained (not one a resumed run replays), how fast it went.
 pub struct Logged<'a> {
+    /// The optimizer step the record is for.
+    pub step: usize,
     /// `step`, `loss`, `lr`, `grad_norm`, `epoch`, `tokens`: the same on every run with the same seed.
     pub record: &'a serde_json::Value,
     /// Trained tokens per second of wall-clock time; `None` for a replayed step.
@@ -129,7 +131,13 @@ pub fn train(
             pos.step
         ));
         for m in &pos.metrics {
+            let step = m["step"].as_u64().ok_or_else(|| {
+                crate::error::Error::Internal(format!(
+                    "a checkpointed metrics line has no step: {m}"
+                ))
+            })?;
             (hooks.metrics)(Logged {
+                step: step as usize,
                 record: m,
                 tokens_per_s: None,
             })?;
@@ -247,6 +255,7 @@ pub fn train(
                 line["skipped_nonfinite"] = pos.skipped_nonfinite.into();
             }
             (hooks.metrics)(Logged {
+                step: pos.step,
                 record: &line,
                 tokens_per_s: Some(tokens_per_s),
             })?;
