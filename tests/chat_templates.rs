@@ -211,6 +211,7 @@ fn preference_pairs_follow_trl() {
         prompt: ptl::data::rows::Side::Messages(prompt.clone()),
         chosen: ptl::data::rows::Side::Text("4".into()),
         rejected: ptl::data::rows::Side::Text("5".into()),
+        margin: None,
     };
     let Encoded::Pair {
         prompt_text,

@@ -303,6 +303,7 @@ pub fn show(args: DataArgs) -> i32 {
                     rejected_text,
                     rejected_ids,
                     truncated,
+                    ..
                 }) => json!({
                     "row": i, "line": r.line, "prompt": prompt_text, "prompt_ids": prompt_ids, "prompt_mask": vec![0; prompt_ids.len()],
                     "chosen": chosen_text, "chosen_ids": chosen_ids, "chosen_mask": vec![1; chosen_ids.len()],
@@ -351,6 +352,7 @@ pub fn show(args: DataArgs) -> i32 {
                 rejected_text,
                 rejected_ids,
                 truncated,
+                ..
             }) => {
                 outln!(
                     "{head}· prompt {} tokens, chosen {}, rejected {}{}",

@@ -39,6 +39,7 @@ mod engine;
 mod fmt;
 mod generate;
 mod interrupt;
+mod reward;
 mod score;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -190,6 +191,16 @@ enum Command {
         /// A JSONL file, or - for standard input
         #[arg(long)]
         input: PathBuf,
+    },
+    /// The reward of each JSONL row (`messages`, `prompt`+`completion`, or `ids`) under a reward model
+    Reward {
+        /// A reward model folder (what a `reward_model` stage writes)
+        model: PathBuf,
+        /// A JSONL file, or - for standard input
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long, value_enum, default_value = "human", help = FORMAT_HELP)]
+        format: OutputFormat,
     },
     /// Continue a prompt with a model (greedy by default; sampling with --temperature)
     Generate {
@@ -466,6 +477,11 @@ pub fn main() -> i32 {
                 adapter,
                 input,
             } => score::run(&model, adapter.as_deref(), &input),
+            Command::Reward {
+                model,
+                input,
+                format,
+            } => reward::run(&model, &input, format == OutputFormat::Json),
             Command::Data { command } => match command {
                 DataCommand::Show(a) => data::show(a.args()),
                 DataCommand::Stats(a) => data::stats(a.args()),

@@ -64,6 +64,12 @@ pub enum Encoded {
         rejected_text: String,
         rejected_ids: Vec<u32>,
         truncated: bool,
+        /// Rendered with the chat template (messages), not plain text.
+        #[serde(default)]
+        chat: bool,
+        /// The row's `margin` column.
+        #[serde(default)]
+        margin: Option<f64>,
     },
     /// KTO rows.
     Unpaired {
@@ -181,6 +187,7 @@ impl<'a> Encoder<'a> {
                 prompt,
                 chosen,
                 rejected,
+                margin,
             } => {
                 let (prompt_text, prompt_ids) = self.prompt(prompt)?;
                 let (chosen_text, mut chosen_ids) =
@@ -199,6 +206,8 @@ impl<'a> Encoder<'a> {
                     rejected_text,
                     rejected_ids,
                     truncated,
+                    chat: matches!(prompt, Side::Messages(_)),
+                    margin: *margin,
                 })
             }
             Example::Kto {

@@ -23,6 +23,8 @@ pub enum Example {
         prompt: Side,
         chosen: Side,
         rejected: Side,
+        /// How much better chosen is than rejected (the reward model's optional `margin` column).
+        margin: Option<f64>,
     },
     Kto {
         prompt: Side,
@@ -189,6 +191,10 @@ pub fn example(row: &Map<String, Json>, format: Format) -> Result<Example, Strin
             prompt: side(row, "prompt")?,
             chosen: side(row, "chosen")?,
             rejected: side(row, "rejected")?,
+            margin: match row.get("margin") {
+                None | Some(Json::Null) => None,
+                Some(m) => Some(m.as_f64().ok_or("`margin` must be a number")?),
+            },
         },
         Format::Kto => Example::Kto {
             prompt: side(row, "prompt")?,

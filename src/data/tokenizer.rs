@@ -115,6 +115,14 @@ impl TextTokenizer {
         self.eos.as_deref().and_then(|t| self.inner.token_to_id(t))
     }
 
+    /// The padding token, else EOS (as TRL pads when a tokenizer has none).
+    pub fn pad_or_eos_id(&self) -> Option<u32> {
+        self.pad
+            .as_deref()
+            .and_then(|t| self.inner.token_to_id(t))
+            .or_else(|| self.eos_id())
+    }
+
     /// Where generation stops: the EOS token and generation_config.json's `eos_token_id` (a number
     /// or a list) in the model folder `model`.
     pub fn stop_ids(&self, model: &Path) -> Vec<u32> {

@@ -44,6 +44,34 @@ pub struct ModelConfig {
     pub mlp_bias: bool,
     /// RMSNorm on each head of q and k before rope (Qwen3).
     pub qk_norm: bool,
+    /// What the last hidden state feeds: the vocabulary (`*ForCausalLM`) or one scalar
+    /// (`*ForSequenceClassification` with one label: a reward model).
+    pub head: Head,
+    /// The padding token (`pad_token_id`): a scalar head reads the rightmost other token.
+    pub pad_token_id: Option<u32>,
+    /// The standard deviation transformers initializes new weights with (a new score head).
+    pub initializer_range: f64,
+}
+
+/// The output head of a model folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head {
+    /// `lm_head` (or the tied embedding) over the vocabulary.
+    Lm,
+    /// `score.weight` [1, hidden]: one reward per sequence.
+    Score,
+}
+
+impl Arch {
+    /// The transformers class prefix (`Qwen3` in `Qwen3ForCausalLM`).
+    pub fn class_prefix(self) -> &'static str {
+        match self {
+            Arch::Llama => "Llama",
+            Arch::Mistral => "Mistral",
+            Arch::Qwen2 => "Qwen2",
+            Arch::Qwen3 => "Qwen3",
+        }
+    }
 }
 
 fn get_usize(c: &Value, key: &str) -> Result<usize, String> {
@@ -67,18 +95,35 @@ impl ModelConfig {
         let archs: Vec<&str> = c["architectures"]
             .as_array()
             .map_or(vec![], |a| a.iter().filter_map(Value::as_str).collect());
-        let arch = match archs.first().copied().or(c["model_type"].as_str()) {
-            Some("LlamaForCausalLM" | "llama") => Arch::Llama,
-            Some("MistralForCausalLM" | "mistral") => Arch::Mistral,
-            Some("Qwen2ForCausalLM" | "qwen2") => Arch::Qwen2,
-            Some("Qwen3ForCausalLM" | "qwen3") => Arch::Qwen3,
-            Some(other) => {
-                return Err(format!(
-                    "architecture {other} is not supported: ptl trains LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM"
-                ))
-            }
+        let named = archs.first().copied().or(c["model_type"].as_str());
+        let (family, head) = match named {
+            Some(a) => match a.strip_suffix("ForSequenceClassification") {
+                Some(f) => (f, Head::Score),
+                None => (a.strip_suffix("ForCausalLM").unwrap_or(a), Head::Lm),
+            },
             None => return Err("no `architectures` or `model_type`".into()),
         };
+        let arch = match family {
+            "Llama" | "llama" => Arch::Llama,
+            "Mistral" | "mistral" => Arch::Mistral,
+            "Qwen2" | "qwen2" => Arch::Qwen2,
+            "Qwen3" | "qwen3" => Arch::Qwen3,
+            _ => {
+                return Err(format!(
+                    "architecture {} is not supported: ptl trains the ForCausalLM and ForSequenceClassification models of Llama, Mistral, Qwen2 and Qwen3",
+                    named.unwrap_or_default()
+                ))
+            }
+        };
+        if head == Head::Score {
+            let labels = c["id2label"].as_object().map_or(1, |m| m.len());
+            let labels = c["num_labels"].as_u64().map_or(labels, |n| n as usize);
+            if labels != 1 {
+                return Err(format!(
+                    "a sequence classifier with {labels} labels is not a reward model: ptl reads one scalar (num_labels 1)"
+                ));
+            }
+        }
         let hidden_size = get_usize(c, "hidden_size")?;
         let num_heads = get_usize(c, "num_attention_heads")?;
         let num_kv_heads = c["num_key_value_heads"]
@@ -156,6 +201,9 @@ impl ModelConfig {
             o_bias: arch == Arch::Llama && attention_bias,
             mlp_bias: c["mlp_bias"].as_bool().unwrap_or(false),
             qk_norm: arch == Arch::Qwen3,
+            head,
+            pad_token_id: c["pad_token_id"].as_u64().map(|v| v as u32),
+            initializer_range: c["initializer_range"].as_f64().unwrap_or(0.02),
         })
     }
 }

@@ -2,7 +2,7 @@
 //! from candle ops that record a backward (matmul, broadcast arithmetic, exp, sqrt, index_select,
 //! cat, narrow), so every weight can receive a gradient. Full-sequence logits; computed in f32.
 
-use super::config::ModelConfig;
+use super::config::{Head, ModelConfig};
 use super::weights::Weights;
 use candle_core::{DType, Device, Tensor, D};
 use std::path::Path;
@@ -70,6 +70,8 @@ pub struct Decoder {
     pub norm: Tensor,
     /// `None`: tied to the embedding.
     pub lm_head: Option<Tensor>,
+    /// A reward model's scalar head, `score.weight` [1, hidden] (see `score`).
+    pub score: Option<Tensor>,
     inv_freq: Vec<f32>,
     /// Whether dropout is active (training) or not (evaluation, scoring).
     pub training: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -220,10 +222,11 @@ impl Decoder {
             });
         }
         let norm = w.take("model.norm.weight", &[h])?;
-        let lm_head = if cfg.tie_word_embeddings && !w.has("lm_head.weight") {
-            None
-        } else {
-            Some(w.take("lm_head.weight", &[cfg.vocab_size, h])?)
+        let (lm_head, score) = match cfg.head {
+            // A sequence classifier has no output matrix over the vocabulary.
+            Head::Score => (None, Some(w.take("score.weight", &[1, h])?)),
+            Head::Lm if cfg.tie_word_embeddings && !w.has("lm_head.weight") => (None, None),
+            Head::Lm => (Some(w.take("lm_head.weight", &[cfg.vocab_size, h])?), None),
         };
         w.finish()?;
         Ok(Decoder {
@@ -234,6 +237,7 @@ impl Decoder {
             layers,
             norm,
             lm_head,
+            score,
             training: Default::default(),
             dropout_rng: Default::default(),
         })
@@ -291,6 +295,7 @@ impl Decoder {
                 Some(normal(&[cfg.vocab_size, h])?)
             },
             norm: ones(h)?,
+            score: None,
             layers,
             cfg,
             device: device.clone(),
@@ -561,6 +566,9 @@ impl Decoder {
         out.push(("model.norm.weight".into(), &mut self.norm));
         if let Some(h) = &mut self.lm_head {
             out.push(("lm_head.weight".into(), h));
+        }
+        if let Some(s) = &mut self.score {
+            out.push(("score.weight".into(), s));
         }
         out
     }

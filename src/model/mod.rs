@@ -4,5 +4,6 @@ pub mod config;
 pub mod decoder;
 pub mod frozen;
 pub mod lora;
+pub mod score;
 pub mod tuning;
 pub mod weights;

@@ -1,6 +1,7 @@
 //! Which weights train: full, freeze (the last N layers and/or named modules), or LoRA adapters;
 //! PEFT adapter folders in and out; merging an adapter into its base; writing a full HF folder.
 
+use super::config::Head;
 use super::decoder::{Decoder, Linear};
 use super::lora::{LoraWeights, Rng};
 use crate::lang::value::Tuning;
@@ -11,6 +12,9 @@ use std::path::Path;
 type Result<T> = crate::error::Result<T>;
 
 /// The linear layers PEFT's "all-linear" means for these models (every projection, not lm_head).
+/// Where a PEFT adapter keeps a fully trained score head (its `modules_to_save`).
+pub const SCORE_ADAPTER_KEY: &str = "base_model.model.score.weight";
+
 pub const LINEAR_MODULES: [&str; 7] = [
     "q_proj",
     "k_proj",
@@ -45,6 +49,19 @@ impl Decoder {
     /// Sets up `tuning`; returns the trainable variables by name. Frozen weights stay plain tensors:
     /// they hold no gradient and no optimizer state.
     pub fn apply_tuning(&mut self, tuning: &Tuning, seed: u64) -> Result<Vec<(String, Var)>> {
+        let mut vars = self.tuned_weights(tuning, seed)?;
+        // A reward model's score head always trains in full (PEFT's `modules_to_save`).
+        if !matches!(tuning, Tuning::Full) {
+            if let Some(score) = &mut self.score {
+                let var = Var::from_tensor(score)?;
+                *score = var.as_tensor().clone();
+                vars.push((SCORE_ADAPTER_KEY.into(), var));
+            }
+        }
+        Ok(vars)
+    }
+
+    fn tuned_weights(&mut self, tuning: &Tuning, seed: u64) -> Result<Vec<(String, Var)>> {
         match tuning {
             Tuning::Full => self.make_trainable(),
             Tuning::Freeze { layers, modules } => {
@@ -66,7 +83,7 @@ impl Decoder {
                         vars.push((name, var));
                     }
                 }
-                if vars.is_empty() {
+                if vars.is_empty() && self.score.is_none() {
                     return Err("freeze(...) selects no weights to train".into());
                 }
                 Ok(vars)
@@ -134,9 +151,11 @@ impl Decoder {
         } else {
             l.targets.clone()
         };
+        let reward = self.score.is_some();
         let config = serde_json::json!({
             "peft_type": "LORA",
-            "task_type": "CAUSAL_LM",
+            "task_type": if reward { "SEQ_CLS" } else { "CAUSAL_LM" },
+            "modules_to_save": if reward { serde_json::json!(["score"]) } else { serde_json::Value::Null },
             "r": l.rank,
             "lora_alpha": l.alpha,
             "lora_dropout": l.dropout,
@@ -163,6 +182,9 @@ impl Decoder {
                     w.b.as_tensor().clone(),
                 );
             }
+        }
+        if let Some(score) = &self.score {
+            tensors.insert(SCORE_ADAPTER_KEY.into(), score.detach());
         }
         write_safetensors(&tensors, &dir.join("adapter_model.safetensors"))
     }
@@ -224,6 +246,18 @@ impl Decoder {
                 found += 1;
             }
         }
+        if let Some(score) = tensors.remove(SCORE_ADAPTER_KEY) {
+            let expected = [1, self.cfg.hidden_size];
+            if self.score.is_none() || score.dims() != expected {
+                return Err(crate::error::Error::AdapterShape {
+                    dir: dir.to_path_buf(),
+                    tensor: SCORE_ADAPTER_KEY.into(),
+                    found: score.dims().to_vec(),
+                    expected: expected.to_vec(),
+                });
+            }
+            self.score = Some(score.to_dtype(DType::F32)?);
+        }
         if found == 0 {
             return Err(format!(
                 "{}: no LoRA weights match this model's modules",
@@ -259,6 +293,16 @@ impl Decoder {
         let mut config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(source.join("config.json"))?)?;
         config["dtype"] = serde_json::json!("float32");
+        if self.cfg.head == Head::Score {
+            // What transformers' AutoModelForSequenceClassification needs to load one reward.
+            config["architectures"] = serde_json::json!([format!(
+                "{}ForSequenceClassification",
+                self.cfg.arch.class_prefix()
+            )]);
+            config["id2label"] = serde_json::json!({"0": "LABEL_0"});
+            config["label2id"] = serde_json::json!({"LABEL_0": 0});
+            config["pad_token_id"] = serde_json::json!(self.cfg.pad_token_id);
+        }
         if config.get("torch_dtype").is_some() {
             config["torch_dtype"] = serde_json::json!("float32");
         }

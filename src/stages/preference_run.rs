@@ -1,5 +1,5 @@
-//! What the preference kinds (`dpo`, `simpo`, `orpo`) share when they run: the pairs, encoded as TRL
-//! encodes them, and training the policy on a pair objective.
+//! What the preference kinds (`dpo`, `simpo`, `orpo`, `reward_model`, `kto`) share when they run:
+//! their rows, encoded as TRL encodes them, and training the policy on an objective.
 
 use super::train_run::Policy;
 use crate::data::artifact::{self, DataSpec};
@@ -10,10 +10,15 @@ use crate::train::objective::Objective;
 use crate::train::preference::Pair;
 use std::path::Path;
 
-/// The stage's preference rows as pairs (prompt with the generation prompt; each completion as the
-/// template renders it after the prompt), the tokenizer being the model's. Pairs whose prompt alone
-/// fills `max_len` are dropped and counted, as TRL does.
-pub fn pairs(ctx: &RunContext, model_dir: &Path) -> crate::error::Result<Vec<Pair>> {
+/// The stage's rows encoded with the model's tokenizer, each turned into what the objective trains on
+/// by `pick` (`None`: dropped, e.g. too long). Logs how many `what` are left and why the others went;
+/// none left is [`crate::error::Error::AllRowsDropped`].
+pub fn examples<T>(
+    ctx: &RunContext,
+    model_dir: &Path,
+    what: &str,
+    mut pick: impl FnMut(Encoded) -> Option<T>,
+) -> crate::error::Result<Vec<T>> {
     let (data, format) = ctx.dataset("data")?;
     let spec = DataSpec {
         data,
@@ -25,37 +30,44 @@ pub fn pairs(ctx: &RunContext, model_dir: &Path) -> crate::error::Result<Vec<Pai
     let tokenized = artifact::cached(ctx.store, &spec)?;
     super::common::report_malformed(ctx, &tokenized.problems)?;
     let total = tokenized.rows.len();
-    let pairs: Vec<Pair> = tokenized
+    let kept: Vec<T> = tokenized
         .rows
         .into_iter()
-        .filter_map(|r| match r.result {
-            Ok(Encoded::Pair {
-                prompt_ids,
-                chosen_ids,
-                rejected_ids,
-                ..
-            }) => Some(Pair {
-                prompt: prompt_ids,
-                chosen: chosen_ids,
-                rejected: rejected_ids,
-            }),
-            _ => None,
-        })
+        .filter_map(|r| r.result.ok().and_then(&mut pick))
         .collect();
     (ctx.log)(&format!(
-        "{} pairs to train on ({} dropped: prompt at least max_len; {} malformed)",
-        pairs.len(),
-        total - pairs.len(),
+        "{} {what} to train on ({} dropped: longer than max_len; {} malformed)",
+        kept.len(),
+        total - kept.len(),
         tokenized.problems.len()
     ));
-    if pairs.is_empty() {
+    if kept.is_empty() {
         return Err(crate::error::Error::AllRowsDropped {
             rows: total,
             max_len: spec.opts.max_len,
             shortest: None,
         });
     }
-    Ok(pairs)
+    Ok(kept)
+}
+
+/// The stage's preference rows as pairs (prompt with the generation prompt; each completion as the
+/// template renders it after the prompt), the tokenizer being the model's. Pairs whose prompt alone
+/// fills `max_len` are dropped and counted, as TRL does.
+pub fn pairs(ctx: &RunContext, model_dir: &Path) -> crate::error::Result<Vec<Pair>> {
+    examples(ctx, model_dir, "pairs", |e| match e {
+        Encoded::Pair {
+            prompt_ids,
+            chosen_ids,
+            rejected_ids,
+            ..
+        } => Some(Pair {
+            prompt: prompt_ids,
+            chosen: chosen_ids,
+            rejected: rejected_ids,
+        }),
+        _ => None,
+    })
 }
 
 /// The pairs as TRL's CPO and ORPO trainers tokenize them: as [`pairs`], then every completion ends

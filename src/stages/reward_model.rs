@@ -3,8 +3,15 @@
 use super::common;
 use super::rules;
 use super::schema::*;
+use super::train_run::{Policy, TrainingParams};
+use crate::data::encode::Encoded;
+use crate::data::tokenizer::TextTokenizer;
 use crate::lang::diag::Diag;
 use crate::lang::types::{Format, Type};
+use crate::model::decoder::Decoder;
+use crate::run::context::RunContext;
+use crate::train::reward::{self, RewardSettings, ScoredPair};
+use candle_core::Device;
 
 pub fn kind() -> Kind {
     let mut fields = common::inputs(
@@ -19,7 +26,7 @@ pub fn kind() -> Kind {
     ));
     Kind {
         version: 1,
-        run: None,
+        run: Some(run),
         name: "reward_model",
         summary: "Bradley-Terry reward model on preference pairs",
         fields,
@@ -29,7 +36,11 @@ pub fn kind() -> Kind {
                 Type::RewardModel,
                 "the reward model: base weights plus `score.weight`",
             ),
-            output("metrics", Type::Metrics, "metrics.jsonl of the run"),
+            output(
+                "metrics",
+                Type::Metrics,
+                "metrics.jsonl: loss, accuracy, margin, mean_reward",
+            ),
         ],
         refused: vec![],
         rules: vec![common::training_rules, rm_rules],
@@ -38,4 +49,82 @@ pub fn kind() -> Kind {
 
 fn rm_rules(s: &StageView, d: &mut Vec<Diag>) {
     rules::non_negative(s, d, "center_rewards_coefficient");
+}
+
+/// A plain-text row as the reward model reads it: prompt + completion + EOS (unless the text ends
+/// with it) tokenized as one string with the tokenizer's specials, as TRL's RewardTrainer.
+pub fn plain_sequence(
+    tok: &TextTokenizer,
+    prompt: &str,
+    completion: &str,
+) -> Result<Vec<u32>, String> {
+    let mut text = format!("{prompt}{completion}");
+    if let Some(eos) = tok.eos.as_deref().filter(|e| !text.ends_with(*e)) {
+        text.push_str(eos);
+    }
+    Ok(tok.encode(&text, true)?.ids)
+}
+
+/// An encoded preference row as the reward model trains on it: chat rows rendered whole (prompt and
+/// completion ids joined), plain rows by [`plain_sequence`]; `None` for a pair TRL filters out (either
+/// sequence longer than `max_len`).
+pub fn scored_pair(tok: &TextTokenizer, e: Encoded, max_len: usize) -> Option<ScoredPair> {
+    let Encoded::Pair {
+        prompt_text,
+        prompt_ids,
+        chosen_text,
+        chosen_ids,
+        rejected_text,
+        rejected_ids,
+        truncated: false,
+        chat,
+        margin,
+    } = e
+    else {
+        return None;
+    };
+    let (chosen, rejected) = if chat {
+        (
+            [&prompt_ids[..], &chosen_ids].concat(),
+            [&prompt_ids[..], &rejected_ids].concat(),
+        )
+    } else {
+        (
+            plain_sequence(tok, &prompt_text, &chosen_text).ok()?,
+            plain_sequence(tok, &prompt_text, &rejected_text).ok()?,
+        )
+    };
+    (chosen.len() <= max_len && rejected.len() <= max_len).then_some(ScoredPair {
+        chosen,
+        rejected,
+        margin: margin.unwrap_or(0.0),
+    })
+}
+
+/// Reads every pair as whole sequences ([`scored_pair`]), puts a score head on the starting model
+/// unless it has one, and trains Bradley–Terry with the shared loop.
+fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
+    let model_dir = super::train_run::model_dir(ctx)?;
+    let tok = TextTokenizer::load(&model_dir)?;
+    let params: TrainingParams = ctx.typed()?;
+    let pairs = super::preference_run::examples(ctx, &model_dir, "pairs", |e| {
+        scored_pair(&tok, e, params.max_len)
+    })?;
+    let mut model = Decoder::load(&model_dir, &Device::Cpu)?;
+    let std = model.cfg.initializer_range as f32;
+    model.add_score_head(params.seed ^ 0x5C0E, std, tok.pad_or_eos_id())?;
+    let Policy {
+        mut model,
+        vars,
+        tuning,
+    } = super::train_run::tuned(ctx, model, params.seed)?;
+    let objective = reward::bradley_terry(pairs, ctx.typed::<RewardSettings>()?);
+    super::train_run::fit(
+        ctx,
+        &model,
+        &vars,
+        &objective,
+        &params.hyper(&ctx.checkpoints),
+    )?;
+    super::train_run::save(ctx, &mut model, &tuning, &model_dir)
 }

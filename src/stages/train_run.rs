@@ -79,7 +79,11 @@ pub struct Policy {
 
 /// The starting model with the stage's tuning applied.
 pub fn policy(ctx: &RunContext, model_dir: &Path, seed: u64) -> crate::error::Result<Policy> {
-    let mut model = Decoder::load(model_dir, &Device::Cpu)?;
+    tuned(ctx, Decoder::load(model_dir, &Device::Cpu)?, seed)
+}
+
+/// `model` with the stage's tuning applied.
+pub fn tuned(ctx: &RunContext, mut model: Decoder, seed: u64) -> crate::error::Result<Policy> {
     let tuning = match ctx.param("tuning") {
         Value::Tuning(t) => t.clone(),
         _ => Tuning::Full,

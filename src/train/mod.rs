@@ -11,6 +11,7 @@ pub mod objective;
 pub mod optim;
 pub mod pack;
 pub mod preference;
+pub mod reward;
 pub mod schedule;
 pub mod supervised;
 pub mod trainer;

@@ -168,16 +168,26 @@ pub fn compare_metrics<'a>(
 /// The preference fixture (tests/fixtures/dpo: `policy/`, `reference/`, `data.jsonl`) in a temporary
 /// folder, symlinks followed.
 pub fn preference_workdir(name: &str) -> Dir {
-    let dir = std::env::temp_dir().join(format!("ptl-pref-{name}-{}", std::process::id()));
+    fixture_workdir(name, "dpo", &["policy", "reference"], &["data.jsonl"])
+}
+
+/// The folders `dirs` and files `files` of tests/fixtures/`fixture` in a temporary folder, symlinks
+/// followed.
+pub fn fixture_workdir(name: &str, fixture: &str, dirs: &[&str], files: &[&str]) -> Dir {
+    let dir = std::env::temp_dir().join(format!("ptl-{fixture}-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    for sub in ["policy", "reference"] {
+    let from = Path::new("tests/fixtures").join(fixture);
+    for sub in dirs {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
-        for f in std::fs::read_dir(Path::new("tests/fixtures/dpo").join(sub)).unwrap() {
+        for f in std::fs::read_dir(from.join(sub)).unwrap() {
             let f = f.unwrap().path();
             std::fs::copy(&f, dir.join(sub).join(f.file_name().unwrap())).unwrap();
         }
     }
-    std::fs::copy("tests/fixtures/dpo/data.jsonl", dir.join("data.jsonl")).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in files {
+        std::fs::copy(from.join(f), dir.join(f)).unwrap();
+    }
     Dir(dir)
 }
 
