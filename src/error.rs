@@ -40,6 +40,12 @@ pub enum Error {
         /// encoded at all.
         shortest: Option<usize>,
     },
+    /// KTO rows that are all desirable or all undesirable.
+    OneLabel {
+        file: PathBuf,
+        rows: usize,
+        label: bool,
+    },
     /// A batch would need more memory than the machine has.
     OutOfMemory {
         batch_size: usize,
@@ -76,6 +82,7 @@ impl Error {
             Error::ModelTensors { .. } => "ptl::model_tensors",
             Error::AdapterShape { .. } => "ptl::adapter_shape",
             Error::AllRowsDropped { .. } => "ptl::all_rows_dropped",
+            Error::OneLabel { .. } => "ptl::one_label",
             Error::OutOfMemory { .. } => "ptl::out_of_memory",
             Error::Store(_) => "ptl::store",
             Error::Internal(_) => "ptl::internal",
@@ -89,6 +96,7 @@ impl Error {
             Error::NonFinite { .. } => Some("lr"),
             Error::ModelTensors { .. } | Error::AdapterShape { .. } => Some("model"),
             Error::AllRowsDropped { .. } => Some("max_len"),
+            Error::OneLabel { .. } => Some("data"),
             Error::OutOfMemory { .. } => Some("batch_size"),
             _ => None,
         }
@@ -122,6 +130,10 @@ impl Error {
                 Some(n) => format!("raise `max_len` to at least {n}"),
                 None => "check the dataset's format and the chat template".into(),
             },
+            Error::OneLabel { label, .. } => format!(
+                "KTO weighs desirable (label true) against undesirable (label false) completions: add rows with label = {}",
+                !label
+            ),
             Error::OutOfMemory { .. } => {
                 "lower `batch_size` (use `grad_accum` for the same effective batch) or `max_len`".into()
             }
@@ -192,6 +204,11 @@ impl fmt::Display for Error {
                 f,
                 "{}: adapter tensor `{tensor}` has shape {found:?}, the base model needs {expected:?}",
                 dir.display()
+            ),
+            Error::OneLabel { file, rows, label } => write!(
+                f,
+                "{}: all {rows} rows to train on have label = {label}",
+                file.display()
             ),
             Error::AllRowsDropped {
                 rows,

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod clip;
+pub mod kto;
 pub mod logps;
 pub mod loss;
 pub mod memory;

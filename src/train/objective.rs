@@ -14,8 +14,25 @@ pub struct MicroLoss {
     pub weight: f64,
     /// Tokens trained on, for tokens/s.
     pub tokens: f64,
-    /// Metrics summed over units (TRL's names), logged as Σ / Σ weight.
-    pub metrics: Vec<(&'static str, f64)>,
+    /// Metrics (TRL's names): each a sum and the count it is a sum over, logged as Σ sum / Σ count
+    /// over the step's micro-batches (a metric with no count in the step is not logged).
+    pub metrics: Vec<Metric>,
+}
+
+/// One metric's share of a micro-batch.
+pub struct Metric {
+    pub name: &'static str,
+    pub sum: f64,
+    pub count: f64,
+}
+
+/// `names` paired with `sums`, every one over the same `count` units.
+pub fn metrics_over(names: &[&'static str], sums: &[f64], count: f64) -> Vec<Metric> {
+    names
+        .iter()
+        .zip(sums)
+        .map(|(&name, &sum)| Metric { name, sum, count })
+        .collect()
 }
 
 pub trait Objective {
@@ -23,6 +40,11 @@ pub trait Objective {
     fn rows(&self) -> &[Vec<usize>];
     /// The largest micro-batch of `batch_size` rows as the model sees it: (sequences, positions).
     fn batch_shape(&self, batch_size: usize) -> (usize, usize);
+    /// Whether the loop reads rows in their order every epoch instead of a seeded shuffle (KTO: its
+    /// mismatched pairs are built from neighbouring rows, as TRL's sequential sampler reads them).
+    fn sequential(&self) -> bool {
+        false
+    }
     /// The loss of a micro-batch of rows.
     fn micro_batch(&self, model: &Decoder, rows: &[&[usize]]) -> crate::error::Result<MicroLoss>;
 }

@@ -5,7 +5,7 @@
 //! (../shared/reference/losses-and-formats.md §1–3).
 
 use super::logps::{token_logps, weighted_logp_surrogate};
-use super::objective::{MicroLoss, Objective};
+use super::objective::{metrics_over, MicroLoss, Objective};
 use super::supervised::{batch, Sequence};
 use crate::model::decoder::Decoder;
 
@@ -39,11 +39,11 @@ pub enum DpoLoss {
 }
 
 /// log σ(x), stable for large |x|.
-fn log_sigmoid(x: f64) -> f64 {
+pub(super) fn log_sigmoid(x: f64) -> f64 {
     -((-x).max(0.0) + (-x.abs()).exp().ln_1p())
 }
 
-fn sigmoid(x: f64) -> f64 {
+pub(super) fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
@@ -120,25 +120,25 @@ pub const DPO_METRICS: [&str; 6] = [
 ];
 
 /// Positions per chunk of the log-prob passes: about 4M logits, as the supervised loss.
-fn chunk(model: &Decoder) -> usize {
+pub(super) fn chunk(model: &Decoder) -> usize {
     ((4 << 20) / model.cfg.vocab_size.max(1)).clamp(16, 8192)
 }
 
 /// Summed completion log-probabilities of each sequence of a padded batch, and what the passes need.
-struct Forward {
-    hidden: candle_core::Tensor,
-    targets: Vec<u32>,
+pub(super) struct Forward {
+    pub(super) hidden: candle_core::Tensor,
+    pub(super) targets: Vec<u32>,
     /// 1 where the target is a completion token.
-    mask: Vec<f32>,
+    pub(super) mask: Vec<f32>,
     /// 1 where the target is a real token (prompt or completion), 0 on padding.
     real: Vec<f32>,
     /// log p(target) at every position.
     logps: Vec<f32>,
-    width: usize,
-    sums: Vec<f64>,
+    pub(super) width: usize,
+    pub(super) sums: Vec<f64>,
 }
 
-fn forward(model: &Decoder, seqs: &[Sequence]) -> crate::error::Result<Forward> {
+pub(super) fn forward(model: &Decoder, seqs: &[Sequence]) -> crate::error::Result<Forward> {
     let rows: Vec<Vec<&Sequence>> = seqs.iter().map(|s| vec![s]).collect();
     let b = batch(&rows);
     let width = b.ids.first().map_or(0, Vec::len);
@@ -369,13 +369,7 @@ impl<R: PairRule> Objective for PairObjective<R> {
             value: scored.value,
             weight: ids.len() as f64,
             tokens: f.mask.iter().map(|&m| m as f64).sum(),
-            metrics: self
-                .rule
-                .metrics()
-                .iter()
-                .copied()
-                .zip(scored.sums)
-                .collect(),
+            metrics: metrics_over(self.rule.metrics(), &scored.sums, ids.len() as f64),
         })
     }
 }

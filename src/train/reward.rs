@@ -3,7 +3,7 @@
 //! one reward per sequence, and the loss is Bradley–Terry, −logσ(r_c − r_r − margin), plus
 //! `center_rewards_coefficient` · (r_c + r_r)² when set (../shared/reference/losses-and-formats.md §5).
 
-use super::objective::{MicroLoss, Objective};
+use super::objective::{metrics_over, MicroLoss, Objective};
 use crate::model::decoder::Decoder;
 use candle_core::Tensor;
 
@@ -94,7 +94,7 @@ impl Objective for RewardObjective {
             value,
             weight: n as f64,
             tokens: seqs.iter().map(|s| s.len() as f64).sum(),
-            metrics: REWARD_METRICS.iter().copied().zip(sums).collect(),
+            metrics: metrics_over(&REWARD_METRICS, &sums, n as f64),
         })
     }
 }

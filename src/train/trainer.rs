@@ -164,14 +164,20 @@ pub fn train(
         let started = Instant::now();
         let mut grads: Option<GradStore> = None;
         let (mut loss_sum, mut weight, mut tokens) = (0.0, 0.0, 0.0);
-        let mut metric_sums: Vec<(&'static str, f64)> = Vec::new();
+        let mut metric_sums: Vec<(&'static str, f64, f64)> = Vec::new();
         for _ in 0..h.grad_accum.max(1) {
             let mut picked: Vec<&[usize]> = Vec::with_capacity(h.batch_size);
             while picked.len() < h.batch_size.max(1) {
                 if pos.cursor == pos.order.len() {
-                    // A new epoch: a fresh permutation from the seeded generator.
+                    // A new epoch: a fresh permutation from the seeded generator (or the rows in
+                    // order, for an objective that reads them sequentially).
                     pos.order = (0..rows.len()).collect();
-                    for i in (1..pos.order.len()).rev() {
+                    let shuffled = if objective.sequential() {
+                        0
+                    } else {
+                        pos.order.len()
+                    };
+                    for i in (1..shuffled).rev() {
                         pos.order
                             .swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
                     }
@@ -188,10 +194,13 @@ pub fn train(
             loss_sum += micro.value;
             weight += micro.weight;
             tokens += micro.tokens;
-            for (name, value) in micro.metrics {
-                match metric_sums.iter_mut().find(|(n, _)| *n == name) {
-                    Some((_, sum)) => *sum += value,
-                    None => metric_sums.push((name, value)),
+            for m in micro.metrics {
+                match metric_sums.iter_mut().find(|(n, _, _)| *n == m.name) {
+                    Some((_, sum, count)) => {
+                        *sum += m.sum;
+                        *count += m.count;
+                    }
+                    None => metric_sums.push((m.name, m.sum, m.count)),
                 }
             }
         }
@@ -248,8 +257,10 @@ pub fn train(
                 "epoch": pos.step as f64 / steps_per_epoch as f64,
                 "tokens": tokens,
             });
-            for (name, sum) in &metric_sums {
-                line[*name] = (sum / weight.max(1.0)).into();
+            for (name, sum, count) in &metric_sums {
+                if *count > 0.0 {
+                    line[*name] = (sum / count).into();
+                }
             }
             if pos.skipped_nonfinite > 0 {
                 line["skipped_nonfinite"] = pos.skipped_nonfinite.into();
