@@ -33,7 +33,7 @@ fn check_clean_pipeline_prints_a_summary() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(
         stdout(&o),
-        "ok: pipelines/chat_assistant.ptl: 4 stages, 4 edges\n"
+        "ok: pipelines/chat_assistant.ptl: 5 stages, 7 edges\n"
     );
 }
 
@@ -290,6 +290,6 @@ fn doc_shows_defaults_as_ptl_and_whether_the_kind_runs() {
             l.iter().collect::<String>()
         );
     }
-    let o = ptl(&["doc", "kto"]);
+    let o = ptl(&["doc", "ppo"]);
     assert!(stdout(&o).contains("runs: not yet"), "{}", stdout(&o));
 }

@@ -214,3 +214,19 @@ fn ptl_reward_refuses_a_model_without_a_score_head() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("is not a reward model"), "{}", text(&o));
 }
+
+#[test]
+fn eval_refuses_a_reward_input_that_is_not_a_reward_model_before_running() {
+    let d = common::preference_workdir("eval-not-rm");
+    std::fs::write(
+        d.0.join("p.ptl"),
+        "stage report = eval {\n  models = [hf_model(\"policy\"), hf_model(\"reference\")]\n  data = jsonl(\"data.jsonl\", format = \"preference\")\n  reward = hf_model(\"policy\")\n  metrics = [\"reward\", \"win_rate\"]\n  max_new_tokens = 2\n}\n",
+    )
+    .unwrap();
+    let o = ptl(&d.0, &["run", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("ptl::type_mismatch"), "{t}");
+    assert!(t.contains("expects reward model, found model"), "{t}");
+    assert!(!d.0.join(".ptl").exists(), "nothing ran: {t}");
+}

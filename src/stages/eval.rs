@@ -1,27 +1,36 @@
-//! `eval`: scores models on a dataset: loss, perplexity, exact match of greedy answers, reward and win rate.
+//! `eval`: scores models on a dataset: loss, perplexity, exact match of greedy answers, and with a
+//! reward model the reward of those answers, win rates and preference accuracy (`eval_reward`).
 
+use super::eval_reward;
 use super::rules;
 use super::schema::*;
 use crate::data::encode::{EncodeOptions, Encoded, Encoder};
-use crate::data::rows::{self, Example};
+use crate::data::rows::{self, Side};
 use crate::data::tokenizer::TextTokenizer;
 use crate::lang::diag::Diag;
 use crate::lang::types::Type;
 use crate::lang::value::Value;
-use crate::model::decoder::{argmax, Decoder};
+use crate::model::decoder::Decoder;
 use crate::run::context::RunContext;
 use crate::train::supervised::{batch, batch_loss, Sequence};
 use candle_core::Device;
 use serde_json::{json, Value as Json};
 
-pub const METRICS: &[&str] = &["loss", "perplexity", "exact_match", "reward", "win_rate"];
+pub const METRICS: &[&str] = &[
+    "loss",
+    "perplexity",
+    "exact_match",
+    "reward",
+    "win_rate",
+    "pref_accuracy",
+];
 
 pub fn kind() -> Kind {
     Kind {
         version: 1,
         run: Some(run),
         name: "eval",
-        summary: "evaluate models: loss, perplexity, exact match, reward, win rate",
+        summary: "evaluate models: loss, perplexity, exact match, reward, win rate, preference accuracy",
         fields: vec![
             required(
                 "models",
@@ -32,7 +41,7 @@ pub fn kind() -> Kind {
             optional(
                 "reward",
                 Type::RewardModel,
-                "a reward model, for the `reward` and `win_rate` metrics",
+                "a reward model, for the `reward` and `win_rate` metrics (and `pref_accuracy` of the reward model itself)",
             ),
             field(
                 "metrics",
@@ -135,22 +144,8 @@ fn count(ctx: &RunContext, k: &str, default: usize) -> usize {
         .map_or(default, |n| n as usize)
 }
 
-/// A conversation split into the prompt (every message before the last assistant turn) and the
-/// reference answer (that turn's content); `None` when the row does not end with an answer.
-fn prompt_and_answer(ex: &Example) -> Option<(Vec<Json>, String)> {
-    let Example::Chat(messages) = ex else {
-        return None;
-    };
-    let (last, prompt) = messages.split_last()?;
-    (last["role"] == "assistant").then(|| {
-        (
-            prompt.to_vec(),
-            last["content"].as_str().unwrap_or("").to_string(),
-        )
-    })
-}
-
-/// Mean loss over the rows' trained tokens (assistant tokens of conversations, all tokens of text).
+/// Mean loss over the rows' trained tokens (assistant tokens of conversations, all tokens of text,
+/// the chosen completion of preference rows).
 fn loss(
     model: &Decoder,
     enc: &Encoder,
@@ -162,6 +157,19 @@ fn loss(
         .filter_map(|r| match enc.encode(&r.example) {
             Ok(Encoded::Sequence { ids, mask, .. }) if ids.len() >= 2 => {
                 Some(Sequence { ids, mask })
+            }
+            // Preference rows: the chosen completion after its prompt.
+            Ok(Encoded::Pair {
+                prompt_ids,
+                chosen_ids,
+                ..
+            }) => {
+                let mut mask = vec![0u8; prompt_ids.len()];
+                mask.resize(prompt_ids.len() + chosen_ids.len(), 1);
+                Some(Sequence {
+                    ids: [prompt_ids, chosen_ids].concat(),
+                    mask,
+                })
             }
             _ => None,
         })
@@ -181,45 +189,13 @@ fn loss(
     Ok((sum / tokens, tokens))
 }
 
-/// The share of answers that greedy decoding reproduces exactly (whitespace at the ends ignored),
-/// and a few examples.
-fn exact_match(
-    model: &Decoder,
-    tok: &TextTokenizer,
-    enc: &Encoder,
-    stop: &[u32],
-    rows: &[rows::Row],
-    max_new: usize,
-    cancelled: &dyn Fn() -> bool,
-) -> crate::error::Result<(f64, usize, Vec<Json>)> {
-    let (mut hits, mut total, mut examples) = (0usize, 0usize, Vec::new());
-    for r in rows {
-        if cancelled() {
-            return Err(crate::error::Error::Cancelled);
-        }
-        let Some((prompt, reference)) = prompt_and_answer(&r.example) else {
-            continue;
-        };
-        let text = enc
-            .render(&prompt, true)
-            .map_err(|e| format!("row at line {}: {e:?}", r.line))?
-            .text;
-        let ids = tok.encode(&text, false)?.ids;
-        let new = model.generate(&ids, max_new, stop, &mut |l: &[f32]| argmax(l))?;
-        let answer = tok.inner.decode(&new, true).unwrap_or_default();
-        let hit = answer.trim() == reference.trim();
-        hits += usize::from(hit);
-        total += 1;
-        if examples.len() < 5 {
-            examples.push(
-                json!({"line": r.line, "reference": reference, "answer": answer, "match": hit}),
-            );
-        }
+/// What the stage asked for.
+struct Wanted(Vec<String>);
+
+impl Wanted {
+    fn any(&self, metrics: &[&str]) -> bool {
+        self.0.iter().any(|m| metrics.contains(&m.as_str()))
     }
-    if total == 0 {
-        return Err("exact_match needs conversations that end with an assistant answer".into());
-    }
-    Ok((hits as f64 / total as f64, total, examples))
 }
 
 fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
@@ -234,22 +210,29 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
     let (mut rows, problems) = rows::read(&data, format)?;
     super::common::report_malformed(ctx, &problems)?;
     rows.truncate(ctx.number("limit").map_or(usize::MAX, |n| n as usize));
-    let wanted: Vec<String> = match ctx.param("metrics") {
+    let wanted = Wanted(match ctx.param("metrics") {
         m @ Value::List(_) => m.strings().into_iter().map(str::to_owned).collect(),
         _ => vec!["loss".into(), "perplexity".into()],
-    };
-    for m in &wanted {
-        if m == "reward" || m == "win_rate" {
-            return Err(
-                format!("the `{m}` metric needs reward models, which are not built yet").into(),
-            );
-        }
-    }
+    });
     let opts = EncodeOptions {
         max_len: count(ctx, "max_len", 1024),
         ..EncodeOptions::default()
     };
+    let batch_size = count(ctx, "batch_size", 8);
+    let max_new = count(ctx, "max_new_tokens", 64);
+    let judge = match ctx.input("reward") {
+        Some(dir) if wanted.any(&["reward", "win_rate", "pref_accuracy"]) => {
+            Some(eval_reward::Judge::load(dir)?)
+        }
+        _ => None,
+    };
+    let prompts = eval_reward::prompts(&rows);
+    let needs_answers = wanted.any(&["exact_match", "reward", "win_rate"]);
+    if needs_answers && prompts.is_empty() {
+        return Err("exact_match, reward and win_rate need rows with a prompt and an answer: conversations that end with an assistant turn, or preference rows".into());
+    }
     let mut results = Vec::new();
+    let mut all_rewards: Vec<Vec<f64>> = Vec::new();
     let total = labels.len() as u64;
     for (i, (name, dir)) in labels.iter().zip(&dirs).enumerate() {
         // The note names the model being scored (step i: the ones before it are done).
@@ -261,55 +244,137 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
         entry.insert("model".into(), json!(name));
         entry.insert("rows".into(), json!(rows.len()));
         let mut line = format!("{name}:");
-        if wanted.iter().any(|m| m == "loss" || m == "perplexity") {
-            let (l, tokens) = loss(&model, &enc, &rows, count(ctx, "batch_size", 8))?;
+        if wanted.any(&["loss", "perplexity"]) {
+            let (l, tokens) = loss(&model, &enc, &rows, batch_size)?;
             entry.insert("tokens".into(), json!(tokens));
-            if wanted.iter().any(|m| m == "loss") {
+            if wanted.any(&["loss"]) {
                 entry.insert("loss".into(), json!(l));
                 line += &format!(" loss {l:.4}");
             }
-            if wanted.iter().any(|m| m == "perplexity") {
+            if wanted.any(&["perplexity"]) {
                 entry.insert("perplexity".into(), json!(l.exp()));
                 line += &format!(" perplexity {:.3}", l.exp());
             }
         }
-        if wanted.iter().any(|m| m == "exact_match") {
+        if wanted.any(&["pref_accuracy"]) {
+            if let Some(acc) = eval_reward::policy_pref_accuracy(&model, &enc, &rows, batch_size)? {
+                entry.insert("pref_accuracy".into(), json!(acc));
+                line += &format!(" pref accuracy {:.1}%", acc * 100.0);
+            }
+        }
+        if needs_answers {
             let stop = tok.stop_ids(dir);
-            let cancel = ctx.cancel;
-            let (em, n, examples) = exact_match(
-                &model,
-                &tok,
-                &enc,
-                &stop,
-                &rows,
-                count(ctx, "max_new_tokens", 64),
-                &|| cancel.load(std::sync::atomic::Ordering::Relaxed),
-            )?;
-            entry.insert("exact_match".into(), json!(em));
-            entry.insert("answered".into(), json!(n));
+            let mut answers = Vec::with_capacity(prompts.len());
+            for p in &prompts {
+                if ctx.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(crate::error::Error::Cancelled);
+                }
+                answers.push(eval_reward::greedy_answer(
+                    &model, &tok, &enc, &stop, p, max_new,
+                )?);
+            }
+            entry.insert("answered".into(), json!(answers.len()));
+            let hits: Vec<bool> = prompts
+                .iter()
+                .zip(&answers)
+                .map(|(p, a)| a.trim() == p.answer.trim())
+                .collect();
+            if wanted.any(&["exact_match"]) {
+                let em = hits.iter().filter(|h| **h).count() as f64 / hits.len() as f64;
+                entry.insert("exact_match".into(), json!(em));
+                line += &format!(" exact match {:.1}% of {}", em * 100.0, hits.len());
+            }
+            let rewards = match &judge {
+                Some(j) => {
+                    let items: Vec<(&Side, Side)> = prompts
+                        .iter()
+                        .zip(&answers)
+                        .map(|(p, a)| (&p.prompt, Side::Text(a.clone())))
+                        .collect();
+                    let r = j.rewards(&items)?;
+                    if wanted.any(&["reward"]) {
+                        let mean = r.iter().sum::<f64>() / r.len() as f64;
+                        entry.insert("reward".into(), json!(mean));
+                        line += &format!(" reward {mean:.3}");
+                    }
+                    r
+                }
+                None => vec![],
+            };
+            let examples: Vec<Json> = prompts
+                .iter()
+                .zip(&answers)
+                .zip(&hits)
+                .enumerate()
+                .take(5)
+                .map(|(k, ((p, a), hit))| {
+                    let mut e =
+                        json!({"line": p.line, "reference": p.answer, "answer": a, "match": hit});
+                    if let Some(r) = rewards.get(k) {
+                        e["reward"] = json!(r);
+                    }
+                    e
+                })
+                .collect();
             entry.insert("examples".into(), Json::Array(examples));
-            line += &format!(" exact match {:.1}% of {n}", em * 100.0);
+            all_rewards.push(rewards);
         }
         (ctx.log)(&line);
         // TensorBoard / MLflow: eval/<metric> with the model's position in `models` as the step.
-        let values: Vec<(String, f64)> = ["loss", "perplexity", "exact_match"]
-            .iter()
-            .filter_map(|m| {
-                entry
-                    .get(*m)
-                    .and_then(Json::as_f64)
-                    .map(|v| (crate::track::eval_tag(m), v))
-            })
-            .collect();
-        let values: Vec<(&str, f64)> = values.iter().map(|(t, v)| (t.as_str(), *v)).collect();
-        ctx.tracker.log(i as u64, &values);
+        log_metrics(ctx, i, &entry);
         (ctx.progress)(i as u64 + 1, total, name);
-        results.push(Json::Object(entry));
+        results.push(entry);
+    }
+    if wanted.any(&["win_rate"]) && judge.is_some() {
+        for (i, (entry, rate)) in results
+            .iter_mut()
+            .zip(eval_reward::win_rates(&all_rewards))
+            .enumerate()
+            .skip(1)
+        {
+            entry.insert("win_rate".into(), json!(rate));
+            (ctx.log)(&format!(
+                "{}: wins {:.1}% against {} (ties half)",
+                labels[i],
+                rate * 100.0,
+                labels[0]
+            ));
+            ctx.tracker.log(
+                i as u64,
+                &[(crate::track::eval_tag("win_rate").as_str(), rate)],
+            );
+        }
+    }
+    let mut doc = json!({"models": results});
+    if let (Some(j), true) = (&judge, wanted.any(&["pref_accuracy"])) {
+        if let Some(acc) = eval_reward::judge_pref_accuracy(j, &rows)? {
+            let name = label(&ctx.params_json["reward"]);
+            (ctx.log)(&format!(
+                "{name}: pref accuracy {:.1}% (reward of chosen above rejected)",
+                acc * 100.0
+            ));
+            doc["reward_model"] = json!({"model": name, "pref_accuracy": acc});
+        }
     }
     let path = ctx.out.join("metrics.json");
     std::fs::write(
         &path,
-        serde_json::to_vec_pretty(&json!({"models": results})).map_err(|e| e.to_string())?,
+        serde_json::to_vec_pretty(&doc).map_err(|e| e.to_string())?,
     )
     .map_err(|e| crate::error::Error::Store(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Logs a model's metrics to the trackers as eval/<metric>, the model's position as the step.
+fn log_metrics(ctx: &mut RunContext, i: usize, entry: &serde_json::Map<String, Json>) {
+    let values: Vec<(String, f64)> = METRICS
+        .iter()
+        .filter_map(|m| {
+            entry
+                .get(*m)
+                .and_then(Json::as_f64)
+                .map(|v| (crate::track::eval_tag(m), v))
+        })
+        .collect();
+    let values: Vec<(&str, f64)> = values.iter().map(|(t, v)| (t.as_str(), *v)).collect();
+    ctx.tracker.log(i as u64, &values);
 }

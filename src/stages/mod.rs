@@ -3,6 +3,7 @@
 pub mod common;
 pub mod dpo;
 pub mod eval;
+pub mod eval_reward;
 pub mod export;
 pub mod init;
 pub mod kto;
