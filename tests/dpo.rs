@@ -180,3 +180,48 @@ fn a_row_without_rejected_stops_the_stage_at_its_line() {
         "nothing committed"
     );
 }
+
+#[test]
+fn a_second_dpo_stage_on_the_same_data_reuses_the_reference_log_probs() {
+    let stage = |name: &str, beta: f64| {
+        format!("stage {name} = dpo {{\n  model = hf_model(\"policy\")\n  reference = hf_model(\"reference\")\n  data = jsonl(\"data.jsonl\", format = \"preference\")\n  beta = {beta}\n  lr = 1e-3\n  batch_size = 2\n  max_steps = 2\n}}\n")
+    };
+    let pipeline = format!("{}{}", stage("first", 0.1), stage("second", 0.5));
+    let d = workdir("shared-ref");
+    std::fs::write(d.0.join("p.ptl"), &pipeline).unwrap();
+    let o = ptl(&d.0, &["run", "p.ptl", "--only", "first"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("first: computing the reference log-probs"),
+        "{}",
+        text(&o)
+    );
+    let o = ptl(&d.0, &["plan", "p.ptl"]);
+    assert!(
+        text(&o).contains("reuses the reference log-probs in the store"),
+        "{}",
+        text(&o)
+    );
+    let o = ptl(&d.0, &["run", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("second: reference log-probs found in the store"),
+        "{}",
+        text(&o)
+    );
+    // The reused log-probs give the same bits as computing them afresh.
+    let fresh = workdir("fresh-ref");
+    std::fs::write(fresh.0.join("p.ptl"), &pipeline).unwrap();
+    let o = ptl(&fresh.0, &["run", "p.ptl", "--only", "second"]);
+    assert!(
+        text(&o).contains("second: computing the reference log-probs"),
+        "{}",
+        text(&o)
+    );
+    let metrics = |d: &Path| {
+        let o = ptl(d, &["path", "p.ptl", "second"]);
+        let out = d.join(String::from_utf8_lossy(&o.stdout).trim());
+        std::fs::read_to_string(out.join("metrics.jsonl")).unwrap()
+    };
+    assert_eq!(metrics(&d.0), metrics(&fresh.0));
+}

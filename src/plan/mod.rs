@@ -2,6 +2,7 @@
 //! the reasons) or `blocked`, decided from content hashes, the store and the lock file.
 
 pub mod graph;
+pub mod inputs;
 pub mod key;
 pub mod lockfile;
 
@@ -177,6 +178,17 @@ impl Plan {
                 }
             };
             let runnable = stage.kind.run.is_some();
+            // Upstream outputs in the store, for kinds that say what they will reuse.
+            let cached_keys: Vec<Option<String>> = match stage.kind.plan_note {
+                Some(_) => stages
+                    .iter()
+                    .map(|s| match (&s.key, s.status) {
+                        (Some(k), Status::Cached) => Some(k.key.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+                None => vec![],
+            };
             let plan = &mut stages[id];
             match key {
                 Some(k) if store.has(&k.key) => {
@@ -189,6 +201,16 @@ impl Plan {
                     if let Some(step) = store.checkpoint_step(&k.key) {
                         plan.reasons
                             .push(format!("resumes from its checkpoint at step {step}"));
+                    }
+                    // What the kind will reuse from the store (reference log-probs).
+                    if let Some(note) = stage.kind.plan_note {
+                        let inputs = inputs::stage_inputs(&stage.params, store, &cached_keys);
+                        let view = crate::stages::schema::PlanView {
+                            params: &stage.params,
+                            inputs: &inputs,
+                            store,
+                        };
+                        plan.reasons.extend(note(&view));
                     }
                     plan.status = Status::Run;
                     plan.key = Some(k);

@@ -82,42 +82,6 @@ impl Control {
     }
 }
 
-/// The local path of an upstream output: `out/<name>` or `out/<name>.<ext>`.
-fn output_path(store: &Store, key: &str, output: &str) -> PathBuf {
-    let out = store.entry_dir(key).join("out");
-    let direct = out.join(output);
-    if direct.exists() {
-        return direct;
-    }
-    std::fs::read_dir(&out)
-        .ok()
-        .and_then(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .find(|p| p.file_stem().is_some_and(|s| s == output) && p.extension().is_some())
-        })
-        .unwrap_or(direct)
-}
-
-fn collect_paths(v: &Value, store: &Store, keys: &[Option<String>], out: &mut Vec<PathBuf>) {
-    match v {
-        Value::HfModel(p) => out.push(p.resolved.clone()),
-        Value::Dataset { path, .. } => out.push(path.resolved.clone()),
-        Value::Output { stage, output, .. } => {
-            if let Some(k) = &keys[*stage] {
-                out.push(output_path(store, k, output));
-            }
-        }
-        Value::List(items) => items
-            .iter()
-            .for_each(|i| collect_paths(i, store, keys, out)),
-        Value::Record(fields) => fields
-            .values()
-            .for_each(|i| collect_paths(i, store, keys, out)),
-        _ => {}
-    }
-}
-
 /// What every stage of one run shares.
 struct Shared<'a> {
     p: &'a Pipeline,
@@ -165,16 +129,7 @@ fn execute(
         .kind
         .run
         .ok_or_else(|| Error::Internal("a stage kind that cannot run was started".into()))?;
-    let inputs: BTreeMap<String, Vec<PathBuf>> = stage
-        .params
-        .iter()
-        .map(|(f, v)| {
-            let mut paths = Vec::new();
-            collect_paths(v, store, keys, &mut paths);
-            (f.clone(), paths)
-        })
-        .filter(|(_, v)| !v.is_empty())
-        .collect();
+    let inputs = crate::plan::inputs::stage_inputs(&stage.params, store, keys);
     let pending = store.begin(&key.key).map_err(io)?;
     let progress = |step: u64, total: u64, note: &str| {
         report(&Event::StageProgress {

@@ -43,12 +43,13 @@ pub fn kind() -> Kind {
         boolean(
             "precompute_ref",
             true,
-            "compute the reference log-probs once, before training (the only mode in this version)",
+            "compute the reference log-probs once, before training, and keep them in the store for stages with the same reference and data (the only mode in this version)",
         ),
     ]);
     Kind {
         version: 1,
         run: Some(run),
+        plan_note: Some(|v| super::reference_logps::plan_note(v, "dpo")),
         name: "dpo",
         summary: "direct preference optimization against a frozen reference",
         fields,
@@ -85,8 +86,9 @@ fn dpo_rules(s: &StageView, d: &mut Vec<Diag>) {
     }
 }
 
-/// Computes the reference's log-probs once (the `reference` model, else the starting policy: for LoRA
-/// the adapters start at zero, so that is the base), then trains with the shared loop.
+/// Takes the reference's log-probs from the store or computes them once (the `reference` model, else
+/// the starting policy: for LoRA the adapters start at zero, so that is the base), then trains with
+/// the shared loop.
 fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
     let model_dir = super::train_run::model_dir(ctx)?;
     let pairs = super::preference_run::pairs(ctx, &model_dir)?;
@@ -96,13 +98,22 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
         vars,
         tuning,
     } = super::train_run::policy(ctx, &model_dir, hyper.seed)?;
-    let reference = match ctx.input("reference") {
-        Some(dir) => {
-            let reference = Decoder::load(dir, &Device::Cpu)?;
-            reference_logps(&reference, &pairs, hyper.batch_size)?
+    let spec = super::reference_logps::spec_of(
+        ctx.params,
+        &ctx.inputs,
+        super::reference_logps::tuning_json(ctx.params),
+        hyper.batch_size,
+        "dpo",
+    )
+    .ok_or("the stage's model or data could not be found")?;
+    let reference = super::reference_logps::cached(ctx.store, &spec, ctx.log, || {
+        match ctx.input("reference") {
+            Some(dir) => {
+                reference_logps(&Decoder::load(dir, &Device::Cpu)?, &pairs, hyper.batch_size)
+            }
+            None => reference_logps(&model, &pairs, hyper.batch_size),
         }
-        None => reference_logps(&model, &pairs, hyper.batch_size)?,
-    };
+    })?;
     let settings: DpoSettings = ctx.typed()?;
     let objective = preference::dpo(pairs, reference, settings);
     super::train_run::fit(ctx, &model, &vars, &objective, &hyper)?;

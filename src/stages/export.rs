@@ -9,6 +9,7 @@ pub fn kind() -> Kind {
     Kind {
         version: 1,
         run: None,
+        plan_note: None,
         name: "export",
         summary: "write a model to a directory as a standalone HF checkpoint",
         fields: vec![

@@ -37,6 +37,7 @@ pub fn kind() -> Kind {
     Kind {
         version: 1,
         run: Some(run),
+        plan_note: Some(|v| super::reference_logps::plan_note(v, "kto")),
         name: "kto",
         summary: "KTO on unpaired desirable / undesirable completions",
         fields,
@@ -127,15 +128,25 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
         tuning,
     } = super::train_run::policy(ctx, &model_dir, hyper.seed)?;
     let partners = kto::kl_partners(rows.len(), hyper.batch_size);
-    let reference = match ctx.input("reference") {
-        Some(dir) => kto::reference_logps(
-            &Decoder::load(dir, &Device::Cpu)?,
-            &rows,
-            &partners,
-            hyper.batch_size,
-        )?,
-        None => kto::reference_logps(&model, &rows, &partners, hyper.batch_size)?,
-    };
+    let spec = super::reference_logps::spec_of(
+        ctx.params,
+        &ctx.inputs,
+        super::reference_logps::tuning_json(ctx.params),
+        hyper.batch_size,
+        "kto",
+    )
+    .ok_or("the stage's model or data could not be found")?;
+    let reference = super::reference_logps::cached(ctx.store, &spec, ctx.log, || {
+        match ctx.input("reference") {
+            Some(dir) => kto::reference_logps(
+                &Decoder::load(dir, &Device::Cpu)?,
+                &rows,
+                &partners,
+                hyper.batch_size,
+            ),
+            None => kto::reference_logps(&model, &rows, &partners, hyper.batch_size),
+        }
+    })?;
     let objective = kto::kto(rows, partners, reference, settings);
     super::train_run::fit(ctx, &model, &vars, &objective, &hyper)?;
     super::train_run::save(ctx, &mut model, &tuning, &model_dir)

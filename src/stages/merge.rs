@@ -9,6 +9,7 @@ pub fn kind() -> Kind {
     Kind {
         version: 1,
         run: None,
+        plan_note: None,
         name: "merge",
         summary: "merge a LoRA adapter into its base model",
         fields: vec![required(

@@ -12,6 +12,7 @@ pub mod orpo;
 pub mod ppo;
 pub mod preference_run;
 pub mod pt;
+pub mod reference_logps;
 pub mod reward_model;
 pub mod rules;
 pub mod schema;

@@ -18,6 +18,7 @@ pub fn kind() -> Kind {
     Kind {
         version: 1,
         run: Some(run),
+        plan_note: None,
         name: "orpo",
         summary: "ORPO: odds-ratio preference optimization without a reference",
         fields,

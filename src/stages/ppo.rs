@@ -61,6 +61,7 @@ pub fn kind() -> Kind {
     Kind {
         version: 1,
         run: None,
+        plan_note: None,
         name: "ppo",
         summary: "PPO against a reward model (RLHF)",
         fields,

@@ -3,7 +3,7 @@
 
 use super::train_run::Policy;
 use crate::data::artifact::{self, DataSpec};
-use crate::data::encode::{EncodeOptions, Encoded};
+use crate::data::encode::Encoded;
 use crate::data::tokenizer::TextTokenizer;
 use crate::run::context::RunContext;
 use crate::train::objective::Objective;
@@ -19,13 +19,10 @@ pub fn examples<T>(
     what: &str,
     mut pick: impl FnMut(Encoded) -> Option<T>,
 ) -> crate::error::Result<Vec<T>> {
-    let (data, format) = ctx.dataset("data")?;
     let spec = DataSpec {
-        data,
-        format,
         tokenizer: model_dir.to_path_buf(),
-        template: None,
-        opts: EncodeOptions::from_stage(ctx.params),
+        ..super::reference_logps::data_spec(ctx.params, &ctx.inputs)
+            .ok_or("the stage has no dataset in `data`")?
     };
     let tokenized = artifact::cached(ctx.store, &spec)?;
     super::common::report_malformed(ctx, &tokenized.problems)?;

@@ -15,6 +15,7 @@ pub fn kind() -> Kind {
     Kind {
         version: 2,
         run: Some(super::train_run::run_supervised),
+        plan_note: None,
         name: "pt",
         summary: "continued pretraining on plain text",
         fields,

@@ -27,6 +27,7 @@ pub fn kind() -> Kind {
     Kind {
         version: 1,
         run: Some(run),
+        plan_note: None,
         name: "reward_model",
         summary: "Bradley-Terry reward model on preference pairs",
         fields,

@@ -76,12 +76,25 @@ pub type Rule = fn(&StageView, &mut Vec<Diag>);
 /// How a stage kind runs: writes its outputs into the context's output folder.
 pub type RunFn = fn(&mut crate::run::context::RunContext) -> crate::error::Result<()>;
 
+/// What `ptl plan` shows a kind of a stage that will run: its parameters, the local paths of its
+/// inputs (upstream outputs only when they are in the store) and the store.
+pub struct PlanView<'a> {
+    pub params: &'a BTreeMap<String, Value>,
+    pub inputs: &'a BTreeMap<String, Vec<std::path::PathBuf>>,
+    pub store: &'a crate::store::Store,
+}
+
+/// A line `ptl plan` adds to a stage that will run (work it will reuse from the store).
+pub type PlanNoteFn = fn(&PlanView) -> Option<String>;
+
 pub struct Kind {
     pub name: &'static str,
     /// Bumped when the kind's implementation changes what it produces: part of every key.
     pub version: u32,
     /// `None` for kinds whose execution is not built yet: planned, never run.
     pub run: Option<RunFn>,
+    /// What `ptl plan` says about the stage beyond why it runs.
+    pub plan_note: Option<PlanNoteFn>,
     /// One line for `ptl doc`.
     pub summary: &'static str,
     pub fields: Vec<FieldSchema>,

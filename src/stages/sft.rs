@@ -35,6 +35,7 @@ pub fn kind() -> Kind {
     Kind {
         version: 2,
         run: Some(super::train_run::run_supervised),
+        plan_note: None,
         name: "sft",
         summary: "supervised fine-tuning on conversations or instructions",
         fields,

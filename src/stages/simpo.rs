@@ -30,6 +30,7 @@ pub fn kind() -> Kind {
     Kind {
         version: 1,
         run: Some(run),
+        plan_note: None,
         name: "simpo",
         summary: "SimPO: reference-free preference optimization with a target margin",
         fields,

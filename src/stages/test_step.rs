@@ -11,6 +11,7 @@ pub fn kind() -> Kind {
     Kind {
         version: 1,
         run: Some(run),
+        plan_note: None,
         name: "test_step",
         summary: "test-only: sleeps, may fail, writes a model derived from its inputs",
         fields: vec![

@@ -72,6 +72,7 @@ fn sequences(rows: &[Unpaired], partners: &[usize], ids: &[usize]) -> Vec<Sequen
 
 /// Summed completion log-probs under the reference, (matched, mismatched) per row, `batch_size` rows
 /// at a time.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Reference {
     pub matched: Vec<f64>,
     pub mismatched: Vec<f64>,
