@@ -418,16 +418,11 @@ fn malformed_dataset_rows_are_reported_with_file_and_line() {
 
 #[test]
 fn kinds_without_execution_are_planned_and_reported_as_not_runnable_yet() {
-    let w = Work::new("real", "let base = hf_model(\"models/base\")\n\nstage align = kto {\n  model = base\n  data = jsonl(\"p.jsonl\", format = \"kto\")\n}\n\nstage after = test_step {\n  model = align.model\n}\n");
-    std::fs::write(
-        w.path("p.jsonl"),
-        "{\"prompt\": \"a\", \"completion\": \"b\", \"label\": true}\n",
-    )
-    .unwrap();
+    let w = Work::new("real", "let base = hf_model(\"models/base\")\n\nstage align = export {\n  model = base\n  path = \"exported\"\n}\n\nstage after = test_step {\n  model = align.model\n}\n");
     let s = statuses(&plan_json(&w, &[]));
     assert_eq!(s[0].1, "blocked");
     assert!(
-        s[0].2[0].contains("stage kind kto cannot run yet"),
+        s[0].2[0].contains("stage kind export cannot run yet"),
         "{:?}",
         s[0]
     );
