@@ -13,7 +13,9 @@ Writes, under tests/fixtures/dpo/:
   expected.json  for each loss (sigmoid, ipo, hinge, robust with label_smoothing 0.1), TRL's logged
                step-1 values (loss, rewards/chosen, rewards/rejected, rewards/accuracies,
                rewards/margins, logps/chosen, logps/rejected) with all 4 rows in one batch and
-               learning_rate 0, in float32 (bf16 autocast off); and TRL's tokenized rows (prompt_ids, chosen_ids, rejected_ids).
+               learning_rate 0, in float32 (bf16 autocast off); TRL's tokenized rows (prompt_ids,
+               chosen_ids, rejected_ids); and under "truncated" the sigmoid loss's values with
+               max_length 24 (one row dropped, completions truncated).
 
 Re-run:  HF_HUB_OFFLINE=1 python3 scripts/make_dpo_fixture.py   (needs torch, transformers, trl 1.16)
 """
@@ -71,6 +73,26 @@ def link(src: Path, dst: Path) -> None:
     if dst.is_symlink() or dst.exists():
         dst.unlink()
     dst.symlink_to(os.path.relpath(src, dst.parent))
+
+
+def truncated(policy_dir: Path, ref_dir: Path, tokenizer) -> dict:
+    """The sigmoid loss with max_length 24: TRL drops the row whose prompt fills it (34 tokens) and
+    truncates the others' completions (keep_start); 3 rows left, all in one batch."""
+    policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = DPOConfig(output_dir=tmp, per_device_train_batch_size=3, max_steps=1, learning_rate=0.0,
+                         logging_steps=1, report_to=[], use_cpu=True, loss_type=["sigmoid"], beta=0.1,
+                         max_length=24, save_strategy="no", seed=0, bf16=False, fp16=False)
+        trainer = DPOTrainer(model=policy, ref_model=reference, args=args,
+                             train_dataset=Dataset.from_list(ROWS), processing_class=tokenizer)
+        rows = len(trainer.train_dataset)
+        trainer.train()
+    log = trainer.state.log_history[0]
+    keys = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+            "logps/chosen", "logps/rejected"]
+    print("truncated", rows, {k: log[k] for k in keys})
+    return {"max_length": 24, "batch_size": 3, "rows": rows, **{k: log[k] for k in keys}}
 
 
 def main() -> None:
@@ -140,6 +162,7 @@ def main() -> None:
         "beta": 0.1,
         "losses": results,
         "tokenized": tokenized,
+        "truncated": truncated(policy_dir, ref_dir, tokenizer),
     }
     (OUT / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
 

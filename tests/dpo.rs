@@ -1,7 +1,8 @@
 //! DPO against TRL 1.16's own DPOTrainer (tests/fixtures/dpo, made by scripts/make_dpo_fixture.py):
 //! step 1's loss and every logged metric for the sigmoid, ipo, hinge and robust losses, with a
-//! reference model different from the policy, for full tuning and a fresh LoRA; and the tokenized
-//! prompt / chosen / rejected ids equal TRL's preprocessing.
+//! reference model different from the policy, for full tuning and a fresh LoRA, and with a max_len
+//! that drops a row and truncates completions; the tokenized prompt / chosen / rejected ids equal
+//! TRL's preprocessing.
 
 mod common;
 
@@ -47,6 +48,28 @@ fn step_one_matches_trl_for_every_loss_full_and_lora() {
             ));
         }
     }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn truncation_and_dropped_rows_match_trl() {
+    // max_len 24: the row whose prompt is 34 tokens is dropped, the others' completions are cut.
+    let case = &expected()["truncated"];
+    let got = common::preference_step_one(
+        "dpo-truncated",
+        &format!(
+            "stage aligned = dpo {{\n  model = hf_model(\"policy\")\n  reference = hf_model(\"reference\")\n  data = jsonl(\"data.jsonl\", format = \"preference\")\n  max_len = {}\n  batch_size = {}\n  max_steps = 1\n}}\n",
+            case["max_length"], case["batch_size"]
+        ),
+    );
+    let problems = common::compare_metrics(
+        "sigmoid max_len 24",
+        &got,
+        case,
+        std::iter::once("loss").chain(ptl::train::preference::DPO_METRICS),
+        TOLERANCE,
+        RELATIVE,
+    );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
