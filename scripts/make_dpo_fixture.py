@@ -15,7 +15,8 @@ Writes, under tests/fixtures/dpo/:
                rewards/margins, logps/chosen, logps/rejected) with all 4 rows in one batch and
                learning_rate 0, in float32 (bf16 autocast off); TRL's tokenized rows (prompt_ids,
                chosen_ids, rejected_ids); and under "truncated" the sigmoid loss's values with
-               max_length 24 (one row dropped, completions truncated).
+               max_length 24 (one row dropped, completions truncated); and under "tokenized_plain"
+               TRL's tokenization of plain.jsonl, 4 plain-text rows.
 
 Re-run:  HF_HUB_OFFLINE=1 python3 scripts/make_dpo_fixture.py   (needs torch, transformers, trl 1.16)
 """
@@ -68,11 +69,31 @@ ROWS = [
     },
 ]
 
+PLAIN = [
+    {"prompt": "Question: What is 2+2?\nAnswer:", "chosen": " 4", "rejected": " 5, I think."},
+    {"prompt": "Name a primary color:", "chosen": " Red.", "rejected": " Green is one, probably."},
+    {"prompt": "The capital of France is", "chosen": " Paris.", "rejected": " Berlin, of course."},
+    {"prompt": "Water boils at", "chosen": " 100 degrees Celsius at sea level.", "rejected": " 50 degrees."},
+]
+
 
 def link(src: Path, dst: Path) -> None:
     if dst.is_symlink() or dst.exists():
         dst.unlink()
     dst.symlink_to(os.path.relpath(src, dst.parent))
+
+
+def tokenized_plain(policy_dir: Path, tokenizer) -> list:
+    """TRL's tokenization of plain-text rows (plain.jsonl): prompt + completion + EOS text tokenized
+    together, the completion starting where it departs from the prompt alone."""
+    (OUT / "plain.jsonl").write_text("".join(json.dumps(r) + "\n" for r in PLAIN))
+    policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = DPOConfig(output_dir=tmp, report_to=[], use_cpu=True, max_length=1024, bf16=False, fp16=False)
+        trainer = DPOTrainer(model=policy, args=args, train_dataset=Dataset.from_list(PLAIN),
+                             processing_class=tokenizer)
+    keys = ["prompt_ids", "chosen_ids", "rejected_ids"]
+    return [{k: trainer.train_dataset[i][k] for k in keys} for i in range(len(PLAIN))]
 
 
 def truncated(policy_dir: Path, ref_dir: Path, tokenizer) -> dict:
@@ -163,6 +184,7 @@ def main() -> None:
         "losses": results,
         "tokenized": tokenized,
         "truncated": truncated(policy_dir, ref_dir, tokenizer),
+        "tokenized_plain": tokenized_plain(policy_dir, tokenizer),
     }
     (OUT / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
 

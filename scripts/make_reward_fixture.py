@@ -36,17 +36,11 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer  # no
 from trl import RewardConfig, RewardTrainer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_dpo_fixture import ROWS, link  # noqa: E402
+from make_dpo_fixture import PLAIN, ROWS, link  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests/fixtures/reward"
 
-PLAIN = [
-    {"prompt": "Question: What is 2+2?\nAnswer:", "chosen": " 4", "rejected": " 5, I think."},
-    {"prompt": "Name a primary color:", "chosen": " Red.", "rejected": " Green is one, probably."},
-    {"prompt": "The capital of France is", "chosen": " Paris.", "rejected": " Berlin, of course."},
-    {"prompt": "Water boils at", "chosen": " 100 degrees Celsius at sea level.", "rejected": " 50 degrees."},
-]
 MARGINS = [0.5, 0.0, 1.25, -0.5]
 
 

@@ -88,12 +88,6 @@ fn pairs_are_tokenized_as_trl_does() {
         },
     )
     .unwrap();
-    let (rows, problems) = ptl::data::rows::read(
-        Path::new("tests/fixtures/dpo/data.jsonl"),
-        ptl::lang::types::Format::Preference,
-    )
-    .unwrap();
-    assert!(problems.is_empty(), "{problems:?}");
     let ids = |v: &Value| -> Vec<u32> {
         v.as_array()
             .unwrap()
@@ -101,19 +95,38 @@ fn pairs_are_tokenized_as_trl_does() {
             .map(|i| i.as_u64().unwrap() as u32)
             .collect()
     };
-    for (row, trl) in rows.iter().zip(want["tokenized"].as_array().unwrap()) {
-        let Encoded::Pair {
-            prompt_ids,
-            chosen_ids,
-            rejected_ids,
-            ..
-        } = enc.encode(&row.example).unwrap()
-        else {
-            panic!("not a pair")
-        };
-        assert_eq!(prompt_ids, ids(&trl["prompt_ids"]), "line {}", row.line);
-        assert_eq!(chosen_ids, ids(&trl["chosen_ids"]), "line {}", row.line);
-        assert_eq!(rejected_ids, ids(&trl["rejected_ids"]), "line {}", row.line);
+    // Conversations, and plain text (prompt + completion + EOS tokenized together).
+    for (file, key) in [
+        ("data.jsonl", "tokenized"),
+        ("plain.jsonl", "tokenized_plain"),
+    ] {
+        let (rows, problems) = ptl::data::rows::read(
+            &Path::new("tests/fixtures/dpo").join(file),
+            ptl::lang::types::Format::Preference,
+        )
+        .unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        let trl_rows = want[key].as_array().unwrap();
+        assert_eq!(rows.len(), trl_rows.len());
+        for (row, trl) in rows.iter().zip(trl_rows) {
+            let Encoded::Pair {
+                prompt_ids,
+                chosen_ids,
+                rejected_ids,
+                ..
+            } = enc.encode(&row.example).unwrap()
+            else {
+                panic!("not a pair")
+            };
+            assert_eq!(prompt_ids, ids(&trl["prompt_ids"]), "{file}:{}", row.line);
+            assert_eq!(chosen_ids, ids(&trl["chosen_ids"]), "{file}:{}", row.line);
+            assert_eq!(
+                rejected_ids,
+                ids(&trl["rejected_ids"]),
+                "{file}:{}",
+                row.line
+            );
+        }
     }
 }
 

@@ -92,12 +92,9 @@ fn sequences_are_tokenized_as_trl_does() {
         .unwrap();
         assert!(problems.is_empty(), "{problems:?}");
         for (row, trl) in rows.iter().zip(expect["tokenized"].as_array().unwrap()) {
-            let pair = ptl::stages::reward_model::scored_pair(
-                &tok,
-                enc.encode(&row.example).unwrap(),
-                1024,
-            )
-            .unwrap();
+            let pair =
+                ptl::stages::reward_model::scored_pair(enc.encode(&row.example).unwrap(), 1024)
+                    .unwrap();
             assert_eq!(
                 pair.chosen,
                 ids(&trl["chosen_ids"]),

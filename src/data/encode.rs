@@ -64,9 +64,6 @@ pub enum Encoded {
         rejected_text: String,
         rejected_ids: Vec<u32>,
         truncated: bool,
-        /// Rendered with the chat template (messages), not plain text.
-        #[serde(default)]
-        chat: bool,
         /// The row's `margin` column.
         #[serde(default)]
         margin: Option<f64>,
@@ -80,6 +77,21 @@ pub enum Encoded {
         label: bool,
         truncated: bool,
     },
+}
+
+/// A plain-text prompt and completion as TRL's preference trainers join them before tokenizing:
+/// the completion ends with the EOS token's text unless it already does.
+pub fn joined_with_eos(tok: &TextTokenizer, prompt: &str, completion: &str) -> String {
+    let mut text = format!("{prompt}{completion}");
+    if let Some(eos) = tok.eos.as_deref().filter(|e| !completion.ends_with(*e)) {
+        text.push_str(eos);
+    }
+    text
+}
+
+/// How many leading ids `a` and `b` share.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// Why an example produced nothing.
@@ -190,23 +202,26 @@ impl<'a> Encoder<'a> {
                 margin,
             } => {
                 let (prompt_text, prompt_ids) = self.prompt(prompt)?;
-                let (chosen_text, mut chosen_ids) =
-                    self.completion(prompt, &prompt_text, &prompt_ids, chosen)?;
-                let (rejected_text, mut rejected_ids) =
-                    self.completion(prompt, &prompt_text, &prompt_ids, rejected)?;
-                let room = self.room(&prompt_ids)?;
+                let (chosen_text, chosen_full) = self.whole(prompt, &prompt_text, chosen)?;
+                let (rejected_text, rejected_full) = self.whole(prompt, &prompt_text, rejected)?;
+                // The completions start where the prompt alone and prompt + completion stop
+                // agreeing (TRL's common prefix; tokens can merge across the boundary).
+                let n = common_prefix(&prompt_ids, &chosen_full)
+                    .min(common_prefix(&prompt_ids, &rejected_full));
+                let room = self.room(&prompt_ids[..n])?;
+                let mut chosen_ids = chosen_full[n..].to_vec();
+                let mut rejected_ids = rejected_full[n..].to_vec();
                 let truncated = chosen_ids.len() > room || rejected_ids.len() > room;
                 chosen_ids.truncate(room);
                 rejected_ids.truncate(room);
                 Ok(Encoded::Pair {
                     prompt_text,
-                    prompt_ids,
+                    prompt_ids: prompt_ids[..n].to_vec(),
                     chosen_text,
                     chosen_ids,
                     rejected_text,
                     rejected_ids,
                     truncated,
-                    chat: matches!(prompt, Side::Messages(_)),
                     margin: *margin,
                 })
             }
@@ -216,14 +231,15 @@ impl<'a> Encoder<'a> {
                 label,
             } => {
                 let (prompt_text, prompt_ids) = self.prompt(prompt)?;
-                let (completion_text, mut completion_ids) =
-                    self.completion(prompt, &prompt_text, &prompt_ids, completion)?;
-                let room = self.room(&prompt_ids)?;
+                let (completion_text, full) = self.whole(prompt, &prompt_text, completion)?;
+                let n = common_prefix(&prompt_ids, &full);
+                let room = self.room(&prompt_ids[..n])?;
+                let mut completion_ids = full[n..].to_vec();
                 let truncated = completion_ids.len() > room;
                 completion_ids.truncate(room);
                 Ok(Encoded::Unpaired {
                     prompt_text,
-                    prompt_ids,
+                    prompt_ids: prompt_ids[..n].to_vec(),
                     completion_text,
                     completion_ids,
                     label: *label,
@@ -277,13 +293,13 @@ impl<'a> Encoder<'a> {
         }
     }
 
-    /// A completion after `prompt`: conversational ones are the suffix of the rendered prompt +
-    /// completion (tokenized together, as TRL does); plain ones get EOS appended.
-    fn completion(
+    /// `prompt` + `completion` as one sequence, tokenized as TRL tokenizes it: a conversation
+    /// rendered whole (the completion's text is what follows the rendered prompt); text joined with
+    /// EOS appended (as text, unless the completion ends with it), with the tokenizer's specials.
+    fn whole(
         &self,
         prompt: &Side,
         prompt_text: &str,
-        prompt_ids: &[u32],
         completion: &Side,
     ) -> Result<(String, Vec<u32>), Skip> {
         match (prompt, completion) {
@@ -298,21 +314,11 @@ impl<'a> Encoder<'a> {
                     return Err(Skip::Bad("the chat template does not render the prompt as the start of prompt + completion".into()));
                 };
                 let ids = self.encode_text(&full, false)?.ids;
-                let completion_ids = if ids.starts_with(prompt_ids) {
-                    ids[prompt_ids.len()..].to_vec()
-                } else {
-                    self.encode_text(suffix, false)?.ids
-                };
-                Ok((suffix.to_string(), completion_ids))
+                Ok((suffix.to_string(), ids))
             }
-            (Side::Text(_), Side::Text(t)) => {
-                let mut ids = self.encode_text(t, false)?.ids;
-                if let Some(eos) = self.tok.eos_id() {
-                    if ids.last() != Some(&eos) {
-                        ids.push(eos);
-                    }
-                }
-                Ok((t.clone(), ids))
+            (Side::Text(p), Side::Text(t)) => {
+                let text = joined_with_eos(self.tok, p, t);
+                Ok((t.clone(), self.encode_text(&text, true)?.ids))
             }
             (Side::Text(_), Side::Messages(_)) => Err(Skip::Bad(
                 "a plain-text prompt with a message-list completion: use messages for both, or text for both".into(),

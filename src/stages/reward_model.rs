@@ -59,42 +59,27 @@ pub fn plain_sequence(
     prompt: &str,
     completion: &str,
 ) -> Result<Vec<u32>, String> {
-    let mut text = format!("{prompt}{completion}");
-    if let Some(eos) = tok.eos.as_deref().filter(|e| !text.ends_with(*e)) {
-        text.push_str(eos);
-    }
+    let text = crate::data::encode::joined_with_eos(tok, prompt, completion);
     Ok(tok.encode(&text, true)?.ids)
 }
 
-/// An encoded preference row as the reward model trains on it: chat rows rendered whole (prompt and
-/// completion ids joined), plain rows by [`plain_sequence`]; `None` for a pair TRL filters out (either
-/// sequence longer than `max_len`).
-pub fn scored_pair(tok: &TextTokenizer, e: Encoded, max_len: usize) -> Option<ScoredPair> {
+/// An encoded preference row as the reward model trains on it: prompt + completion as one sequence
+/// (the encoder tokenizes them together, as TRL: a conversation rendered whole, text as prompt +
+/// completion + EOS); `None` for a pair TRL filters out (either sequence longer than `max_len`).
+pub fn scored_pair(e: Encoded, max_len: usize) -> Option<ScoredPair> {
     let Encoded::Pair {
-        prompt_text,
         prompt_ids,
-        chosen_text,
         chosen_ids,
-        rejected_text,
         rejected_ids,
         truncated: false,
-        chat,
         margin,
+        ..
     } = e
     else {
         return None;
     };
-    let (chosen, rejected) = if chat {
-        (
-            [&prompt_ids[..], &chosen_ids].concat(),
-            [&prompt_ids[..], &rejected_ids].concat(),
-        )
-    } else {
-        (
-            plain_sequence(tok, &prompt_text, &chosen_text).ok()?,
-            plain_sequence(tok, &prompt_text, &rejected_text).ok()?,
-        )
-    };
+    let chosen = [&prompt_ids[..], &chosen_ids].concat();
+    let rejected = [&prompt_ids[..], &rejected_ids].concat();
     (chosen.len() <= max_len && rejected.len() <= max_len).then_some(ScoredPair {
         chosen,
         rejected,
@@ -109,7 +94,7 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
     let tok = TextTokenizer::load(&model_dir)?;
     let params: TrainingParams = ctx.typed()?;
     let pairs = super::preference_run::examples(ctx, &model_dir, "pairs", |e| {
-        scored_pair(&tok, e, params.max_len)
+        scored_pair(e, params.max_len)
     })?;
     let mut model = Decoder::load(&model_dir, &Device::Cpu)?;
     let std = model.cfg.initializer_range as f32;
