@@ -540,7 +540,8 @@ fn a_new_implementation_version_is_named_as_the_reason() {
     let p = checked.pipeline.expect("checks");
     let store = ptl::store::Store::open(&w.path(".ptl")).unwrap();
     let mut cache = ptl::store::hash::HashCache::load(&store.root);
-    let key = ptl::plan::key::stage_key(&p, 0, &mut cache, &|_, _| None)
+    let compute = ptl::plan::compute::Compute::cpu();
+    let key = ptl::plan::key::stage_key(&p, 0, &compute, &mut cache, &|_, _| None)
         .ok()
         .expect("a has no upstream");
     let locked = ptl::plan::lockfile::LockedStage {

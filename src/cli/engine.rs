@@ -135,6 +135,7 @@ pub fn plan(file: &Path, set: &[String], store: Option<&Path>, format: OutputFor
             serde_json::to_string_pretty(&plan.to_json(&p)).unwrap_or_default()
         ),
         OutputFormat::Human => {
+            outln!("compute  {}", plan.compute.describe());
             for &id in &plan.order {
                 let s = &plan.stages[id];
                 let reasons = if s.reasons.is_empty() {
@@ -196,6 +197,7 @@ pub fn run(args: RunArgs) -> i32 {
             None => return 1,
         }
     };
+    crate::plan::compute::set_threads_from(&p.config);
     let Some(store) = open_store(args.file, args.store) else {
         return 1;
     };

@@ -3,9 +3,9 @@
 
 use crate::data::encode::{EncodeOptions, Encoder};
 use crate::data::tokenizer::TextTokenizer;
-use crate::model::decoder::{argmax, Decoder};
+use crate::model::decoder::argmax;
 use crate::model::lora::Rng;
-use candle_core::Device;
+use crate::plan::compute::Compute;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
@@ -22,6 +22,7 @@ pub struct GenerateArgs {
     pub greedy: bool,
     pub chat: bool,
     pub json: bool,
+    pub compute: Compute,
 }
 
 /// Samples from logits with temperature, top-k and top-p (nucleus), as transformers' warpers do.
@@ -69,15 +70,10 @@ pub fn run(a: GenerateArgs) -> i32 {
         Ok(t) => t,
         Err(e) => return fail(format!("{e} (ptl generate needs the model's tokenizer)")),
     };
-    let mut decoder = match Decoder::load(&a.model, &Device::Cpu) {
+    let decoder = match a.compute.load_with(&a.model, a.adapter.as_deref()) {
         Ok(d) => d,
         Err(e) => return fail(e.to_string()),
     };
-    if let Some(adapter) = &a.adapter {
-        if let Err(e) = decoder.load_adapter(adapter) {
-            return fail(e.to_string());
-        }
-    }
     let prompts: Vec<String> = match (&a.prompt, &a.input) {
         (Some(p), _) => vec![p.clone()],
         (None, Some(file)) => {

@@ -77,6 +77,44 @@ const FOUND_STORE_HELP: &str = "The store folder (default: the pipeline's; witho
 const FOUND_PIPELINE_HELP: &str = "A pipeline file whose store to use (.ptl/ beside it)";
 const JOBS_HELP: &str = "Stages to run at once";
 const FORMAT_HELP: &str = "Output format: human-readable text or JSON";
+/// Where `ptl score`, `generate` and `reward` compute.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ComputeArgs {
+    /// "auto" (CUDA when ptl is built with it and a GPU is present, else the CPU), "cpu", "cuda" or "cuda:N"
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Compute dtype
+    #[arg(long, value_enum, default_value = "auto")]
+    dtype: DtypeArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum DtypeArg {
+    /// f32 on the CPU, bf16 on CUDA
+    Auto,
+    /// 32-bit floats
+    F32,
+    /// bfloat16 weights and activations (norms and softmax in f32)
+    Bf16,
+    /// float16 weights and activations (norms and softmax in f32)
+    F16,
+}
+
+impl ComputeArgs {
+    /// The device and dtype, or the reason they cannot be had (a usage error).
+    fn resolve(&self) -> Option<crate::plan::compute::Compute> {
+        let dtype = match self.dtype {
+            DtypeArg::Auto => "auto",
+            DtypeArg::F32 => "f32",
+            DtypeArg::Bf16 => "bf16",
+            DtypeArg::F16 => "f16",
+        };
+        crate::plan::compute::Compute::resolve(&self.device, dtype)
+            .map_err(|e| errln!("error: {e}"))
+            .ok()
+    }
+}
+
 const MODEL_HELP: &str = "A local Hugging Face model folder (config.json, safetensors, tokenizer)";
 const ADAPTER_HELP: &str = "A PEFT LoRA adapter folder to apply on top of the model";
 
@@ -191,6 +229,8 @@ enum Command {
         /// A JSONL file, or - for standard input
         #[arg(long)]
         input: PathBuf,
+        #[command(flatten)]
+        compute: ComputeArgs,
     },
     /// The reward of each JSONL row (`messages`, `prompt`+`completion`, or `ids`) under a reward model
     Reward {
@@ -201,6 +241,8 @@ enum Command {
         input: PathBuf,
         #[arg(long, value_enum, default_value = "human", help = FORMAT_HELP)]
         format: OutputFormat,
+        #[command(flatten)]
+        compute: ComputeArgs,
     },
     /// Continue a prompt with a model (greedy by default; sampling with --temperature)
     Generate {
@@ -237,6 +279,8 @@ enum Command {
         chat: bool,
         #[arg(long, value_enum, default_value = "human", help = FORMAT_HELP)]
         format: OutputFormat,
+        #[command(flatten)]
+        compute: ComputeArgs,
     },
     /// See exactly what a stage will train on
     Data {
@@ -458,30 +502,45 @@ pub fn main() -> i32 {
                 seed,
                 chat,
                 format,
-            } => generate::run(generate::GenerateArgs {
-                model,
-                adapter,
-                prompt,
-                input,
-                max_new_tokens,
-                temperature: temperature.unwrap_or(1.0),
-                top_p,
-                top_k,
-                seed,
-                greedy: greedy || temperature.is_none(),
-                chat,
-                json: format == OutputFormat::Json,
-            }),
+                compute,
+            } => {
+                let Some(compute) = compute.resolve() else {
+                    return 2;
+                };
+                generate::run(generate::GenerateArgs {
+                    model,
+                    adapter,
+                    prompt,
+                    input,
+                    max_new_tokens,
+                    temperature: temperature.unwrap_or(1.0),
+                    top_p,
+                    top_k,
+                    seed,
+                    greedy: greedy || temperature.is_none(),
+                    chat,
+                    json: format == OutputFormat::Json,
+                    compute,
+                })
+            }
             Command::Score {
                 model,
                 adapter,
                 input,
-            } => score::run(&model, adapter.as_deref(), &input),
+                compute,
+            } => match compute.resolve() {
+                Some(c) => score::run(&model, adapter.as_deref(), &input, &c),
+                None => 2,
+            },
             Command::Reward {
                 model,
                 input,
                 format,
-            } => reward::run(&model, &input, format == OutputFormat::Json),
+                compute,
+            } => match compute.resolve() {
+                Some(c) => reward::run(&model, &input, format == OutputFormat::Json, &c),
+                None => 2,
+            },
             Command::Data { command } => match command {
                 DataCommand::Show(a) => data::show(a.args()),
                 DataCommand::Stats(a) => data::stats(a.args()),

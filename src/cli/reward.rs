@@ -4,9 +4,8 @@
 use crate::data::encode::{EncodeOptions, Encoder, Skip};
 use crate::data::tokenizer::TextTokenizer;
 use crate::model::config::Head;
-use crate::model::decoder::Decoder;
+use crate::plan::compute::Compute;
 use crate::stages::reward_model::plain_sequence;
-use candle_core::Device;
 use serde_json::{json, Value};
 use std::io::BufRead;
 use std::path::Path;
@@ -55,8 +54,8 @@ fn row_ids(row: &Value, tok: &TextTokenizer) -> Result<Vec<u32>, String> {
     }
 }
 
-pub fn run(model: &Path, input: &Path, json_out: bool) -> i32 {
-    let loaded = Decoder::load(model, &Device::Cpu).map_err(|e| e.to_string()).and_then(|d| {
+pub fn run(model: &Path, input: &Path, json_out: bool, compute: &Compute) -> i32 {
+    let loaded = compute.load(model).map_err(|e| e.to_string()).and_then(|d| {
         if d.cfg.head == Head::Score {
             Ok(d)
         } else {

@@ -1,8 +1,7 @@
 //! `ptl score MODEL_DIR --input FILE|-`: per-token log-probabilities of JSONL rows under a model.
 
 use crate::data::tokenizer::TextTokenizer;
-use crate::model::decoder::Decoder;
-use candle_core::Device;
+use crate::plan::compute::Compute;
 use serde_json::{json, Value};
 use std::io::BufRead;
 use std::path::Path;
@@ -38,13 +37,8 @@ fn row_ids(
     }
 }
 
-pub fn run(model: &Path, adapter: Option<&Path>, input: &Path) -> i32 {
-    let loaded = Decoder::load(model, &Device::Cpu).and_then(|mut d| {
-        if let Some(a) = adapter {
-            d.load_adapter(a)?;
-        }
-        Ok(d)
-    });
+pub fn run(model: &Path, adapter: Option<&Path>, input: &Path, compute: &Compute) -> i32 {
+    let loaded = compute.load_with(model, adapter);
     let decoder = match loaded {
         Ok(d) => d,
         Err(e) => {

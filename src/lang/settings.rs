@@ -16,15 +16,15 @@ pub fn config_fields() -> &'static [FieldSchema] {
                 "device",
                 Type::Str,
                 Default::Value(Value::Str("auto".into())),
-                "\"auto\", \"cpu\", \"cuda\" or \"cuda:N\" (auto: cuda when present)",
+                "\"auto\", \"cpu\", \"cuda\" or \"cuda:N\" (auto: cuda when ptl is built with it and a GPU is present)",
             ),
             choice(
                 "dtype",
                 DTYPES,
                 "auto",
-                "compute dtype (auto: f32 on cpu, bf16 on cuda)",
+                "compute dtype (auto: f32 on cpu, bf16 on cuda); training stages need f32 in this version",
             ),
-            int("threads", 0, "CPU threads (0: all cores)"),
+            int("threads", 0, "CPU threads of the run (0: all cores)"),
         ]
     })
 }

@@ -114,10 +114,22 @@ pub fn argmax(logits: &[f32]) -> u32 {
         .0 as u32
 }
 
-/// RMSNorm as transformers computes it: x / sqrt(mean(x²) + eps) * weight.
+/// `x` in f32 when it is in a half-precision dtype (bf16, f16); as it is otherwise (f32, and f64 for
+/// gradient checks): where statistics (norms, softmax) are computed.
+pub fn at_least_f32(x: &Tensor) -> candle_core::Result<Tensor> {
+    match x.dtype() {
+        DType::BF16 | DType::F16 => x.to_dtype(DType::F32),
+        _ => Ok(x.clone()),
+    }
+}
+
+/// RMSNorm as transformers computes it: x / sqrt(mean(x²) + eps) in f32, back in x's dtype, times
+/// weight.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-    x.broadcast_div(&(var + eps)?.sqrt()?)?
+    let x32 = at_least_f32(x)?;
+    let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
+    x32.broadcast_div(&(var + eps)?.sqrt()?)?
+        .to_dtype(x.dtype())?
         .broadcast_mul(weight)
 }
 
@@ -400,7 +412,8 @@ impl Decoder {
         };
         let (k, v) = (repeat(k)?, repeat(v)?);
         let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?;
-        let probs = softmax(&scores.broadcast_add(mask)?)?;
+        // The softmax in f32 whatever the compute dtype (as transformers' attention).
+        let probs = softmax(&at_least_f32(&scores.broadcast_add(mask)?)?)?.to_dtype(v.dtype())?;
         let out = probs
             .matmul(&v)?
             .transpose(1, 2)?
@@ -594,7 +607,8 @@ impl Decoder {
 
     /// log p(token i+1 | tokens 0..=i) for each i, as a [n − 1, 1] tensor (differentiable).
     fn next_token_logprobs(&self, ids: &[u32]) -> Result<Tensor> {
-        let logits = self.forward(&self.ids(ids)?)?.squeeze(0)?;
+        // Softmax statistics in f32 whatever the weights' dtype.
+        let logits = at_least_f32(&self.forward(&self.ids(ids)?)?.squeeze(0)?)?;
         let lp = log_softmax(&logits.narrow(0, 0, ids.len() - 1)?)?;
         let targets = Tensor::from_vec(ids[1..].to_vec(), (ids.len() - 1, 1), &self.device)?;
         Ok(lp.gather(&targets, 1)?)

@@ -90,6 +90,7 @@ impl Resolve<'_> {
 pub fn stage_key(
     p: &Pipeline,
     id: StageId,
+    compute: &super::compute::Compute,
     cache: &mut HashCache,
     upstream: &dyn Fn(StageId, &str) -> Option<String>,
 ) -> Result<StageKey, KeyError> {
@@ -108,14 +109,13 @@ pub fn stage_key(
     for (field, written, resolved) in p.path_params(stage) {
         params.insert(field.to_string(), r.path(written, &resolved)?);
     }
-    let setting = |k: &str| p.config.get(k).map_or(Json::Null, |v| v.to_json(&names));
     let key_json = json!({
         "ptl_key": 1,
         "kind": stage.kind.name,
         "version": stage.kind.version,
         "params": params,
-        "device": setting("device"),
-        "dtype": setting("dtype"),
+        "device": compute.device_class(),
+        "dtype": compute.dtype_name(),
     });
     let bytes = serde_json::to_vec(&key_json).unwrap_or_default();
     Ok(StageKey {

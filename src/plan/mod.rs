@@ -1,6 +1,7 @@
 //! The plan: the checked pipeline as a DAG in topological order, each stage `cached`, `run` (with
 //! the reasons) or `blocked`, decided from content hashes, the store and the lock file.
 
+pub mod compute;
 pub mod graph;
 pub mod inputs;
 pub mod key;
@@ -10,6 +11,7 @@ use crate::lang::pipeline::Pipeline;
 use crate::lang::value::StageId;
 use crate::store::hash::HashCache;
 use crate::store::Store;
+use candle_core::DType;
 use key::{stage_key, KeyError, StageKey};
 use lockfile::{LockFile, LockedStage};
 use serde_json::{json, Value as Json};
@@ -43,6 +45,8 @@ pub struct Plan {
     /// Stage ids in topological order (ties in declaration order).
     pub order: Vec<StageId>,
     pub stages: Vec<StagePlan>,
+    /// The device and dtype every stage computes with (part of every key).
+    pub compute: compute::Compute,
 }
 
 /// Stages in dependency order; among ready stages, the one declared first.
@@ -79,6 +83,27 @@ fn show(v: &Json) -> String {
         }
         other => other.to_string(),
     }
+}
+
+/// Why a stage of `kind` cannot run in this build with these settings, if it cannot: its kind has no
+/// execution yet, or it trains and the compute dtype is not f32 (mixed precision is not built yet).
+pub fn cannot_run(
+    kind: &crate::stages::schema::Kind,
+    compute: &compute::Compute,
+) -> Option<String> {
+    if kind.run.is_none() {
+        return Some(format!(
+            "stage kind {} cannot run yet: its training is not built in this version of ptl",
+            kind.name
+        ));
+    }
+    if kind.trains() && compute.dtype != DType::F32 {
+        let d = compute.dtype_name();
+        return Some(format!(
+            "dtype {d}: training with f32 master weights and {d} compute is not built yet; set `dtype = \"f32\"` in `config` (inference stages run in {d})"
+        ));
+    }
+    None
 }
 
 /// Why a stage whose key is known must run, compared with what the lock file recorded.
@@ -142,6 +167,7 @@ impl Plan {
         lock: &LockFile,
     ) -> Result<Plan, String> {
         let order = topo_order(p);
+        let compute = compute::Compute::from_config(&p.config)?;
         let mut stages: Vec<StagePlan> = vec![
             StagePlan {
                 status: Status::Blocked,
@@ -167,7 +193,7 @@ impl Plan {
                 }
                 store.manifest(&k.key).ok()?.outputs.get(output).cloned()
             };
-            let key = match stage_key(p, id, cache, &upstream) {
+            let key = match stage_key(p, id, &compute, cache, &upstream) {
                 Ok(k) => Some(k),
                 Err(KeyError::Upstream(_)) => None,
                 Err(KeyError::Input(label, e)) => {
@@ -177,7 +203,6 @@ impl Plan {
                     ))
                 }
             };
-            let runnable = stage.kind.run.is_some();
             // Upstream outputs in the store, for kinds that say what they will reuse.
             let cached_keys: Vec<Option<String>> = match stage.kind.plan_note {
                 Some(_) => stages
@@ -228,15 +253,16 @@ impl Plan {
                 }
             }
             let plan = &mut stages[id];
-            if plan.status == Status::Run && !runnable {
+            if let (Status::Run, Some(why)) = (plan.status, cannot_run(stage.kind, &compute)) {
                 plan.status = Status::Blocked;
-                plan.reasons = vec![format!(
-                    "stage kind {} cannot run yet: its training is not built in this version of ptl",
-                    stage.kind.name
-                )];
+                plan.reasons = vec![why];
             }
         }
-        Ok(Plan { order, stages })
+        Ok(Plan {
+            order,
+            stages,
+            compute,
+        })
     }
 
     /// `{"stages": [{"name", "kind", "status", "reasons", "key", "depends_on"}]}` in topological order.
@@ -256,6 +282,6 @@ impl Plan {
                 })
             })
             .collect();
-        json!({ "pipeline": p.name, "stages": stages })
+        json!({ "pipeline": p.name, "compute": self.compute.describe(), "stages": stages })
     }
 }

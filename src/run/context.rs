@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub struct RunContext<'a> {
+    /// The device and dtype the stage computes with (the plan chose them from `config`).
+    pub compute: &'a crate::plan::compute::Compute,
     pub stage: &'a str,
     pub params: &'a BTreeMap<String, Value>,
     /// The same parameters as JSON, upstream outputs written `{"stage": .., "output": ..}`.
@@ -36,6 +38,11 @@ pub struct RunContext<'a> {
 }
 
 impl RunContext<'_> {
+    /// The device the stage's models go on.
+    pub fn device(&self) -> &candle_core::Device {
+        &self.compute.device
+    }
+
     pub fn param(&self, field: &str) -> &Value {
         self.params.get(field).unwrap_or(&Value::None)
     }

@@ -88,6 +88,7 @@ struct Shared<'a> {
     store: &'a Store,
     report: Report<'a>,
     tracking: &'a LazyTracking,
+    compute: &'a crate::plan::compute::Compute,
 }
 
 /// Runs one stage into the store; another process holding the entry's lock is waited for.
@@ -103,6 +104,7 @@ fn execute(
         store,
         report,
         tracking,
+        compute,
     } = *shared;
     let stage = &p.stages[id];
     let io = |e: std::io::Error| Error::Store(format!("store error: {e}"));
@@ -148,6 +150,7 @@ fn execute(
     let params_json = p.params_json(id);
     let tracker = tracking.stage(&stage.name, stage.kind.name, &key.key, &params_json);
     let mut ctx = RunContext {
+        compute,
         stage: &stage.name,
         params: &stage.params,
         params_json,
@@ -302,8 +305,7 @@ impl Run<'_> {
                 name: s.name.clone(),
                 deps: s.deps.clone(),
                 selected: selected.as_ref().is_none_or(|sel| sel[id]),
-                runnable: s.kind.run.is_some(),
-                kind: s.kind.name.to_string(),
+                cannot_run: crate::plan::cannot_run(s.kind, &plan.compute),
             })
             .collect();
         let mut sched = Scheduler::new(specs, plan.order.clone(), opts.jobs, opts.keep_going);
@@ -328,6 +330,7 @@ impl Run<'_> {
             store,
             report,
             tracking: &lazy_tracking,
+            compute: &plan.compute,
         };
         let settle = |runs: &mut Runs, id: StageId, outcome: Outcome| {
             report(&Event::finished(&p.stages[id].name, &outcome));
@@ -356,7 +359,7 @@ impl Run<'_> {
                             .as_ref()
                             .and_then(|m: &Manifest| m.outputs.get(output).cloned())
                     };
-                    let key = match stage_key(p, id, &mut cache, &upstream) {
+                    let key = match stage_key(p, id, &plan.compute, &mut cache, &upstream) {
                         Ok(k) => k,
                         Err(KeyError::Input(label, e)) => {
                             progressed = true;

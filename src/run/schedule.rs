@@ -12,9 +12,9 @@ pub struct StageSpec {
     pub deps: Vec<usize>,
     /// Selected by `--only` / `--from` (all are, without them).
     pub selected: bool,
-    /// Whether its kind can run in this version.
-    pub runnable: bool,
-    pub kind: String,
+    /// Why it cannot run in this build or with this run's settings (its kind is not built, its
+    /// dtype cannot train yet); `None` when it can.
+    pub cannot_run: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -145,11 +145,8 @@ impl Scheduler {
             Some(Outcome::Skipped(
                 "not built, and not selected by --only/--from".into(),
             ))
-        } else if !spec.runnable {
-            Some(Outcome::Blocked(format!(
-                "stage kind {} cannot run yet: its training is not built in this version of ptl",
-                spec.kind
-            )))
+        } else if let Some(why) = &spec.cannot_run {
+            Some(Outcome::Blocked(why.clone()))
         } else if self.stopped {
             Some(Outcome::Blocked("not started: the run was stopped".into()))
         } else if self.halted {
@@ -237,8 +234,10 @@ mod tests {
                 name: name.to_string(),
                 deps: deps.iter().map(|d| index(d)).collect(),
                 selected: c.selected.is_none_or(|s| s.contains(name)),
-                runnable: !c.unrunnable.contains(name),
-                kind: "k".into(),
+                cannot_run: c
+                    .unrunnable
+                    .contains(name)
+                    .then(|| "stage kind k cannot run yet".to_string()),
             })
             .collect();
         let mut s = Scheduler::new(specs, (0..c.stages.len()).collect(), c.jobs, c.keep_going);
@@ -429,10 +428,7 @@ mod tests {
                 ..Case::default()
             },
             &[
-                (
-                    "a",
-                    "blocked: stage kind k cannot run yet: its training is not built in this version of ptl",
-                ),
+                ("a", "blocked: stage kind k cannot run yet"),
                 ("b", "blocked: upstream a did not finish"),
                 ("c", "cached"),
             ],
@@ -477,15 +473,13 @@ mod tests {
                 name: "a".into(),
                 deps: vec![],
                 selected: true,
-                runnable: true,
-                kind: "k".into(),
+                cannot_run: None,
             },
             StageSpec {
                 name: "b".into(),
                 deps: vec![0],
                 selected: true,
-                runnable: true,
-                kind: "k".into(),
+                cannot_run: None,
             },
         ];
         let mut s = Scheduler::new(specs, vec![0, 1], 1, false);

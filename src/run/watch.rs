@@ -162,6 +162,7 @@ impl Session {
             }
         }
         if let Some(p) = &checked.pipeline {
+            crate::plan::compute::set_threads_from(&p.config);
             for s in &p.stages {
                 s.params.values().for_each(|v| set.add_value(v));
                 // Files and folders named by path fields (templates, tokenizers).

@@ -9,7 +9,6 @@ use crate::lang::value::Value;
 use crate::model::decoder::Decoder;
 use crate::run::context::RunContext;
 use crate::train::preference::{self, reference_logps, DpoSettings};
-use candle_core::Device;
 
 pub const LOSSES: &[&str] = &["sigmoid", "ipo", "hinge", "robust"];
 
@@ -109,7 +108,7 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
     let reference = super::reference_logps::cached(ctx.store, &spec, ctx.log, || {
         match ctx.input("reference") {
             Some(dir) => {
-                reference_logps(&Decoder::load(dir, &Device::Cpu)?, &pairs, hyper.batch_size)
+                reference_logps(&Decoder::load(dir, ctx.device())?, &pairs, hyper.batch_size)
             }
             None => reference_logps(&model, &pairs, hyper.batch_size),
         }

@@ -13,7 +13,6 @@ use crate::lang::value::Value;
 use crate::model::decoder::Decoder;
 use crate::run::context::RunContext;
 use crate::train::supervised::{batch, batch_loss, Sequence};
-use candle_core::Device;
 use serde_json::{json, Value as Json};
 
 pub const METRICS: &[&str] = &[
@@ -223,7 +222,7 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
     let max_new = count(ctx, "max_new_tokens", 64);
     let judge = match ctx.input("reward") {
         Some(dir) if wanted.any(&["reward", "win_rate", "pref_accuracy"]) => {
-            Some(eval_reward::Judge::load(dir)?)
+            Some(eval_reward::Judge::load(dir, ctx.compute)?)
         }
         _ => None,
     };
@@ -238,7 +237,7 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
     for (i, (name, dir)) in labels.iter().zip(&dirs).enumerate() {
         // The note names the model being scored (step i: the ones before it are done).
         (ctx.progress)(i as u64, total, name);
-        let model = Decoder::load(dir, &Device::Cpu)?;
+        let model = ctx.compute.load(dir)?;
         let tok = TextTokenizer::load(dir)?;
         let enc = Encoder::new(&tok, None, opts.clone())?;
         let mut entry = serde_json::Map::new();

@@ -10,7 +10,6 @@ use crate::data::tokenizer::TextTokenizer;
 use crate::model::config::Head;
 use crate::model::decoder::{argmax, Decoder};
 use crate::train::preference::{reference_logps, Pair};
-use candle_core::Device;
 use serde_json::json;
 use std::path::Path;
 
@@ -92,9 +91,12 @@ pub struct Judge {
 }
 
 impl Judge {
-    /// Loads `dir`, which must be a reward model (a score head, not a vocabulary head).
-    pub fn load(dir: &Path) -> crate::error::Result<Judge> {
-        let model = Decoder::load(dir, &Device::Cpu)?;
+    /// Loads `dir` for inference; it must be a reward model (a score head, not a vocabulary head).
+    pub fn load(
+        dir: &Path,
+        compute: &crate::plan::compute::Compute,
+    ) -> crate::error::Result<Judge> {
+        let model = compute.load(dir)?;
         if model.cfg.head != Head::Score {
             return Err(format!(
                 "{} is not a reward model: its config.json names a causal LM, not a *ForSequenceClassification with one label (use a `reward_model` stage's model)",

@@ -9,7 +9,6 @@ use crate::lang::value::Value;
 use crate::model::config::ModelConfig;
 use crate::model::decoder::Decoder;
 use crate::run::context::RunContext;
-use candle_core::Device;
 use serde_json::json;
 
 pub const ARCHS: &[&str] = &["qwen3", "qwen2", "llama", "mistral"];
@@ -206,7 +205,7 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
         serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?,
     )
     .map_err(io)?;
-    let mut model = Decoder::random(cfg, params.seed, &Device::Cpu)?;
+    let mut model = Decoder::random(cfg, params.seed, ctx.device())?;
     (ctx.log)(&format!(
         "{} parameters, vocabulary {}",
         model.parameter_count(),

@@ -9,7 +9,6 @@ use crate::lang::types::{Format, Type};
 use crate::model::decoder::Decoder;
 use crate::run::context::RunContext;
 use crate::train::kto::{self, KtoSettings, Unpaired};
-use candle_core::Device;
 
 pub fn kind() -> Kind {
     let mut fields = common::inputs(
@@ -139,7 +138,7 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
     let reference = super::reference_logps::cached(ctx.store, &spec, ctx.log, || {
         match ctx.input("reference") {
             Some(dir) => kto::reference_logps(
-                &Decoder::load(dir, &Device::Cpu)?,
+                &Decoder::load(dir, ctx.device())?,
                 &rows,
                 &partners,
                 hyper.batch_size,

@@ -11,7 +11,6 @@ use crate::lang::types::{Format, Type};
 use crate::model::decoder::Decoder;
 use crate::run::context::RunContext;
 use crate::train::reward::{self, RewardSettings, ScoredPair};
-use candle_core::Device;
 
 pub fn kind() -> Kind {
     let mut fields = common::inputs(
@@ -96,7 +95,7 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
     let pairs = super::preference_run::examples(ctx, &model_dir, "pairs", |e| {
         scored_pair(e, params.max_len)
     })?;
-    let mut model = Decoder::load(&model_dir, &Device::Cpu)?;
+    let mut model = Decoder::load(&model_dir, ctx.device())?;
     let std = model.cfg.initializer_range as f32;
     model.add_score_head(params.seed ^ 0x5C0E, std, tok.pad_or_eos_id())?;
     let Policy {

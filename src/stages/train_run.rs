@@ -13,7 +13,7 @@ use crate::train::objective::Objective;
 use crate::train::schedule::Schedule;
 use crate::train::supervised::{Sequence, Supervised};
 use crate::train::trainer::{self, Hyper, Logged};
-use candle_core::{Device, Var};
+use candle_core::Var;
 use std::path::{Path, PathBuf};
 
 pub fn run_supervised(ctx: &mut RunContext) -> crate::error::Result<()> {
@@ -79,7 +79,7 @@ pub struct Policy {
 
 /// The starting model with the stage's tuning applied.
 pub fn policy(ctx: &RunContext, model_dir: &Path, seed: u64) -> crate::error::Result<Policy> {
-    tuned(ctx, Decoder::load(model_dir, &Device::Cpu)?, seed)
+    tuned(ctx, Decoder::load(model_dir, ctx.device())?, seed)
 }
 
 /// `model` with the stage's tuning applied.

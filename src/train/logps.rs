@@ -4,6 +4,7 @@
 //! derivative per sequence, and a second pass forms the gradient of Σ_t w_t · log p_t directly
 //! (w_t · (one-hot − softmax) per position), carried into autograd by a surrogate scalar.
 
+use crate::model::decoder::at_least_f32;
 use candle_core::{Tensor, D};
 
 /// log p(target) at each position: `hidden` [n, h] (final-norm output), `head` [vocab, h].
@@ -18,7 +19,9 @@ pub fn token_logps(
     let mut out = Vec::with_capacity(targets.len());
     for start in (0..targets.len()).step_by(chunk.max(1)) {
         let len = chunk.min(targets.len() - start);
-        let logp = log_softmax(&h.narrow(0, start, len)?.matmul(&w.t()?)?)?;
+        // Softmax statistics in f32 whatever the compute dtype.
+        let logits = h.narrow(0, start, len)?.matmul(&w.t()?)?;
+        let logp = log_softmax(&at_least_f32(&logits)?)?;
         let tgt = Tensor::from_vec(targets[start..start + len].to_vec(), (len, 1), h.device())?;
         out.extend(logp.gather(&tgt, 1)?.flatten_all()?.to_vec1::<f32>()?);
     }
@@ -54,17 +57,18 @@ pub fn weighted_logp_surrogate(
             continue;
         }
         let h = h_detached.narrow(0, start, len)?;
-        let probs = log_softmax(&h.matmul(&w_detached.t()?)?)?.exp()?;
+        let probs = log_softmax(&at_least_f32(&h.matmul(&w_detached.t()?)?)?)?.exp()?;
+        let stat = probs.dtype();
         let tgt = Tensor::from_vec(targets[start..start + len].to_vec(), (len, 1), dev)?;
-        let onehot = Tensor::zeros((len, vocab), dtype, dev)?.scatter_add(
+        let onehot = Tensor::zeros((len, vocab), stat, dev)?.scatter_add(
             &tgt,
-            &Tensor::ones((len, 1), dtype, dev)?,
+            &Tensor::ones((len, 1), stat, dev)?,
             1,
         )?;
         let wt = Tensor::from_vec(weights[start..start + len].to_vec(), (len, 1), dev)?
-            .to_dtype(dtype)?;
-        // d(w · log p_target)/d logits = w · (one-hot − softmax).
-        let g = (onehot - probs)?.broadcast_mul(&wt)?;
+            .to_dtype(stat)?;
+        // d(w · log p_target)/d logits = w · (one-hot − softmax), formed in f32.
+        let g = (onehot - probs)?.broadcast_mul(&wt)?.to_dtype(dtype)?;
         grad_h.push(g.matmul(&w_detached)?);
         grad_w = (grad_w + g.t()?.matmul(&h)?)?;
     }

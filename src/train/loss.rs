@@ -3,6 +3,7 @@
 //! the hidden states and the output matrix is formed at once (softmax − one-hot), and a surrogate
 //! scalar carries those gradients into autograd.
 
+use crate::model::decoder::at_least_f32;
 use candle_core::{DType, Tensor, D};
 
 pub struct ChunkedLoss {
@@ -35,14 +36,16 @@ pub fn chunked_nll(
     for start in (0..n).step_by(chunk.max(1)) {
         let len = chunk.min(n - start);
         let h = h_detached.narrow(0, start, len)?;
-        let logits = h.matmul(&w_detached.t()?)?;
+        // Softmax statistics in f32 whatever the compute dtype.
+        let logits = at_least_f32(&h.matmul(&w_detached.t()?)?)?;
+        let stat = logits.dtype();
         let max = logits.max_keepdim(D::Minus1)?;
         let shifted = logits.broadcast_sub(&max)?;
         let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
         let logp = shifted.broadcast_sub(&lse)?;
         let tgt = Tensor::from_vec(targets[start..start + len].to_vec(), (len, 1), dev)?;
         let m =
-            Tensor::from_vec(mask[start..start + len].to_vec(), (len, 1), dev)?.to_dtype(dtype)?;
+            Tensor::from_vec(mask[start..start + len].to_vec(), (len, 1), dev)?.to_dtype(stat)?;
         let picked = logp.gather(&tgt, 1)?;
         value -= picked
             .broadcast_mul(&m)?
@@ -50,14 +53,15 @@ pub fn chunked_nll(
             .to_dtype(DType::F64)?
             .to_scalar::<f64>()?;
         // d(mean nll)/d logits = (softmax − onehot) · mask / tokens.
-        let onehot = Tensor::zeros((len, vocab), dtype, dev)?.scatter_add(
+        let onehot = Tensor::zeros((len, vocab), stat, dev)?.scatter_add(
             &tgt,
-            &Tensor::ones((len, 1), dtype, dev)?,
+            &Tensor::ones((len, 1), stat, dev)?,
             1,
         )?;
         let g = (logp.exp()? - onehot)?
             .broadcast_mul(&m)?
-            .affine(1.0 / tokens.max(1.0), 0.0)?;
+            .affine(1.0 / tokens.max(1.0), 0.0)?
+            .to_dtype(dtype)?;
         grad_h.push(g.matmul(&w_detached)?);
         grad_w = (grad_w + g.t()?.matmul(&h)?)?;
     }

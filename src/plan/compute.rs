@@ -1,0 +1,178 @@
+//! Where stages compute: the device and dtype chosen once per run from the pipeline's `config`
+//! (`device`, `dtype`) and what this build and machine have. Stage keys hold what is used (`cpu` or
+//! `cuda`, `f32`/`bf16`/`f16`), never the requested string: without a GPU, "auto" and "cpu" are the
+//! same key, and a device index (`cuda:1`) does not change what a stage computes.
+
+use crate::lang::value::Value;
+use candle_core::{DType, Device};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug)]
+pub struct Compute {
+    pub device: Device,
+    /// The dtype of forward and backward (weights and optimizer state stay f32).
+    pub dtype: DType,
+}
+
+impl Compute {
+    /// The CPU in f32: what commands without a `--device` use.
+    pub fn cpu() -> Compute {
+        Compute {
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
+    }
+
+    /// From the `config` block (the checker filled in the defaults).
+    pub fn from_config(config: &BTreeMap<String, Value>) -> Result<Compute, String> {
+        let get = |k: &str| config.get(k).and_then(Value::as_str).unwrap_or("auto");
+        Compute::resolve(get("device"), get("dtype"))
+    }
+
+    /// `device`: "auto" (CUDA when this build has it and a GPU is present, else the CPU), "cpu",
+    /// "cuda" or "cuda:N"; `dtype`: "auto" (f32 on the CPU, bf16 on CUDA), "f32", "bf16", "f16".
+    pub fn resolve(device: &str, dtype: &str) -> Result<Compute, String> {
+        let device = match device {
+            "cpu" => Device::Cpu,
+            "auto" => cuda(0).unwrap_or(Device::Cpu),
+            d => {
+                let index = match d.strip_prefix("cuda") {
+                    Some("") => 0,
+                    Some(n) => n
+                        .strip_prefix(':')
+                        .and_then(|n| n.parse().ok())
+                        .ok_or_else(|| format!("unknown device \"{d}\""))?,
+                    None => return Err(format!("unknown device \"{d}\"")),
+                };
+                cuda(index).ok_or_else(|| no_cuda(d))?
+            }
+        };
+        let dtype = match dtype {
+            "auto" if device.is_cpu() => DType::F32,
+            "auto" => DType::BF16,
+            "f32" => DType::F32,
+            "bf16" => DType::BF16,
+            "f16" => DType::F16,
+            other => return Err(format!("unknown dtype \"{other}\"")),
+        };
+        Ok(Compute { device, dtype })
+    }
+
+    /// A model folder loaded for inference: on the device, its weights in the compute dtype.
+    pub fn load(
+        &self,
+        dir: &std::path::Path,
+    ) -> crate::error::Result<crate::model::decoder::Decoder> {
+        self.load_with(dir, None)
+    }
+
+    /// As [`Compute::load`], with a PEFT adapter applied first.
+    pub fn load_with(
+        &self,
+        dir: &std::path::Path,
+        adapter: Option<&std::path::Path>,
+    ) -> crate::error::Result<crate::model::decoder::Decoder> {
+        let mut model = crate::model::decoder::Decoder::load(dir, &self.device)?;
+        if let Some(a) = adapter {
+            model.load_adapter(a)?;
+        }
+        if self.dtype != DType::F32 {
+            model.to_dtype(self.dtype)?;
+        }
+        Ok(model)
+    }
+
+    /// `cpu` or `cuda`: the device class stage keys hold.
+    pub fn device_class(&self) -> &'static str {
+        if self.device.is_cpu() {
+            "cpu"
+        } else {
+            "cuda"
+        }
+    }
+
+    pub fn dtype_name(&self) -> &'static str {
+        match self.dtype {
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+            _ => "f32",
+        }
+    }
+
+    /// For `ptl plan` and the run's first lines: `cpu, f32`, `cuda:0, bf16`.
+    pub fn describe(&self) -> String {
+        let device = match self.device.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            _ => "cpu".to_string(),
+        };
+        format!("{device}, {}", self.dtype_name())
+    }
+}
+
+/// GPU `index` when this build has CUDA and the machine has that GPU.
+fn cuda(index: usize) -> Option<Device> {
+    if !cfg!(feature = "cuda") || !candle_core::utils::cuda_is_available() {
+        return None;
+    }
+    Device::new_cuda(index).ok()
+}
+
+fn no_cuda(requested: &str) -> String {
+    if cfg!(feature = "cuda") {
+        format!(
+            "device \"{requested}\": no such CUDA GPU on this machine (use \"auto\" or \"cpu\")"
+        )
+    } else {
+        format!("device \"{requested}\": this ptl was built without CUDA (rebuild with `cargo build --release --features cuda`, or use \"auto\" or \"cpu\")")
+    }
+}
+
+/// [`set_threads`] from the `config` block's `threads`.
+pub fn set_threads_from(config: &BTreeMap<String, Value>) {
+    if let Some(Value::Int(n)) = config.get("threads") {
+        set_threads((*n).max(0) as usize);
+    }
+}
+
+/// Sizes the CPU thread pools (rayon's, which candle's matmuls run on, and candle's own count) for
+/// the run: `threads` 0 means every core. Only the first call in a process takes effect (a watch
+/// session keeps the pool of its first check).
+pub fn set_threads(threads: usize) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if threads == 0 || ONCE.is_completed() {
+        return;
+    }
+    ONCE.call_once(|| ());
+    // candle reads RAYON_NUM_THREADS for how many tasks a matmul is split into; set before any pool
+    // or worker thread exists (the command calls this right after checking the pipeline).
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_is_cuda_in_bf16_with_a_gpu_else_the_same_as_cpu() {
+        let a = Compute::resolve("auto", "auto").unwrap();
+        if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
+            assert_eq!((a.device_class(), a.dtype_name()), ("cuda", "bf16"));
+            return;
+        }
+        let c = Compute::resolve("cpu", "f32").unwrap();
+        assert_eq!(
+            (a.device_class(), a.dtype_name()),
+            (c.device_class(), c.dtype_name())
+        );
+        assert_eq!(a.describe(), "cpu, f32");
+        assert_eq!(
+            Compute::resolve("cpu", "bf16").unwrap().dtype_name(),
+            "bf16"
+        );
+        let e = Compute::resolve("cuda:1", "auto").unwrap_err();
+        assert!(e.contains("cuda:1"), "{e}");
+    }
+}

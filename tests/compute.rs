@@ -1,0 +1,179 @@
+//! `config { device, dtype, threads }` mean what they say: keys hold the device class and dtype
+//! actually used (on a machine without CUDA, "auto" and "cpu" are one key), a training stage asked to
+//! compute in bf16 is reported blocked (mixed-precision training is not built yet) while inference
+//! stages run in bf16, and `threads = 1` keeps a run on one core.
+
+mod common;
+
+use common::{text, Dir};
+use serde_json::Value;
+use std::path::Path;
+
+/// The quickstart's tokenizer and pretraining data in a temporary folder, with `pipeline`.
+fn workdir(name: &str, pipeline: &str) -> Dir {
+    let dir = std::env::temp_dir().join(format!("ptl-compute-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    for sub in ["tokenizers/tiny-chat", "data/quickstart"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        for f in std::fs::read_dir(src.join(sub)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.join(sub).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(dir.join("p.ptl"), pipeline).unwrap();
+    Dir(dir)
+}
+
+fn pipeline(config: &str, steps: usize) -> String {
+    format!(
+        "config {{\n{config}}}\n\nstage base = init {{\n  tokenizer = \"tokenizers/tiny-chat\"\n  size = \"tiny\"\n}}\n\nstage trained = pt {{\n  model = base.model\n  data = jsonl(\"data/quickstart/pretrain.jsonl\", format = \"text\")\n  max_steps = {steps}\n  batch_size = 4\n  max_len = 256\n}}\n\nstage score = eval {{\n  models = [base.model]\n  data = jsonl(\"data/quickstart/test.jsonl\", format = \"messages\")\n  metrics = [\"loss\", \"exact_match\"]\n  max_new_tokens = 4\n  limit = 4\n}}\n"
+    )
+}
+
+fn ptl(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args(args)
+        .env("PTL_STORE", "store")
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn plan(dir: &Path) -> Value {
+    let o = ptl(dir, &["plan", "p.ptl", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn cuda_here() -> bool {
+    // A ptl built without the `cuda` feature never picks a GPU.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args(["score", "-", "--input", "-", "--device", "cuda"])
+        .output()
+        .unwrap();
+    !String::from_utf8_lossy(&o.stderr).contains("built without CUDA")
+}
+
+#[test]
+fn auto_and_cpu_are_one_key_on_a_machine_without_a_gpu() {
+    assert!(
+        !cuda_here(),
+        "these tests describe the CPU build; the CUDA ones run where a GPU is"
+    );
+    let auto = workdir(
+        "auto",
+        &pipeline("  device = \"auto\"\n  dtype = \"auto\"\n", 2),
+    );
+    let cpu = workdir(
+        "cpu",
+        &pipeline("  device = \"cpu\"\n  dtype = \"f32\"\n", 2),
+    );
+    let (a, c) = (plan(&auto.0), plan(&cpu.0));
+    assert_eq!(a["compute"], "cpu, f32");
+    assert_eq!(a["stages"][0]["key"], c["stages"][0]["key"], "{a:#}\n{c:#}");
+    let o = ptl(&auto.0, &["plan", "p.ptl"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("compute  cpu, f32\n"),
+        "{}",
+        text(&o)
+    );
+    // Another dtype is another key.
+    let bf16 = workdir("bf16-key", &pipeline("  dtype = \"bf16\"\n", 2));
+    assert_ne!(plan(&bf16.0)["stages"][0]["key"], a["stages"][0]["key"]);
+}
+
+#[test]
+fn bf16_training_is_blocked_and_inference_runs_in_bf16() {
+    let d = workdir("bf16", &pipeline("  dtype = \"bf16\"\n", 2));
+    let p = plan(&d.0);
+    assert_eq!(p["compute"], "cpu, bf16");
+    let status = |name: &str| {
+        p["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(status("trained")["status"], "blocked", "{p:#}");
+    assert!(
+        status("trained")["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("dtype bf16: training with f32 master weights"),
+        "{p:#}"
+    );
+    assert_eq!(status("score")["status"], "run", "{p:#}");
+    let o = ptl(&d.0, &["run", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("ran      score"), "{}", text(&o));
+    assert!(out.contains("blocked  trained"), "{}", text(&o));
+}
+
+#[test]
+fn a_cuda_device_without_cuda_is_a_clear_error() {
+    let d = workdir("cuda", &pipeline("  device = \"cuda\"\n", 2));
+    let o = ptl(&d.0, &["plan", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("this ptl was built without CUDA"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// CPU seconds (user + system) of a running process, from /proc (clock ticks of 1/100 s).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Runs the pipeline (its training stage is most of it), sampling the process's CPU time: CPU
+/// seconds per wall second at the last sample.
+fn cores_used(threads: usize) -> f64 {
+    let d = workdir(
+        &format!("threads-{threads}"),
+        &pipeline(&format!("  threads = {threads}\n"), 40),
+    );
+    let start = std::time::Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args(["run", "p.ptl"])
+        .env("PTL_STORE", "store")
+        .current_dir(&d.0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut last = (0.0, 0.0);
+    while child.try_wait().unwrap().is_none() {
+        if let Some(cpu) = cpu_seconds(child.id()) {
+            last = (cpu, start.elapsed().as_secs_f64());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(last.1 > 1.0, "the run was too short to measure: {last:?}");
+    last.0 / last.1
+}
+
+#[test]
+fn threads_1_keeps_the_run_on_one_core() {
+    let one = cores_used(1);
+    eprintln!("threads = 1: {one:.2} cores");
+    assert!(one < 1.15, "threads = 1 used {one:.2} cores");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores >= 2 {
+        let all = cores_used(0);
+        eprintln!("threads = 0 ({cores} cores): {all:.2} cores");
+        assert!(
+            all > one + 0.3,
+            "threads = 0 used {all:.2} cores, threads = 1 {one:.2}"
+        );
+    } else {
+        eprintln!("one core here: only the threads = 1 bound is checked");
+    }
+}
