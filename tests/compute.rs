@@ -1,7 +1,7 @@
 //! `config { device, dtype, threads }` mean what they say: keys hold the device class and dtype
-//! actually used (on a machine without CUDA, "auto" and "cpu" are one key), a training stage asked to
-//! compute in bf16 is reported blocked (mixed-precision training is not built yet) while inference
-//! stages run in bf16, and `threads = 1` keeps a run on one core.
+//! actually used (on a machine without CUDA, "auto" and "cpu" are one key), training in bf16 (f32
+//! master weights, bf16 compute) follows the f32 loss curve, and `threads = 1` keeps a run on one
+//! core.
 
 mod common;
 
@@ -24,6 +24,9 @@ fn workdir(name: &str, pipeline: &str) -> Dir {
     std::fs::write(dir.join("p.ptl"), pipeline).unwrap();
     Dir(dir)
 }
+
+/// Tests that train hold this, so that the CPU-use measurement runs alone.
+static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn pipeline(config: &str, steps: usize) -> String {
     format!(
@@ -83,34 +86,50 @@ fn auto_and_cpu_are_one_key_on_a_machine_without_a_gpu() {
     assert_ne!(plan(&bf16.0)["stages"][0]["key"], a["stages"][0]["key"]);
 }
 
+/// Loss per logged step of stage `trained`.
+fn losses(dir: &Path) -> Vec<f64> {
+    let o = ptl(dir, &["path", "p.ptl", "trained"]);
+    let out = dir.join(String::from_utf8_lossy(&o.stdout).trim());
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Within this of the f32 run's loss at every step (relative; measured 5.3e-4 over 30 steps).
+const BF16_LOSS: f64 = 2e-3;
+
 #[test]
-fn bf16_training_is_blocked_and_inference_runs_in_bf16() {
-    let d = workdir("bf16", &pipeline("  dtype = \"bf16\"\n", 2));
-    let p = plan(&d.0);
-    assert_eq!(p["compute"], "cpu, bf16");
-    let status = |name: &str| {
-        p["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap()
-            .clone()
+fn bf16_training_follows_the_f32_loss_curve() {
+    let _alone = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
+    let run = |dtype: &str| {
+        let d = workdir(
+            &format!("train-{dtype}"),
+            &pipeline(&format!("  dtype = \"{dtype}\"\n"), 30).replace(
+                "  batch_size = 4\n",
+                "  batch_size = 4\n  lr = 5e-3\n  log_every = 1\n",
+            ),
+        );
+        let o = ptl(&d.0, &["run", "p.ptl"]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        losses(&d.0)
     };
-    assert_eq!(status("trained")["status"], "blocked", "{p:#}");
-    assert!(
-        status("trained")["reasons"][0]
-            .as_str()
-            .unwrap()
-            .contains("dtype bf16: training with f32 master weights"),
-        "{p:#}"
-    );
-    assert_eq!(status("score")["status"], "run", "{p:#}");
-    let o = ptl(&d.0, &["run", "p.ptl"]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("ran      score"), "{}", text(&o));
-    assert!(out.contains("blocked  trained"), "{}", text(&o));
+    let (half, full) = (run("bf16"), run("f32"));
+    assert_eq!(half.len(), 30);
+    let worst = half
+        .iter()
+        .zip(&full)
+        .map(|(a, b)| (a - b).abs() / b.abs())
+        .fold(0.0f64, f64::max);
+    eprintln!("bf16 vs f32 loss, worst relative difference over 30 steps: {worst:.2e}");
+    assert!(worst <= BF16_LOSS, "bf16 {half:?}\nf32 {full:?}");
+    assert!(half[29] < half[0] * 0.8, "bf16 training learns: {half:?}");
+    assert!(worst > 0.0, "the bf16 run computed in f32");
 }
 
 #[test]
@@ -162,6 +181,7 @@ fn cores_used(threads: usize) -> f64 {
 
 #[test]
 fn threads_1_keeps_the_run_on_one_core() {
+    let _alone = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
     let one = cores_used(1);
     eprintln!("threads = 1: {one:.2} cores");
     assert!(one < 1.15, "threads = 1 used {one:.2} cores");

@@ -22,7 +22,7 @@ pub fn config_fields() -> &'static [FieldSchema] {
                 "dtype",
                 DTYPES,
                 "auto",
-                "compute dtype (auto: f32 on cpu, bf16 on cuda); training stages need f32 in this version",
+                "compute dtype (auto: f32 on cpu, bf16 on cuda); training keeps f32 weights and optimizer state",
             ),
             int("threads", 0, "CPU threads of the run (0: all cores)"),
         ]

@@ -28,11 +28,13 @@ impl Linear {
         })
     }
 
-    /// x [.., in] → [.., out]: W x + b, plus (B (A dropout(x))) · scaling with a LoRA adapter.
+    /// x [.., in] → [.., out]: W x + b, plus (B (A dropout(x))) · scaling with a LoRA adapter. The
+    /// weights compute in x's dtype (mixed precision: an f32 weight is cast, and its gradient comes
+    /// back to it in f32).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = matmul_t(x, &self.weight)?;
+        let y = matmul_t(x, &in_dtype_of(&self.weight, x)?)?;
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => y.broadcast_add(&in_dtype_of(b, x)?)?,
             None => y,
         };
         match &self.lora {
@@ -77,6 +79,9 @@ pub struct Decoder {
     pub training: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The generator of LoRA dropout masks (seeded by `apply_tuning`).
     pub dropout_rng: super::lora::DropoutRng,
+    /// The dtype activations compute in when it differs from the weights' (mixed precision: f32
+    /// weights, bf16 compute); `None`: the weights' dtype.
+    pub compute_dtype: Option<DType>,
 }
 
 /// x [.., in] times wᵀ (w [out, in]) as one 2-D matmul over all leading positions: broadcasting w
@@ -86,8 +91,9 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     let inp = *dims.last().unwrap_or(&1);
     let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
     let x = x.reshape((rows, inp))?;
-    // A weight that does not train gets no gradient formed in backward.
-    let y = if w.is_variable() {
+    // A weight that does not train gets no gradient formed in backward (a trained weight cast to the
+    // compute dtype is not a variable itself but still carries the gradient back to one).
+    let y = if w.track_op() {
         x.matmul(&w.t()?)?
     } else {
         super::frozen::matmul_t(&x, w)?
@@ -114,6 +120,12 @@ pub fn argmax(logits: &[f32]) -> u32 {
         .0 as u32
 }
 
+/// `w` in `x`'s dtype (the same tensor when they agree): weights kept in f32 compute in the
+/// activations' dtype, and the cast carries their gradient back in f32.
+pub fn in_dtype_of(w: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
+    w.to_dtype(x.dtype())
+}
+
 /// `x` in f32 when it is in a half-precision dtype (bf16, f16); as it is otherwise (f32, and f64 for
 /// gradient checks): where statistics (norms, softmax) are computed.
 pub fn at_least_f32(x: &Tensor) -> candle_core::Result<Tensor> {
@@ -130,7 +142,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Te
     let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
     x32.broadcast_div(&(var + eps)?.sqrt()?)?
         .to_dtype(x.dtype())?
-        .broadcast_mul(weight)
+        .broadcast_mul(&in_dtype_of(weight, x)?)
 }
 
 /// Softmax over the last dimension, composed (candle's fused one records no backward).
@@ -252,6 +264,7 @@ impl Decoder {
             score,
             training: Default::default(),
             dropout_rng: Default::default(),
+            compute_dtype: None,
         })
     }
 
@@ -313,6 +326,7 @@ impl Decoder {
             device: device.clone(),
             training: Default::default(),
             dropout_rng: Default::default(),
+            compute_dtype: None,
         })
     }
 
@@ -335,8 +349,8 @@ impl Decoder {
         }
         let shape = (b, 1, t, half * 2);
         Ok((
-            Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.embed.dtype())?,
-            Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.embed.dtype())?,
+            Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.dtype())?,
+            Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.dtype())?,
         ))
     }
 
@@ -367,7 +381,7 @@ impl Decoder {
                 }
             }
         }
-        Tensor::from_vec(m, (b, 1, t, total), &self.device)?.to_dtype(self.embed.dtype())
+        Tensor::from_vec(m, (b, 1, t, total), &self.device)?.to_dtype(self.dtype())
     }
 
     fn attention(
@@ -431,11 +445,11 @@ impl Decoder {
         mut cache: Option<&mut KvCache>,
     ) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
-            b,
-            t,
-            self.cfg.hidden_size,
-        ))?;
+        let mut x = self
+            .embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.cfg.hidden_size))?
+            .to_dtype(self.dtype())?;
         let rope = self.rope(positions, b, t)?;
         let eps = self.cfg.rms_norm_eps;
         for (i, l) in self.layers.iter().enumerate() {
@@ -469,7 +483,12 @@ impl Decoder {
 
     /// Hidden states [b, t, hidden] → logits [b, t, vocab].
     pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
-        matmul_t(hidden, self.head())
+        matmul_t(hidden, &in_dtype_of(self.head(), hidden)?)
+    }
+
+    /// The dtype activations compute in.
+    pub fn dtype(&self) -> DType {
+        self.compute_dtype.unwrap_or(self.embed.dtype())
     }
 
     /// Logits [b, t, vocab] for token ids [b, t] (every row one sequence from position 0).

@@ -105,9 +105,12 @@ impl LoraWeights {
         } else {
             x.clone()
         };
-        let h = x.broadcast_matmul(&self.a.as_tensor().t()?)?;
-        h.broadcast_matmul(&self.b.as_tensor().t()?)?
-            .affine(self.scaling, 0.0)
+        let (a, b) = (
+            self.a.as_tensor().to_dtype(x.dtype())?,
+            self.b.as_tensor().to_dtype(x.dtype())?,
+        );
+        let h = x.broadcast_matmul(&a.t()?)?;
+        h.broadcast_matmul(&b.t()?)?.affine(self.scaling, 0.0)
     }
 
     /// scaling · B A, the change this adapter makes to its weight.

@@ -71,6 +71,7 @@ impl Decoder {
             .collect();
         let at = Tensor::from_vec(at, seqs.len(), &self.device)?;
         let last = hidden.index_select(&at, 0)?;
+        let score = score.to_dtype(last.dtype())?;
         let rewards = last.matmul(&score.t()?)?.squeeze(D::Minus1)?;
         Ok(rewards.to_dtype(candle_core::DType::F32)?)
     }

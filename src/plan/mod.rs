@@ -11,7 +11,6 @@ use crate::lang::pipeline::Pipeline;
 use crate::lang::value::StageId;
 use crate::store::hash::HashCache;
 use crate::store::Store;
-use candle_core::DType;
 use key::{stage_key, KeyError, StageKey};
 use lockfile::{LockFile, LockedStage};
 use serde_json::{json, Value as Json};
@@ -85,25 +84,14 @@ fn show(v: &Json) -> String {
     }
 }
 
-/// Why a stage of `kind` cannot run in this build with these settings, if it cannot: its kind has no
-/// execution yet, or it trains and the compute dtype is not f32 (mixed precision is not built yet).
-pub fn cannot_run(
-    kind: &crate::stages::schema::Kind,
-    compute: &compute::Compute,
-) -> Option<String> {
-    if kind.run.is_none() {
-        return Some(format!(
+/// Why a stage of `kind` cannot run in this build, if it cannot: its kind has no execution yet.
+pub fn cannot_run(kind: &crate::stages::schema::Kind) -> Option<String> {
+    kind.run.is_none().then(|| {
+        format!(
             "stage kind {} cannot run yet: its training is not built in this version of ptl",
             kind.name
-        ));
-    }
-    if kind.trains() && compute.dtype != DType::F32 {
-        let d = compute.dtype_name();
-        return Some(format!(
-            "dtype {d}: training with f32 master weights and {d} compute is not built yet; set `dtype = \"f32\"` in `config` (inference stages run in {d})"
-        ));
-    }
-    None
+        )
+    })
 }
 
 /// Why a stage whose key is known must run, compared with what the lock file recorded.
@@ -253,7 +241,7 @@ impl Plan {
                 }
             }
             let plan = &mut stages[id];
-            if let (Status::Run, Some(why)) = (plan.status, cannot_run(stage.kind, &compute)) {
+            if let (Status::Run, Some(why)) = (plan.status, cannot_run(stage.kind)) {
                 plan.status = Status::Blocked;
                 plan.reasons = vec![why];
             }

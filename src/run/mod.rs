@@ -305,7 +305,7 @@ impl Run<'_> {
                 name: s.name.clone(),
                 deps: s.deps.clone(),
                 selected: selected.as_ref().is_none_or(|sel| sel[id]),
-                cannot_run: crate::plan::cannot_run(s.kind, &plan.compute),
+                cannot_run: crate::plan::cannot_run(s.kind),
             })
             .collect();
         let mut sched = Scheduler::new(specs, plan.order.clone(), opts.jobs, opts.keep_going);

@@ -6,7 +6,6 @@ use super::schema::*;
 use crate::data::encode::Encoded;
 use crate::lang::diag::Diag;
 use crate::lang::types::{Format, Type};
-use crate::model::decoder::Decoder;
 use crate::run::context::RunContext;
 use crate::train::kto::{self, KtoSettings, Unpaired};
 
@@ -137,12 +136,9 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
     .ok_or("the stage's model or data could not be found")?;
     let reference = super::reference_logps::cached(ctx.store, &spec, ctx.log, || {
         match ctx.input("reference") {
-            Some(dir) => kto::reference_logps(
-                &Decoder::load(dir, ctx.device())?,
-                &rows,
-                &partners,
-                hyper.batch_size,
-            ),
+            Some(dir) => {
+                kto::reference_logps(&ctx.compute.load(dir)?, &rows, &partners, hyper.batch_size)
+            }
             None => kto::reference_logps(&model, &rows, &partners, hyper.batch_size),
         }
     })?;

@@ -112,11 +112,6 @@ impl Kind {
     pub fn output(&self, name: &str) -> Option<&OutputSchema> {
         self.outputs.iter().find(|o| o.name == name)
     }
-
-    /// Whether the kind trains weights (every training kind has a learning rate).
-    pub fn trains(&self) -> bool {
-        self.field("lr").is_some()
-    }
 }
 
 pub fn field(name: &'static str, ty: Type, default: Default, doc: &'static str) -> FieldSchema {

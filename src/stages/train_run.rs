@@ -82,8 +82,12 @@ pub fn policy(ctx: &RunContext, model_dir: &Path, seed: u64) -> crate::error::Re
     tuned(ctx, Decoder::load(model_dir, ctx.device())?, seed)
 }
 
-/// `model` with the stage's tuning applied.
+/// `model` with the stage's tuning applied, computing in the run's dtype: with bf16 or f16 the
+/// weights stay f32 (the optimizer updates them) and each forward casts them (mixed precision).
 pub fn tuned(ctx: &RunContext, mut model: Decoder, seed: u64) -> crate::error::Result<Policy> {
+    if ctx.compute.dtype != candle_core::DType::F32 {
+        model.compute_dtype = Some(ctx.compute.dtype);
+    }
     let tuning = match ctx.param("tuning") {
         Value::Tuning(t) => t.clone(),
         _ => Tuning::Full,

@@ -15,7 +15,7 @@ pub fn token_logps(
     chunk: usize,
 ) -> candle_core::Result<Vec<f32>> {
     let h = hidden.detach();
-    let w = head.detach();
+    let w = head.detach().to_dtype(hidden.dtype())?;
     let mut out = Vec::with_capacity(targets.len());
     for start in (0..targets.len()).step_by(chunk.max(1)) {
         let len = chunk.min(targets.len() - start);
@@ -46,10 +46,11 @@ pub fn weighted_logp_surrogate(
     let dtype = hidden.dtype();
     let dev = hidden.device();
     let h_detached = hidden.detach();
-    let w_detached = head.detach();
+    // The output matrix computes in the activations' dtype; its gradient sums in its own.
+    let w_detached = head.detach().to_dtype(hidden.dtype())?;
     let vocab = head.dim(0)?;
     let mut grad_h = Vec::new();
-    let mut grad_w = w_detached.zeros_like()?;
+    let mut grad_w = head.detach().zeros_like()?;
     for start in (0..targets.len()).step_by(chunk.max(1)) {
         let len = chunk.min(targets.len() - start);
         if weights[start..start + len].iter().all(|w| *w == 0.0) {
@@ -70,8 +71,9 @@ pub fn weighted_logp_surrogate(
         // d(w · log p_target)/d logits = w · (one-hot − softmax), formed in f32.
         let g = (onehot - probs)?.broadcast_mul(&wt)?.to_dtype(dtype)?;
         grad_h.push(g.matmul(&w_detached)?);
-        grad_w = (grad_w + g.t()?.matmul(&h)?)?;
+        grad_w = (grad_w + g.t()?.matmul(&h)?.to_dtype(head.dtype())?)?;
     }
     let grad_h = Tensor::cat(&grad_h, 0)?;
-    (hidden * grad_h)?.sum_all()? + (head * grad_w)?.sum_all()?
+    let head_term = (head * grad_w)?.sum_all()?;
+    (hidden * grad_h)?.sum_all()?.to_dtype(head_term.dtype())? + head_term
 }

@@ -28,10 +28,11 @@ pub fn chunked_nll(
     let dtype = hidden.dtype();
     let dev = hidden.device();
     let h_detached = hidden.detach();
-    let w_detached = head.detach();
+    // The output matrix computes in the activations' dtype; its gradient sums in its own.
+    let w_detached = head.detach().to_dtype(hidden.dtype())?;
     let mut value = 0.0;
     let mut grad_h = Vec::new();
-    let mut grad_w = w_detached.zeros_like()?;
+    let mut grad_w = head.detach().zeros_like()?;
     let vocab = head.dim(0)?;
     for start in (0..n).step_by(chunk.max(1)) {
         let len = chunk.min(n - start);
@@ -63,10 +64,11 @@ pub fn chunked_nll(
             .affine(1.0 / tokens.max(1.0), 0.0)?
             .to_dtype(dtype)?;
         grad_h.push(g.matmul(&w_detached)?);
-        grad_w = (grad_w + g.t()?.matmul(&h)?)?;
+        grad_w = (grad_w + g.t()?.matmul(&h)?.to_dtype(head.dtype())?)?;
     }
     let grad_h = Tensor::cat(&grad_h, 0)?;
-    let surrogate = ((hidden * grad_h)?.sum_all()? + (head * grad_w)?.sum_all()?)?;
+    let head_term = (head * grad_w)?.sum_all()?;
+    let surrogate = ((hidden * grad_h)?.sum_all()?.to_dtype(head_term.dtype())? + head_term)?;
     Ok(ChunkedLoss {
         value: value / tokens.max(1.0),
         tokens,
