@@ -288,11 +288,23 @@ impl Decoder {
     /// Writes a full HF folder: the source folder's config and tokenizer files, and every weight
     /// (adapters merged first) as f32 safetensors, sharded above `shard_bytes`.
     pub fn save_hf(&mut self, source: &Path, out: &Path, shard_bytes: usize) -> Result<()> {
+        self.save_hf_as(source, out, shard_bytes, DType::F32)
+    }
+
+    /// [`Decoder::save_hf`] with the weights written in `dtype` (f32, bf16 or f16).
+    pub fn save_hf_as(
+        &mut self,
+        source: &Path,
+        out: &Path,
+        shard_bytes: usize,
+        dtype: DType,
+    ) -> Result<()> {
         std::fs::create_dir_all(out)?;
         copy_hf_files(source, out)?;
         let mut config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(source.join("config.json"))?)?;
-        config["dtype"] = serde_json::json!("float32");
+        let torch_name = torch_dtype_name(dtype)?;
+        config["dtype"] = serde_json::json!(torch_name);
         if self.cfg.head == Head::Score {
             // What transformers' AutoModelForSequenceClassification needs to load one reward.
             config["architectures"] = serde_json::json!([format!(
@@ -304,35 +316,42 @@ impl Decoder {
             config["pad_token_id"] = serde_json::json!(self.cfg.pad_token_id);
         }
         if config.get("torch_dtype").is_some() {
-            config["torch_dtype"] = serde_json::json!("float32");
+            config["torch_dtype"] = serde_json::json!(torch_name);
         }
         std::fs::write(
             out.join("config.json"),
             serde_json::to_string_pretty(&config)?,
         )?;
-        self.save_weights(out, shard_bytes)
+        self.save_weights_as(out, shard_bytes, dtype)
     }
 
     /// Writes every weight (adapters merged first) into `out` as f32 safetensors, sharded above
     /// `shard_bytes` (with the index transformers reads).
     pub fn save_weights(&mut self, out: &Path, shard_bytes: usize) -> Result<()> {
+        self.save_weights_as(out, shard_bytes, DType::F32)
+    }
+
+    /// [`Decoder::save_weights`] in `dtype`.
+    pub fn save_weights_as(&mut self, out: &Path, shard_bytes: usize, dtype: DType) -> Result<()> {
+        let width = dtype.size_in_bytes();
         self.merge_adapters()?;
         let params: Vec<(String, Tensor)> = self
             .params_mut()
             .into_iter()
             .map(|(n, t)| (n, t.detach()))
             .collect();
-        let total: usize = params.iter().map(|(_, t)| t.elem_count() * 4).sum();
+        let total: usize = params.iter().map(|(_, t)| t.elem_count() * width).sum();
         if total <= shard_bytes {
-            return write_safetensors(
+            return write_safetensors_as(
                 &params.into_iter().collect(),
                 &out.join("model.safetensors"),
+                dtype,
             );
         }
         let mut shards: Vec<HashMap<String, Tensor>> = vec![HashMap::new()];
         let mut size = 0;
         for (n, t) in params {
-            let bytes = t.elem_count() * 4;
+            let bytes = t.elem_count() * width;
             if size > 0 && size + bytes > shard_bytes {
                 shards.push(HashMap::new());
                 size = 0;
@@ -347,7 +366,7 @@ impl Decoder {
             for name in shard.keys() {
                 weight_map.insert(name.clone(), serde_json::json!(file));
             }
-            write_safetensors(shard, &out.join(&file))?;
+            write_safetensors_as(shard, &out.join(&file), dtype)?;
         }
         let index =
             serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
@@ -375,23 +394,63 @@ pub fn copy_hf_files(source: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// safetensors with `{"format": "pt"}` metadata, as transformers and PEFT write them.
+/// The name transformers writes in config.json for `dtype`.
+pub fn torch_dtype_name(dtype: DType) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("float32"),
+        DType::BF16 => Ok("bfloat16"),
+        DType::F16 => Ok("float16"),
+        other => Err(format!("weights are written in f32, bf16 or f16, not {other:?}").into()),
+    }
+}
+
+/// safetensors with `{"format": "pt"}` metadata, as transformers and PEFT write them, in f32.
 pub fn write_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    write_safetensors_as(tensors, path, DType::F32)
+}
+
+/// [`write_safetensors`] with every tensor in `dtype` (f32, bf16 or f16).
+pub fn write_safetensors_as(
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+    dtype: DType,
+) -> Result<()> {
+    let st = match dtype {
+        DType::F32 => safetensors::Dtype::F32,
+        DType::BF16 => safetensors::Dtype::BF16,
+        DType::F16 => safetensors::Dtype::F16,
+        other => return Err(format!("cannot write {other:?} weights").into()),
+    };
     let mut data: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     for name in names {
-        let t = tensors[name].to_dtype(DType::F32)?;
-        let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        data.push((name.clone(), bytes, t.dims().to_vec()));
+        let t = tensors[name].to_dtype(dtype)?.flatten_all()?;
+        let bytes: Vec<u8> = match dtype {
+            DType::BF16 => t
+                .to_vec1::<half::bf16>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+            DType::F16 => t
+                .to_vec1::<half::f16>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+            _ => t
+                .to_vec1::<f32>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        };
+        data.push((name.clone(), bytes, tensors[name].dims().to_vec()));
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = data
         .iter()
         .map(|(n, b, s)| {
             Ok((
                 n.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                safetensors::tensor::TensorView::new(st, s.clone(), b)
                     .map_err(|e| crate::error::Error::Internal(e.to_string()))?,
             ))
         })

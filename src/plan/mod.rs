@@ -84,6 +84,19 @@ fn show(v: &Json) -> String {
     }
 }
 
+/// Why a stage whose entry is in the store must run again: its kind wrote outside the store too, and
+/// that copy is gone or changed (`export`'s destination).
+pub fn stale_outside(p: &Pipeline, id: StageId, store: &Store, key: &str) -> Option<String> {
+    let stage = &p.stages[id];
+    let check = stage.kind.outside?;
+    let out = store.entry_dir(key).join("out");
+    check(&crate::stages::schema::OutsideView {
+        params: &stage.params,
+        base_dir: p.dir(),
+        out: &out,
+    })
+}
+
 /// Why a stage of `kind` cannot run in this build, if it cannot: its kind has no execution yet.
 pub fn cannot_run(kind: &crate::stages::schema::Kind) -> Option<String> {
     kind.run.is_none().then(|| {
@@ -204,10 +217,17 @@ impl Plan {
             };
             let plan = &mut stages[id];
             match key {
-                Some(k) if store.has(&k.key) => {
-                    plan.status = Status::Cached;
-                    plan.key = Some(k);
-                }
+                Some(k) if store.has(&k.key) => match stale_outside(p, id, store, &k.key) {
+                    Some(why) => {
+                        plan.status = Status::Run;
+                        plan.reasons = vec![why];
+                        plan.key = Some(k);
+                    }
+                    None => {
+                        plan.status = Status::Cached;
+                        plan.key = Some(k);
+                    }
+                },
                 Some(k) => {
                     plan.reasons = reasons(p, id, &k, lock.stages.get(&stage.name), false);
                     // A stage killed mid-run left a checkpoint under this very key: say so.

@@ -109,7 +109,8 @@ fn execute(
     let stage = &p.stages[id];
     let io = |e: std::io::Error| Error::Store(format!("store error: {e}"));
     let _guard = store.lock(&key.key).map_err(io)?;
-    if store.has(&key.key) {
+    // In the store (and, for a kind that also writes outside it, that copy intact): nothing to do.
+    if store.has(&key.key) && crate::plan::stale_outside(p, id, store, &key.key).is_none() {
         return store.manifest(&key.key).map(|m| (m, true)).map_err(io);
     }
     // Malformed rows stop the stage before it starts, with file:line, unless the stage skips them
@@ -378,7 +379,8 @@ impl Run<'_> {
                         settle(&mut runs, id, outcome);
                         continue;
                     }
-                    let cached = store.has(&key.key);
+                    let cached = store.has(&key.key)
+                        && crate::plan::stale_outside(p, id, store, &key.key).is_none();
                     match sched.keyed(id, cached) {
                         Keyed::Wait => {}
                         Keyed::Settled(outcome) => settle(&mut runs, id, outcome),

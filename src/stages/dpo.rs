@@ -49,6 +49,7 @@ pub fn kind() -> Kind {
         version: 1,
         run: Some(run),
         plan_note: Some(|v| super::reference_logps::plan_note(v, "dpo")),
+        outside: None,
         name: "dpo",
         summary: "direct preference optimization against a frozen reference",
         fields,

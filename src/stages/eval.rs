@@ -29,6 +29,7 @@ pub fn kind() -> Kind {
         version: 1,
         run: Some(run),
         plan_note: None,
+        outside: None,
         name: "eval",
         summary: "evaluate models: loss, perplexity, exact match, reward, win rate, preference accuracy",
         fields: vec![

@@ -1,15 +1,22 @@
-//! `export`: writes a model as a standalone HF directory at a path of the user's choice.
+//! `export`: writes a model as a standalone HF directory at a path of the user's choice: in the
+//! store like every output, then copied to the destination through a temporary name and a rename,
+//! so a reader never sees half a model. A later run finds the stage in the store and copies again
+//! only when the destination is gone or changed.
 
 use super::schema::*;
 use crate::lang::diag::Diag;
 use crate::lang::types::Type;
 use crate::lang::value::Value;
+use crate::model::decoder::Decoder;
+use crate::run::context::RunContext;
+use std::path::{Path, PathBuf};
 
 pub fn kind() -> Kind {
     Kind {
         version: 1,
-        run: None,
+        run: Some(run),
         plan_note: None,
+        outside: Some(outside),
         name: "export",
         summary: "write a model to a directory as a standalone HF checkpoint",
         fields: vec![
@@ -49,4 +56,128 @@ fn export_rules(s: &StageView, d: &mut Vec<Diag>) {
         );
     }
     super::rules::positive(s, d, "shard_mb");
+}
+
+/// The stage's fields, typed (the schema holds the defaults).
+#[derive(serde::Deserialize)]
+struct ExportParams {
+    path: String,
+    dtype: String,
+    shard_mb: usize,
+}
+
+/// The dtype to write: as asked, or for "auto" the one config.json records (f32 when it says none).
+fn write_dtype(asked: &str, model_dir: &Path) -> candle_core::DType {
+    use candle_core::DType;
+    let recorded = || -> Option<DType> {
+        let c: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(model_dir.join("config.json")).ok()?).ok()?;
+        match c["dtype"].as_str().or(c["torch_dtype"].as_str())? {
+            "bfloat16" => Some(DType::BF16),
+            "float16" => Some(DType::F16),
+            _ => Some(DType::F32),
+        }
+    };
+    match asked {
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        "f32" => DType::F32,
+        _ => recorded().unwrap_or(DType::F32),
+    }
+}
+
+fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
+    let model_dir = super::train_run::model_dir(ctx)?;
+    let params: ExportParams = ctx.typed()?;
+    let dest = ctx.base_dir.join(&params.path);
+    let store = absolute(&ctx.store.root);
+    if absolute(&dest).starts_with(&store) {
+        return Err(format!(
+            "`path` {} is inside the store ({}): export writes outside it (the store's own copy is `{}.model`)",
+            dest.display(),
+            store.display(),
+            ctx.stage
+        )
+        .into());
+    }
+    let dtype = write_dtype(&params.dtype, &model_dir);
+    let mut model = Decoder::load(&model_dir, ctx.device())?;
+    let shard = params.shard_mb.saturating_mul(1 << 20);
+    let written = ctx.out.join("model");
+    model.save_hf_as(&model_dir, &written, shard, dtype)?;
+    publish(&written, &dest)?;
+    (ctx.log)(&format!(
+        "exported to {} ({})",
+        dest.display(),
+        crate::model::tuning::torch_dtype_name(dtype)?
+    ));
+    Ok(())
+}
+
+/// `path` made absolute against the working directory, `..` and `.` resolved where the path exists.
+fn absolute(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    // Resolve symlinks of the longest existing prefix, keep the rest as written.
+    let mut existing = abs.clone();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_os_string());
+                existing = parent.to_path_buf();
+            }
+            _ => return abs,
+        }
+    }
+    let mut out = existing.canonicalize().unwrap_or(existing);
+    out.extend(rest.iter().rev());
+    out
+}
+
+/// Copies the folder `from` to `to` through a temporary sibling and a rename: `to` is either the
+/// old copy or the whole new one, never half of it.
+fn publish(from: &Path, to: &Path) -> crate::error::Result<()> {
+    let parent = to.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let name = to
+        .file_name()
+        .map_or("export".into(), |n| n.to_string_lossy().into_owned());
+    let suffix = crate::store::unique_suffix();
+    let tmp = parent.join(format!(".{name}.tmp-{suffix}"));
+    let copy = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&tmp)?;
+        for f in std::fs::read_dir(from)? {
+            let f = f?.path();
+            if let Some(n) = f.file_name() {
+                std::fs::copy(&f, tmp.join(n))?;
+            }
+        }
+        if to.exists() {
+            let old = parent.join(format!(".{name}.old-{suffix}"));
+            std::fs::rename(to, &old)?;
+            std::fs::rename(&tmp, to)?;
+            std::fs::remove_dir_all(&old)
+        } else {
+            std::fs::rename(&tmp, to)
+        }
+    };
+    copy().map_err(|e| {
+        let _ = std::fs::remove_dir_all(&tmp);
+        crate::error::Error::Other(format!("cannot write the export to {}: {e}", to.display()))
+    })
+}
+
+/// The destination must hold every file of the stored export with the same size; otherwise the
+/// stage runs again (and copies again).
+fn outside(v: &OutsideView) -> Option<String> {
+    let Some(Value::Str(path)) = v.params.get("path") else {
+        return None;
+    };
+    let dest = v.base_dir.join(path);
+    let stored = v.out.join("model");
+    let same = std::fs::read_dir(&stored).ok()?.flatten().all(|f| {
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
+        size(&f.path()).is_some() && size(&f.path()) == size(&dest.join(f.file_name()))
+    });
+    (!same).then(|| format!("the export at {} is missing or changed", dest.display()))
 }

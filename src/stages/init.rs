@@ -29,6 +29,7 @@ pub fn kind() -> Kind {
         version: 1,
         run: Some(run),
         plan_note: None,
+        outside: None,
         name: "init",
         summary: "a new randomly initialized model from an architecture preset and a tokenizer",
         fields: vec![

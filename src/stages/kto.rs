@@ -36,6 +36,7 @@ pub fn kind() -> Kind {
         version: 1,
         run: Some(run),
         plan_note: Some(|v| super::reference_logps::plan_note(v, "kto")),
+        outside: None,
         name: "kto",
         summary: "KTO on unpaired desirable / undesirable completions",
         fields,

@@ -10,6 +10,7 @@ pub fn kind() -> Kind {
         version: 1,
         run: None,
         plan_note: None,
+        outside: None,
         name: "merge",
         summary: "merge a LoRA adapter into its base model",
         fields: vec![required(

@@ -19,6 +19,7 @@ pub fn kind() -> Kind {
         version: 1,
         run: Some(run),
         plan_note: None,
+        outside: None,
         name: "orpo",
         summary: "ORPO: odds-ratio preference optimization without a reference",
         fields,

@@ -62,6 +62,7 @@ pub fn kind() -> Kind {
         version: 1,
         run: None,
         plan_note: None,
+        outside: None,
         name: "ppo",
         summary: "PPO against a reward model (RLHF)",
         fields,

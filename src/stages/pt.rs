@@ -16,6 +16,7 @@ pub fn kind() -> Kind {
         version: 2,
         run: Some(super::train_run::run_supervised),
         plan_note: None,
+        outside: None,
         name: "pt",
         summary: "continued pretraining on plain text",
         fields,

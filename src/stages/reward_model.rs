@@ -27,6 +27,7 @@ pub fn kind() -> Kind {
         version: 1,
         run: Some(run),
         plan_note: None,
+        outside: None,
         name: "reward_model",
         summary: "Bradley-Terry reward model on preference pairs",
         fields,

@@ -87,6 +87,18 @@ pub struct PlanView<'a> {
 /// A line `ptl plan` adds to a stage that will run (work it will reuse from the store).
 pub type PlanNoteFn = fn(&PlanView) -> Option<String>;
 
+/// What a kind that writes outside the store (`export`) checks of a stage whose entry is in the
+/// store: its parameters, the pipeline file's folder and the entry's outputs.
+pub struct OutsideView<'a> {
+    pub params: &'a BTreeMap<String, Value>,
+    pub base_dir: &'a std::path::Path,
+    pub out: &'a std::path::Path,
+}
+
+/// Why a stage in the store must run again all the same (what it wrote outside the store is gone
+/// or changed), if it must.
+pub type OutsideFn = fn(&OutsideView) -> Option<String>;
+
 pub struct Kind {
     pub name: &'static str,
     /// Bumped when the kind's implementation changes what it produces: part of every key.
@@ -95,6 +107,8 @@ pub struct Kind {
     pub run: Option<RunFn>,
     /// What `ptl plan` says about the stage beyond why it runs.
     pub plan_note: Option<PlanNoteFn>,
+    /// For kinds that also write outside the store: whether that copy is still there.
+    pub outside: Option<OutsideFn>,
     /// One line for `ptl doc`.
     pub summary: &'static str,
     pub fields: Vec<FieldSchema>,

@@ -36,6 +36,7 @@ pub fn kind() -> Kind {
         version: 2,
         run: Some(super::train_run::run_supervised),
         plan_note: None,
+        outside: None,
         name: "sft",
         summary: "supervised fine-tuning on conversations or instructions",
         fields,

@@ -31,6 +31,7 @@ pub fn kind() -> Kind {
         version: 1,
         run: Some(run),
         plan_note: None,
+        outside: None,
         name: "simpo",
         summary: "SimPO: reference-free preference optimization with a target margin",
         fields,

@@ -12,6 +12,7 @@ pub fn kind() -> Kind {
         version: 1,
         run: Some(run),
         plan_note: None,
+        outside: None,
         name: "test_step",
         summary: "test-only: sleeps, may fail, writes a model derived from its inputs",
         fields: vec![
