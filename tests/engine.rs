@@ -418,24 +418,30 @@ fn malformed_dataset_rows_are_reported_with_file_and_line() {
 
 #[test]
 fn kinds_without_execution_are_planned_and_reported_as_not_runnable_yet() {
-    let w = Work::new("real", "let base = hf_model(\"models/base\")\n\nstage align = export {\n  model = base\n  path = \"exported\"\n}\n\nstage after = test_step {\n  model = align.model\n}\n");
+    // ppo has a schema but no execution yet; its reward model comes from a stage that runs.
+    let w = Work::new("real", "let base = hf_model(\"models/base\")\nlet prefs = jsonl(\"p.jsonl\", format = \"preference\")\n\nstage rm = reward_model {\n  model = base\n  data = prefs\n}\n\nstage align = ppo {\n  model = base\n  reward = rm.model\n  data = prefs\n}\n\nstage after = test_step {\n  model = align.model\n}\n");
+    std::fs::write(
+        w.path("p.jsonl"),
+        "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n",
+    )
+    .unwrap();
     let s = statuses(&plan_json(&w, &[]));
-    assert_eq!(s[0].1, "blocked");
+    let get = |name: &str| s.iter().find(|x| x.0 == name).unwrap().clone();
+    assert_eq!(get("rm").1, "run");
+    assert_eq!(get("align").1, "blocked");
     assert!(
-        s[0].2[0].contains("stage kind export cannot run yet"),
+        get("align").2[0].contains("stage kind ppo cannot run yet"),
         "{:?}",
-        s[0]
+        get("align")
     );
     assert_eq!(
-        s[1],
+        get("after"),
         (
             "after".into(),
             "blocked".into(),
             vec!["upstream align is blocked".into()]
         )
     );
-    let o = w.ptl(&["run", "p.ptl"]);
-    assert_eq!(o.status.code(), Some(1));
 }
 
 const SLOW: &str = r#"let d = jsonl("big.jsonl", format = "text")

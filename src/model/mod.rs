@@ -4,6 +4,7 @@ pub mod config;
 pub mod decoder;
 pub mod frozen;
 pub mod lora;
+pub mod merge;
 pub mod score;
 pub mod tuning;
 pub mod weights;

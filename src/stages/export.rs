@@ -67,7 +67,7 @@ struct ExportParams {
 }
 
 /// The dtype to write: as asked, or for "auto" the one config.json records (f32 when it says none).
-fn write_dtype(asked: &str, model_dir: &Path) -> candle_core::DType {
+pub fn write_dtype(asked: &str, model_dir: &Path) -> candle_core::DType {
     use candle_core::DType;
     let recorded = || -> Option<DType> {
         let c: serde_json::Value =

@@ -1,0 +1,158 @@
+//! `merge`: a LoRA stage's adapter folded into its base gives the base + adapter's numbers; a linear
+//! merge of a model with itself and a slerp at t = 0 give the model back bit for bit; slerp, ties and
+//! linear merges of two fine-tunes run and differ from both; wrong combinations are check errors.
+
+mod common;
+
+use common::{text, Dir};
+use ptl::model::decoder::Decoder;
+use std::path::Path;
+
+const HEAD: &str = r#"stage base = init {
+  tokenizer = "tokenizers/tiny-chat"
+  size = "tiny"
+}
+
+stage a = sft {
+  model = base.model
+  data = jsonl("chat.jsonl", format = "messages")
+  tuning = lora(rank = 4)
+  lr = 5e-2
+  max_steps = 3
+}
+
+stage b = sft {
+  model = base.model
+  data = jsonl("chat.jsonl", format = "messages")
+  lr = 5e-3
+  max_steps = 3
+  seed = 3
+}
+"#;
+
+fn workdir(name: &str, stages: &str) -> Dir {
+    let dir = std::env::temp_dir().join(format!("ptl-merge-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let tok = dir.join("tokenizers/tiny-chat");
+    std::fs::create_dir_all(&tok).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(
+            Path::new("pipelines/tokenizers/tiny-chat").join(f),
+            tok.join(f),
+        )
+        .unwrap();
+    }
+    let rows: String = std::fs::read_to_string("pipelines/data/quickstart/train.jsonl")
+        .unwrap()
+        .lines()
+        .take(16)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(dir.join("chat.jsonl"), rows).unwrap();
+    std::fs::write(dir.join("p.ptl"), format!("{HEAD}\n{stages}")).unwrap();
+    Dir(dir)
+}
+
+fn out(d: &Path, stage: &str) -> std::path::PathBuf {
+    let o = common::ptl(d, &["path", "p.ptl", stage]);
+    d.join(String::from_utf8_lossy(&o.stdout).trim())
+}
+
+fn load(p: &Path) -> Decoder {
+    Decoder::load(p, &candle_core::Device::Cpu).unwrap()
+}
+
+const IDS: [u32; 12] = [3, 17, 22, 40, 41, 5, 60, 61, 62, 9, 10, 11];
+
+#[test]
+fn merges_give_the_numbers_they_promise() {
+    let d = workdir(
+        "promise",
+        r#"stage folded = merge {
+  model = a.model
+}
+
+stage same = merge {
+  models = [b.model, b.model]
+  weights = [1, 3]
+}
+
+stage first = merge {
+  models = [a.model, b.model]
+  method = "slerp"
+  t = 0.0
+}
+
+stage half = merge {
+  models = [a.model, b.model]
+  method = "slerp"
+}
+
+stage tied = merge {
+  models = [a.model, b.model]
+  method = "ties"
+  base = base.model
+  density = 0.5
+}
+"#,
+    );
+    let o = common::ptl(&d.0, &["run", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // The adapter folded in: the base with the adapter on top gives the same log-probs.
+    let mut with_adapter = load(&out(&d.0, "base").join("model"));
+    with_adapter
+        .load_adapter(&out(&d.0, "a").join("adapter"))
+        .unwrap();
+    let want = with_adapter.token_logprobs(&IDS).unwrap();
+    let got = load(&out(&d.0, "folded").join("model"))
+        .token_logprobs(&IDS)
+        .unwrap();
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-5, "folded adapter: {worst}");
+    // A model merged with itself, and slerp at t = 0, are the model, bit for bit.
+    let b = load(&out(&d.0, "b").join("model"))
+        .token_logprobs(&IDS)
+        .unwrap();
+    let a = load(&out(&d.0, "a").join("model"))
+        .token_logprobs(&IDS)
+        .unwrap();
+    assert_eq!(
+        load(&out(&d.0, "same").join("model"))
+            .token_logprobs(&IDS)
+            .unwrap(),
+        b
+    );
+    assert_eq!(
+        load(&out(&d.0, "first").join("model"))
+            .token_logprobs(&IDS)
+            .unwrap(),
+        a
+    );
+    // Real merges differ from both inputs.
+    for stage in ["half", "tied"] {
+        let m = load(&out(&d.0, stage).join("model"))
+            .token_logprobs(&IDS)
+            .unwrap();
+        assert!(m != a && m != b, "{stage}");
+    }
+}
+
+#[test]
+fn wrong_combinations_are_check_errors() {
+    for (stages, want) in [
+        ("stage m = merge {\n  models = [a.model, b.model, base.model]\n  method = \"slerp\"\n}\n", "slerp interpolates two models, not 3"),
+        ("stage m = merge {\n  models = [a.model, b.model]\n  method = \"ties\"\n}\n", "ties merges task vectors: it needs `base`"),
+        ("stage m = merge {\n  models = [a.model, b.model]\n  weights = [1.0]\n}\n", "1 weights for 2 models"),
+        ("stage m = merge {\n  model = b.model\n}\n", "has no adapter to merge"),
+        ("stage m = merge {\n  method = \"linear\"\n}\n", "needs `model` or `models`"),
+    ] {
+        let d = workdir("errors", stages);
+        let o = common::ptl(&d.0, &["check", "p.ptl"]);
+        assert_eq!(o.status.code(), Some(1), "{stages}: {}", text(&o));
+        assert!(text(&o).contains(want), "{stages}: {}", text(&o));
+    }
+}
