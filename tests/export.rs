@@ -133,3 +133,99 @@ fn a_destination_inside_the_store_is_refused() {
     assert!(text(&o).contains("is inside the store"), "{}", text(&o));
     assert!(!d.0.join(".ptl/mine").exists());
 }
+
+/// The `gguf` Python package (llama.cpp's own reader), in a venv the harness provisions.
+const GGUF_READER: &[&str] = &["gguf==0.19.0", "numpy==2.3.5"];
+
+/// What llama.cpp's reader sees in `file`: metadata (long lists by length) and tensors.
+fn read_gguf(file: &Path) -> serde_json::Value {
+    let venv = common::venv::python_env("gguf", GGUF_READER);
+    let script = r#"
+import json, sys, gguf
+r = gguf.GGUFReader(sys.argv[1])
+fields = {}
+for k, v in r.fields.items():
+    if k.startswith("GGUF."):
+        continue
+    c = v.contents()
+    fields[k] = len(c) if isinstance(c, list) else c
+tensors = [{"name": t.name, "shape": [int(x) for x in t.shape], "type": t.tensor_type.name} for t in r.tensors]
+print(json.dumps({"fields": fields, "tensors": tensors}))
+"#;
+    let o = std::process::Command::new(venv.join("bin/python"))
+        .args(["-c", script])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn gguf_exports_hold_llama_cpp_names_shapes_types_and_the_tokenizer() {
+    let dir = std::env::temp_dir().join(format!("ptl-export-gguf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("qwen3")).unwrap();
+    for f in std::fs::read_dir("tests/fixtures/dpo/policy").unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join("qwen3").join(f.file_name().unwrap())).unwrap();
+    }
+    let d = Dir(dir);
+    let stage = |name: &str, quant: &str| {
+        format!("stage {name} = export {{\n  model = hf_model(\"qwen3\")\n  path = \"out/{name}.gguf\"\n  format = \"gguf\"\n  quant = \"{quant}\"\n}}\n")
+    };
+    std::fs::write(
+        d.0.join("p.ptl"),
+        format!("{}{}", stage("half", "f16"), stage("q8", "q8_0")),
+    )
+    .unwrap();
+    let o = run(&d.0, &["run", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let g = read_gguf(&d.0.join("out/half.gguf"));
+    let f = &g["fields"];
+    assert_eq!(f["general.architecture"], "qwen3");
+    assert_eq!(f["general.file_type"], 1);
+    assert_eq!(f["qwen3.block_count"], 2);
+    assert_eq!(f["qwen3.attention.head_count_kv"], 1);
+    assert_eq!(f["qwen3.attention.key_length"], 8);
+    assert_eq!(f["tokenizer.ggml.model"], "gpt2");
+    assert_eq!(f["tokenizer.ggml.pre"], "qwen2");
+    assert_eq!(f["tokenizer.ggml.tokens"], 151936);
+    assert_eq!(f["tokenizer.ggml.eos_token_id"], 151645);
+    let tensors = g["tensors"].as_array().unwrap();
+    let find = |name: &str| {
+        tensors
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {tensors:?}"))
+            .clone()
+    };
+    // Shapes in ggml order (fastest first): a [out, in] weight is [in, out].
+    assert_eq!(
+        find("token_embd.weight")["shape"],
+        serde_json::json!([16, 151936])
+    );
+    assert_eq!(find("token_embd.weight")["type"], "F16");
+    assert_eq!(
+        find("blk.1.attn_k.weight")["shape"],
+        serde_json::json!([16, 8])
+    );
+    assert_eq!(find("blk.0.attn_q_norm.weight")["type"], "F32");
+    assert_eq!(
+        find("blk.1.ffn_down.weight")["shape"],
+        serde_json::json!([32, 16])
+    );
+    assert_eq!(find("output_norm.weight")["shape"], serde_json::json!([16]));
+    assert_eq!(
+        tensors.len(),
+        1 + 1 + 2 * 11,
+        "embedding, final norm, 11 per layer"
+    );
+    // q8_0 where rows are whole blocks of 32 (the FFN's down projection: 32 inputs), f16 elsewhere.
+    let q = read_gguf(&d.0.join("out/q8.gguf"));
+    let qt = q["tensors"].as_array().unwrap();
+    let ty = |name: &str| qt.iter().find(|t| t["name"] == name).unwrap()["type"].clone();
+    assert_eq!(q["fields"]["general.file_type"], 7);
+    assert_eq!(ty("blk.0.ffn_down.weight"), "Q8_0");
+    assert_eq!(ty("blk.0.ffn_up.weight"), "F16");
+}

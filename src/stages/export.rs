@@ -37,6 +37,18 @@ pub fn kind() -> Kind {
                 "dtype of the written weights (auto: as trained)",
             ),
             int("shard_mb", 5000, "largest safetensors shard, in MB"),
+            choice(
+                "format",
+                &["hf", "gguf"],
+                "hf",
+                "hf: a transformers folder at `path`; gguf: one llama.cpp file at `path` (Llama, Mistral, Qwen2, Qwen3)",
+            ),
+            choice(
+                "quant",
+                &["f32", "f16", "q8_0"],
+                "f16",
+                "gguf: how the weight matrices are stored (norms stay f32)",
+            ),
         ],
         outputs: vec![output("model", Type::Model, "the exported model")],
         refused: vec![],
@@ -64,6 +76,8 @@ struct ExportParams {
     path: String,
     dtype: String,
     shard_mb: usize,
+    format: String,
+    quant: crate::model::gguf::Quant,
 }
 
 /// The dtype to write: as asked, or for "auto" the one config.json records (f32 when it says none).
@@ -100,10 +114,22 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
         )
         .into());
     }
-    let dtype = write_dtype(&params.dtype, &model_dir);
     let mut model = Decoder::load(&model_dir, ctx.device())?;
-    let shard = params.shard_mb.saturating_mul(1 << 20);
     let written = ctx.out.join("model");
+    if params.format == "gguf" {
+        std::fs::create_dir_all(&written)?;
+        let file = written.join(GGUF_FILE);
+        crate::model::gguf::write(&mut model, &model_dir, &file, params.quant, ctx.stage)?;
+        publish_file(&file, &dest)?;
+        (ctx.log)(&format!(
+            "exported to {} (GGUF, {:?})",
+            dest.display(),
+            params.quant
+        ));
+        return Ok(());
+    }
+    let dtype = write_dtype(&params.dtype, &model_dir);
+    let shard = params.shard_mb.saturating_mul(1 << 20);
     model.save_hf_as(&model_dir, &written, shard, dtype)?;
     publish(&written, &dest)?;
     (ctx.log)(&format!(
@@ -132,6 +158,28 @@ fn absolute(path: &Path) -> PathBuf {
     let mut out = existing.canonicalize().unwrap_or(existing);
     out.extend(rest.iter().rev());
     out
+}
+
+/// The GGUF file's name inside the stage's stored output.
+const GGUF_FILE: &str = "model.gguf";
+
+/// Copies the file `from` to `to` through a temporary sibling and a rename.
+fn publish_file(from: &Path, to: &Path) -> crate::error::Result<()> {
+    let parent = to.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let name = to
+        .file_name()
+        .map_or("export".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = parent.join(format!(".{name}.tmp-{}", crate::store::unique_suffix()));
+    let copy = || -> std::io::Result<()> {
+        std::fs::copy(from, &tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, to)
+    };
+    copy().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        crate::error::Error::Other(format!("cannot write the export to {}: {e}", to.display()))
+    })
 }
 
 /// Copies the folder `from` to `to` through a temporary sibling and a rename: `to` is either the
@@ -175,6 +223,12 @@ fn outside(v: &OutsideView) -> Option<String> {
     };
     let dest = v.base_dir.join(path);
     let stored = v.out.join("model");
+    if v.params.get("format") == Some(&Value::Str("gguf".into())) {
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
+        let same =
+            size(&stored.join(GGUF_FILE)).is_some() && size(&stored.join(GGUF_FILE)) == size(&dest);
+        return (!same).then(|| format!("the export at {} is missing or changed", dest.display()));
+    }
     let same = std::fs::read_dir(&stored).ok()?.flatten().all(|f| {
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
         size(&f.path()).is_some() && size(&f.path()) == size(&dest.join(f.file_name()))
