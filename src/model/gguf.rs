@@ -124,7 +124,7 @@ fn tensor(name: String, t: &Tensor, quant: Quant) -> Result<TensorOut> {
 fn from_values(name: String, dims: Vec<u64>, values: &[f32], quant: Quant) -> TensorOut {
     let matrix = dims.len() == 2;
     let (ty, data) = match quant {
-        Quant::Q8_0 if matrix && dims[0] % 32 == 0 => (GgmlType::Q8_0, q8_0_bytes(values)),
+        Quant::Q8_0 if matrix && dims[0].is_multiple_of(32) => (GgmlType::Q8_0, q8_0_bytes(values)),
         Quant::F16 | Quant::Q8_0 if matrix => (GgmlType::F16, f16_bytes(values)),
         _ => (
             GgmlType::F32,
@@ -375,7 +375,7 @@ fn kv(out: &mut Vec<u8>, key: &str, value: &Kv) {
 }
 
 fn pad(out: &mut Vec<u8>) {
-    while out.len() % ALIGNMENT != 0 {
+    while !out.len().is_multiple_of(ALIGNMENT) {
         out.push(0);
     }
 }
