@@ -3,8 +3,9 @@
 
 In a temporary folder: the DPO fixture's tiny Qwen3 over the real Qwen3 vocabulary, and a new tiny
 Llama over the real Llama 3.1 vocabulary (`init`); each exported to GGUF in f32 and f16. llama.cpp
-(through llama-cpp-python) loads every file, tokenizes the prompts as the HF tokenizer does, and its
-greedy continuation (temperature 0, no repeat penalty) equals `ptl generate`'s ids.
+(through llama-cpp-python) loads every file, tokenizes the prompts as the HF tokenizer does, gives
+per-token log-probs of the prompts within --tol of `ptl score` (f32 export; --tol-f16 for f16), and
+its greedy continuation (temperature 0, no repeat penalty) equals `ptl generate`'s ids.
 
 Not run in CI (llama-cpp-python builds llama.cpp from source). Offline once installed:
 
@@ -39,7 +40,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ptl", default=str(REPO / "target/debug/ptl"))
     ap.add_argument("--new-tokens", type=int, default=8)
+    ap.add_argument("--tol", type=float, default=1e-4, help="f32 export: largest |Δ log-prob|")
+    ap.add_argument("--tol-f16", type=float, default=1e-2, help="f16 export: largest |Δ log-prob|")
     args = ap.parse_args()
+    import numpy as np
     from llama_cpp import Llama
     from tokenizers import Tokenizer
 
@@ -58,27 +62,42 @@ def main() -> int:
                                        capture_output=True, text=True).stdout.strip() / "model"
         for family, hf in [("qwen3", d / "qwen3"), ("llama", llama_dir)]:
             tok = Tokenizer.from_file(str(hf / "tokenizer.json"))
-            want = {}
+            want, logprobs = {}, {}
             for p in PROMPTS:
+                ids = tok.encode(p).ids
+                (d / "rows.jsonl").write_text(json.dumps({"ids": ids}) + "\n")
+                scored = subprocess.run([args.ptl, "score", str(hf), "--input", "rows.jsonl"], cwd=d,
+                                        check=True, capture_output=True, text=True).stdout
+                logprobs[p] = json.loads(scored)["token_logprobs"]
                 out = subprocess.run([args.ptl, "generate", str(hf), "--prompt", p, "--max-new-tokens",
                                       str(args.new_tokens), "--format", "json"], cwd=d, check=True,
                                      capture_output=True, text=True).stdout
                 want[p] = json.loads(out)["ids"]
             for quant in ["f32", "f16"]:
-                llm = Llama(model_path=str(d / f"out/{family}_{quant}.gguf"), n_ctx=128, verbose=False)
+                llm = Llama(model_path=str(d / f"out/{family}_{quant}.gguf"), n_ctx=128, verbose=False,
+                            logits_all=True, type_k=0, type_v=0)  # an f32 KV cache (default f16)
                 for p in PROMPTS:
                     ids = tok.encode(p).ids
                     theirs = llm.tokenize(p.encode(), add_bos=bool(family == "llama"), special=True)
+                    llm.reset()
+                    llm.eval(ids)
+                    scores = np.array(llm.scores[: len(ids)], dtype=np.float64)
+                    lse = np.log(np.exp(scores - scores.max(-1, keepdims=True)).sum(-1)) + scores.max(-1)
+                    theirs_lp = [scores[i, ids[i + 1]] - lse[i] for i in range(len(ids) - 1)]
+                    diff = max((abs(a - b) for a, b in zip(theirs_lp, logprobs[p])), default=0.0)
+                    tol = args.tol if quant == "f32" else args.tol_f16
                     got = []
                     llm.reset()
                     for t in llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0):
                         got.append(t)
                         if len(got) == len(want[p]):
                             break
-                    ok = got == want[p] and theirs == ids
+                    if theirs != ids:
+                        print("  tokens: hf", ids, "llama.cpp", theirs)
+                    ok = got == want[p] and theirs == ids and diff <= tol
                     failed |= not ok
                     print(f"{family:6} {quant:4} {p!r:28} tokens {'=' if theirs == ids else '≠'} "
-                          f"ptl {want[p]} llama.cpp {got} {'ok' if ok else 'DIFFERENT'}")
+                          f"|Δ log-prob| {diff:.1e} greedy {'=' if got == want[p] else '≠'} {'ok' if ok else 'DIFFERENT'}")
     print("FAILED" if failed else "all ok")
     return 1 if failed else 0
 

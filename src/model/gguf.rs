@@ -309,7 +309,10 @@ fn tokenizer_kvs(dir: &Path, cfg: &ModelConfig, arch: &str) -> Result<Vec<(Strin
         ("tokenizer.ggml.merges".into(), Kv::Strs(merges)),
         (
             "tokenizer.ggml.add_bos_token".into(),
-            Kv::Bool(config["add_bos_token"] == true),
+            Kv::Bool(match &config["add_bos_token"] {
+                Json::Bool(b) => *b,
+                _ => template_starts_with_special(&tok["post_processor"]),
+            }),
         ),
     ];
     for (key, field) in [
@@ -329,6 +332,20 @@ fn tokenizer_kvs(dir: &Path, cfg: &ModelConfig, arch: &str) -> Result<Vec<(Strin
         kvs.push(("tokenizer.chat_template".into(), Kv::Str(t)));
     }
     Ok(kvs)
+}
+
+/// Whether the tokenizer's post-processor puts a special token first (Llama 3's BOS): what llama.cpp's
+/// converter reads when tokenizer_config.json says nothing of `add_bos_token`.
+fn template_starts_with_special(p: &Json) -> bool {
+    match p["type"].as_str() {
+        Some("TemplateProcessing") => p["single"][0].get("SpecialToken").is_some(),
+        Some("Sequence") => p["processors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(template_starts_with_special),
+        _ => false,
+    }
 }
 
 fn string(out: &mut Vec<u8>, s: &str) {
