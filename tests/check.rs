@@ -36,8 +36,8 @@ let prefs = jsonl("data/prefs.jsonl", format = "preference")
 fn chat_assistant_resolves_with_defaults() {
     let p = ok(check_file(Path::new("pipelines/chat_assistant.ptl"), &[]));
     let names: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["base", "sft", "rm", "aligned", "report"]);
-    assert_eq!(p.edge_count(), 7);
+    assert_eq!(names, ["base", "sft", "rm", "aligned", "report", "shipped"]);
+    assert_eq!(p.edge_count(), 8);
     assert_eq!(param(&p, "aligned", "beta"), &Value::Float(0.1));
     assert_eq!(param(&p, "aligned", "loss"), &Value::Str("sigmoid".into()));
     assert_eq!(param(&p, "aligned", "lr"), &Value::Float(1e-6));

@@ -33,7 +33,7 @@ fn check_clean_pipeline_prints_a_summary() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(
         stdout(&o),
-        "ok: pipelines/chat_assistant.ptl: 5 stages, 7 edges\n"
+        "ok: pipelines/chat_assistant.ptl: 6 stages, 8 edges\n"
     );
 }
 

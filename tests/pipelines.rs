@@ -70,10 +70,11 @@ fn chat_assistant_runs_end_to_end_from_a_fresh_store() {
     let o = run(&d.0, "chat_assistant.ptl", &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stdout).ends_with("0 cached, 5 ran, 0 failed, 0 blocked\n"),
+        String::from_utf8_lossy(&o.stdout).ends_with("0 cached, 6 ran, 0 failed, 0 blocked\n"),
         "{}",
         text(&o)
     );
+    assert!(d.0.join("exports/assistant.gguf").is_file());
     let m = metrics(&d.0, "chat_assistant.ptl", "report");
     let models = m["models"].as_array().unwrap();
     assert_eq!(models.len(), 3, "{m:#}");
