@@ -10,9 +10,12 @@ use std::path::Path;
 type Result<T> = crate::error::Result<T>;
 
 pub struct Linear {
+    /// The weight [out, in]; an empty placeholder when `nf4` holds it (QLoRA).
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub lora: Option<super::lora::LoraWeights>,
+    /// The frozen weight in NF4 (QLoRA): dequantized inside the matmul, never kept in f32.
+    pub nf4: Option<std::sync::Arc<super::nf4::Nf4>>,
 }
 
 impl Linear {
@@ -25,6 +28,7 @@ impl Linear {
                 None
             },
             lora: None,
+            nf4: None,
         })
     }
 
@@ -32,7 +36,20 @@ impl Linear {
     /// weights compute in x's dtype (mixed precision: an f32 weight is cast, and its gradient comes
     /// back to it in f32).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = matmul_t(x, &in_dtype_of(&self.weight, x)?)?;
+        let y = match &self.nf4 {
+            Some(q) => {
+                let dims = x.dims().to_vec();
+                let inp = *dims.last().unwrap_or(&1);
+                let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+                let y = super::frozen::nf4_matmul_t(&x.reshape((rows, inp))?, q)?;
+                let mut out = dims;
+                if let Some(last) = out.last_mut() {
+                    *last = q.shape.0;
+                }
+                y.reshape(out)?
+            }
+            None => matmul_t(x, &in_dtype_of(&self.weight, x)?)?,
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(&in_dtype_of(b, x)?)?,
             None => y,
@@ -292,6 +309,7 @@ impl Decoder {
                 weight: normal(&[out, inp])?,
                 bias: if bias { Some(zeros(out)?) } else { None },
                 lora: None,
+                nf4: None,
             })
         };
         let layers = (0..cfg.num_layers)

@@ -31,6 +31,46 @@ impl CustomOp1 for FrozenMatmulT {
     }
 }
 
+/// x · wᵀ for an NF4 weight: dequantized (block by block) for the forward and again for the
+/// backward, so no f32 copy of the weight outlives the op.
+struct Nf4MatmulT(std::sync::Arc<super::nf4::Nf4>);
+
+impl CustomOp1 for Nf4MatmulT {
+    fn name(&self) -> &'static str {
+        "nf4-matmul-t"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, x_layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = x_layout.shape().dims2()?;
+        let w = self.0.tensor(x.dtype(), &candle_core::Device::Cpu)?;
+        let (storage, w_layout) = w.storage_and_layout();
+        let Storage::Cpu(w) = &*storage else {
+            candle_core::bail!("nf4-matmul-t: the weight is not on the CPU")
+        };
+        let (n, wk) = w_layout.shape().dims2()?;
+        if wk != k {
+            candle_core::bail!("nf4-matmul-t: x has {k} columns, the weight {wk}")
+        }
+        let y = x.matmul(w, (1, m, n, k), x_layout, &w_layout.transpose(0, 1)?)?;
+        Ok((y, Shape::from((m, n))))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let w = self.0.tensor(grad.dtype(), grad.device())?;
+        Ok(Some(grad.matmul(&w)?))
+    }
+}
+
+/// x [m, k] · wᵀ for an NF4 weight [n, k] that does not train. Off the CPU the weight is dequantized
+/// to a tensor and multiplied by candle's matmul.
+pub fn nf4_matmul_t(x: &Tensor, w: &std::sync::Arc<super::nf4::Nf4>) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        x.apply_op1(Nf4MatmulT(w.clone()))
+    } else {
+        x.matmul(&w.tensor(x.dtype(), x.device())?.t()?)
+    }
+}
+
 /// x [m, k] · wᵀ (w [n, k]) where only x needs a gradient. On other devices than the CPU it is
 /// candle's own matmul (whose backward also forms w's gradient).
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {

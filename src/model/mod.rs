@@ -6,6 +6,7 @@ pub mod frozen;
 pub mod gguf;
 pub mod lora;
 pub mod merge;
+pub mod nf4;
 pub mod score;
 pub mod tuning;
 pub mod weights;

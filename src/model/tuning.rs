@@ -88,56 +88,73 @@ impl Decoder {
                 }
                 Ok(vars)
             }
-            Tuning::Qlora { .. } => Err(
-                "qlora(...) needs an NF4-quantized base, which is not built yet: use lora(...)"
-                    .into(),
-            ),
-            Tuning::Lora(l) => {
-                let targets: Vec<String> = if l.targets.iter().any(|t| t == "all-linear") {
-                    LINEAR_MODULES.iter().map(|s| s.to_string()).collect()
-                } else {
-                    l.targets.clone()
-                };
-                for t in &targets {
-                    if !LINEAR_MODULES.contains(&t.as_str()) {
-                        return Err(format!(
-                            "LoRA target `{t}` is not a linear module of this model ({})",
-                            LINEAR_MODULES.join(", ")
-                        )
-                        .into());
-                    }
-                }
-                let training = self.training.clone();
-                let mut rng = Rng::new(seed);
-                // Dropout masks draw from their own stream, so they do not shift initialization.
-                *self.dropout_rng.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Rng::new(seed ^ 0x000D_4090_u64);
-                let dropout_rng = self.dropout_rng.clone();
-                let mut vars = Vec::new();
-                for (path, short, lin) in self.linears_mut() {
-                    if !targets.iter().any(|t| t == short) {
-                        continue;
-                    }
-                    let w = LoraWeights::new(
-                        &lin.weight,
-                        l,
-                        &mut rng,
-                        training.clone(),
-                        dropout_rng.clone(),
-                    )?;
-                    vars.push((
-                        format!("base_model.model.{path}.lora_A.weight"),
-                        w.a.clone(),
-                    ));
-                    vars.push((
-                        format!("base_model.model.{path}.lora_B.weight"),
-                        w.b.clone(),
-                    ));
-                    lin.lora = Some(w);
-                }
+            Tuning::Qlora { lora, double_quant } => {
+                let vars = self.add_lora(lora, seed)?;
+                self.quantize_linears(*double_quant)?;
                 Ok(vars)
             }
+            Tuning::Lora(l) => self.add_lora(l, seed),
         }
+    }
+
+    /// QLoRA's frozen base: every projection's weight to NF4 (as bitsandbytes' 4-bit loading
+    /// quantizes every linear layer but the output head); the f32 weight is let go.
+    fn quantize_linears(&mut self, double_quant: bool) -> Result<()> {
+        for (_, _, lin) in self.linears_mut() {
+            let (out, inp) = lin.weight.dims2()?;
+            let values: Vec<f32> = lin.weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            let q = super::nf4::Nf4::quantize_with(&values, (out, inp), double_quant);
+            lin.nf4 = Some(std::sync::Arc::new(q));
+            lin.weight = Tensor::zeros(0, lin.weight.dtype(), lin.weight.device())?;
+        }
+        Ok(())
+    }
+
+    /// LoRA adapters on the targeted projections; their variables by PEFT name.
+    fn add_lora(&mut self, l: &crate::lang::value::Lora, seed: u64) -> Result<Vec<(String, Var)>> {
+        let targets: Vec<String> = if l.targets.iter().any(|t| t == "all-linear") {
+            LINEAR_MODULES.iter().map(|s| s.to_string()).collect()
+        } else {
+            l.targets.clone()
+        };
+        for t in &targets {
+            if !LINEAR_MODULES.contains(&t.as_str()) {
+                return Err(format!(
+                    "LoRA target `{t}` is not a linear module of this model ({})",
+                    LINEAR_MODULES.join(", ")
+                )
+                .into());
+            }
+        }
+        let training = self.training.clone();
+        let mut rng = Rng::new(seed);
+        // Dropout masks draw from their own stream, so they do not shift initialization.
+        *self.dropout_rng.lock().unwrap_or_else(|e| e.into_inner()) =
+            Rng::new(seed ^ 0x000D_4090_u64);
+        let dropout_rng = self.dropout_rng.clone();
+        let mut vars = Vec::new();
+        for (path, short, lin) in self.linears_mut() {
+            if !targets.iter().any(|t| t == short) {
+                continue;
+            }
+            let w = LoraWeights::new(
+                &lin.weight,
+                l,
+                &mut rng,
+                training.clone(),
+                dropout_rng.clone(),
+            )?;
+            vars.push((
+                format!("base_model.model.{path}.lora_A.weight"),
+                w.a.clone(),
+            ));
+            vars.push((
+                format!("base_model.model.{path}.lora_B.weight"),
+                w.b.clone(),
+            ));
+            lin.lora = Some(w);
+        }
+        Ok(vars)
     }
 
     /// Writes a PEFT adapter folder: adapter_config.json and adapter_model.safetensors.
@@ -277,7 +294,12 @@ impl Decoder {
 
     /// Folds every adapter into its weight: W' = W + scaling · B A.
     pub fn merge_adapters(&mut self) -> Result<()> {
-        for (_, _, lin) in self.linears_mut() {
+        for (path, _, lin) in self.linears_mut() {
+            if lin.nf4.is_some() {
+                return Err(crate::error::Error::Internal(format!(
+                    "{path} is NF4: a QLoRA adapter merges into the unquantized base, not into its 4-bit copy"
+                )));
+            }
             if let Some(w) = lin.lora.take() {
                 lin.weight = (&lin.weight + w.delta()?)?.detach();
             }

@@ -202,19 +202,25 @@ pub fn fit(
     Ok(())
 }
 
-/// Writes the trained model (a full HF folder) and, for LoRA, the PEFT adapter beside it.
+/// Writes the trained model (a full HF folder) and, for LoRA, the PEFT adapter beside it. A QLoRA
+/// adapter is merged into the unquantized base (read again from `model_dir`), as PEFT users do.
 pub fn save(
     ctx: &RunContext,
     model: &mut Decoder,
     tuning: &Tuning,
     model_dir: &Path,
 ) -> crate::error::Result<()> {
+    let adapter = ctx.out.join("adapter");
     if tuning.lora().is_some() {
-        model.save_adapter(
-            &ctx.out.join("adapter"),
-            tuning,
-            &model_dir.display().to_string(),
-        )?;
+        model.save_adapter(&adapter, tuning, &model_dir.display().to_string())?;
+    }
+    if let Tuning::Qlora { .. } = tuning {
+        let mut base = Decoder::load(model_dir, ctx.device())?;
+        if model.score.is_some() {
+            base.add_score_head(0, 0.0, model.cfg.pad_token_id)?;
+        }
+        base.load_adapter(&adapter)?;
+        return base.save_hf(model_dir, &ctx.out.join("model"), 2 << 30);
     }
     model.save_hf(model_dir, &ctx.out.join("model"), 2 << 30)
 }
