@@ -498,9 +498,10 @@ mod tests {
         let bytes = q8_0_bytes(&values);
         assert_eq!(bytes.len(), 34);
         let d = half::f16::from_le_bytes([bytes[0], bytes[1]]).to_f32();
-        assert!((d - 19.3 / 127.0).abs() < 1e-4, "{d}");
+        // max |x| is 31 − 12.7 = 18.3; the scale is stored in f16.
+        assert!((d - 18.3 / 127.0).abs() < 1e-4, "{d}");
         assert_eq!(bytes[2 + 31] as i8, 127);
-        assert_eq!(bytes[2] as i8, (-12.7f32 / (19.3 / 127.0)).round() as i8);
+        assert_eq!(bytes[2] as i8, (-12.7f32 / (18.3 / 127.0)).round() as i8);
     }
 
     #[test]
