@@ -7,9 +7,10 @@ Llama over the real Llama 3.1 vocabulary (`init`); each exported to GGUF in f32 
 per-token log-probs of the prompts within --tol of `ptl score` (f32 export; --tol-f16 for f16), and
 its greedy continuation (temperature 0, no repeat penalty) equals `ptl generate`'s ids.
 
-Not run in CI (llama-cpp-python builds llama.cpp from source). Offline once installed:
+`cargo test` runs it (tests/export.rs) in a venv the harness provisions (pip builds llama.cpp from
+source once, a few minutes). By hand, offline once installed:
 
-    pip install llama-cpp-python==0.3.36 tokenizers
+    pip install llama-cpp-python==0.3.36 tokenizers==0.23.3 numpy==2.4.6
     cargo build && python scripts/gguf_check.py [--ptl target/debug/ptl]
 """
 

@@ -229,3 +229,28 @@ fn gguf_exports_hold_llama_cpp_names_shapes_types_and_the_tokenizer() {
     assert_eq!(ty("blk.0.ffn_down.weight"), "Q8_0");
     assert_eq!(ty("blk.0.ffn_up.weight"), "F16");
 }
+
+/// llama.cpp itself (llama-cpp-python, built from source by pip in a venv the harness provisions:
+/// minutes, once) runs the GGUF exports of a tiny Qwen3 and a tiny Llama: scripts/gguf_check.py checks
+/// its tokenization, its prompt log-probs against `ptl score` (f32 within 1e-4, f16 within 1e-2) and
+/// its greedy ids against `ptl generate`.
+#[test]
+fn llama_cpp_runs_the_gguf_exports_with_ptl_numbers() {
+    let venv = common::venv::python_env(
+        "llama-cpp",
+        &[
+            "llama-cpp-python==0.3.36",
+            "tokenizers==0.23.3",
+            "numpy==2.4.6",
+        ],
+    );
+    let o = std::process::Command::new(venv.join("bin/python"))
+        .arg("scripts/gguf_check.py")
+        .args(["--ptl", env!("CARGO_BIN_EXE_ptl")])
+        .env_remove("PTL_STORE")
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("all ok"), "{out}");
+}
