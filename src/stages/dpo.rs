@@ -6,7 +6,6 @@ use super::schema::*;
 use crate::lang::diag::Diag;
 use crate::lang::types::{Format, Type};
 use crate::lang::value::Value;
-use crate::model::decoder::Decoder;
 use crate::run::context::RunContext;
 use crate::train::preference::{self, reference_logps, DpoSettings};
 
@@ -98,21 +97,8 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
         vars,
         tuning,
     } = super::train_run::policy(ctx, &model_dir, hyper.seed)?;
-    let spec = super::reference_logps::spec_of(
-        ctx.params,
-        &ctx.inputs,
-        super::reference_logps::tuning_json(ctx.params),
-        hyper.batch_size,
-        "dpo",
-    )
-    .ok_or("the stage's model or data could not be found")?;
-    let reference = super::reference_logps::cached(ctx.store, &spec, ctx.log, || {
-        match ctx.input("reference") {
-            Some(dir) => {
-                reference_logps(&Decoder::load(dir, ctx.device())?, &pairs, hyper.batch_size)
-            }
-            None => reference_logps(&model, &pairs, hyper.batch_size),
-        }
+    let reference = super::reference_logps::for_stage(ctx, &model, hyper.batch_size, "dpo", |m| {
+        reference_logps(m, &pairs, hyper.batch_size)
     })?;
     let settings: DpoSettings = ctx.typed()?;
     let objective = preference::dpo(pairs, reference, settings);

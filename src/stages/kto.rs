@@ -127,21 +127,8 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
         tuning,
     } = super::train_run::policy(ctx, &model_dir, hyper.seed)?;
     let partners = kto::kl_partners(rows.len(), hyper.batch_size);
-    let spec = super::reference_logps::spec_of(
-        ctx.params,
-        &ctx.inputs,
-        super::reference_logps::tuning_json(ctx.params),
-        hyper.batch_size,
-        "kto",
-    )
-    .ok_or("the stage's model or data could not be found")?;
-    let reference = super::reference_logps::cached(ctx.store, &spec, ctx.log, || {
-        match ctx.input("reference") {
-            Some(dir) => {
-                kto::reference_logps(&ctx.compute.load(dir)?, &rows, &partners, hyper.batch_size)
-            }
-            None => kto::reference_logps(&model, &rows, &partners, hyper.batch_size),
-        }
+    let reference = super::reference_logps::for_stage(ctx, &model, hyper.batch_size, "kto", |m| {
+        kto::reference_logps(m, &rows, &partners, hyper.batch_size)
     })?;
     let objective = kto::kto(rows, partners, reference, settings);
     super::train_run::fit(ctx, &model, &vars, &objective, &hyper)?;

@@ -7,6 +7,8 @@ use super::schema::PlanView;
 use crate::data::artifact::{self, DataSpec};
 use crate::data::encode::EncodeOptions;
 use crate::lang::value::Value;
+use crate::model::decoder::Decoder;
+use crate::run::context::RunContext;
 use crate::store::hash::HashCache;
 use crate::store::{Manifest, Store};
 use serde::{de::DeserializeOwned, Serialize};
@@ -51,7 +53,7 @@ pub fn data_spec(
 
 /// The spec of a `dpo` or `kto` stage: the `reference` model, else the starting model (by way of the
 /// policy and its tuning).
-pub fn spec_of(
+fn spec_of(
     params: &BTreeMap<String, Value>,
     inputs: &BTreeMap<String, Vec<PathBuf>>,
     tuning: serde_json::Value,
@@ -94,8 +96,32 @@ fn key(store: &Store, spec: &RefSpec) -> Result<String, String> {
 
 const FILE: &str = "logps.json";
 
+/// A `dpo` or `kto` stage's reference log-probs for `objective`: from the store, or computed once by
+/// `score` on the `reference` model (loaded for inference in the run's dtype) or, without one, on the
+/// starting `policy` (for LoRA its adapters are still zero: the base).
+pub fn for_stage<T: Serialize + DeserializeOwned>(
+    ctx: &RunContext,
+    policy: &Decoder,
+    batch_size: usize,
+    objective: &'static str,
+    score: impl Fn(&Decoder) -> crate::error::Result<T>,
+) -> crate::error::Result<T> {
+    let spec = spec_of(
+        ctx.params,
+        &ctx.inputs,
+        tuning_json(ctx.params),
+        batch_size,
+        objective,
+    )
+    .ok_or("the stage's model or data could not be found")?;
+    cached(ctx.store, &spec, ctx.log, || match ctx.input("reference") {
+        Some(dir) => score(&ctx.compute.load(dir)?),
+        None => score(policy),
+    })
+}
+
 /// The log-probs from the store, else `compute`d and committed first.
-pub fn cached<T: Serialize + DeserializeOwned>(
+fn cached<T: Serialize + DeserializeOwned>(
     store: &Store,
     spec: &RefSpec,
     log: &dyn Fn(&str),
@@ -153,7 +179,7 @@ pub fn plan_note(view: &PlanView, objective: &'static str) -> Option<String> {
 }
 
 /// The stage's tuning as JSON (part of the key when the reference is the policy itself).
-pub fn tuning_json(params: &BTreeMap<String, Value>) -> serde_json::Value {
+fn tuning_json(params: &BTreeMap<String, Value>) -> serde_json::Value {
     match params.get("tuning") {
         Some(Value::Tuning(t)) => t.to_json(),
         _ => serde_json::Value::Null,
