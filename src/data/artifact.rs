@@ -134,18 +134,12 @@ pub fn cached(store: &Store, spec: &DataSpec) -> Result<Tokenized, String> {
             store.abort(pending);
             return Err(io(e));
         }
-        let manifest = Manifest {
-            key: key.clone(),
-            stage: format!("tokenize {}", spec.data.display()),
-            kind: "tokenize".into(),
-            kind_version: VERSION,
-            ptl_version: env!("CARGO_PKG_VERSION").into(),
-            key_inputs: serde_json::Value::Null,
-            outputs: Default::default(),
-            files: Default::default(),
-            seconds: 0.0,
-            created_unix: 0,
-        };
+        let manifest = Manifest::artifact(
+            &key,
+            format!("tokenize {}", spec.data.display()),
+            "tokenize",
+            VERSION,
+        );
         store
             .commit(pending, manifest, &["rows", "problems"])
             .map_err(io)?;

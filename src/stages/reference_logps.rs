@@ -151,18 +151,12 @@ fn cached<T: Serialize + DeserializeOwned>(
         store.abort(pending);
         return Err(io(e));
     }
-    let manifest = Manifest {
-        key: key.clone(),
-        stage: format!("reference log-probs of {}", spec.reference.display()),
-        kind: "reference_logps".into(),
-        kind_version: VERSION,
-        ptl_version: env!("CARGO_PKG_VERSION").into(),
-        key_inputs: serde_json::Value::Null,
-        outputs: Default::default(),
-        files: Default::default(),
-        seconds: 0.0,
-        created_unix: 0,
-    };
+    let manifest = Manifest::artifact(
+        &key,
+        format!("reference log-probs of {}", spec.reference.display()),
+        "reference_logps",
+        VERSION,
+    );
     store.commit(pending, manifest, &["logps"]).map_err(io)?;
     Ok(value)
 }

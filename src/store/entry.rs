@@ -32,6 +32,25 @@ pub struct Manifest {
     pub created_unix: u64,
 }
 
+impl Manifest {
+    /// The manifest of a shared artifact (tokenized data, reference log-probs): no stage key
+    /// document, no timing (`commit` fills in the files and output hashes).
+    pub fn artifact(key: &str, stage: String, kind: &str, kind_version: u32) -> Manifest {
+        Manifest {
+            key: key.to_string(),
+            stage,
+            kind: kind.to_string(),
+            kind_version,
+            ptl_version: env!("CARGO_PKG_VERSION").into(),
+            key_inputs: serde_json::Value::Null,
+            outputs: Default::default(),
+            files: Default::default(),
+            seconds: 0.0,
+            created_unix: 0,
+        }
+    }
+}
+
 /// An entry being written: the stage writes its outputs into `out`.
 pub struct Pending {
     pub dir: PathBuf,
