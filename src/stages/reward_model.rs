@@ -83,7 +83,7 @@ pub fn scored_pair(e: Encoded, max_len: usize) -> Option<ScoredPair> {
     (chosen.len() <= max_len && rejected.len() <= max_len).then_some(ScoredPair {
         chosen,
         rejected,
-        margin: margin.unwrap_or(0.0),
+        margin,
     })
 }
 

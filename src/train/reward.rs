@@ -11,8 +11,8 @@ use candle_core::Tensor;
 pub struct ScoredPair {
     pub chosen: Vec<u32>,
     pub rejected: Vec<u32>,
-    /// The row's `margin` column (0 when absent).
-    pub margin: f64,
+    /// The row's `margin` column, if it has one.
+    pub margin: Option<f64>,
 }
 
 /// The reward model's own field of the stage (the schema holds its default).
@@ -70,7 +70,9 @@ impl Objective for RewardObjective {
             .collect();
         let rewards = model.rewards(&seqs)?;
         let (chosen, rejected) = (rewards.narrow(0, 0, n)?, rewards.narrow(0, n, n)?);
-        let margins: Vec<f32> = ids.iter().map(|&i| self.pairs[i].margin as f32).collect();
+        // Without a margin TRL's loss is −logσ(r_c − r_r): nothing is subtracted.
+        let margin = |i: usize| self.pairs[i].margin.unwrap_or_default();
+        let margins: Vec<f32> = ids.iter().map(|&i| margin(i) as f32).collect();
         let margins = Tensor::from_vec(margins, n, &model.device)?;
         let gap = ((&chosen - &rejected)? - margins)?;
         let coef = self.settings.center_rewards_coefficient;
@@ -83,7 +85,7 @@ impl Objective for RewardObjective {
         let mut sums = [0.0f64; 3];
         for (k, &i) in ids.iter().enumerate() {
             let (rc, rr) = (r[k] as f64, r[n + k] as f64);
-            let d = rc - rr - self.pairs[i].margin;
+            let d = rc - rr - margin(i);
             value += (-d).max(0.0) + (-d.abs()).exp().ln_1p() + coef * (rc + rr).powi(2);
             sums[0] += f64::from(u8::from(rc > rr));
             sums[1] += rc - rr;
