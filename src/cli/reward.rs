@@ -7,7 +7,6 @@ use crate::model::config::Head;
 use crate::plan::compute::Compute;
 use crate::stages::reward_model::plain_sequence;
 use serde_json::{json, Value};
-use std::io::BufRead;
 use std::path::Path;
 
 /// The sequence a row describes, as the reward model was trained to read it: `messages` (or a
@@ -79,47 +78,20 @@ pub fn run(model: &Path, input: &Path, json_out: bool, compute: &Compute) -> i32
             return 1;
         }
     };
-    let reader: Box<dyn BufRead> = if input == Path::new("-") {
-        Box::new(std::io::stdin().lock())
-    } else {
-        match std::fs::File::open(input) {
-            Ok(f) => Box::new(std::io::BufReader::new(f)),
-            Err(e) => {
-                errln!("error: cannot read {}: {e}", input.display());
-                return 1;
-            }
+    super::score::each_row(input, |line, row| {
+        let ids = row_ids(&row, &tok)?;
+        let r: Vec<f32> = decoder
+            .rewards(&[&ids])
+            .and_then(|r| Ok(r.to_vec1()?))
+            .map_err(|e| e.to_string())?;
+        if json_out {
+            outln!(
+                "{}",
+                json!({"line": line, "tokens": ids.len(), "reward": r[0]})
+            );
+        } else {
+            outln!("{}", r[0]);
         }
-    };
-    let mut code = 0;
-    for (n, line) in reader.lines().enumerate() {
-        let Ok(line) = line else {
-            errln!("error: {}:{}: not valid UTF-8", input.display(), n + 1);
-            return 1;
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let result = serde_json::from_str::<Value>(&line)
-            .map_err(|e| format!("not JSON: {e}"))
-            .and_then(|row| row_ids(&row, &tok))
-            .and_then(|ids| {
-                let r = decoder.rewards(&[&ids]).map_err(|e| e.to_string())?;
-                let r: Vec<f32> = r.to_vec1().map_err(|e| e.to_string())?;
-                Ok((ids.len(), r[0]))
-            });
-        match result {
-            Ok((tokens, reward)) if json_out => {
-                outln!(
-                    "{}",
-                    json!({"line": n + 1, "tokens": tokens, "reward": reward})
-                )
-            }
-            Ok((_, reward)) => outln!("{reward}"),
-            Err(e) => {
-                errln!("error: {}:{}: {e}", input.display(), n + 1);
-                code = 1;
-            }
-        }
-    }
-    code
+        Ok(())
+    })
 }

@@ -46,6 +46,32 @@ pub fn run(model: &Path, adapter: Option<&Path>, input: &Path, compute: &Compute
             return 1;
         }
     };
+    let mut tok = None;
+    each_row(input, |_, row| {
+        let (ids, context) = row_ids(&row, &mut tok, model)?;
+        let all = decoder.token_logprobs(&ids)?;
+        // token_logprobs[i] scores token i+1: completion tokens start at `context`.
+        let lps = all[context.saturating_sub(1)..].to_vec();
+        let sum: f64 = lps.iter().map(|&l| l as f64).sum();
+        let n_tok = lps.len();
+        let ppl = if n_tok == 0 {
+            f64::NAN
+        } else {
+            (-sum / n_tok as f64).exp()
+        };
+        outln!(
+            "{}",
+            json!({"tokens": n_tok, "logprob_sum": sum, "token_logprobs": lps, "ppl": ppl})
+        );
+        Ok(())
+    })
+}
+
+/// Runs `each` on every JSON row of `input` (a JSONL file, or - for standard input) with its line
+/// number; blank lines are skipped. A row that is not JSON or that `each` fails on is reported as
+/// `file:line: why` and the others go on; the exit code is 1 if any failed (or the input cannot be
+/// read), else 0.
+pub fn each_row(input: &Path, mut each: impl FnMut(usize, Value) -> Result<(), String>) -> i32 {
     let reader: Box<dyn BufRead> = if input == Path::new("-") {
         Box::new(std::io::stdin().lock())
     } else {
@@ -57,7 +83,6 @@ pub fn run(model: &Path, adapter: Option<&Path>, input: &Path, compute: &Compute
             }
         }
     };
-    let mut tok = None;
     let mut code = 0;
     for (n, line) in reader.lines().enumerate() {
         let Ok(line) = line else {
@@ -69,30 +94,10 @@ pub fn run(model: &Path, adapter: Option<&Path>, input: &Path, compute: &Compute
         }
         let result = serde_json::from_str::<Value>(&line)
             .map_err(|e| format!("not JSON: {e}"))
-            .and_then(|row| row_ids(&row, &mut tok, model))
-            .and_then(|(ids, context)| {
-                let all = decoder.token_logprobs(&ids)?;
-                // token_logprobs[i] scores token i+1: completion tokens start at `context`.
-                Ok(all[context.saturating_sub(1)..].to_vec())
-            });
-        match result {
-            Ok(lps) => {
-                let sum: f64 = lps.iter().map(|&l| l as f64).sum();
-                let n_tok = lps.len();
-                let ppl = if n_tok == 0 {
-                    f64::NAN
-                } else {
-                    (-sum / n_tok as f64).exp()
-                };
-                outln!(
-                    "{}",
-                    json!({"tokens": n_tok, "logprob_sum": sum, "token_logprobs": lps, "ppl": ppl})
-                );
-            }
-            Err(e) => {
-                errln!("error: {}:{}: {e}", input.display(), n + 1);
-                code = 1;
-            }
+            .and_then(|row| each(n + 1, row));
+        if let Err(e) = result {
+            errln!("error: {}:{}: {e}", input.display(), n + 1);
+            code = 1;
         }
     }
     code
