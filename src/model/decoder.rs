@@ -37,17 +37,7 @@ impl Linear {
     /// back to it in f32).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.nf4 {
-            Some(q) => {
-                let dims = x.dims().to_vec();
-                let inp = *dims.last().unwrap_or(&1);
-                let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
-                let y = super::frozen::nf4_matmul_t(&x.reshape((rows, inp))?, q)?;
-                let mut out = dims;
-                if let Some(last) = out.last_mut() {
-                    *last = q.shape.0;
-                }
-                y.reshape(out)?
-            }
+            Some(q) => on_rows(x, q.shape.0, |x| super::frozen::nf4_matmul_t(x, q))?,
             None => matmul_t(x, &in_dtype_of(&self.weight, x)?)?,
         };
         let y = match &self.bias {
@@ -104,22 +94,32 @@ pub struct Decoder {
 /// x [.., in] times wᵀ (w [out, in]) as one 2-D matmul over all leading positions: broadcasting w
 /// over the batch would copy it per row and make backward form a weight gradient per row.
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    let dims = x.dims().to_vec();
+    on_rows(x, w.dim(0)?, |x| {
+        // A weight that does not train gets no gradient formed in backward (a trained weight cast
+        // to the compute dtype is not a variable itself but still carries the gradient back to one).
+        if w.track_op() {
+            x.matmul(&w.t()?)
+        } else {
+            super::frozen::matmul_t(x, w)
+        }
+    })
+}
+
+/// `f` applied to x [.., in] seen as one matrix [positions, in], its result [positions, out] given
+/// x's leading shape back.
+fn on_rows(
+    x: &Tensor,
+    out: usize,
+    f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    let mut dims = x.dims().to_vec();
     let inp = *dims.last().unwrap_or(&1);
     let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
-    let x = x.reshape((rows, inp))?;
-    // A weight that does not train gets no gradient formed in backward (a trained weight cast to the
-    // compute dtype is not a variable itself but still carries the gradient back to one).
-    let y = if w.track_op() {
-        x.matmul(&w.t()?)?
-    } else {
-        super::frozen::matmul_t(&x, w)?
-    };
-    let mut out = dims;
-    if let Some(last) = out.last_mut() {
-        *last = w.dim(0)?;
+    let y = f(&x.reshape((rows, inp))?)?;
+    if let Some(last) = dims.last_mut() {
+        *last = out;
     }
-    y.reshape(out)
+    y.reshape(dims)
 }
 
 /// The index of the largest logit (the first one on ties, as torch.argmax).

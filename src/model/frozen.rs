@@ -5,6 +5,26 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
 
+/// x [m, k] · wᵀ on the CPU, w [n, k] a tensor on the CPU (the forward of the ops below).
+fn cpu_matmul_t(
+    x: &CpuStorage,
+    x_layout: &Layout,
+    w: &Tensor,
+    op: &str,
+) -> Result<(CpuStorage, Shape)> {
+    let (m, k) = x_layout.shape().dims2()?;
+    let (storage, w_layout) = w.storage_and_layout();
+    let Storage::Cpu(w) = &*storage else {
+        candle_core::bail!("{op}: the weight is not on the CPU")
+    };
+    let (n, wk) = w_layout.shape().dims2()?;
+    if wk != k {
+        candle_core::bail!("{op}: x has {k} columns, the weight {wk}")
+    }
+    let y = x.matmul(w, (1, m, n, k), x_layout, &w_layout.transpose(0, 1)?)?;
+    Ok((y, Shape::from((m, n))))
+}
+
 struct FrozenMatmulT(Tensor);
 
 impl CustomOp1 for FrozenMatmulT {
@@ -13,17 +33,7 @@ impl CustomOp1 for FrozenMatmulT {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, x_layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (m, k) = x_layout.shape().dims2()?;
-        let (storage, w_layout) = self.0.storage_and_layout();
-        let Storage::Cpu(w) = &*storage else {
-            candle_core::bail!("frozen-matmul-t: the weight is not on the CPU")
-        };
-        let (n, wk) = w_layout.shape().dims2()?;
-        if wk != k {
-            candle_core::bail!("frozen-matmul-t: x has {k} columns, the weight {wk}")
-        }
-        let y = x.matmul(w, (1, m, n, k), x_layout, &w_layout.transpose(0, 1)?)?;
-        Ok((y, Shape::from((m, n))))
+        cpu_matmul_t(x, x_layout, &self.0, self.name())
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -41,18 +51,8 @@ impl CustomOp1 for Nf4MatmulT {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, x_layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (m, k) = x_layout.shape().dims2()?;
         let w = self.0.tensor(x.dtype(), &candle_core::Device::Cpu)?;
-        let (storage, w_layout) = w.storage_and_layout();
-        let Storage::Cpu(w) = &*storage else {
-            candle_core::bail!("nf4-matmul-t: the weight is not on the CPU")
-        };
-        let (n, wk) = w_layout.shape().dims2()?;
-        if wk != k {
-            candle_core::bail!("nf4-matmul-t: x has {k} columns, the weight {wk}")
-        }
-        let y = x.matmul(w, (1, m, n, k), x_layout, &w_layout.transpose(0, 1)?)?;
-        Ok((y, Shape::from((m, n))))
+        cpu_matmul_t(x, x_layout, &w, self.name())
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
