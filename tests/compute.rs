@@ -11,18 +11,12 @@ use std::path::Path;
 
 /// The quickstart's tokenizer and pretraining data in a temporary folder, with `pipeline`.
 fn workdir(name: &str, pipeline: &str) -> Dir {
-    let dir = std::env::temp_dir().join(format!("ptl-compute-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
-    for sub in ["tokenizers/tiny-chat", "data/quickstart"] {
-        std::fs::create_dir_all(dir.join(sub)).unwrap();
-        for f in std::fs::read_dir(src.join(sub)).unwrap() {
-            let f = f.unwrap().path();
-            std::fs::copy(&f, dir.join(sub).join(f.file_name().unwrap())).unwrap();
-        }
-    }
-    std::fs::write(dir.join("p.ptl"), pipeline).unwrap();
-    Dir(dir)
+    let d = common::pipeline_copy(
+        &format!("compute-{name}"),
+        &["tokenizers/tiny-chat", "data/quickstart"],
+    );
+    std::fs::write(d.0.join("p.ptl"), pipeline).unwrap();
+    d
 }
 
 /// Tests that train hold this, so that the CPU-use measurement runs alone.

@@ -32,19 +32,9 @@ stage half = export {
 "#;
 
 fn workdir(name: &str, pipeline: &str) -> Dir {
-    let dir = std::env::temp_dir().join(format!("ptl-export-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let tok = dir.join("tokenizers/tiny-chat");
-    std::fs::create_dir_all(&tok).unwrap();
-    for f in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(
-            Path::new("pipelines/tokenizers/tiny-chat").join(f),
-            tok.join(f),
-        )
-        .unwrap();
-    }
-    std::fs::write(dir.join("p.ptl"), pipeline).unwrap();
-    Dir(dir)
+    let d = common::pipeline_copy(&format!("export-{name}"), &["tokenizers/tiny-chat"]);
+    std::fs::write(d.0.join("p.ptl"), pipeline).unwrap();
+    d
 }
 
 fn run(d: &Path, args: &[&str]) -> std::process::Output {

@@ -31,26 +31,16 @@ stage b = sft {
 "#;
 
 fn workdir(name: &str, stages: &str) -> Dir {
-    let dir = std::env::temp_dir().join(format!("ptl-merge-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let tok = dir.join("tokenizers/tiny-chat");
-    std::fs::create_dir_all(&tok).unwrap();
-    for f in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(
-            Path::new("pipelines/tokenizers/tiny-chat").join(f),
-            tok.join(f),
-        )
-        .unwrap();
-    }
+    let d = common::pipeline_copy(&format!("merge-{name}"), &["tokenizers/tiny-chat"]);
     let rows: String = std::fs::read_to_string("pipelines/data/quickstart/train.jsonl")
         .unwrap()
         .lines()
         .take(16)
         .map(|l| format!("{l}\n"))
         .collect();
-    std::fs::write(dir.join("chat.jsonl"), rows).unwrap();
-    std::fs::write(dir.join("p.ptl"), format!("{HEAD}\n{stages}")).unwrap();
-    Dir(dir)
+    std::fs::write(d.0.join("chat.jsonl"), rows).unwrap();
+    std::fs::write(d.0.join("p.ptl"), format!("{HEAD}\n{stages}")).unwrap();
+    d
 }
 
 fn out(d: &Path, stage: &str) -> std::path::PathBuf {

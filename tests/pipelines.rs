@@ -5,30 +5,9 @@
 
 mod common;
 
-use common::{text, Dir};
+use common::text;
 use serde_json::Value;
 use std::path::Path;
-
-/// `files` (files or folders) of pipelines/ copied into a temporary folder.
-fn copy_of(name: &str, files: &[&str]) -> Dir {
-    let dir = std::env::temp_dir().join(format!("ptl-pipeline-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
-    for f in files {
-        let from = src.join(f);
-        if from.is_dir() {
-            std::fs::create_dir_all(dir.join(f)).unwrap();
-            for e in std::fs::read_dir(&from).unwrap() {
-                let e = e.unwrap().path();
-                std::fs::copy(&e, dir.join(f).join(e.file_name().unwrap())).unwrap();
-            }
-        } else {
-            std::fs::create_dir_all(dir.join(f).parent().unwrap()).unwrap();
-            std::fs::copy(&from, dir.join(f)).unwrap();
-        }
-    }
-    Dir(dir)
-}
 
 fn run(dir: &Path, pipeline: &str, set: &[&str]) -> std::process::Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ptl"));
@@ -57,7 +36,7 @@ fn metrics(dir: &Path, pipeline: &str, stage: &str) -> Value {
 
 #[test]
 fn chat_assistant_runs_end_to_end_from_a_fresh_store() {
-    let d = copy_of(
+    let d = common::pipeline_copy(
         "chat-assistant",
         &[
             "chat_assistant.ptl",
@@ -95,7 +74,7 @@ fn chat_assistant_runs_end_to_end_from_a_fresh_store() {
 
 #[test]
 fn the_preference_demo_runs_and_reports_every_preference_metric() {
-    let d = copy_of(
+    let d = common::pipeline_copy(
         "preference",
         &[
             "preference.ptl",

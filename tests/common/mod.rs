@@ -174,19 +174,42 @@ pub fn preference_workdir(name: &str) -> Dir {
 /// The folders `dirs` and files `files` of tests/fixtures/`fixture` in a temporary folder, symlinks
 /// followed.
 pub fn fixture_workdir(name: &str, fixture: &str, dirs: &[&str], files: &[&str]) -> Dir {
-    let dir = std::env::temp_dir().join(format!("ptl-{fixture}-{name}-{}", std::process::id()));
+    let entries: Vec<&str> = dirs.iter().chain(files).copied().collect();
+    copy_into_temp(
+        &format!("{fixture}-{name}"),
+        &Path::new("tests/fixtures").join(fixture),
+        &entries,
+    )
+}
+
+/// `entries` (files, or folders of files) of pipelines/ in a temporary folder, at the same
+/// relative paths.
+pub fn pipeline_copy(name: &str, entries: &[&str]) -> Dir {
+    copy_into_temp(
+        &format!("pipeline-{name}"),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines"),
+        entries,
+    )
+}
+
+/// `entries` of `from` (files, or folders whose files are copied, symlinks followed) in a fresh
+/// temporary folder named after `name`, at the same relative paths.
+fn copy_into_temp(name: &str, from: &Path, entries: &[&str]) -> Dir {
+    let dir = std::env::temp_dir().join(format!("ptl-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let from = Path::new("tests/fixtures").join(fixture);
-    for sub in dirs {
-        std::fs::create_dir_all(dir.join(sub)).unwrap();
-        for f in std::fs::read_dir(from.join(sub)).unwrap() {
-            let f = f.unwrap().path();
-            std::fs::copy(&f, dir.join(sub).join(f.file_name().unwrap())).unwrap();
-        }
-    }
     std::fs::create_dir_all(&dir).unwrap();
-    for f in files {
-        std::fs::copy(from.join(f), dir.join(f)).unwrap();
+    for entry in entries {
+        let (src, dst) = (from.join(entry), dir.join(entry));
+        if src.is_dir() {
+            std::fs::create_dir_all(&dst).unwrap();
+            for f in std::fs::read_dir(&src).unwrap() {
+                let f = f.unwrap().path();
+                std::fs::copy(&f, dst.join(f.file_name().unwrap())).unwrap();
+            }
+        } else {
+            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            std::fs::copy(&src, &dst).unwrap();
+        }
     }
     Dir(dir)
 }
