@@ -88,13 +88,7 @@ fn pairs_are_tokenized_as_trl_does() {
         },
     )
     .unwrap();
-    let ids = |v: &Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i.as_u64().unwrap() as u32)
-            .collect()
-    };
+    let ids = common::token_ids;
     // Conversations, and plain text (prompt + completion + EOS tokenized together).
     for (file, key) in [
         ("data.jsonl", "tokenized"),

@@ -100,13 +100,7 @@ fn rows_and_mismatched_pairs_are_tokenized_as_trl_does() {
     )
     .unwrap();
     assert!(problems.is_empty(), "{problems:?}");
-    let ids = |v: &Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i.as_u64().unwrap() as u32)
-            .collect()
-    };
+    let ids = common::token_ids;
     let trl = want["tokenized"].as_array().unwrap();
     let completions: Vec<Vec<u32>> = rows
         .iter()

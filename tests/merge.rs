@@ -169,18 +169,8 @@ fn a_folded_adapter_gives_peft_merge_and_unload_numbers() {
     let _ = std::fs::remove_dir_all(&dir);
     let mut worst = 0f32;
     for row in want["rows"].as_array().unwrap() {
-        let ids: Vec<u32> = row["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i.as_u64().unwrap() as u32)
-            .collect();
-        let peft: Vec<f32> = row["token_logprobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
+        let ids = common::token_ids(&row["ids"]);
+        let peft = common::f32s(&row["token_logprobs"]);
         for model in [&m, &saved] {
             for (a, b) in model.token_logprobs(&ids).unwrap().iter().zip(&peft) {
                 worst = worst.max((a - b).abs());

@@ -6,6 +6,7 @@
 mod common;
 
 use candle_core::Device;
+use common::{f32s as floats, token_ids as ids};
 use ptl::model::decoder::{argmax, Decoder};
 use serde_json::Value;
 use std::path::Path;
@@ -22,22 +23,6 @@ fn load(name: &str) -> (Decoder, Value) {
     let expected =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     (d, expected)
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f.as_f64().unwrap() as f32)
-        .collect()
 }
 
 #[test]

@@ -49,12 +49,7 @@ fn a_fresh_qlora_model_gives_transformers_4_bit_log_probs() {
     );
     let (mut worst, mut moved) = (0f32, 0f32);
     for row in want["rows"].as_array().unwrap() {
-        let ids: Vec<u32> = row["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i.as_u64().unwrap() as u32)
-            .collect();
+        let ids = common::token_ids(&row["ids"]);
         let got = model.token_logprobs(&ids).unwrap();
         let f32_model = full.token_logprobs(&ids).unwrap();
         for ((g, w), f) in got

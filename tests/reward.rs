@@ -77,13 +77,7 @@ fn sequences_are_tokenized_as_trl_does() {
         },
     )
     .unwrap();
-    let ids = |v: &Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i.as_u64().unwrap() as u32)
-            .collect()
-    };
+    let ids = common::token_ids;
     for (case, expect) in want["cases"].as_object().unwrap() {
         let (rows, problems) = ptl::data::rows::read(
             &Path::new("tests/fixtures/reward").join(format!("{case}.jsonl")),

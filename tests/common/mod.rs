@@ -165,6 +165,24 @@ pub fn compare_metrics<'a>(
     problems
 }
 
+/// A JSON list of token ids.
+pub fn token_ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// A JSON list of numbers, as f32.
+pub fn f32s(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
 /// The preference fixture (tests/fixtures/dpo: `policy/`, `reference/`, `data.jsonl`) in a temporary
 /// folder, symlinks followed.
 pub fn preference_workdir(name: &str) -> Dir {
