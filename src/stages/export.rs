@@ -120,7 +120,7 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
         std::fs::create_dir_all(&written)?;
         let file = written.join(GGUF_FILE);
         crate::model::gguf::write(&mut model, &model_dir, &file, params.quant, ctx.stage)?;
-        publish_file(&file, &dest)?;
+        publish(&file, &dest)?;
         (ctx.log)(&format!(
             "exported to {} (GGUF, {:?})",
             dest.display(),
@@ -163,27 +163,9 @@ fn absolute(path: &Path) -> PathBuf {
 /// The GGUF file's name inside the stage's stored output.
 const GGUF_FILE: &str = "model.gguf";
 
-/// Copies the file `from` to `to` through a temporary sibling and a rename.
-fn publish_file(from: &Path, to: &Path) -> crate::error::Result<()> {
-    let parent = to.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    let name = to
-        .file_name()
-        .map_or("export".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = parent.join(format!(".{name}.tmp-{}", crate::store::unique_suffix()));
-    let copy = || -> std::io::Result<()> {
-        std::fs::copy(from, &tmp)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, to)
-    };
-    copy().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        crate::error::Error::Other(format!("cannot write the export to {}: {e}", to.display()))
-    })
-}
-
-/// Copies the folder `from` to `to` through a temporary sibling and a rename: `to` is either the
-/// old copy or the whole new one, never half of it.
+/// Copies `from` (a file, or a folder of files) to `to` through a hidden temporary sibling and a
+/// rename: `to` is either the old copy or the whole new one, never half of it. A file replaces the
+/// old one in the rename; an old folder is renamed aside first and removed after.
 fn publish(from: &Path, to: &Path) -> crate::error::Result<()> {
     let parent = to.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
@@ -192,15 +174,21 @@ fn publish(from: &Path, to: &Path) -> crate::error::Result<()> {
         .map_or("export".into(), |n| n.to_string_lossy().into_owned());
     let suffix = crate::store::unique_suffix();
     let tmp = parent.join(format!(".{name}.tmp-{suffix}"));
+    let folder = from.is_dir();
     let copy = || -> std::io::Result<()> {
-        std::fs::create_dir_all(&tmp)?;
-        for f in std::fs::read_dir(from)? {
-            let f = f?.path();
-            if let Some(n) = f.file_name() {
-                std::fs::copy(&f, tmp.join(n))?;
+        if folder {
+            std::fs::create_dir_all(&tmp)?;
+            for f in std::fs::read_dir(from)? {
+                let f = f?.path();
+                if let Some(n) = f.file_name() {
+                    std::fs::copy(&f, tmp.join(n))?;
+                }
             }
+        } else {
+            std::fs::copy(from, &tmp)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
         }
-        if to.exists() {
+        if folder && to.exists() {
             let old = parent.join(format!(".{name}.old-{suffix}"));
             std::fs::rename(to, &old)?;
             std::fs::rename(&tmp, to)?;
@@ -210,7 +198,11 @@ fn publish(from: &Path, to: &Path) -> crate::error::Result<()> {
         }
     };
     copy().map_err(|e| {
-        let _ = std::fs::remove_dir_all(&tmp);
+        let _ = if folder {
+            std::fs::remove_dir_all(&tmp)
+        } else {
+            std::fs::remove_file(&tmp)
+        };
         crate::error::Error::Other(format!("cannot write the export to {}: {e}", to.display()))
     })
 }
