@@ -54,7 +54,7 @@ pub fn prompts(rows: &[Row]) -> Vec<Prompt> {
         .collect()
 }
 
-fn skip_text(e: Skip) -> String {
+pub fn skip_text(e: Skip) -> String {
     match e {
         Skip::Bad(why) | Skip::Dropped(why) => why,
     }
@@ -108,9 +108,19 @@ impl Judge {
         Ok(Judge { model, tok })
     }
 
+    /// An encoder with the reward model's tokenizer and chat template, for [`Judge::sequence`].
+    pub fn encoder(&self) -> crate::error::Result<Encoder<'_>> {
+        Ok(Encoder::new(&self.tok, None, EncodeOptions::default())?)
+    }
+
     /// The sequence the reward model reads for `completion` after `prompt`, as it was trained: a
     /// conversation rendered whole with its own template, or text + EOS.
-    fn sequence(&self, prompt: &Side, completion: &Side) -> crate::error::Result<Vec<u32>> {
+    pub fn sequence(
+        &self,
+        enc: &Encoder,
+        prompt: &Side,
+        completion: &Side,
+    ) -> crate::error::Result<Vec<u32>> {
         match prompt {
             Side::Messages(m) => {
                 let mut all = m.clone();
@@ -118,7 +128,6 @@ impl Judge {
                     Side::Messages(c) => all.extend(c.iter().cloned()),
                     Side::Text(t) => all.push(json!({"role": "assistant", "content": t})),
                 }
-                let enc = Encoder::new(&self.tok, None, EncodeOptions::default())?;
                 let text = enc.render(&all, false).map_err(skip_text)?.text;
                 Ok(self.tok.encode(&text, false)?.ids)
             }
@@ -126,19 +135,25 @@ impl Judge {
         }
     }
 
-    /// The reward of each (prompt, completion).
-    pub fn rewards(&self, items: &[(&Side, Side)]) -> crate::error::Result<Vec<f64>> {
-        let mut out = Vec::with_capacity(items.len());
-        for group in items.chunks(8) {
-            let seqs: Vec<Vec<u32>> = group
-                .iter()
-                .map(|(p, c)| self.sequence(p, c))
-                .collect::<crate::error::Result<_>>()?;
-            let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    /// The reward of each token sequence, 8 sequences to a forward.
+    pub fn score(&self, seqs: &[Vec<u32>]) -> crate::error::Result<Vec<f64>> {
+        let mut out = Vec::with_capacity(seqs.len());
+        for group in seqs.chunks(8) {
+            let refs: Vec<&[u32]> = group.iter().map(Vec::as_slice).collect();
             let r: Vec<f32> = self.model.rewards(&refs)?.to_vec1()?;
             out.extend(r.into_iter().map(f64::from));
         }
         Ok(out)
+    }
+
+    /// The reward of each (prompt, completion).
+    pub fn rewards(&self, items: &[(&Side, Side)]) -> crate::error::Result<Vec<f64>> {
+        let enc = self.encoder()?;
+        let seqs: Vec<Vec<u32>> = items
+            .iter()
+            .map(|(p, c)| self.sequence(&enc, p, c))
+            .collect::<crate::error::Result<_>>()?;
+        self.score(&seqs)
     }
 }
 
