@@ -54,10 +54,17 @@ pub fn track_fields() -> &'static [FieldSchema] {
 
 /// Whether `device` names a device ptl knows.
 pub fn valid_device(d: &str) -> bool {
-    match d {
-        "auto" | "cpu" | "cuda" => true,
-        _ => d
-            .strip_prefix("cuda:")
-            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())),
+    matches!(d, "auto" | "cpu") || cuda_index(d).is_some()
+}
+
+/// The GPU a `device` names: 0 for "cuda", N for "cuda:N"; `None` for anything else.
+pub fn cuda_index(d: &str) -> Option<usize> {
+    match d.strip_prefix("cuda")? {
+        "" => Some(0),
+        n => n
+            .strip_prefix(':')
+            .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))?
+            .parse()
+            .ok(),
     }
 }

@@ -36,14 +36,8 @@ impl Compute {
             "cpu" => Device::Cpu,
             "auto" => cuda(0).unwrap_or(Device::Cpu),
             d => {
-                let index = match d.strip_prefix("cuda") {
-                    Some("") => 0,
-                    Some(n) => n
-                        .strip_prefix(':')
-                        .and_then(|n| n.parse().ok())
-                        .ok_or_else(|| format!("unknown device \"{d}\""))?,
-                    None => return Err(format!("unknown device \"{d}\"")),
-                };
+                let index = crate::lang::settings::cuda_index(d)
+                    .ok_or_else(|| format!("unknown device \"{d}\""))?;
                 cuda(index).ok_or_else(|| no_cuda(d))?
             }
         };

@@ -217,6 +217,7 @@ pub fn save(
     if let Tuning::Qlora { .. } = tuning {
         let mut base = Decoder::load(model_dir, ctx.device())?;
         if model.score.is_some() {
+            // A head slot for the adapter's trained head (`modules_to_save`) to fill.
             base.add_score_head(0, 0.0, model.cfg.pad_token_id)?;
         }
         base.load_adapter(&adapter)?;
