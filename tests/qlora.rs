@@ -13,12 +13,10 @@ use ptl::model::decoder::Decoder;
 use serde_json::Value;
 use std::path::Path;
 
-/// Within this of the bitsandbytes-quantized model (absolute; measured 8.2e-4). ptl maps each block
-/// scale to the nearest 8-bit code; bitsandbytes' CPU quantizer (an approximate bucketed binary
-/// search, then the nearer of two neighbours) picks the next code down in rare near-midpoint cases:
-/// 2 of the fixture's 1,920 block scales, each about 0.6% apart, which is this much in log-probs.
-/// The 4-bit codes of the weights themselves are identical (tests/nf4.rs).
-const TOLERANCE: f32 = 1e-3;
+/// Within this of the bitsandbytes-quantized model (absolute; measured 9.5e-7): the 4-bit codes,
+/// the block scales' 8-bit codes (bitsandbytes' CPU lookup table) and the offset are bitsandbytes'
+/// own, so what is left is the f32 rounding of the forward pass.
+const TOLERANCE: f32 = 1e-5;
 
 fn qlora(rank: i64) -> Tuning {
     Tuning::Qlora {

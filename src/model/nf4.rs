@@ -1,8 +1,9 @@
 //! NF4 with double quantization, as bitsandbytes stores QLoRA's frozen weights: blocks of 64 values
 //! scaled by their absmax and mapped to the nearest of 16 normal-float codes (ties to the lower),
 //! two codes per byte (the first in the high nibble); the blocks' absmax values, less their mean, are
-//! themselves quantized to 8 bits in blocks of 256 with bitsandbytes' signed dynamic map, keeping one
-//! f32 scale per 256 blocks (../shared/reference/losses-and-formats.md §8). About 4.13 bits a weight.
+//! themselves quantized to 8 bits in blocks of 256 with bitsandbytes' signed dynamic map (through its
+//! CPU quantizer's lookup table), keeping one f32 scale per 256 blocks
+//! (../shared/reference/losses-and-formats.md §8). About 4.13 bits a weight.
 
 /// The 16 NF4 values (bitsandbytes' table, as f32 bits).
 const NF4_BITS: [u32; 16] = [
@@ -165,11 +166,58 @@ fn row_sum(a: &[f32]) -> f32 {
 }
 
 /// The index of the code nearest to `v`: how many midpoints between neighbouring codes lie strictly
-/// below it (a value on a midpoint takes the lower code). For the 4-bit codes this is bitsandbytes'
-/// rule exactly; for the 8-bit block scales bitsandbytes' CPU quantizer uses an approximate bucketed
-/// binary search that, near a midpoint, can pick the code below: ptl keeps the nearest.
+/// below it (a value on a midpoint takes the lower code); bitsandbytes' rule for the 4-bit codes.
 fn nearest(codes: &[f32], v: f32) -> u8 {
     codes.windows(2).filter(|w| (w[0] + w[1]) / 2.0 < v).count() as u8
+}
+
+/// Bins of bitsandbytes' 8-bit CPU quantizer: [-1, 1] cut into this many evenly spaced points.
+const LUT_SIZE: usize = 65536;
+
+/// bitsandbytes' (0.50) lookup table for the dynamic map: for each of [`LUT_SIZE`] evenly spaced
+/// points of [-1, 1], the code nearest to that point. A value takes the entry of the point nearest
+/// to it, so near a midpoint between two codes it can get the farther one; matching its bytes means
+/// doing the same, in the same f32 arithmetic.
+fn dynamic_lut() -> &'static [u8; LUT_SIZE] {
+    static LUT: std::sync::OnceLock<Box<[u8; LUT_SIZE]>> = std::sync::OnceLock::new();
+    LUT.get_or_init(|| {
+        let codes = table(&DYNAMIC_BITS);
+        let midpoints: Vec<f32> = codes.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect();
+        let mut lut = Box::new([0u8; LUT_SIZE]);
+        let mut code = 0;
+        for (i, entry) in lut.iter_mut().enumerate() {
+            let point = -1.0f32 + (2.0 * i as f32) / (LUT_SIZE - 1) as f32;
+            while code < midpoints.len() && midpoints[code] < point {
+                code += 1;
+            }
+            *entry = code as u8;
+        }
+        lut
+    })
+}
+
+/// The 8-bit dynamic-map code bitsandbytes' CPU quantizer gives a value already scaled into [-1, 1].
+fn dynamic_code(v: f32) -> u8 {
+    let point = ((v.clamp(-1.0, 1.0) + 1.0) * 0.5 * (LUT_SIZE - 1) as f32 + 0.5) as usize;
+    dynamic_lut()[point.min(LUT_SIZE - 1)]
+}
+
+/// Values in blocks of `block`, each multiplied by the reciprocal of its absmax and coded in
+/// bitsandbytes' signed dynamic 8-bit map, as its `quantize_blockwise` does on CPU (an all-zero
+/// block gets code 0): the codes and the blocks' absmax values.
+pub fn quantize_dynamic(values: &[f32], block: usize) -> (Vec<u8>, Vec<f32>) {
+    let mut codes = Vec::with_capacity(values.len());
+    let mut absmax = Vec::with_capacity(values.len().div_ceil(block));
+    for b in values.chunks(block) {
+        let am = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        absmax.push(am);
+        let inv = 1.0 / am;
+        codes.extend(
+            b.iter()
+                .map(|v| if am == 0.0 { 0 } else { dynamic_code(v * inv) }),
+        );
+    }
+    (codes, absmax)
 }
 
 impl Nf4 {
@@ -202,9 +250,7 @@ impl Nf4 {
         // Double quantization: the absmax values less their mean, in 8 bits per 256.
         let offset = torch_sum(&absmax) / absmax.len().max(1) as f32;
         let centered: Vec<f32> = absmax.iter().map(|a| a - offset).collect();
-        let dynamic = table(&DYNAMIC_BITS);
-        let (absmax2, scaled2) = scale(&centered, ABSMAX_BLOCK);
-        let absmax_codes = scaled2.iter().map(|v| nearest(&dynamic, *v)).collect();
+        let (absmax_codes, absmax2) = quantize_dynamic(&centered, ABSMAX_BLOCK);
         Nf4 {
             shape,
             packed,
