@@ -1,6 +1,7 @@
 //! `merge`: a LoRA stage's adapter folded into its base gives the base + adapter's numbers; a linear
 //! merge of a model with itself and a slerp at t = 0 give the model back bit for bit; slerp, ties and
-//! linear merges of two fine-tunes run and differ from both; wrong combinations are check errors.
+//! linear merges of two fine-tunes run and differ from both; linear, slerp and TIES give mergekit's
+//! own merges' numbers; wrong combinations are check errors.
 
 mod common;
 
@@ -179,4 +180,51 @@ fn a_folded_adapter_gives_peft_merge_and_unload_numbers() {
     }
     eprintln!("folded adapter vs PEFT merge_and_unload: {worst:.2e}");
     assert!(worst <= 1e-5, "{worst}");
+}
+
+/// Linear, slerp and TIES merges of two fine-tunes (tests/fixtures/mergekit, made by
+/// scripts/make_mergekit_fixture.py) give the per-token log-probs of the model mergekit writes for
+/// the same configuration (within 1e-5, f32).
+#[test]
+fn merges_give_mergekit_numbers() {
+    let root = std::env::current_dir().unwrap();
+    let fixture = root.join("tests/fixtures/mergekit");
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("expected.json")).unwrap())
+            .unwrap();
+    let merges = want["merges"].as_array().unwrap();
+    let mut pipeline = format!(
+        "let a = hf_model(\"{}\")\nlet b = hf_model(\"{}\")\nlet base = hf_model(\"{}\")\n",
+        fixture.join("a").display(),
+        fixture.join("b").display(),
+        root.join("tests/fixtures/nf4/qwen3").display()
+    );
+    for m in merges {
+        pipeline += &format!(
+            "\nstage {} = merge {{\n  {}\n  dtype = \"f32\"\n}}\n",
+            m["name"].as_str().unwrap(),
+            m["ptl"].as_str().unwrap()
+        );
+    }
+    let d = Dir(std::env::temp_dir().join(format!("ptl-mergekit-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&d.0);
+    std::fs::create_dir_all(&d.0).unwrap();
+    std::fs::write(d.0.join("p.ptl"), pipeline).unwrap();
+    let o = common::ptl(&d.0, &["run", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    for m in merges {
+        let name = m["name"].as_str().unwrap();
+        let model = load(&out(&d.0, name).join("model"));
+        let mut worst = 0f32;
+        for row in m["rows"].as_array().unwrap() {
+            let got = model
+                .token_logprobs(&common::token_ids(&row["ids"]))
+                .unwrap();
+            for (g, w) in got.iter().zip(common::f32s(&row["token_logprobs"])) {
+                worst = worst.max((g - w).abs());
+            }
+        }
+        eprintln!("{name}: within {worst:.2e} of mergekit");
+        assert!(worst < 1e-5, "{name}: {worst}");
+    }
 }

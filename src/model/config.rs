@@ -74,6 +74,42 @@ impl Arch {
     }
 }
 
+/// What decides whether two models' weights line up one to one (a merge): the family and every
+/// dimension.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub arch: Arch,
+    pub head: Head,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let class = match self.head {
+            Head::Lm => "ForCausalLM",
+            Head::Score => "ForSequenceClassification",
+        };
+        write!(
+            f,
+            "{}{class}: {} layers, hidden {}, MLP {}, {} heads of {} ({} key/value), vocabulary {}",
+            self.arch.class_prefix(),
+            self.num_layers,
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_heads,
+            self.head_dim,
+            self.num_kv_heads,
+            self.vocab_size
+        )
+    }
+}
+
 fn get_usize(c: &Value, key: &str) -> Result<usize, String> {
     c[key]
         .as_u64()
@@ -82,6 +118,21 @@ fn get_usize(c: &Value, key: &str) -> Result<usize, String> {
 }
 
 impl ModelConfig {
+    /// The family, head and dimensions (what must agree for weights to merge).
+    pub fn shape(&self) -> Shape {
+        Shape {
+            arch: self.arch,
+            head: self.head,
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_layers: self.num_layers,
+            num_heads: self.num_heads,
+            num_kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+        }
+    }
+
     pub fn load(dir: &Path) -> Result<ModelConfig, String> {
         let path = dir.join("config.json");
         let bytes =

@@ -142,6 +142,44 @@ fn models_rules(s: &StageView, d: &mut Vec<Diag>, n: usize) {
     }
     rules::within(s, d, "t", 0.0, 1.0, true);
     rules::within(s, d, "density", 0.0, 1.0, true);
+    same_shapes(s, d);
+}
+
+/// Models whose family or dimensions differ cannot be merged weight by weight: refused where the
+/// checker knows both (each `hf_model`'s config.json, or what a stage starts from).
+fn same_shapes(s: &StageView, d: &mut Vec<Diag>) {
+    let Value::List(models) = s.get("models") else {
+        return;
+    };
+    let mut named: Vec<(String, &Value, &str)> = models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (format!("model {} of {}", i + 1, models.len()), m, "models"))
+        .collect();
+    if s.is_set("base") {
+        named.push(("`base`".into(), s.get("base"), "base"));
+    }
+    let known: Vec<_> = named
+        .into_iter()
+        .filter_map(|(what, v, field)| Some((what, (s.model_shape)(v)?, field)))
+        .collect();
+    let Some((first, shape, _)) = known.first() else {
+        return;
+    };
+    for (what, other, field) in &known[1..] {
+        if other != shape {
+            d.push(
+                Diag::error(
+                    "ptl::merge_mismatch",
+                    format!("merge stage `{}`: {what} is not the architecture of {first}", s.name),
+                )
+                .label(s.loc(field), format!("{what}: {other}"))
+                .help(format!(
+                    "models merge weight by weight, so they need one family and size; {first} is {shape}"
+                )),
+            );
+        }
+    }
 }
 
 /// The stage's fields, typed (the schema holds the defaults).

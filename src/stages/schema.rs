@@ -46,6 +46,9 @@ pub struct StageView<'a> {
     pub locs: &'a BTreeMap<String, Loc>,
     /// The tuning of another stage, for rules that look upstream (merge).
     pub upstream_tuning: &'a dyn Fn(StageId) -> Option<Value>,
+    /// The family and dimensions of a model value, where the checker knows them (an `hf_model`
+    /// folder's config.json, or the model a training or merge stage starts from).
+    pub model_shape: &'a dyn Fn(&Value) -> Option<crate::model::config::Shape>,
 }
 
 impl StageView<'_> {

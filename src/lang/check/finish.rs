@@ -1,13 +1,40 @@
 //! The last pass: settings defaults, semantic rules, unused overrides, cycles, and the pipeline itself.
 
-use super::{Checker, Frame};
+use super::{Checker, Frame, StageSlot};
 use crate::lang::diag::Diag;
 use crate::lang::pipeline::{Pipeline, Stage};
 use crate::lang::source::{Loc, Span};
+use crate::lang::types::Type;
 use crate::lang::value::{StageId, Value};
+use crate::model::config::{ModelConfig, Shape};
 use crate::stages::schema::{Default, StageView};
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::path::Path;
+
+/// The family and dimensions of a model value, where they can be known before anything runs: an
+/// `hf_model` folder's config.json, or, for a stage's output model, the model the stage starts from
+/// (its `model`, or the first of its `models`: training and merging keep the weights' shapes). `None`
+/// where no config is at hand (an `init` stage's model is written when it runs). `depth` bounds the
+/// walk on a cyclic pipeline.
+fn model_shape(stages: &[StageSlot], v: &Value, depth: usize) -> Option<Shape> {
+    match v {
+        Value::HfModel(p) => ModelConfig::load(&p.resolved).ok().map(|c| c.shape()),
+        Value::Output {
+            stage,
+            ty: Type::Model,
+            ..
+        } if depth > 0 => {
+            let s = stages.get(*stage)?;
+            let from = match (s.params.get("model"), s.params.get("models")) {
+                (Some(m), _) if !matches!(m, Value::None) => m,
+                (_, Some(Value::List(ms))) => ms.first()?,
+                _ => return None,
+            };
+            model_shape(stages, from, depth - 1)
+        }
+        _ => None,
+    }
+}
 
 impl Checker {
     pub(super) fn finish(&mut self, path: &Path) -> Option<Pipeline> {
@@ -113,6 +140,8 @@ impl Checker {
             .map(|s| s.params.get("tuning").cloned())
             .collect();
         let upstream = |id: StageId| tunings.get(id).cloned().flatten();
+        let slots = &self.stages;
+        let model_shape = |v: &Value| model_shape(slots, v, slots.len());
         let mut found = Vec::new();
         for s in &self.stages {
             let Some(kind) = s.kind else { continue };
@@ -126,6 +155,7 @@ impl Checker {
                 params: &s.params,
                 locs: &s.locs,
                 upstream_tuning: &upstream,
+                model_shape: &model_shape,
             };
             for rule in &kind.rules {
                 rule(&view, &mut found);
