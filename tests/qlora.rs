@@ -3,7 +3,8 @@
 //! checkpoint with bitsandbytes' NF4 weights (transformers' f32 model with each projection replaced by
 //! bitsandbytes' quantize-then-dequantize; tests/fixtures/nf4, scripts/make_qlora_fixture.py); the
 //! quantized weights take about 4.13 bits; a QLoRA stage trains, and its saved model is the
-//! unquantized base with the adapter folded in.
+//! unquantized base with the adapter folded in; `ptl score --load-in-4bit` scores as the QLoRA
+//! model does.
 
 mod common;
 
@@ -129,4 +130,44 @@ fn a_qlora_stage_trains_and_saves_the_adapter_folded_into_the_unquantized_base()
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max);
     assert!(worst < 1e-5, "{worst}");
+}
+
+/// `ptl score --load-in-4bit` holds the projections in NF4 as a QLoRA stage does: the 4-bit model's
+/// log-probs of the fixture, not the f32 model's.
+#[test]
+fn score_load_in_4bit_gives_the_4_bit_log_probs() {
+    let want: Value = serde_json::from_str(
+        &std::fs::read_to_string("tests/fixtures/nf4/qlora_logprobs.json").unwrap(),
+    )
+    .unwrap();
+    let d = Dir(std::env::temp_dir().join(format!("ptl-score-4bit-{}", std::process::id())));
+    std::fs::create_dir_all(&d.0).unwrap();
+    let rows = want["rows"].as_array().unwrap();
+    let input: String = rows
+        .iter()
+        .map(|r| format!("{}\n", serde_json::json!({"ids": r["ids"]})))
+        .collect();
+    std::fs::write(d.0.join("ids.jsonl"), input).unwrap();
+    let model = std::env::current_dir()
+        .unwrap()
+        .join("tests/fixtures/nf4/qwen3");
+    let model = model.to_str().unwrap();
+    let o = common::ptl(
+        &d.0,
+        &["score", model, "--load-in-4bit", "--input", "ids.jsonl"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let got: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), rows.len());
+    for (g, w) in got.iter().zip(rows) {
+        for (a, b) in common::f32s(&g["token_logprobs"])
+            .iter()
+            .zip(common::f32s(&w["token_logprobs"]))
+        {
+            assert!((a - b).abs() <= TOLERANCE, "{a} vs {b}");
+        }
+    }
 }

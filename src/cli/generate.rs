@@ -5,13 +5,13 @@ use crate::data::encode::{EncodeOptions, Encoder};
 use crate::data::tokenizer::TextTokenizer;
 use crate::model::decoder::argmax;
 use crate::model::lora::Rng;
-use crate::plan::compute::Compute;
+use crate::plan::compute::{Compute, Loading};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
 pub struct GenerateArgs {
     pub model: PathBuf,
-    pub adapter: Option<PathBuf>,
+    pub with: Loading,
     pub prompt: Option<String>,
     pub input: Option<PathBuf>,
     pub max_new_tokens: usize,
@@ -70,7 +70,7 @@ pub fn run(a: GenerateArgs) -> i32 {
         Ok(t) => t,
         Err(e) => return fail(format!("{e} (ptl generate needs the model's tokenizer)")),
     };
-    let decoder = match a.compute.load_with(&a.model, a.adapter.as_deref()) {
+    let decoder = match a.compute.load_with(&a.model, &a.with) {
         Ok(d) => d,
         Err(e) => return fail(e.to_string()),
     };

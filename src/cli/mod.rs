@@ -116,7 +116,26 @@ impl ComputeArgs {
 }
 
 const MODEL_HELP: &str = "A local Hugging Face model folder (config.json, safetensors, tokenizer)";
-const ADAPTER_HELP: &str = "A PEFT LoRA adapter folder to apply on top of the model";
+/// What `ptl score` and `generate` put on the model folder.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LoadingArgs {
+    /// A PEFT LoRA adapter folder to apply on top of the model
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
+    /// Hold the model's projections in NF4 with double quantization, as a QLoRA stage trains
+    /// against (transformers' load_in_4bit with bitsandbytes' nf4 and double quantization)
+    #[arg(long = "load-in-4bit")]
+    load_in_4bit: bool,
+}
+
+impl LoadingArgs {
+    fn loading(self) -> crate::plan::compute::Loading {
+        crate::plan::compute::Loading {
+            adapter: self.adapter,
+            nf4: self.load_in_4bit,
+        }
+    }
+}
 
 #[derive(Subcommand)]
 enum Command {
@@ -224,8 +243,8 @@ enum Command {
     Score {
         #[arg(help = MODEL_HELP)]
         model: PathBuf,
-        #[arg(long, value_name = "DIR", help = ADAPTER_HELP)]
-        adapter: Option<PathBuf>,
+        #[command(flatten)]
+        with: LoadingArgs,
         /// A JSONL file, or - for standard input
         #[arg(long)]
         input: PathBuf,
@@ -248,8 +267,8 @@ enum Command {
     Generate {
         #[arg(help = MODEL_HELP)]
         model: PathBuf,
-        #[arg(long, value_name = "DIR", help = ADAPTER_HELP)]
-        adapter: Option<PathBuf>,
+        #[command(flatten)]
+        with: LoadingArgs,
         /// The text to continue (with --chat: the user message)
         #[arg(long, conflicts_with = "input")]
         prompt: Option<String>,
@@ -491,7 +510,7 @@ pub fn main() -> i32 {
             }),
             Command::Generate {
                 model,
-                adapter,
+                with,
                 prompt,
                 input,
                 max_new_tokens,
@@ -509,7 +528,7 @@ pub fn main() -> i32 {
                 };
                 generate::run(generate::GenerateArgs {
                     model,
-                    adapter,
+                    with: with.loading(),
                     prompt,
                     input,
                     max_new_tokens,
@@ -525,11 +544,11 @@ pub fn main() -> i32 {
             }
             Command::Score {
                 model,
-                adapter,
+                with,
                 input,
                 compute,
             } => match compute.resolve() {
-                Some(c) => score::run(&model, adapter.as_deref(), &input, &c),
+                Some(c) => score::run(&model, &with.loading(), &input, &c),
                 None => 2,
             },
             Command::Reward {

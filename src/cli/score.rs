@@ -1,7 +1,7 @@
 //! `ptl score MODEL_DIR --input FILE|-`: per-token log-probabilities of JSONL rows under a model.
 
 use crate::data::tokenizer::TextTokenizer;
-use crate::plan::compute::Compute;
+use crate::plan::compute::{Compute, Loading};
 use serde_json::{json, Value};
 use std::io::BufRead;
 use std::path::Path;
@@ -37,8 +37,8 @@ fn row_ids(
     }
 }
 
-pub fn run(model: &Path, adapter: Option<&Path>, input: &Path, compute: &Compute) -> i32 {
-    let loaded = compute.load_with(model, adapter);
+pub fn run(model: &Path, with: &Loading, input: &Path, compute: &Compute) -> i32 {
+    let loaded = compute.load_with(model, with);
     let decoder = match loaded {
         Ok(d) => d,
         Err(e) => {

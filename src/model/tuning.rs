@@ -90,7 +90,7 @@ impl Decoder {
             }
             Tuning::Qlora { lora, double_quant } => {
                 let vars = self.add_lora(lora, seed)?;
-                self.quantize_linears(*double_quant)?;
+                self.quantize_base(*double_quant)?;
                 Ok(vars)
             }
             Tuning::Lora(l) => self.add_lora(l, seed),
@@ -98,8 +98,9 @@ impl Decoder {
     }
 
     /// QLoRA's frozen base: every projection's weight to NF4 (as bitsandbytes' 4-bit loading
-    /// quantizes every linear layer but the output head); the f32 weight is let go.
-    fn quantize_linears(&mut self, double_quant: bool) -> Result<()> {
+    /// quantizes every linear layer but the output head); the f32 weight is let go. Adapters
+    /// already loaded stay as they are.
+    pub fn quantize_base(&mut self, double_quant: bool) -> Result<()> {
         for (_, _, lin) in self.linears_mut() {
             let (out, inp) = lin.weight.dims2()?;
             let values: Vec<f32> = lin.weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;

@@ -14,6 +14,16 @@ pub struct Compute {
     pub dtype: DType,
 }
 
+/// What goes on a model folder loaded for inference.
+#[derive(Clone, Debug, Default)]
+pub struct Loading {
+    /// A PEFT LoRA adapter, applied on top.
+    pub adapter: Option<std::path::PathBuf>,
+    /// Every projection held in NF4 with double quantization, as a QLoRA stage trained against
+    /// (bitsandbytes' `load_in_4bit` with nf4 and double quantization).
+    pub nf4: bool,
+}
+
 impl Compute {
     /// The CPU in f32: what commands without a `--device` use.
     pub fn cpu() -> Compute {
@@ -57,18 +67,21 @@ impl Compute {
         &self,
         dir: &std::path::Path,
     ) -> crate::error::Result<crate::model::decoder::Decoder> {
-        self.load_with(dir, None)
+        self.load_with(dir, &Loading::default())
     }
 
-    /// As [`Compute::load`], with a PEFT adapter applied first.
+    /// As [`Compute::load`], with a PEFT adapter applied first and the base quantized as asked.
     pub fn load_with(
         &self,
         dir: &std::path::Path,
-        adapter: Option<&std::path::Path>,
+        with: &Loading,
     ) -> crate::error::Result<crate::model::decoder::Decoder> {
         let mut model = crate::model::decoder::Decoder::load(dir, &self.device)?;
-        if let Some(a) = adapter {
+        if let Some(a) = &with.adapter {
             model.load_adapter(a)?;
+        }
+        if with.nf4 {
+            model.quantize_base(true)?;
         }
         if self.dtype != DType::F32 {
             model.to_dtype(self.dtype)?;
