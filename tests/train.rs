@@ -488,3 +488,75 @@ fn gc_keeps_resumable_checkpoints_unless_asked() {
     let out = run_ok(&d.0, &[]);
     assert!(!out.contains("resuming"), "{out}");
 }
+
+/// The dtypes of a safetensors file's tensors (from its JSON header).
+fn safetensors_dtypes(file: &Path) -> std::collections::BTreeSet<String> {
+    let bytes = std::fs::read(file).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(_, v)| v["dtype"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A stage saves its model in the input checkpoint's dtype unless `save_dtype` says otherwise: a bf16
+/// checkpoint trained in f32 comes back bf16 (config.json says so), and `save_dtype = "f32"` keeps
+/// the f32 weights; the adapter stays f32 either way.
+#[test]
+fn trained_models_are_saved_in_the_checkpoints_dtype_unless_asked() {
+    let d = Dir(std::env::temp_dir().join(format!("ptl-save-dtype-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&d.0);
+    std::fs::create_dir_all(d.0.join("base")).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(
+            Path::new("tests/fixtures/mergekit/a").join(f),
+            d.0.join("base").join(f),
+        )
+        .unwrap();
+    }
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(
+            Path::new("tests/fixtures/nf4/qwen3").join(f),
+            d.0.join("base").join(f),
+        )
+        .unwrap();
+    }
+    let rows: String = std::fs::read_to_string("pipelines/data/quickstart/train.jsonl")
+        .unwrap()
+        .lines()
+        .take(8)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(d.0.join("chat.jsonl"), rows).unwrap();
+    let stage = |name: &str, extra: &str| {
+        format!("stage {name} = sft {{\n  model = hf_model(\"base\")\n  data = jsonl(\"chat.jsonl\", format = \"messages\")\n  tuning = lora(rank = 4)\n  batch_size = 4\n  max_steps = 1\n{extra}}}\n")
+    };
+    std::fs::write(
+        d.0.join("p.ptl"),
+        stage("as_is", "") + &stage("widened", "  save_dtype = \"f32\"\n"),
+    )
+    .unwrap();
+    let o = common::ptl(&d.0, &["run", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    for (name, dtype, recorded) in [("as_is", "BF16", "bfloat16"), ("widened", "F32", "float32")] {
+        let out =
+            d.0.join(String::from_utf8_lossy(&ptl(&d.0, &["path", "p.ptl", name]).stdout).trim());
+        assert_eq!(
+            safetensors_dtypes(&out.join("model/model.safetensors")),
+            [dtype.to_string()].into(),
+            "{name}"
+        );
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("model/config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["dtype"], recorded, "{name}");
+        assert_eq!(
+            safetensors_dtypes(&out.join("adapter/adapter_model.safetensors")),
+            ["F32".to_string()].into()
+        );
+    }
+}

@@ -92,6 +92,12 @@ pub fn training(lr: f64, max_len: i64) -> Vec<FieldSchema> {
             10.0,
             "also checkpoint when this many minutes passed since the last one (0: by steps only)",
         ),
+        choice(
+            "save_dtype",
+            crate::lang::settings::DTYPES,
+            "auto",
+            "dtype of the saved model's weights (auto: the input checkpoint's, as its config.json records it; f32 when it records none)",
+        ),
         int("log_every", 1, "log metrics every N steps"),
         int(
             "skip_nonfinite",

@@ -202,14 +202,23 @@ pub fn fit(
     Ok(())
 }
 
-/// Writes the trained model (a full HF folder) and, for LoRA, the PEFT adapter beside it. A QLoRA
-/// adapter is merged into the unquantized base (read again from `model_dir`), as PEFT users do.
+/// The stage's `save_dtype`.
+#[derive(serde::Deserialize)]
+struct SaveParams {
+    save_dtype: String,
+}
+
+/// Writes the trained model (a full HF folder, its weights in `save_dtype`) and, for LoRA, the PEFT
+/// adapter beside it (f32, as PEFT saves a float32 adapter). A QLoRA adapter is merged into the
+/// unquantized base (read again from `model_dir`), as PEFT users do.
 pub fn save(
     ctx: &RunContext,
     model: &mut Decoder,
     tuning: &Tuning,
     model_dir: &Path,
 ) -> crate::error::Result<()> {
+    let params: SaveParams = ctx.typed()?;
+    let dtype = super::export::write_dtype(&params.save_dtype, model_dir);
     let adapter = ctx.out.join("adapter");
     if tuning.lora().is_some() {
         model.save_adapter(&adapter, tuning, &model_dir.display().to_string())?;
@@ -221,9 +230,9 @@ pub fn save(
             base.add_score_head(0, 0.0, model.cfg.pad_token_id)?;
         }
         base.load_adapter(&adapter)?;
-        return base.save_hf(model_dir, &ctx.out.join("model"), 2 << 30);
+        return base.save_hf_as(model_dir, &ctx.out.join("model"), 2 << 30, dtype);
     }
-    model.save_hf(model_dir, &ctx.out.join("model"), 2 << 30)
+    model.save_hf_as(model_dir, &ctx.out.join("model"), 2 << 30, dtype)
 }
 
 /// No row keeps a trained token within `max_len`: how many tokens the shortest row needs, found by
