@@ -191,3 +191,53 @@ fn threads_1_keeps_the_run_on_one_core() {
         eprintln!("one core here: only the threads = 1 bound is checked");
     }
 }
+
+/// A training or eval stage's own `device` and `dtype` override the config's for that stage alone:
+/// the plan says where it computes, and its key is the key of the same stage under a config that
+/// asks for the same (what is used, not where it was written); an unknown device is a check error.
+#[test]
+fn a_stage_can_compute_elsewhere_than_the_config_says() {
+    let own = workdir(
+        "stage-own",
+        &pipeline("", 2).replace(
+            "  max_len = 256\n",
+            "  max_len = 256\n  dtype = \"bf16\"\n  device = \"cpu\"\n",
+        ),
+    );
+    let config = workdir("stage-config", &pipeline("  dtype = \"bf16\"\n", 2));
+    // The init stage first, so that the stages after it have keys.
+    for d in [&own, &config] {
+        let o = ptl(&d.0, &["run", "p.ptl", "--only", "base"]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let (a, c) = (plan(&own.0), plan(&config.0));
+    let stage = |j: &Value, name: &str| {
+        j["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(a["compute"], "cpu, f32");
+    assert_eq!(stage(&a, "trained")["compute"], "cpu, bf16");
+    assert_eq!(stage(&a, "score")["compute"], "cpu, f32");
+    assert!(stage(&a, "trained")["key"].is_string(), "{a:#}");
+    assert_eq!(stage(&a, "trained")["key"], stage(&c, "trained")["key"]);
+    assert!(stage(&a, "score")["key"].is_string(), "{a:#}");
+    assert_ne!(stage(&a, "score")["key"], stage(&c, "score")["key"]);
+    let o = ptl(&own.0, &["plan", "p.ptl"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("trained (pt) [cpu, bf16]"),
+        "{}",
+        text(&o)
+    );
+    let bad = workdir(
+        "stage-bad",
+        &pipeline("", 2).replace("  max_len = 256\n", "  max_len = 256\n  device = \"gpu\"\n"),
+    );
+    let o = ptl(&bad.0, &["check", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("unknown device \"gpu\""), "{}", text(&o));
+}

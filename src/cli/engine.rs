@@ -143,8 +143,15 @@ pub fn plan(file: &Path, set: &[String], store: Option<&Path>, format: OutputFor
                 } else {
                     format!(": {}", s.reasons.join("; "))
                 };
+                // A stage with its own device or dtype says where it computes.
+                let own = plan.computes[id].describe();
+                let compute = if own == plan.compute.describe() {
+                    String::new()
+                } else {
+                    format!(" [{own}]")
+                };
                 outln!(
-                    "{:<8} {} ({}){reasons}",
+                    "{:<8} {} ({}){compute}{reasons}",
                     s.status.name(),
                     p.stages[id].name,
                     p.stages[id].kind.name

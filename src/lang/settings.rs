@@ -52,6 +52,15 @@ pub fn track_fields() -> &'static [FieldSchema] {
     })
 }
 
+/// The error for a `device` that names no device ptl knows, pointing at `loc`.
+pub fn bad_device(device: &str, loc: crate::lang::source::Loc) -> Option<crate::lang::diag::Diag> {
+    (!valid_device(device)).then(|| {
+        crate::lang::diag::Diag::error("ptl::out_of_range", format!("unknown device \"{device}\""))
+            .label(loc, "not a device")
+            .help("devices: \"auto\", \"cpu\", \"cuda\", \"cuda:0\", \"cuda:1\", ...")
+    })
+}
+
 /// Whether `device` names a device ptl knows.
 pub fn valid_device(d: &str) -> bool {
     matches!(d, "auto" | "cpu") || cuda_index(d).is_some()

@@ -3,6 +3,7 @@
 //! `cuda`, `f32`/`bf16`/`f16`), never the requested string: without a GPU, "auto" and "cpu" are the
 //! same key, and a device index (`cuda:1`) does not change what a stage computes.
 
+use crate::lang::pipeline::Pipeline;
 use crate::lang::value::Value;
 use candle_core::{DType, Device};
 use std::collections::BTreeMap;
@@ -33,10 +34,31 @@ impl Compute {
         }
     }
 
-    /// From the `config` block (the checker filled in the defaults).
+    /// From the `config` block (the checker filled in the defaults), or from a stage's own
+    /// `device` and `dtype` (the checker filled in the config's where the stage sets none).
     pub fn from_config(config: &BTreeMap<String, Value>) -> Result<Compute, String> {
         let get = |k: &str| config.get(k).and_then(Value::as_str).unwrap_or("auto");
         Compute::resolve(get("device"), get("dtype"))
+    }
+
+    /// Each stage's compute: its own `device` and `dtype` for kinds that take them
+    /// ([`takes_compute`]), where they differ from the config's; the config's otherwise.
+    pub fn per_stage(&self, p: &Pipeline) -> Result<Vec<Compute>, String> {
+        let asked = |m: &BTreeMap<String, Value>, k: &str| {
+            m.get(k).and_then(Value::as_str).map(str::to_string)
+        };
+        p.stages
+            .iter()
+            .map(|s| {
+                let same = ["device", "dtype"]
+                    .iter()
+                    .all(|k| asked(&s.params, k) == asked(&p.config, k));
+                if !takes_compute(s.kind) || same {
+                    return Ok(self.clone());
+                }
+                Compute::from_config(&s.params).map_err(|e| format!("stage `{}`: {e}", s.name))
+            })
+            .collect()
     }
 
     /// `device`: "auto" (CUDA when this build has it and a GPU is present, else the CPU), "cpu",
@@ -114,6 +136,32 @@ impl Compute {
         };
         format!("{device}, {}", self.dtype_name())
     }
+}
+
+/// Whether a kind's `device` and `dtype` fields choose where it computes (training and evaluation
+/// kinds); its key then holds the resolved device class and dtype, not the strings.
+pub fn takes_compute(kind: &crate::stages::schema::Kind) -> bool {
+    kind.field("device").is_some()
+}
+
+/// A stage's own `device` and `dtype` (default: the `config` block's).
+pub fn stage_fields() -> [crate::stages::schema::FieldSchema; 2] {
+    use crate::lang::types::Type;
+    use crate::stages::schema::{field, Default};
+    [
+        field(
+            "device",
+            Type::Str,
+            Default::Config("device"),
+            "where this stage computes (default: config.device)",
+        ),
+        field(
+            "dtype",
+            Type::Enum(crate::lang::settings::DTYPES),
+            Default::Config("dtype"),
+            "this stage's compute dtype (default: config.dtype)",
+        ),
+    ]
 }
 
 /// GPU `index` when this build has CUDA and the machine has that GPU.

@@ -104,6 +104,11 @@ pub fn stage_key(
     };
     let mut params = Map::new();
     for (field, value) in &stage.params {
+        // Where a stage computes enters the key as the device class and dtype it resolves to.
+        if super::compute::takes_compute(stage.kind) && matches!(field.as_str(), "device" | "dtype")
+        {
+            continue;
+        }
         params.insert(field.clone(), r.value(value)?);
     }
     for (field, written, resolved) in p.path_params(stage) {

@@ -44,8 +44,10 @@ pub struct Plan {
     /// Stage ids in topological order (ties in declaration order).
     pub order: Vec<StageId>,
     pub stages: Vec<StagePlan>,
-    /// The device and dtype every stage computes with (part of every key).
+    /// The device and dtype of the `config` block.
     pub compute: compute::Compute,
+    /// Each stage's device and dtype (the config's unless the stage sets its own; part of its key).
+    pub computes: Vec<compute::Compute>,
 }
 
 /// Stages in dependency order; among ready stages, the one declared first.
@@ -169,6 +171,7 @@ impl Plan {
     ) -> Result<Plan, String> {
         let order = topo_order(p);
         let compute = compute::Compute::from_config(&p.config)?;
+        let computes = compute.per_stage(p)?;
         let mut stages: Vec<StagePlan> = vec![
             StagePlan {
                 status: Status::Blocked,
@@ -194,7 +197,7 @@ impl Plan {
                 }
                 store.manifest(&k.key).ok()?.outputs.get(output).cloned()
             };
-            let key = match stage_key(p, id, &compute, cache, &upstream) {
+            let key = match stage_key(p, id, &computes[id], cache, &upstream) {
                 Ok(k) => Some(k),
                 Err(KeyError::Upstream(_)) => None,
                 Err(KeyError::Input(label, e)) => {
@@ -270,6 +273,7 @@ impl Plan {
             order,
             stages,
             compute,
+            computes,
         })
     }
 
@@ -284,6 +288,7 @@ impl Plan {
                     "name": p.stages[id].name,
                     "kind": p.stages[id].kind.name,
                     "status": s.status.name(),
+                    "compute": self.computes[id].describe(),
                     "reasons": s.reasons,
                     "key": s.key.as_ref().map(|k| k.key.clone()),
                     "depends_on": p.stages[id].deps.iter().map(|d| p.stages[*d].name.clone()).collect::<Vec<_>>(),

@@ -88,7 +88,8 @@ struct Shared<'a> {
     store: &'a Store,
     report: Report<'a>,
     tracking: &'a LazyTracking,
-    compute: &'a crate::plan::compute::Compute,
+    /// Each stage's device and dtype.
+    computes: &'a [crate::plan::compute::Compute],
 }
 
 /// Runs one stage into the store; another process holding the entry's lock is waited for.
@@ -104,7 +105,7 @@ fn execute(
         store,
         report,
         tracking,
-        compute,
+        computes,
     } = *shared;
     let stage = &p.stages[id];
     let io = |e: std::io::Error| Error::Store(format!("store error: {e}"));
@@ -151,7 +152,7 @@ fn execute(
     let params_json = p.params_json(id);
     let tracker = tracking.stage(&stage.name, stage.kind.name, &key.key, &params_json);
     let mut ctx = RunContext {
-        compute,
+        compute: &computes[id],
         stage: &stage.name,
         params: &stage.params,
         params_json,
@@ -331,7 +332,7 @@ impl Run<'_> {
             store,
             report,
             tracking: &lazy_tracking,
-            compute: &plan.compute,
+            computes: &plan.computes,
         };
         let settle = |runs: &mut Runs, id: StageId, outcome: Outcome| {
             report(&Event::finished(&p.stages[id].name, &outcome));
@@ -360,7 +361,7 @@ impl Run<'_> {
                             .as_ref()
                             .and_then(|m: &Manifest| m.outputs.get(output).cloned())
                     };
-                    let key = match stage_key(p, id, &plan.compute, &mut cache, &upstream) {
+                    let key = match stage_key(p, id, &plan.computes[id], &mut cache, &upstream) {
                         Ok(k) => k,
                         Err(KeyError::Input(label, e)) => {
                             progressed = true;

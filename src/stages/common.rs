@@ -106,6 +106,9 @@ pub fn training(lr: f64, max_len: i64) -> Vec<FieldSchema> {
         ),
         skip_malformed(),
     ]
+    .into_iter()
+    .chain(crate::plan::compute::stage_fields())
+    .collect()
 }
 
 /// `skip_malformed`: whether rows that do not parse stop the stage (the default) or are skipped.
@@ -127,6 +130,7 @@ pub fn outputs(model: &'static str, metrics: &'static str) -> Vec<OutputSchema> 
 
 /// Range rules for the fields of [`training`] and the tuning spec.
 pub fn training_rules(s: &StageView, d: &mut Vec<Diag>) {
+    rules::device(s, d);
     rules::positive(s, d, "lr");
     rules::positive(s, d, "epochs");
     rules::positive(s, d, "max_steps");

@@ -68,7 +68,10 @@ pub fn kind() -> Kind {
                 Default::Config("seed"),
                 "seed for sampling (default: config.seed)",
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(crate::plan::compute::stage_fields())
+        .collect(),
         outputs: vec![output(
             "metrics",
             Type::Metrics,
@@ -80,6 +83,7 @@ pub fn kind() -> Kind {
 }
 
 fn eval_rules(s: &StageView, d: &mut Vec<Diag>) {
+    rules::device(s, d);
     rules::positive(s, d, "max_new_tokens");
     rules::positive(s, d, "batch_size");
     rules::positive(s, d, "max_len");

@@ -3,6 +3,19 @@
 use super::schema::StageView;
 use crate::lang::diag::Diag;
 
+/// A stage's own `device` must name one (the config's was checked with the `config` block).
+pub fn device(s: &StageView, d: &mut Vec<Diag>) {
+    if !s.locs.contains_key("device") {
+        return;
+    }
+    if let Some(diag) = s
+        .str("device")
+        .and_then(|v| crate::lang::settings::bad_device(v, s.loc("device")))
+    {
+        d.push(diag);
+    }
+}
+
 /// `field` must be > 0 (when set).
 pub fn positive(s: &StageView, d: &mut Vec<Diag>, field: &str) {
     if let Some(v) = s.num(field) {

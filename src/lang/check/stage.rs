@@ -137,11 +137,8 @@ impl Checker {
             }
         }
         if let (true, Some(Value::Str(d))) = (is_config, values.get("device")) {
-            if !settings::valid_device(d) {
-                let loc = locs.get("device").copied().unwrap_or(decl);
-                let diag = Diag::error("ptl::out_of_range", format!("unknown device \"{d}\""))
-                    .label(loc, "not a device")
-                    .help("devices: \"auto\", \"cpu\", \"cuda\", \"cuda:0\", \"cuda:1\", ...");
+            let loc = locs.get("device").copied().unwrap_or(decl);
+            if let Some(diag) = settings::bad_device(d, loc) {
                 self.error(diag);
             }
         }
