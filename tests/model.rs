@@ -8,6 +8,7 @@ mod common;
 use candle_core::Device;
 use common::{f32s as floats, token_ids as ids};
 use ptl::model::decoder::{argmax, Decoder};
+use ptl::model::generation::{Generation, Sampling};
 use serde_json::Value;
 use std::path::Path;
 
@@ -484,15 +485,98 @@ fn padded_and_packed_batches_equal_separate_sequences() {
     }
 }
 
+/// Greedy generation of one prompt alone.
+fn generate_one(d: &Decoder, prompt: &[u32], max_new: usize, stop: &[u32]) -> Vec<u32> {
+    let g = Generation {
+        max_new,
+        stop: stop.to_vec(),
+        sampling: Sampling::Greedy,
+    };
+    d.generate(&[prompt.to_vec()], &[0], &g).unwrap().remove(0)
+}
+
+/// Prompts of different lengths (so the batch pads on the left), from a fixture's sequences.
+fn prompts_of(e: &Value) -> Vec<Vec<u32>> {
+    let mut out = vec![ids(&e["greedy_prompt"])];
+    for (i, s) in e["sequences"].as_array().unwrap().iter().enumerate() {
+        let s = ids(s);
+        out.push(s[..(3 + 2 * i).min(s.len())].to_vec());
+        out.push(s.clone());
+    }
+    out
+}
+
+/// A batch of prompts of different lengths gives every row the tokens it gets alone: greedy ids
+/// equal (and equal to recomputing the whole sequence each step), sampled ids equal for the row's
+/// seed, and a row that stops leaves the others going.
+#[test]
+fn batched_generation_equals_one_prompt_at_a_time() {
+    for name in MODELS {
+        let (d, e) = load(name);
+        let prompts = prompts_of(&e);
+        let seeds: Vec<u64> = (0..prompts.len() as u64).map(|i| 7 + i).collect();
+        let lengths: std::collections::BTreeSet<usize> = prompts.iter().map(Vec::len).collect();
+        assert!(lengths.len() > 2, "{name}: prompts of several lengths");
+        for sampling in [
+            Sampling::Greedy,
+            Sampling::Sample {
+                temperature: 0.9,
+                top_k: 40,
+                top_p: 0.95,
+            },
+        ] {
+            let g = Generation {
+                max_new: 10,
+                stop: vec![],
+                sampling,
+            };
+            let batched = d.generate(&prompts, &seeds, &g).unwrap();
+            for (i, p) in prompts.iter().enumerate() {
+                let alone = d
+                    .generate(std::slice::from_ref(p), &[seeds[i]], &g)
+                    .unwrap()
+                    .remove(0);
+                assert_eq!(batched[i], alone, "{name} {sampling:?} row {i}");
+                if sampling == Sampling::Greedy {
+                    assert_eq!(
+                        alone,
+                        d.greedy(p, 10).unwrap(),
+                        "{name}: row {i} recomputed"
+                    );
+                }
+            }
+        }
+        // Stop at the third token of the first row: it ends there, the others run to the end.
+        let g = Generation {
+            max_new: 10,
+            stop: vec![],
+            sampling: Sampling::Greedy,
+        };
+        let free = d.generate(&prompts, &seeds, &g).unwrap();
+        let stop = free[0][2];
+        let g = Generation {
+            stop: vec![stop],
+            ..g
+        };
+        let stopped = d.generate(&prompts, &seeds, &g).unwrap();
+        for (row, (s, f)) in stopped.iter().zip(&free).enumerate() {
+            let end = f.iter().position(|t| *t == stop).map_or(f.len(), |k| k + 1);
+            assert_eq!(s, &f[..end].to_vec(), "{name}: row {row} with a stop token");
+        }
+        assert_eq!(
+            stopped[0].len(),
+            free[0].iter().position(|t| *t == stop).unwrap() + 1
+        );
+    }
+}
+
 #[test]
 fn kv_cache_generation_equals_recomputing() {
     for name in MODELS {
         let (d, e) = load(name);
         let prompt = ids(&e["greedy_prompt"]);
         let want = ids(&e["greedy_ids"]);
-        let cached = d
-            .generate(&prompt, want.len(), &[], &mut |l| argmax(l))
-            .unwrap();
+        let cached = generate_one(&d, &prompt, want.len(), &[]);
         assert_eq!(cached, want, "{name}: cached greedy = transformers");
         assert_eq!(
             cached,
@@ -500,9 +584,7 @@ fn kv_cache_generation_equals_recomputing() {
             "{name}: cached = recomputed"
         );
         let stop = want[2];
-        let stopped = d
-            .generate(&prompt, want.len(), &[stop], &mut |l| argmax(l))
-            .unwrap();
+        let stopped = generate_one(&d, &prompt, want.len(), &[stop]);
         assert_eq!(
             stopped,
             want[..=want.iter().position(|t| *t == stop).unwrap()].to_vec(),
@@ -586,7 +668,7 @@ fn ptl_generate_uses_the_cache_path_and_stops_at_eos() {
     };
     let d = Decoder::load(&dir, &Device::Cpu).unwrap();
     let prompt: Vec<u32> = "hello world".bytes().map(u32::from).collect();
-    let want = d.generate(&prompt, 12, &[255], &mut |l| argmax(l)).unwrap();
+    let want = generate_one(&d, &prompt, 12, &[255]);
     assert_eq!(ids(&run(&[])["ids"]), want, "greedy by default");
     let a = run(&[
         "--temperature",

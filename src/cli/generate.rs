@@ -3,8 +3,7 @@
 
 use crate::data::encode::{EncodeOptions, Encoder};
 use crate::data::tokenizer::TextTokenizer;
-use crate::model::decoder::argmax;
-use crate::model::lora::Rng;
+use crate::model::generation::{Generation, Sampling};
 use crate::plan::compute::{Compute, Loading};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -19,46 +18,12 @@ pub struct GenerateArgs {
     pub top_p: f32,
     pub top_k: usize,
     pub seed: u64,
+    /// Prompts generated together.
+    pub batch_size: usize,
     pub greedy: bool,
     pub chat: bool,
     pub json: bool,
     pub compute: Compute,
-}
-
-/// Samples from logits with temperature, top-k and top-p (nucleus), as transformers' warpers do.
-pub fn sample(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, rng: &mut Rng) -> u32 {
-    let mut order: Vec<(usize, f32)> = logits
-        .iter()
-        .map(|&l| l / temperature.max(1e-6))
-        .enumerate()
-        .collect();
-    order.sort_by(|a, b| b.1.total_cmp(&a.1));
-    if top_k > 0 {
-        order.truncate(top_k);
-    }
-    let max = order[0].1;
-    let mut probs: Vec<f32> = order.iter().map(|(_, l)| (l - max).exp()).collect();
-    let sum: f32 = probs.iter().sum();
-    probs.iter_mut().for_each(|p| *p /= sum);
-    // Keep the smallest prefix whose mass reaches top_p (at least one token).
-    let mut keep = probs.len();
-    let mut acc = 0.0;
-    for (i, p) in probs.iter().enumerate() {
-        acc += p;
-        if acc >= top_p {
-            keep = i + 1;
-            break;
-        }
-    }
-    let mass: f32 = probs[..keep].iter().sum();
-    let mut r = rng.uniform() * mass;
-    for i in 0..keep {
-        r -= probs[i];
-        if r <= 0.0 {
-            return order[i].0 as u32;
-        }
-    }
-    order[keep - 1].0 as u32
 }
 
 pub fn run(a: GenerateArgs) -> i32 {
@@ -106,7 +71,6 @@ pub fn run(a: GenerateArgs) -> i32 {
         (None, None) => return fail("give --prompt TEXT or --input FILE".into()),
     };
     let stop = tok.stop_ids(&a.model);
-    let mut rng = Rng::new(a.seed);
     let encoder = if a.chat {
         match Encoder::new(&tok, None, EncodeOptions::default()) {
             Ok(e) => Some(e),
@@ -115,35 +79,52 @@ pub fn run(a: GenerateArgs) -> i32 {
     } else {
         None
     };
-    for prompt in prompts {
+    let mut rows = Vec::with_capacity(prompts.len());
+    for prompt in &prompts {
         let ids = match &encoder {
             Some(enc) => enc
                 .render(&[json!({"role": "user", "content": prompt})], true)
                 .map_err(|e| format!("{e:?}"))
                 .and_then(|r| tok.encode(&r.text, false)),
-            None => tok.encode(&prompt, true),
+            None => tok.encode(prompt, true),
         };
-        let ids = match ids {
-            Ok(t) => t.ids,
+        match ids {
+            Ok(t) => rows.push(t.ids),
             Err(e) => return fail(e),
-        };
-        let (temperature, top_k, top_p, greedy) = (a.temperature, a.top_k, a.top_p, a.greedy);
-        let mut pick = |l: &[f32]| {
-            if greedy {
-                argmax(l)
-            } else {
-                sample(l, temperature, top_k, top_p, &mut rng)
+        }
+    }
+    let g = Generation {
+        max_new: a.max_new_tokens,
+        stop,
+        sampling: if a.greedy {
+            Sampling::Greedy
+        } else {
+            Sampling::Sample {
+                temperature: a.temperature,
+                top_k: a.top_k,
+                top_p: a.top_p,
             }
-        };
-        let new = match decoder.generate(&ids, a.max_new_tokens, &stop, &mut pick) {
+        },
+    };
+    // Row i draws from seed + i, whatever batch it lands in.
+    let seeds: Vec<u64> = (0..rows.len() as u64)
+        .map(|i| a.seed.wrapping_add(i))
+        .collect();
+    for (chunk, seeds) in rows
+        .chunks(a.batch_size.max(1))
+        .zip(seeds.chunks(a.batch_size.max(1)))
+    {
+        let generated = match decoder.generate(chunk, seeds, &g) {
             Ok(n) => n,
             Err(e) => return fail(e.to_string()),
         };
-        let text = tok.inner.decode(&new, true).unwrap_or_default();
-        if a.json {
-            outln!("{}", json!({"ids": new, "text": text}));
-        } else {
-            outln!("{text}");
+        for new in generated {
+            let text = tok.inner.decode(&new, true).unwrap_or_default();
+            if a.json {
+                outln!("{}", json!({"ids": new, "text": text}));
+            } else {
+                outln!("{text}");
+            }
         }
     }
     0

@@ -290,9 +290,13 @@ enum Command {
         /// Sample only from the K most likely tokens (0: no cut)
         #[arg(long = "top-k", value_name = "K", default_value_t = 0)]
         top_k: usize,
-        /// Seed of the sampler: the same seed gives the same text
+        /// Seed of the sampler: the same seed gives the same text (the row i of --input samples
+        /// with seed + i, whatever its batch)
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Prompts of --input generated together in one batch
+        #[arg(long = "batch-size", value_name = "N", default_value_t = 16)]
+        batch_size: usize,
         /// Wrap the prompt as a user message with the tokenizer's chat template
         #[arg(long)]
         chat: bool,
@@ -519,6 +523,7 @@ pub fn main() -> i32 {
                 top_p,
                 top_k,
                 seed,
+                batch_size,
                 chat,
                 format,
                 compute,
@@ -536,6 +541,7 @@ pub fn main() -> i32 {
                     top_p,
                     top_k,
                     seed,
+                    batch_size,
                     greedy: greedy || temperature.is_none(),
                     chat,
                     json: format == OutputFormat::Json,

@@ -455,7 +455,7 @@ impl Decoder {
     }
 
     /// The decoder proper: token ids [b, t] at `positions` (b·t), with `mask`, optionally extending a cache.
-    fn run(
+    pub(super) fn run(
         &self,
         ids: &Tensor,
         positions: &[u32],
@@ -542,43 +542,6 @@ impl Decoder {
         let ids = Tensor::from_vec(flat, (b, t), &self.device)?;
         let mask = self.mask(b, t, 0, Some(segments))?;
         Ok(self.run(&ids, &positions, &mask, None)?)
-    }
-
-    /// Generates up to `max_new` tokens after `prompt` with a KV cache; `pick` chooses each next token
-    /// from the last logits; stops after a token in `stop`.
-    pub fn generate(
-        &self,
-        prompt: &[u32],
-        max_new: usize,
-        stop: &[u32],
-        pick: &mut dyn FnMut(&[f32]) -> u32,
-    ) -> Result<Vec<u32>> {
-        let mut cache = KvCache {
-            layers: vec![(None, None); self.cfg.num_layers],
-            len: 0,
-        };
-        let mut out = Vec::new();
-        let mut next: Vec<u32> = prompt.to_vec();
-        for _ in 0..max_new {
-            let t = next.len();
-            let past = cache.len;
-            let positions: Vec<u32> = (past as u32..(past + t) as u32).collect();
-            let mask = self.mask(1, t, past, None)?;
-            let ids = Tensor::from_vec(next.clone(), (1, t), &self.device)?;
-            let h = self.run(&ids, &positions, &mask, Some(&mut cache))?;
-            let last = self
-                .logits(&h.narrow(1, t - 1, 1)?)
-                .and_then(|l| l.flatten_all())
-                .and_then(|l| l.to_dtype(DType::F32))
-                .and_then(|l| l.to_vec1::<f32>())?;
-            let token = pick(&last);
-            out.push(token);
-            if stop.contains(&token) {
-                break;
-            }
-            next = vec![token];
-        }
-        Ok(out)
     }
 
     /// Every weight with its checkpoint name.

@@ -270,12 +270,12 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
         if needs_answers {
             let stop = tok.stop_ids(dir);
             let mut answers = Vec::with_capacity(prompts.len());
-            for p in &prompts {
+            for batch in prompts.chunks(batch_size.max(1)) {
                 if ctx.cancel.load(std::sync::atomic::Ordering::Relaxed) {
                     return Err(crate::error::Error::Cancelled);
                 }
-                answers.push(eval_reward::greedy_answer(
-                    &model, &tok, &enc, &stop, p, max_new,
+                answers.extend(eval_reward::greedy_answers(
+                    &model, &tok, &enc, &stop, batch, max_new,
                 )?);
             }
             entry.insert("answered".into(), json!(answers.len()));

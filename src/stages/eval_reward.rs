@@ -8,7 +8,8 @@ use crate::data::encode::{EncodeOptions, Encoded, Encoder, Skip};
 use crate::data::rows::{Example, Row, Side};
 use crate::data::tokenizer::TextTokenizer;
 use crate::model::config::Head;
-use crate::model::decoder::{argmax, Decoder};
+use crate::model::decoder::Decoder;
+use crate::model::generation::{Generation, Sampling};
 use crate::train::preference::{reference_logps, Pair};
 use serde_json::json;
 use std::path::Path;
@@ -60,28 +61,43 @@ pub fn skip_text(e: Skip) -> String {
     }
 }
 
-/// A model's greedy answer to `prompt`: messages rendered with the generation prompt, text as is.
-pub fn greedy_answer(
+/// A model's greedy answers to `prompts`, generated in one batch: messages rendered with the
+/// generation prompt, text as is; the stop token left out of the text.
+pub fn greedy_answers(
     model: &Decoder,
     tok: &TextTokenizer,
     enc: &Encoder,
     stop: &[u32],
-    prompt: &Prompt,
+    prompts: &[Prompt],
     max_new: usize,
-) -> crate::error::Result<String> {
-    let ids = match &prompt.prompt {
-        Side::Messages(m) => {
-            let text = enc
-                .render(m, true)
-                .map_err(|e| format!("row at line {}: {}", prompt.line, skip_text(e)))?
-                .text;
-            tok.encode(&text, false)?.ids
-        }
-        Side::Text(t) => tok.encode(t, true)?.ids,
+) -> crate::error::Result<Vec<String>> {
+    let mut rows = Vec::with_capacity(prompts.len());
+    for prompt in prompts {
+        rows.push(match &prompt.prompt {
+            Side::Messages(m) => {
+                let text = enc
+                    .render(m, true)
+                    .map_err(|e| format!("row at line {}: {}", prompt.line, skip_text(e)))?
+                    .text;
+                tok.encode(&text, false)?.ids
+            }
+            Side::Text(t) => tok.encode(t, true)?.ids,
+        });
+    }
+    let g = Generation {
+        max_new,
+        stop: stop.to_vec(),
+        sampling: Sampling::Greedy,
     };
-    let new = model.generate(&ids, max_new, stop, &mut |l: &[f32]| argmax(l))?;
-    let keep: Vec<u32> = new.into_iter().filter(|t| !stop.contains(t)).collect();
-    Ok(tok.inner.decode(&keep, true).unwrap_or_default())
+    let seeds = vec![0; rows.len()];
+    Ok(model
+        .generate(&rows, &seeds, &g)?
+        .into_iter()
+        .map(|new| {
+            let keep: Vec<u32> = new.into_iter().filter(|t| !stop.contains(t)).collect();
+            tok.inner.decode(&keep, true).unwrap_or_default()
+        })
+        .collect())
 }
 
 /// A reward model with its tokenizer and chat template.
