@@ -14,33 +14,14 @@
 //! Run with `cargo bench --bench train [-- --steps N]`. The PyTorch side runs when
 //! `PTL_BENCH_PYTHON` (default `python3`) has torch, transformers and peft.
 
+mod common;
+
+use common::{tokenizer, words, INIT_STAGE, VOCAB};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const VOCAB: usize = 32_000;
 const BATCH: usize = 8;
 const SEQ: usize = 256;
-
-/// A word-level tokenizer of `VOCAB` tokens (`w0` … `w31998`, then `</s>` as EOS).
-fn tokenizer(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut vocab = serde_json::Map::new();
-    for i in 0..VOCAB - 1 {
-        vocab.insert(format!("w{i}"), serde_json::json!(i));
-    }
-    vocab.insert("</s>".into(), serde_json::json!(VOCAB - 1));
-    let tok = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
-        "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
-    });
-    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        serde_json::json!({"eos_token": "</s>"}).to_string(),
-    )
-    .unwrap();
-}
 
 /// Text rows of `SEQ` random words: with the EOS, each row is one sequence of `SEQ` positions.
 fn rows(path: &Path, n: usize) {
@@ -59,19 +40,6 @@ fn rows(path: &Path, n: usize) {
         text.push('\n');
     }
     std::fs::write(path, text).unwrap();
-}
-
-/// Random words.
-fn words(seed: &mut u64, n: usize) -> String {
-    (0..n)
-        .map(|_| {
-            *seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            format!("w{}", (*seed >> 33) % (VOCAB as u64 - 1))
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Preference rows of 128-word prompts and 127-word completions (the EOS makes 128 tokens).
@@ -103,7 +71,7 @@ fn pipeline(steps: usize) -> String {
         SEQ + 1
     );
     format!(
-        "config {{\n  seed = 0\n}}\n\nstage base = init {{\n  tokenizer = \"tokenizer\"\n  hidden_size = 512\n  layers = 8\n  heads = 8\n  kv_heads = 4\n  intermediate_size = 1536\n  rope_theta = 1000000.0\n  max_position_embeddings = 4096\n}}\n\n{}\n{}\n{dpo}",
+        "config {{\n  seed = 0\n}}\n\n{INIT_STAGE}\n{}\n{}\n{dpo}",
         stage("full_ft", "full"),
         stage(
             "lora_ft",

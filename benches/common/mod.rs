@@ -1,0 +1,44 @@
+//! What the benches share: the bench model's word-level tokenizer and random text in its words.
+
+use std::path::Path;
+
+/// The bench model's vocabulary size.
+pub const VOCAB: usize = 32_000;
+
+/// A word-level tokenizer of `VOCAB` tokens (`w0` … `w31998`, then `</s>` as EOS).
+pub fn tokenizer(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut vocab = serde_json::Map::new();
+    for i in 0..VOCAB - 1 {
+        vocab.insert(format!("w{i}"), serde_json::json!(i));
+    }
+    vocab.insert("</s>".into(), serde_json::json!(VOCAB - 1));
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::json!({"eos_token": "</s>"}).to_string(),
+    )
+    .unwrap();
+}
+
+/// Random words.
+pub fn words(seed: &mut u64, n: usize) -> String {
+    (0..n)
+        .map(|_| {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            format!("w{}", (*seed >> 33) % (VOCAB as u64 - 1))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The `init` stage of the bench model: Qwen3 architecture, hidden 512, intermediate 1536, 8 layers,
+/// 8 heads, 4 KV heads, head_dim 64, tied embeddings (41.6 M parameters), the tokenizer in `tokenizer/`.
+pub const INIT_STAGE: &str = "stage base = init {\n  tokenizer = \"tokenizer\"\n  hidden_size = 512\n  layers = 8\n  heads = 8\n  kv_heads = 4\n  intermediate_size = 1536\n  rope_theta = 1000000.0\n  max_position_embeddings = 4096\n}\n";
