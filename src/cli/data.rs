@@ -321,6 +321,12 @@ pub fn show(args: DataArgs) -> i32 {
                     "row": i, "line": r.line, "prompt": prompt_text, "prompt_ids": prompt_ids,
                     "completion": completion_text, "completion_ids": completion_ids, "label": label, "truncated": truncated,
                 }),
+                Ok(Encoded::Prompt {
+                    prompt_text,
+                    prompt_ids,
+                }) => {
+                    json!({"row": i, "line": r.line, "prompt": prompt_text, "prompt_ids": prompt_ids})
+                }
                 Err(Skip::Dropped(why)) => json!({"row": i, "line": r.line, "dropped": why}),
                 Err(Skip::Bad(why)) => json!({"row": i, "line": r.line, "error": why}),
             };
@@ -396,6 +402,13 @@ pub fn show(args: DataArgs) -> i32 {
                         format!("⟦{completion_text}⟧")
                     }
                 );
+            }
+            Ok(Encoded::Prompt {
+                prompt_text,
+                prompt_ids,
+            }) => {
+                outln!("{head}· prompt {} tokens", prompt_ids.len());
+                outln!("prompt: {prompt_text}");
             }
             Err(Skip::Dropped(why)) => outln!("{head}· dropped: {why}"),
             Err(Skip::Bad(why)) => outln!("{head}· cannot be encoded: {why}"),

@@ -236,6 +236,8 @@ pub fn stats(t: &Tokenized, file: &str) -> Stats {
                         completion_ids.len(),
                         *truncated,
                     ),
+                    // A prompt trains nothing by itself: its completions are generated.
+                    Encoded::Prompt { prompt_ids, .. } => (prompt_ids.len(), 0, false),
                 };
                 lengths.push(len);
                 s.tokens += len;

@@ -68,6 +68,11 @@ pub enum Encoded {
         #[serde(default)]
         margin: Option<f64>,
     },
+    /// A prompt to answer (`grpo` rows): rendered with the generation prompt.
+    Prompt {
+        prompt_text: String,
+        prompt_ids: Vec<u32>,
+    },
     /// KTO rows.
     Unpaired {
         prompt_text: String,
@@ -246,6 +251,14 @@ impl<'a> Encoder<'a> {
                     truncated,
                 })
             }
+            Example::Prompt(prompt) => {
+                let (prompt_text, prompt_ids) = self.prompt(prompt)?;
+                self.room(&prompt_ids)?;
+                Ok(Encoded::Prompt {
+                    prompt_text,
+                    prompt_ids,
+                })
+            }
         }
     }
 
@@ -282,7 +295,7 @@ impl<'a> Encoder<'a> {
     }
 
     /// A prompt: messages rendered with the generation prompt, or text with the tokenizer's specials.
-    fn prompt(&self, prompt: &Side) -> Result<(String, Vec<u32>), Skip> {
+    pub fn prompt(&self, prompt: &Side) -> Result<(String, Vec<u32>), Skip> {
         match prompt {
             Side::Messages(m) => {
                 let text = self.render(m, true)?.text;

@@ -22,6 +22,8 @@ pub fn detect(row: &serde_json::Map<String, serde_json::Value>) -> Option<Format
         Some(Format::Alpaca)
     } else if has("text") {
         Some(Format::Text)
+    } else if has("prompt") && !has("completion") {
+        Some(Format::Prompt)
     } else {
         None
     }
@@ -65,6 +67,7 @@ pub fn required(format: Format) -> &'static [&'static str] {
         Format::Text => &["text"],
         Format::Preference => &["chosen", "rejected"],
         Format::Kto => &["prompt", "completion", "label"],
+        Format::Prompt => &["prompt"],
         Format::Auto => &[],
     }
 }

@@ -31,6 +31,8 @@ pub enum Example {
         completion: Side,
         label: bool,
     },
+    /// A prompt to answer (`grpo`); the row's other fields are read where they are needed.
+    Prompt(Side),
 }
 
 /// One row read from a file: its line number and what it holds.
@@ -204,6 +206,7 @@ pub fn example(row: &Map<String, Json>, format: Format) -> Result<Example, Strin
                 _ => return Err("`label` must be true or false".into()),
             },
         },
+        Format::Prompt => Example::Prompt(side(row, "prompt")?),
         Format::Auto => unreachable!("resolved above"),
     })
 }

@@ -12,10 +12,12 @@ pub enum Format {
     Text,
     Preference,
     Kto,
+    /// A `prompt` (text, or a list of messages) to answer, with any other fields (`grpo`).
+    Prompt,
 }
 
 impl Format {
-    pub const ALL: [Format; 7] = [
+    pub const ALL: [Format; 8] = [
         Format::Auto,
         Format::Alpaca,
         Format::Sharegpt,
@@ -23,6 +25,7 @@ impl Format {
         Format::Text,
         Format::Preference,
         Format::Kto,
+        Format::Prompt,
     ];
 
     pub fn name(self) -> &'static str {
@@ -34,6 +37,7 @@ impl Format {
             Format::Text => "text",
             Format::Preference => "preference",
             Format::Kto => "kto",
+            Format::Prompt => "prompt",
         }
     }
 
@@ -44,13 +48,14 @@ impl Format {
 
 /// Formats that hold conversations or instructions (what `sft` trains on).
 pub const CHAT_FORMATS: &[Format] = &[Format::Alpaca, Format::Sharegpt, Format::Messages];
-/// Formats that carry prompts a policy can answer (what `ppo` samples from).
+/// Formats that carry prompts a policy can answer (what `ppo` and `grpo` sample from).
 pub const PROMPT_FORMATS: &[Format] = &[
     Format::Alpaca,
     Format::Sharegpt,
     Format::Messages,
     Format::Preference,
     Format::Kto,
+    Format::Prompt,
 ];
 
 #[derive(Clone, Debug, PartialEq)]
@@ -71,6 +76,8 @@ pub enum Type {
     /// A JSONL dataset in one of these formats (empty: any format).
     Dataset(&'static [Format]),
     Tuning,
+    /// A reward function (`exact_match(...)`, `regex_match(...)`, `length_penalty(...)`).
+    Reward,
     Metrics,
 }
 
@@ -106,6 +113,7 @@ impl fmt::Display for Type {
                 write!(f, "dataset ({})", names.join(" | "))
             }
             Type::Tuning => f.write_str("tuning"),
+            Type::Reward => f.write_str("reward"),
             Type::Metrics => f.write_str("metrics"),
         }
     }

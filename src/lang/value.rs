@@ -26,6 +26,8 @@ pub enum Value {
         format: Format,
     },
     Tuning(Tuning),
+    /// A reward function for `grpo`: `exact_match(...)`, `regex_match(...)`, `length_penalty(...)`.
+    Reward(Reward),
     /// `stage.output`, e.g. `sft.model`.
     Output {
         stage: StageId,
@@ -49,6 +51,51 @@ pub enum Value {
     None,
     /// The result of an expression that already reported an error; accepted everywhere.
     Error,
+}
+
+/// A reward function over a completion and its row, with its weight in the total reward.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reward {
+    pub rule: RewardRule,
+    pub weight: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RewardRule {
+    /// 1 when the completion (trimmed), or the first capture of `extract` in it, equals the row's
+    /// `field` (trimmed); else 0.
+    ExactMatch {
+        field: String,
+        extract: Option<String>,
+    },
+    /// 1 when `pattern` matches somewhere in the completion; else 0.
+    RegexMatch { pattern: String },
+    /// −(tokens beyond `target`) / `target`: 0 up to `target` completion tokens.
+    LengthPenalty { target: i64 },
+}
+
+impl Reward {
+    /// The builtin's name (what `rewards/<name>/mean` logs).
+    pub fn name(&self) -> &'static str {
+        match self.rule {
+            RewardRule::ExactMatch { .. } => "exact_match",
+            RewardRule::RegexMatch { .. } => "regex_match",
+            RewardRule::LengthPenalty { .. } => "length_penalty",
+        }
+    }
+
+    pub fn to_json(&self) -> Json {
+        let mut j = match &self.rule {
+            RewardRule::ExactMatch { field, extract } => {
+                json!({"field": field, "extract": extract})
+            }
+            RewardRule::RegexMatch { pattern } => json!({"pattern": pattern}),
+            RewardRule::LengthPenalty { target } => json!({"target": target}),
+        };
+        j["reward"] = json!(self.name());
+        j["weight"] = json!(self.weight);
+        j
+    }
 }
 
 /// A path as written in the source, and where it points (relative to the file that wrote it).
@@ -131,6 +178,7 @@ impl Value {
             Value::HfModel(_) => "model".into(),
             Value::Dataset { format, .. } => format!("dataset ({})", format.name()),
             Value::Tuning(_) => "tuning".into(),
+            Value::Reward(_) => "reward".into(),
             Value::Output { ty, .. } => ty.to_string(),
             Value::Stage(_) => "stage".into(),
             Value::Group { .. } => "group of stages".into(),
@@ -213,6 +261,7 @@ impl Value {
                 json!({"jsonl": path.written, "format": format.name()})
             }
             Value::Tuning(t) => t.to_json(),
+            Value::Reward(r) => r.to_json(),
             Value::Output { stage, output, .. } => {
                 json!({"stage": stage_name(*stage), "output": output})
             }

@@ -5,6 +5,7 @@ pub mod dpo;
 pub mod eval;
 pub mod eval_reward;
 pub mod export;
+pub mod grpo;
 pub mod init;
 pub mod kto;
 pub mod merge;
@@ -39,6 +40,7 @@ pub fn kinds() -> &'static [Kind] {
             orpo::kind(),
             kto::kind(),
             ppo::kind(),
+            grpo::kind(),
             eval::kind(),
             merge::kind(),
             export::kind(),

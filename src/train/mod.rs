@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod clip;
+pub mod grpo;
 pub mod kto;
 pub mod logps;
 pub mod loss;
@@ -13,6 +14,7 @@ pub mod optim;
 pub mod pack;
 pub mod preference;
 pub mod reward;
+pub mod rollouts;
 pub mod schedule;
 pub mod supervised;
 pub mod trainer;

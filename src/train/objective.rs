@@ -45,6 +45,13 @@ pub trait Objective {
     fn sequential(&self) -> bool {
         false
     }
-    /// The loss of a micro-batch of rows.
-    fn micro_batch(&self, model: &Decoder, rows: &[&[usize]]) -> crate::error::Result<MicroLoss>;
+    /// The loss of a micro-batch of rows. `draw` seeds whatever the objective samples (an online
+    /// objective's completions): the loop derives it from the stage's seed, the step and the
+    /// micro-batch, so a resumed run draws the same.
+    fn micro_batch(
+        &self,
+        model: &Decoder,
+        rows: &[&[usize]],
+        draw: u64,
+    ) -> crate::error::Result<MicroLoss>;
 }

@@ -351,7 +351,12 @@ impl<R: PairRule> Objective for PairObjective<R> {
         (2 * batch_size, widest)
     }
 
-    fn micro_batch(&self, model: &Decoder, rows: &[&[usize]]) -> crate::error::Result<MicroLoss> {
+    fn micro_batch(
+        &self,
+        model: &Decoder,
+        rows: &[&[usize]],
+        _draw: u64,
+    ) -> crate::error::Result<MicroLoss> {
         let (ids, seqs) = concatenated(&self.pairs, rows);
         let f = forward(model, &seqs)?;
         let scored = self.rule.score(&self.pairs, &ids, &f);

@@ -60,7 +60,12 @@ impl Objective for RewardObjective {
         (2 * batch_size, widest)
     }
 
-    fn micro_batch(&self, model: &Decoder, rows: &[&[usize]]) -> crate::error::Result<MicroLoss> {
+    fn micro_batch(
+        &self,
+        model: &Decoder,
+        rows: &[&[usize]],
+        _draw: u64,
+    ) -> crate::error::Result<MicroLoss> {
         let ids: Vec<usize> = rows.iter().flat_map(|r| r.iter().copied()).collect();
         let n = ids.len();
         let seqs: Vec<&[u32]> = ids

@@ -66,7 +66,12 @@ impl Objective for Supervised<'_> {
         (batch_size, widest)
     }
 
-    fn micro_batch(&self, model: &Decoder, rows: &[&[usize]]) -> crate::error::Result<MicroLoss> {
+    fn micro_batch(
+        &self,
+        model: &Decoder,
+        rows: &[&[usize]],
+        _draw: u64,
+    ) -> crate::error::Result<MicroLoss> {
         let picked: Vec<Vec<&Sequence>> = rows
             .iter()
             .map(|r| r.iter().map(|&i| self.usable[i]).collect())

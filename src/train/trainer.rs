@@ -165,7 +165,7 @@ pub fn train(
         let mut grads: Option<GradStore> = None;
         let (mut loss_sum, mut weight, mut tokens) = (0.0, 0.0, 0.0);
         let mut metric_sums: Vec<(&'static str, f64, f64)> = Vec::new();
-        for _ in 0..h.grad_accum.max(1) {
+        for micro_index in 0..h.grad_accum.max(1) {
             let mut picked: Vec<&[usize]> = Vec::with_capacity(h.batch_size);
             while picked.len() < h.batch_size.max(1) {
                 if pos.cursor == pos.order.len() {
@@ -186,7 +186,8 @@ pub fn train(
                 picked.push(&rows[pos.order[pos.cursor]]);
                 pos.cursor += 1;
             }
-            let micro = objective.micro_batch(model, &picked)?;
+            let draw = Rng::new(h.seed ^ ((step as u64) << 20) ^ micro_index as u64).next_u64();
+            let micro = objective.micro_batch(model, &picked, draw)?;
             // Micro-batches are weighted by their share of the loss (trained tokens, pairs), so
             // accumulation equals one big batch.
             let g = micro.surrogate.backward()?;

@@ -1,4 +1,5 @@
-//! Builtin constructors: `hf_model`, `jsonl`, tuning specs (`full`, `freeze`, `lora`, `qlora`) and `env`.
+//! Builtin constructors: `hf_model`, `jsonl`, tuning specs (`full`, `freeze`, `lora`, `qlora`), reward
+//! functions (`exact_match`, `regex_match`, `length_penalty`) and `env`.
 
 use super::{Checker, Frame};
 use crate::lang::ast::Arg;
@@ -8,7 +9,16 @@ use crate::lang::types::{Format, Type};
 use crate::lang::value::{LocalPath, Lora, Tuning, Value};
 
 pub const NAMES: &[&str] = &[
-    "env", "freeze", "full", "hf_model", "jsonl", "lora", "qlora",
+    "env",
+    "exact_match",
+    "freeze",
+    "full",
+    "hf_model",
+    "jsonl",
+    "length_penalty",
+    "lora",
+    "qlora",
+    "regex_match",
 ];
 
 const FORMAT_NAMES: &[&str] = &[
@@ -19,6 +29,7 @@ const FORMAT_NAMES: &[&str] = &[
     "text",
     "preference",
     "kto",
+    "prompt",
 ];
 
 /// The value a builtin's bare name stands for (`full` is a tuning; the others are functions).
@@ -90,6 +101,19 @@ pub fn call(
         ],
         "lora" => lora_params(vec![]),
         "qlora" => lora_params(vec![P("double_quant", Type::Bool, Some(Value::Bool(true)))]),
+        "exact_match" => vec![
+            P("field", Type::Str, Some(Value::Str("answer".into()))),
+            P("extract", Type::Str, Some(Value::None)),
+            P("weight", Type::Float, Some(Value::Float(1.0))),
+        ],
+        "regex_match" => vec![
+            P("pattern", Type::Str, None),
+            P("weight", Type::Float, Some(Value::Float(1.0))),
+        ],
+        "length_penalty" => vec![
+            P("target", Type::Int, None),
+            P("weight", Type::Float, Some(Value::Float(1.0))),
+        ],
         "env" => return env(c, frame, binding, args, span),
         _ => return Value::Error,
     };
@@ -133,6 +157,9 @@ pub fn call(
                 .map_or(Value::Error, |path| Value::Dataset { path, format })
         }
         "full" => Value::Tuning(Tuning::Full),
+        "exact_match" | "regex_match" | "length_penalty" => {
+            super::rewards::reward(c, name, &values, &locs)
+        }
         "freeze" => {
             let layers = match values[0] {
                 Value::Int(n) => Some(n),

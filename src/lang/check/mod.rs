@@ -6,6 +6,7 @@ mod eval;
 mod finish;
 mod load;
 mod overrides;
+mod rewards;
 mod stage;
 mod typing;
 

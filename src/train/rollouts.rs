@@ -1,0 +1,275 @@
+//! GRPO's online objective: each micro-batch samples `num_generations` completions per prompt from
+//! the policy being trained (dropout off, no graph), scores them with the pipeline's reward
+//! functions, and returns their GRPO loss (`grpo`).
+
+use super::grpo::{advantages, completion_logps, rollout_loss, GrpoSettings, Rollout};
+use super::objective::{Metric, MicroLoss, Objective};
+use crate::lang::value::{Reward, RewardRule};
+use crate::model::decoder::Decoder;
+use crate::model::generation::{Generation, Sampling};
+use serde_json::{Map, Value as Json};
+
+/// The pipeline's reward functions, ready to score completions.
+pub struct Scorer {
+    rewards: Vec<(Reward, Option<regex::Regex>)>,
+}
+
+impl Scorer {
+    pub fn new(rewards: &[Reward]) -> Result<Scorer, String> {
+        let rewards = rewards
+            .iter()
+            .map(|r| {
+                let pattern = match &r.rule {
+                    RewardRule::ExactMatch { extract, .. } => extract.as_deref(),
+                    RewardRule::RegexMatch { pattern } => Some(pattern.as_str()),
+                    RewardRule::LengthPenalty { .. } => None,
+                };
+                let re = pattern
+                    .map(regex::Regex::new)
+                    .transpose()
+                    .map_err(|e| format!("reward `{}`: {e}", r.name()))?;
+                Ok((r.clone(), re))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Scorer { rewards })
+    }
+
+    /// Each reward function's value for a completion (its text and token count) of a row.
+    pub fn score(&self, text: &str, tokens: usize, row: &Map<String, Json>) -> Vec<f64> {
+        self.rewards
+            .iter()
+            .map(|(r, re)| match &r.rule {
+                RewardRule::ExactMatch { field, .. } => {
+                    let got = match re {
+                        Some(re) => re.captures(text).and_then(|c| {
+                            c.get(1)
+                                .or_else(|| c.get(0))
+                                .map(|m| m.as_str().to_string())
+                        }),
+                        None => Some(text.to_string()),
+                    };
+                    let want = match row.get(field) {
+                        Some(Json::String(s)) => s.clone(),
+                        Some(Json::Null) | None => return 0.0,
+                        Some(other) => other.to_string(),
+                    };
+                    f64::from(u8::from(got.is_some_and(|g| g.trim() == want.trim())))
+                }
+                RewardRule::RegexMatch { .. } => {
+                    f64::from(u8::from(re.as_ref().is_some_and(|re| re.is_match(text))))
+                }
+                RewardRule::LengthPenalty { target } => {
+                    let t = *target as f64;
+                    -((tokens as f64 - t).max(0.0) / t)
+                }
+            })
+            .collect()
+    }
+
+    pub fn weights(&self) -> Vec<f64> {
+        self.rewards.iter().map(|(r, _)| r.weight).collect()
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.rewards.iter().map(|(r, _)| r.name()).collect()
+    }
+}
+
+/// `rewards/<name>/mean` for a builtin reward's name.
+fn mean_metric(name: &str) -> &'static str {
+    match name {
+        "exact_match" => "rewards/exact_match/mean",
+        "regex_match" => "rewards/regex_match/mean",
+        _ => "rewards/length_penalty/mean",
+    }
+}
+
+/// A prompt of the data: its token ids and the row's fields (what rewards read).
+pub struct PromptRow {
+    pub ids: Vec<u32>,
+    pub fields: Map<String, Json>,
+}
+
+pub struct Grpo<'a> {
+    pub prompts: Vec<PromptRow>,
+    pub scorer: Scorer,
+    pub tokenizer: &'a crate::data::tokenizer::TextTokenizer,
+    pub stop: Vec<u32>,
+    /// The frozen reference (β ≠ 0).
+    pub reference: Option<Decoder>,
+    pub settings: GrpoSettings,
+    pub top_p: f64,
+    pub top_k: usize,
+    rows: Vec<Vec<usize>>,
+}
+
+impl<'a> Grpo<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        prompts: Vec<PromptRow>,
+        scorer: Scorer,
+        tokenizer: &'a crate::data::tokenizer::TextTokenizer,
+        stop: Vec<u32>,
+        reference: Option<Decoder>,
+        settings: GrpoSettings,
+        top_p: f64,
+        top_k: usize,
+    ) -> Grpo<'a> {
+        let rows = (0..prompts.len()).map(|i| vec![i]).collect();
+        Grpo {
+            prompts,
+            scorer,
+            tokenizer,
+            stop,
+            reference,
+            settings,
+            top_p,
+            top_k,
+            rows,
+        }
+    }
+
+    /// `num_generations` completions of each prompt (consecutive), sampled from `model`.
+    fn rollouts(
+        &self,
+        model: &Decoder,
+        rows: &[&[usize]],
+        draw: u64,
+    ) -> crate::error::Result<Vec<(usize, Rollout)>> {
+        let g = self.settings.num_generations.max(1);
+        let picked: Vec<usize> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        let prompts: Vec<Vec<u32>> = picked
+            .iter()
+            .flat_map(|&i| std::iter::repeat_n(self.prompts[i].ids.clone(), g))
+            .collect();
+        let seeds: Vec<u64> = (0..prompts.len() as u64)
+            .map(|k| draw.wrapping_add(k))
+            .collect();
+        let generation = Generation {
+            max_new: self.settings.max_completion_length,
+            stop: self.stop.clone(),
+            sampling: Sampling::Sample {
+                temperature: self.settings.temperature as f32,
+                top_k: self.top_k,
+                top_p: self.top_p as f32,
+            },
+        };
+        let training = model
+            .training
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
+        let completions = model.generate(&prompts, &seeds, &generation);
+        model
+            .training
+            .store(training, std::sync::atomic::Ordering::Relaxed);
+        Ok(completions?
+            .into_iter()
+            .zip(prompts)
+            .enumerate()
+            .map(|(k, (completion, prompt))| {
+                let terminated = completion.last().is_some_and(|t| self.stop.contains(t));
+                (
+                    picked[k / g],
+                    Rollout {
+                        prompt,
+                        completion,
+                        terminated,
+                    },
+                )
+            })
+            .collect())
+    }
+}
+
+impl Objective for Grpo<'_> {
+    fn rows(&self) -> &[Vec<usize>] {
+        &self.rows
+    }
+
+    fn batch_shape(&self, batch_size: usize) -> (usize, usize) {
+        let longest = self.prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
+        (
+            batch_size * self.settings.num_generations,
+            longest + self.settings.max_completion_length,
+        )
+    }
+
+    fn micro_batch(
+        &self,
+        model: &Decoder,
+        rows: &[&[usize]],
+        draw: u64,
+    ) -> crate::error::Result<MicroLoss> {
+        let scored = self.rollouts(model, rows, draw)?;
+        let weights = self.scorer.weights();
+        let names = self.scorer.names();
+        let mut per_func = vec![0.0; names.len()];
+        let mut totals = Vec::with_capacity(scored.len());
+        for (row, r) in &scored {
+            let kept: Vec<u32> = r
+                .completion
+                .iter()
+                .copied()
+                .filter(|t| !self.stop.contains(t))
+                .collect();
+            let text = self.tokenizer.inner.decode(&kept, true).unwrap_or_default();
+            let values = self
+                .scorer
+                .score(&text, r.completion.len(), &self.prompts[*row].fields);
+            for (sum, v) in per_func.iter_mut().zip(&values) {
+                *sum += v;
+            }
+            totals.push(values.iter().zip(&weights).map(|(v, w)| v * w).sum::<f64>());
+        }
+        let (adv, stds) = advantages(
+            &totals,
+            self.settings.num_generations,
+            self.settings.scale_rewards,
+        );
+        let rollouts: Vec<Rollout> = scored.into_iter().map(|(_, r)| r).collect();
+        let reference = match (&self.reference, self.settings.beta != 0.0) {
+            (Some(m), true) => Some(completion_logps(m, &rollouts, self.settings.temperature)?),
+            _ => None,
+        };
+        let mut micro = rollout_loss(model, &rollouts, &adv, reference.as_deref(), &self.settings)?;
+        let n = rollouts.len() as f64;
+        let mean = totals.iter().sum::<f64>() / n.max(1.0);
+        let std =
+            (totals.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+        let count = |xs: &mut dyn Iterator<Item = bool>| xs.filter(|x| *x).count() as f64;
+        micro.metrics.extend([
+            Metric {
+                name: "reward",
+                sum: totals.iter().sum(),
+                count: n,
+            },
+            Metric {
+                name: "reward_std",
+                sum: std,
+                count: 1.0,
+            },
+            Metric {
+                name: "frac_reward_zero_std",
+                sum: count(&mut stds.iter().map(|s| s.abs() < 1e-8)),
+                count: n,
+            },
+            Metric {
+                name: "completions/mean_length",
+                sum: rollouts.iter().map(|r| r.completion.len() as f64).sum(),
+                count: n,
+            },
+            Metric {
+                name: "completions/clipped_ratio",
+                sum: count(&mut rollouts.iter().map(|r| !r.terminated)),
+                count: n,
+            },
+        ]);
+        for (name, sum) in names.iter().zip(per_func) {
+            micro.metrics.push(Metric {
+                name: mean_metric(name),
+                sum,
+                count: n,
+            });
+        }
+        Ok(micro)
+    }
+}
