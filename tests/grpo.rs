@@ -203,3 +203,125 @@ fn advantages_loss_and_gradient_equal_trl() {
         "{worst:?}"
     );
 }
+
+mod common;
+
+const STAGES: &str = r#"config {
+  seed = 3
+}
+
+stage base = init {
+  tokenizer = "tokenizers/tiny-chat"
+  size = "tiny"
+}
+
+stage tuned = sft {
+  model = base.model
+  data = jsonl("data/quickstart/train.jsonl", format = "messages")
+  max_steps = 60
+  lr = 5e-3
+  batch_size = 32
+  max_len = 64
+  log_every = 60
+}
+
+stage rl = grpo {
+  model = tuned.model
+  data = jsonl("data/quickstart/train.jsonl", format = "messages")
+  rewards = [regex_match(pattern = "^1"), exact_match(field = "answer", weight = 0.5)]
+  num_generations = 4
+  batch_size = 32
+  max_completion_length = 5
+  lr = 1e-3
+  max_steps = 16
+  save_every = 3
+  beta = 0.04
+}
+"#;
+
+fn grpo_dir(name: &str) -> common::Dir {
+    let d = common::pipeline_copy(
+        &format!("grpo-{name}"),
+        &["tokenizers/tiny-chat", "data/quickstart"],
+    );
+    std::fs::write(d.0.join("p.ptl"), STAGES).unwrap();
+    d
+}
+
+fn rl_out(dir: &std::path::Path) -> std::path::PathBuf {
+    let o = common::ptl(dir, &["path", "p.ptl", "rl"]);
+    dir.join(String::from_utf8_lossy(&o.stdout).trim())
+}
+
+fn rewards(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(rl_out(dir).join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A short GRPO stage raises its reward (the mean over its last 4 steps above the first 4's), logs
+/// TRL's metric names, and a run killed after step 5 resumes from its checkpoint at step 3 and ends
+/// with the uninterrupted run's metrics and weights, bit for bit.
+#[test]
+fn a_grpo_stage_raises_its_reward_and_resumes_bit_identical() {
+    let whole = grpo_dir("whole");
+    let o = common::ptl(&whole.0, &["run", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(0), "{}", common::text(&o));
+    let m = rewards(&whole.0);
+    assert_eq!(m.len(), 16);
+    for name in [
+        "reward",
+        "reward_std",
+        "rewards/regex_match/mean",
+        "rewards/exact_match/mean",
+        "frac_reward_zero_std",
+        "kl",
+        "completions/mean_length",
+        "completions/clipped_ratio",
+        "clip_ratio/region_mean",
+    ] {
+        assert!(m[0].get(name).is_some(), "{name} in {}", m[0]);
+    }
+    let mean = |r: &[serde_json::Value]| {
+        r.iter().map(|x| x["reward"].as_f64().unwrap()).sum::<f64>() / r.len() as f64
+    };
+    let (first, last) = (mean(&m[..4]), mean(&m[12..]));
+    eprintln!("reward over the first 4 steps {first:.3}, the last 4 {last:.3}");
+    assert!(last > first + 0.1, "{first} -> {last}");
+
+    let crashed = grpo_dir("crashed");
+    // The stages before `rl` first, so that the crash lands in `rl`.
+    for stage in ["base", "tuned"] {
+        let o = common::ptl(&crashed.0, &["run", "p.ptl", "--only", stage]);
+        assert_eq!(o.status.code(), Some(0), "{}", common::text(&o));
+    }
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args(["run", "p.ptl"])
+        .env("PTL_FAULT", "crash_after_step:5")
+        .env_remove("PTL_STORE")
+        .current_dir(&crashed.0)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        None,
+        "killed by a signal: {}",
+        common::text(&o)
+    );
+    let o = common::ptl(&crashed.0, &["run", "p.ptl"]);
+    assert!(
+        common::text(&o).contains("rl: resuming from the checkpoint at step 3"),
+        "{}",
+        common::text(&o)
+    );
+    assert_eq!(rewards(&crashed.0), m);
+    for f in ["model.safetensors", "config.json"] {
+        assert!(
+            std::fs::read(rl_out(&crashed.0).join("model").join(f)).unwrap()
+                == std::fs::read(rl_out(&whole.0).join("model").join(f)).unwrap(),
+            "{f} differs after resuming"
+        );
+    }
+}
