@@ -325,3 +325,45 @@ fn a_grpo_stage_raises_its_reward_and_resumes_bit_identical() {
         );
     }
 }
+
+/// A reward model from an upstream `reward_model` stage scores the completions (in its own chat
+/// template); its weighted score is the total reward when it is the only reward.
+#[test]
+fn a_reward_model_is_a_reward() {
+    let d = common::pipeline_copy(
+        "grpo-judge",
+        &["tokenizers/tiny-chat", "data/quickstart", "data/preference"],
+    );
+    let stages = STAGES.split("stage rl = grpo").next().unwrap().to_string()
+        + r#"stage judge = reward_model {
+  model = tuned.model
+  data = jsonl("data/preference/prefs.jsonl", format = "preference")
+  max_steps = 4
+  batch_size = 8
+  max_len = 64
+}
+
+stage rl = grpo {
+  model = tuned.model
+  data = jsonl("data/quickstart/train.jsonl", format = "messages")
+  reward_model = judge.model
+  reward_model_weight = 0.5
+  num_generations = 4
+  batch_size = 16
+  max_completion_length = 4
+  lr = 1e-4
+  max_steps = 2
+}
+"#;
+    std::fs::write(d.0.join("p.ptl"), stages).unwrap();
+    let o = common::ptl(&d.0, &["run", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(0), "{}", common::text(&o));
+    for m in rewards(&d.0) {
+        let judged = m["rewards/reward_model/mean"].as_f64().unwrap();
+        assert!(judged != 0.0 && judged.is_finite(), "{m}");
+        assert!(
+            (m["reward"].as_f64().unwrap() - 0.5 * judged).abs() < 1e-9,
+            "{m}"
+        );
+    }
+}

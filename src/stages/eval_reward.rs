@@ -173,6 +173,12 @@ impl Judge {
     }
 }
 
+impl crate::train::rollouts::RewardModel for Judge {
+    fn rewards(&self, items: &[(&Side, Side)]) -> crate::error::Result<Vec<f64>> {
+        Judge::rewards(self, items)
+    }
+}
+
 /// The share of preference rows the judge ranks chosen above rejected (strictly).
 pub fn judge_pref_accuracy(judge: &Judge, rows: &[Row]) -> crate::error::Result<Option<f64>> {
     let mut items = Vec::new();

@@ -32,14 +32,24 @@ pub fn kind() -> Kind {
     );
     fields.insert(
         3,
-        required(
+        optional(
+            "reward_model",
+            Type::RewardModel,
+            "a reward model whose score of each completion (prompt and completion in its own chat template) is added to the rewards: `rm.model`",
+        ),
+    );
+    fields.insert(
+        3,
+        field(
             "rewards",
             Type::list(Type::Reward),
+            Default::Value(Value::List(vec![])),
             "reward functions summed with their weights: `[exact_match(field = \"answer\"), regex_match(pattern = \"^\\\\d+$\", weight = 0.5)]`",
         ),
     );
     fields.extend(common::training(1e-6, 1024));
     fields.extend([
+        float("reward_model_weight", 1.0, "the weight of `reward_model`'s score in the total reward"),
         int("num_generations", 8, "completions sampled per prompt (a group)"),
         int("max_completion_length", 256, "tokens sampled per completion at most"),
         float("temperature", 1.0, "sampling temperature (log-probs are taken at it too)"),
@@ -120,14 +130,16 @@ fn grpo_rules(s: &StageView, d: &mut Vec<Diag>) {
         );
     }
     if let Value::List(rewards) = s.get("rewards") {
-        if rewards.is_empty() {
+        if rewards.is_empty() && !s.is_set("reward_model") {
             d.push(
                 Diag::error(
                     "ptl::empty_list",
                     format!("grpo stage `{}` has no reward", s.name),
                 )
                 .label(s.loc("rewards"), "nothing to score completions")
-                .help("add a reward such as `exact_match(field = \"answer\")`"),
+                .help(
+                    "add a reward such as `exact_match(field = \"answer\")`, or a `reward_model`",
+                ),
             );
         }
         fields_rule(s, d, rewards);
@@ -226,6 +238,7 @@ struct GrpoParams {
     scale_rewards: ScaleRewards,
     mask_truncated_completions: bool,
     max_len: usize,
+    reward_model_weight: f64,
 }
 
 /// The prompts of the data with their rows' fields, tokenized with the model's chat template.
@@ -267,7 +280,11 @@ fn prompts(
             .map(|f| row_fields(&f))
             .unwrap_or_default();
         match enc.prompt(&side) {
-            Ok((_, ids)) if ids.len() < max_len => out.push(PromptRow { ids, fields }),
+            Ok((_, ids)) if ids.len() < max_len => out.push(PromptRow {
+                prompt: side,
+                ids,
+                fields,
+            }),
             _ => dropped += 1,
         }
     }
@@ -331,9 +348,20 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
         mask_truncated_completions: p.mask_truncated_completions,
     };
     let stop = tok.stop_ids(&model_dir);
-    let objective = Grpo::new(
+    let judge = match ctx.input("reward_model") {
+        Some(dir) => Some(super::eval_reward::Judge::load(dir, ctx.compute)?),
+        None => None,
+    };
+    let mut objective = Grpo::new(
         prompts, scorer, &tok, stop, reference, settings, p.top_p, p.top_k,
     );
+    let weight = p.reward_model_weight;
+    objective.judge = judge.map(|j| {
+        (
+            Box::new(j) as Box<dyn crate::train::rollouts::RewardModel>,
+            weight,
+        )
+    });
     super::train_run::fit(ctx, &model, &vars, &objective, &hyper)?;
     super::train_run::save(ctx, &mut model, &tuning, &model_dir)
 }

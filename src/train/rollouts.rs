@@ -84,10 +84,19 @@ fn mean_metric(name: &str) -> &'static str {
     }
 }
 
-/// A prompt of the data: its token ids and the row's fields (what rewards read).
+/// A prompt of the data: as written, its token ids, and the row's fields (what rewards read).
 pub struct PromptRow {
+    pub prompt: crate::data::rows::Side,
     pub ids: Vec<u32>,
     pub fields: Map<String, Json>,
+}
+
+/// A reward model scoring (prompt, completion text) pairs, with its weight in the total reward.
+pub trait RewardModel {
+    fn rewards(
+        &self,
+        items: &[(&crate::data::rows::Side, crate::data::rows::Side)],
+    ) -> crate::error::Result<Vec<f64>>;
 }
 
 pub struct Grpo<'a> {
@@ -97,6 +106,8 @@ pub struct Grpo<'a> {
     pub stop: Vec<u32>,
     /// The frozen reference (β ≠ 0).
     pub reference: Option<Decoder>,
+    /// A reward model's score, weighted, added to the reward functions'.
+    pub judge: Option<(Box<dyn RewardModel + 'a>, f64)>,
     pub settings: GrpoSettings,
     pub top_p: f64,
     pub top_k: usize,
@@ -122,6 +133,7 @@ impl<'a> Grpo<'a> {
             tokenizer,
             stop,
             reference,
+            judge: None,
             settings,
             top_p,
             top_k,
@@ -204,6 +216,7 @@ impl Objective for Grpo<'_> {
         let names = self.scorer.names();
         let mut per_func = vec![0.0; names.len()];
         let mut totals = Vec::with_capacity(scored.len());
+        let mut texts = Vec::with_capacity(scored.len());
         for (row, r) in &scored {
             let kept: Vec<u32> = r
                 .completion
@@ -219,6 +232,25 @@ impl Objective for Grpo<'_> {
                 *sum += v;
             }
             totals.push(values.iter().zip(&weights).map(|(v, w)| v * w).sum::<f64>());
+            texts.push(text);
+        }
+        let mut judged = None;
+        if let Some((judge, weight)) = &self.judge {
+            let items: Vec<_> = scored
+                .iter()
+                .zip(&texts)
+                .map(|((row, _), t)| {
+                    (
+                        &self.prompts[*row].prompt,
+                        crate::data::rows::Side::Text(t.clone()),
+                    )
+                })
+                .collect();
+            let scores = judge.rewards(&items)?;
+            for (total, s) in totals.iter_mut().zip(&scores) {
+                *total += weight * s;
+            }
+            judged = Some(scores.iter().sum::<f64>());
         }
         let (adv, stds) = advantages(
             &totals,
@@ -263,6 +295,13 @@ impl Objective for Grpo<'_> {
                 count: n,
             },
         ]);
+        if let Some(sum) = judged {
+            micro.metrics.push(Metric {
+                name: "rewards/reward_model/mean",
+                sum,
+                count: n,
+            });
+        }
         for (name, sum) in names.iter().zip(per_func) {
             micro.metrics.push(Metric {
                 name: mean_metric(name),
