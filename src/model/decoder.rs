@@ -432,22 +432,19 @@ impl Decoder {
             *cv = Some(v.clone());
         }
         let tk = k.dim(2)?;
+        // Grouped-query attention without copying keys and values per query head: the `rep` query
+        // heads that share a key/value head (consecutive, as transformers' repeat_kv orders them)
+        // are stacked as rows of one matmul against that head.
         let rep = nh / nkv;
-        let repeat = |y: Tensor| -> candle_core::Result<Tensor> {
-            if rep == 1 {
-                return y.contiguous();
-            }
-            y.unsqueeze(2)?
-                .broadcast_as((b, nkv, rep, tk, hd))?
-                .contiguous()?
-                .reshape((b, nh, tk, hd))
-        };
-        let (k, v) = (repeat(k)?, repeat(v)?);
-        let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?;
+        let grouped = q.contiguous()?.reshape((b, nkv, rep * t, hd))?;
+        let scores = (grouped.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?
+            .reshape((b, nh, t, tk))?;
         // The softmax in f32 whatever the compute dtype (as transformers' attention).
         let probs = softmax(&at_least_f32(&scores.broadcast_add(mask)?)?)?.to_dtype(v.dtype())?;
         let out = probs
-            .matmul(&v)?
+            .reshape((b, nkv, rep * t, tk))?
+            .matmul(&v.contiguous()?)?
+            .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b, t, nh * hd))?;
