@@ -48,14 +48,8 @@ fn ptl_generate(dir: &Path, model: &Path, batch: usize, new: usize) -> (f64, usi
 }
 
 fn main() {
-    let new: usize = std::env::args()
-        .skip_while(|a| a != "--new")
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(64);
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-generate");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let new = common::arg("--new", 64);
+    let dir = common::fresh_dir("bench-generate");
     tokenizer(&dir.join("tokenizer"));
     std::fs::write(
         dir.join("bench.ptl"),

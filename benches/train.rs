@@ -17,7 +17,7 @@
 mod common;
 
 use common::{tokenizer, words, INIT_STAGE, VOCAB};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 const BATCH: usize = 8;
@@ -141,14 +141,8 @@ fn torch(mode: &str, steps: usize) -> Option<serde_json::Value> {
 }
 
 fn main() {
-    let steps: usize = std::env::args()
-        .skip_while(|a| a != "--steps")
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-train");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let steps = common::arg("--steps", 5);
+    let dir = common::fresh_dir("bench-train");
     tokenizer(&dir.join("tokenizer"));
     rows(&dir.join("rows.jsonl"), BATCH * (steps + 1));
     pairs(&dir.join("pairs.jsonl"), BATCH / 2 * (steps + 1));

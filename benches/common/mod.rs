@@ -2,6 +2,23 @@
 
 use std::path::Path;
 
+/// The value of `--name N` on the bench's command line, or `default`.
+pub fn arg(name: &str, default: usize) -> usize {
+    std::env::args()
+        .skip_while(|a| a != name)
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// An empty folder `name` under cargo's temporary target folder.
+pub fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// The bench model's vocabulary size.
 pub const VOCAB: usize = 32_000;
 
