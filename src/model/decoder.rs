@@ -65,10 +65,16 @@ pub struct Layer {
     pub down: Linear,
 }
 
-/// Keys and values of past positions, per layer ([b, kv heads, positions, head_dim]).
+/// One layer's cached keys and values, the positions already in them, and the buffers' capacity.
+type CacheSlot<'a> = (&'a mut (Option<Tensor>, Option<Tensor>), usize, usize);
+
+/// Keys and values of past positions, per layer ([b, kv heads, positions, head_dim]). With a
+/// `capacity`, each layer's keys and values live in buffers of that many positions, written in place
+/// step by step (no copy of the past per step); without one (0) they grow by concatenation.
 pub struct KvCache {
     pub layers: Vec<(Option<Tensor>, Option<Tensor>)>,
     pub len: usize,
+    pub capacity: usize,
 }
 
 pub struct Decoder {
@@ -408,7 +414,7 @@ impl Decoder {
         x: &Tensor,
         rope: &(Tensor, Tensor),
         mask: &Tensor,
-        cache: Option<&mut (Option<Tensor>, Option<Tensor>)>,
+        cache: Option<CacheSlot>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
@@ -423,13 +429,29 @@ impl Decoder {
         }
         let q = (q.broadcast_mul(cos)? + rotate_half(&q)?.broadcast_mul(sin)?)?;
         k = (k.broadcast_mul(cos)? + rotate_half(&k)?.broadcast_mul(sin)?)?;
-        if let Some((ck, cv)) = cache {
-            if let (Some(pk), Some(pv)) = (ck.as_ref(), cv.as_ref()) {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
+        // Keys and values read in place from the cache's buffers (a view the matmuls take as it is).
+        let mut in_place = false;
+        if let Some(((ck, cv), past, capacity)) = cache {
+            if capacity >= past + t {
+                in_place = true;
+                // Written in place into buffers of `capacity` positions; the attention reads a view.
+                for (slot, new) in [(&mut *ck, &mut k), (&mut *cv, &mut v)] {
+                    let buf = match slot.take() {
+                        Some(buf) => buf,
+                        None => Tensor::zeros((b, nkv, capacity, hd), new.dtype(), new.device())?,
+                    };
+                    buf.slice_set(&new.contiguous()?, 2, past)?;
+                    *new = buf.narrow(2, 0, past + t)?;
+                    *slot = Some(buf);
+                }
+            } else {
+                if let (Some(pk), Some(pv)) = (ck.as_ref(), cv.as_ref()) {
+                    k = Tensor::cat(&[pk, &k], 2)?;
+                    v = Tensor::cat(&[pv, &v], 2)?;
+                }
+                *ck = Some(k.clone());
+                *cv = Some(v.clone());
             }
-            *ck = Some(k.clone());
-            *cv = Some(v.clone());
         }
         let tk = k.dim(2)?;
         // Grouped-query attention without copying keys and values per query head: the `rep` query
@@ -437,13 +459,14 @@ impl Decoder {
         // are stacked as rows of one matmul against that head.
         let rep = nh / nkv;
         let grouped = q.contiguous()?.reshape((b, nkv, rep * t, hd))?;
-        let scores = (grouped.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?
+        let kt = if in_place { k.t()? } else { k.t()?.contiguous()? };
+        let scores = (grouped.matmul(&kt)? / (hd as f64).sqrt())?
             .reshape((b, nh, t, tk))?;
         // The softmax in f32 whatever the compute dtype (as transformers' attention).
         let probs = softmax(&at_least_f32(&scores.broadcast_add(mask)?)?)?.to_dtype(v.dtype())?;
         let out = probs
             .reshape((b, nkv, rep * t, tk))?
-            .matmul(&v.contiguous()?)?
+            .matmul(&if in_place { v } else { v.contiguous()? })?
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .contiguous()?
@@ -468,7 +491,10 @@ impl Decoder {
         let rope = self.rope(positions, b, t)?;
         let eps = self.cfg.rms_norm_eps;
         for (i, l) in self.layers.iter().enumerate() {
-            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+            let slot = cache.as_mut().map(|c| {
+                let (len, capacity) = (c.len, c.capacity);
+                (&mut c.layers[i], len, capacity)
+            });
             let h = self.attention(l, &rms_norm(&x, &l.input_norm, eps)?, &rope, mask, slot)?;
             x = (x + h)?;
             let n = rms_norm(&x, &l.post_norm, eps)?;

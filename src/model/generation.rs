@@ -113,6 +113,7 @@ impl Decoder {
         let mut cache = KvCache {
             layers: vec![(None, None); self.cfg.num_layers],
             len: 0,
+            capacity: width + g.max_new,
         };
         // The first step reads the padded prompts; each later step one token per row.
         let mut step_ids: Vec<u32> = prompts
