@@ -13,6 +13,7 @@ on the same transformers/torch versions, identical expected.json files.
 
 Requirements (CPU is enough):  pip install torch safetensors transformers
 Run:                           HF_HUB_OFFLINE=1 python3 scripts/make_model_fixtures.py
+Only some variants:            ONLY=gemma3 python3 scripts/make_model_fixtures.py
 
 Reference quantities in expected.json (all computed in float32, model.eval(), eager attention,
 from the checkpoint *as reloaded from disk*, so bf16 checkpoints are rounded first):
@@ -44,6 +45,8 @@ from transformers import (  # noqa: E402
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     Qwen3Config,
     Qwen3ForCausalLM,
 )
@@ -99,10 +102,15 @@ def reinit_(model, seed):
     visited once, under its embed_tokens name, and gets the embedding init.
     """
     g = torch.Generator().manual_seed(seed)
+    # Gemma multiplies embeddings by sqrt(hidden) and norms by (1 + w): the same spread from smaller
+    # embeddings and norm weights around 0.
+    gemma = model.config.model_type.startswith("gemma")
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
             if "embed_tokens" in name:
-                new = torch.randn(p.shape, generator=g) * 0.5
+                new = torch.randn(p.shape, generator=g) * (0.3 if gemma else 0.5)
+            elif "norm" in name and gemma:
+                new = 0.4 * torch.rand(p.shape, generator=g) - 0.2
             elif "norm" in name:
                 new = 0.8 + 0.4 * torch.rand(p.shape, generator=g)
             elif name.endswith(".bias"):
@@ -245,8 +253,22 @@ def main():
         attn_implementation="eager",
     ), torch.float32, "200KB"))
 
+    # Gemma 3 (text): scaled embeddings, (1 + w) norms in f32, GeGLU (tanh GELU), q/k norms,
+    # query_pre_attn_scalar, sliding and full layers alternating with their own rope bases.
+    specs.append(("gemma3", Gemma3ForCausalLM, Gemma3TextConfig(
+        **COMMON, head_dim=16, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        sliding_window=4, query_pre_attn_scalar=24,
+        layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
+        attn_implementation="eager",
+    ), torch.float32, "50GB"))
+
+    only = [n for n in os.environ.get("ONLY", "").split(",") if n]
     summary = []
     for seed, (name, cls, config, dtype, shard) in enumerate(specs, start=1):
+        if only and name not in only:
+            continue
         model = build(cls, config, seed * 1000)
         if config.tie_word_embeddings:
             assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()

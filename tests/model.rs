@@ -16,7 +16,14 @@ use std::path::Path;
 /// docs/model.md states. Measured worst: 7.2e-6 (log-probs), 9.1e-6 (last logits) on AVX-512.
 const TOLERANCE: f32 = 1e-5;
 
-const MODELS: &[&str] = &["llama", "llama3_scaled", "mistral_sw", "qwen2", "qwen3"];
+const MODELS: &[&str] = &[
+    "llama",
+    "llama3_scaled",
+    "mistral_sw",
+    "qwen2",
+    "qwen3",
+    "gemma3",
+];
 
 fn load(name: &str) -> (Decoder, Value) {
     let dir = Path::new("tests/fixtures/models").join(name);

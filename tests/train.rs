@@ -560,3 +560,34 @@ fn trained_models_are_saved_in_the_checkpoints_dtype_unless_asked() {
         );
     }
 }
+
+/// `init` offers Gemma 3: the new model loads, trains (its loss falls) and saves a folder that loads
+/// again with every Gemma weight (the norms around attention and the MLP included).
+#[test]
+fn init_makes_a_gemma3_model_that_trains() {
+    let d = common::pipeline_copy("gemma-init", &["tokenizers/tiny-chat", "data/quickstart"]);
+    std::fs::write(
+        d.0.join("p.ptl"),
+        "stage base = init {\n  tokenizer = \"tokenizers/tiny-chat\"\n  arch = \"gemma3\"\n  layers = 6\n}\n\nstage tuned = sft {\n  model = base.model\n  data = jsonl(\"data/quickstart/train.jsonl\", format = \"messages\")\n  max_steps = 12\n  lr = 1e-2\n  batch_size = 16\n  max_len = 64\n}\n",
+    )
+    .unwrap();
+    let o = ptl(&d.0, &["run", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let m = metrics(&d.0, "tuned");
+    let loss = |i: usize| m[i]["loss"].as_f64().unwrap();
+    assert!(loss(m.len() - 1) < loss(0), "{m:?}");
+    let o = ptl(&d.0, &["path", "p.ptl", "tuned"]);
+    let out =
+        d.0.join(String::from_utf8_lossy(&o.stdout).trim())
+            .join("model");
+    let mut model = Decoder::load(&out, &Device::Cpu).unwrap();
+    assert_eq!(model.cfg.arch, ptl::model::config::Arch::Gemma3);
+    let names: Vec<String> = model.params_mut().into_iter().map(|(n, _)| n).collect();
+    assert!(names
+        .iter()
+        .any(|n| n.ends_with("post_feedforward_layernorm.weight")));
+    assert_eq!(
+        (0..6).map(|i| model.cfg.is_sliding(i)).collect::<Vec<_>>(),
+        [true, true, true, true, true, false]
+    );
+}

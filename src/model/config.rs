@@ -1,5 +1,7 @@
 //! A Hugging Face config.json for the decoder families ptl trains: Llama (3.x rope scaling),
-//! Mistral (sliding window), Qwen2 (qkv bias), Qwen3 (q/k norm, explicit head_dim).
+//! Mistral (sliding window), Qwen2 (qkv bias), Qwen3 (q/k norm, explicit head_dim), Gemma 3 text
+//! (scaled embeddings, (1 + w) norms around attention and MLP, GeGLU, sliding and full layers with
+//! their own rope bases).
 
 use serde_json::Value;
 use std::path::Path;
@@ -10,6 +12,15 @@ pub enum Arch {
     Mistral,
     Qwen2,
     Qwen3,
+    Gemma3,
+}
+
+/// The MLP's gate activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// GELU with the tanh approximation (`gelu_pytorch_tanh`).
+    GeluTanh,
 }
 
 /// Llama 3 rope scaling (`rope_scaling.rope_type == "llama3"`).
@@ -51,6 +62,26 @@ pub struct ModelConfig {
     pub pad_token_id: Option<u32>,
     /// The standard deviation transformers initializes new weights with (a new score head).
     pub initializer_range: f64,
+    /// Embeddings are multiplied by this (Gemma: √hidden).
+    pub embed_scale: Option<f64>,
+    /// Gemma's norms: RMSNorm times (1 + w), and norms after attention and around the MLP.
+    pub gemma_norms: bool,
+    pub activation: Activation,
+    /// Attention scores are divided by √ this (Gemma's `query_pre_attn_scalar`; else head_dim).
+    pub attn_scale_dim: f64,
+    /// Which layers attend within `sliding_window` (the others see every earlier position).
+    pub sliding_layers: Vec<bool>,
+    /// The rope base of sliding layers when it differs from `rope_theta` (Gemma 3's local base).
+    pub rope_theta_local: Option<f64>,
+    /// Positions divided by this for the full layers' rope (Gemma 3's `linear` rope scaling).
+    pub rope_linear_factor: Option<f64>,
+}
+
+impl ModelConfig {
+    /// Whether layer `i` attends within the sliding window.
+    pub fn is_sliding(&self, i: usize) -> bool {
+        self.sliding_window.is_some() && self.sliding_layers.get(i).copied().unwrap_or(true)
+    }
 }
 
 /// The output head of a model folder.
@@ -70,6 +101,7 @@ impl Arch {
             Arch::Mistral => "Mistral",
             Arch::Qwen2 => "Qwen2",
             Arch::Qwen3 => "Qwen3",
+            Arch::Gemma3 => "Gemma3",
         }
     }
 }
@@ -159,9 +191,10 @@ impl ModelConfig {
             "Mistral" | "mistral" => Arch::Mistral,
             "Qwen2" | "qwen2" => Arch::Qwen2,
             "Qwen3" | "qwen3" => Arch::Qwen3,
+            "Gemma3" | "gemma3_text" | "gemma3" => Arch::Gemma3,
             _ => {
                 return Err(format!(
-                    "architecture {} is not supported: ptl trains the ForCausalLM and ForSequenceClassification models of Llama, Mistral, Qwen2 and Qwen3",
+                    "architecture {} is not supported: ptl trains the ForCausalLM and ForSequenceClassification models of Llama, Mistral, Qwen2, Qwen3 and Gemma 3 (text)",
                     named.unwrap_or_default()
                 ))
             }
@@ -187,17 +220,36 @@ impl ModelConfig {
         if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
             return Err(format!("num_attention_heads ({num_heads}) must be a multiple of num_key_value_heads ({num_kv_heads})"));
         }
-        // transformers 5 writes `rope_parameters` (theta and scaling together); older configs write
-        // `rope_theta` and `rope_scaling`.
-        let rope = if c["rope_parameters"].is_object() {
+        // transformers 5 writes `rope_parameters` (theta and scaling together), for Gemma 3 one set
+        // per layer type; older configs write `rope_theta` and `rope_scaling`.
+        let per_type = c["rope_parameters"]["full_attention"].is_object();
+        let global = if per_type {
+            &c["rope_parameters"]["full_attention"]
+        } else {
             &c["rope_parameters"]
+        };
+        let rope = if global.is_object() {
+            global
         } else {
             &c["rope_scaling"]
         };
-        let rope_theta = c["rope_parameters"]["rope_theta"]
+        let rope_theta = global["rope_theta"]
             .as_f64()
             .or(c["rope_theta"].as_f64())
             .unwrap_or(10_000.0);
+        let local = &c["rope_parameters"]["sliding_attention"];
+        let rope_theta_local = if per_type {
+            let kind = local["rope_type"].as_str().unwrap_or("default");
+            if kind != "default" {
+                return Err(format!(
+                    "rope_parameters.sliding_attention.rope_type \"{kind}\" is not supported (only default)"
+                ));
+            }
+            local["rope_theta"].as_f64()
+        } else {
+            c["rope_local_base_freq"].as_f64()
+        };
+        let mut rope_linear_factor = None;
         let rope_scaling = match rope {
             Value::Null => None,
             s => {
@@ -215,16 +267,63 @@ impl ModelConfig {
                             .ok_or("rope_scaling.original_max_position_embeddings is missing")?,
                     }),
                     "default" | "" => None,
+                    "linear" => {
+                        rope_linear_factor = Some(
+                            s["factor"]
+                                .as_f64()
+                                .ok_or("rope_scaling.factor is missing")?,
+                        );
+                        None
+                    }
                     other => {
                         return Err(format!(
-                            "rope_scaling type {other} is not supported (only llama3)"
+                            "rope_scaling type {other} is not supported (only llama3 and linear)"
                         ))
                     }
                 }
             }
         };
+        let gemma = arch == Arch::Gemma3;
+        if gemma {
+            for field in ["final_logit_softcapping", "attn_logit_softcapping"] {
+                if !c[field].is_null() {
+                    return Err(format!(
+                        "{field} is not supported for Gemma 3 (ptl computes without soft-capping)"
+                    ));
+                }
+            }
+            if c["use_bidirectional_attention"].as_bool() == Some(true) {
+                return Err("use_bidirectional_attention is not supported".into());
+            }
+        }
+        let activation = match c["hidden_activation"].as_str().or(c["hidden_act"].as_str()) {
+            None | Some("silu") => Activation::Silu,
+            Some("gelu_pytorch_tanh") => Activation::GeluTanh,
+            Some(other) => {
+                return Err(format!(
+                    "hidden_activation \"{other}\" is not supported (silu, gelu_pytorch_tanh)"
+                ))
+            }
+        };
+        let sliding_layers: Vec<bool> = match c["layer_types"].as_array() {
+            Some(types) => types
+                .iter()
+                .map(|t| t.as_str() == Some("sliding_attention"))
+                .collect(),
+            None if gemma => {
+                let pattern = c["sliding_window_pattern"]
+                    .as_u64()
+                    .or(c["_sliding_window_pattern"].as_u64())
+                    .unwrap_or(6)
+                    .max(1) as usize;
+                (0..get_usize(c, "num_hidden_layers")?)
+                    .map(|i| (i + 1) % pattern != 0)
+                    .collect()
+            }
+            None => vec![],
+        };
         let sliding_window = match arch {
-            Arch::Mistral => c["sliding_window"].as_u64().map(|v| v as usize),
+            Arch::Mistral | Arch::Gemma3 => c["sliding_window"].as_u64().map(|v| v as usize),
             Arch::Qwen2 | Arch::Qwen3 if c["use_sliding_window"].as_bool() == Some(true) => {
                 return Err("use_sliding_window is not supported for Qwen models".into())
             }
@@ -251,10 +350,20 @@ impl ModelConfig {
             qkv_bias: arch == Arch::Qwen2 || attention_bias,
             o_bias: arch == Arch::Llama && attention_bias,
             mlp_bias: c["mlp_bias"].as_bool().unwrap_or(false),
-            qk_norm: arch == Arch::Qwen3,
+            qk_norm: arch == Arch::Qwen3 || gemma,
             head,
             pad_token_id: c["pad_token_id"].as_u64().map(|v| v as u32),
             initializer_range: c["initializer_range"].as_f64().unwrap_or(0.02),
+            embed_scale: gemma.then(|| (hidden_size as f64).sqrt()),
+            gemma_norms: gemma,
+            activation,
+            attn_scale_dim: match c["query_pre_attn_scalar"].as_f64() {
+                Some(s) if gemma => s,
+                _ => head_dim as f64,
+            },
+            sliding_layers,
+            rope_theta_local,
+            rope_linear_factor,
         })
     }
 }

@@ -2,7 +2,7 @@
 //! from candle ops that record a backward (matmul, broadcast arithmetic, exp, sqrt, index_select,
 //! cat, narrow), so every weight can receive a gradient. Full-sequence logits; computed in f32.
 
-use super::config::{Head, ModelConfig};
+use super::config::{Activation, Head, ModelConfig};
 use super::weights::Weights;
 use candle_core::{DType, Device, Tensor, D};
 use std::path::Path;
@@ -59,10 +59,29 @@ pub struct Layer {
     pub o: Linear,
     pub q_norm: Option<Tensor>,
     pub k_norm: Option<Tensor>,
+    /// Before the MLP (Llama, Qwen, Mistral); after attention, before the residual (Gemma).
     pub post_norm: Tensor,
+    /// Gemma: before the MLP, and after it (before the residual).
+    pub pre_ff_norm: Option<Tensor>,
+    pub post_ff_norm: Option<Tensor>,
     pub gate: Linear,
     pub up: Linear,
     pub down: Linear,
+}
+
+/// The additive attention masks of one forward: for full layers and for sliding-window ones.
+pub struct Masks {
+    pub full: Option<Tensor>,
+    pub sliding: Option<Tensor>,
+}
+
+impl Masks {
+    fn for_layer(&self, sliding: bool) -> candle_core::Result<&Tensor> {
+        let m = if sliding { &self.sliding } else { &self.full };
+        m.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("no attention mask built for this layer kind".into())
+        })
+    }
 }
 
 /// One layer's cached keys and values, the positions already in them, and the buffers' capacity.
@@ -88,6 +107,8 @@ pub struct Decoder {
     /// A reward model's scalar head, `score.weight` [1, hidden] (see `score`).
     pub score: Option<Tensor>,
     inv_freq: Vec<f32>,
+    /// The sliding layers' rope frequencies when their base differs (Gemma 3).
+    inv_freq_local: Option<Vec<f32>>,
     /// Whether dropout is active (training) or not (evaluation, scoring).
     pub training: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The generator of LoRA dropout masks (seeded by `apply_tuning`).
@@ -191,12 +212,26 @@ fn rotate_half(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// Rotary frequencies, with Llama 3 scaling when configured (transformers' `_compute_llama3_parameters`).
-fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
-    let dim = cfg.head_dim;
-    let base: Vec<f32> = (0..dim)
+/// Rope frequencies for `theta` (as transformers computes them: 1 / θ^(2i/d)).
+fn base_freq(theta: f64, dim: usize) -> Vec<f32> {
+    (0..dim)
         .step_by(2)
-        .map(|i| 1.0 / (cfg.rope_theta as f32).powf(i as f32 / dim as f32))
-        .collect();
+        .map(|i| 1.0 / (theta as f32).powf(i as f32 / dim as f32))
+        .collect()
+}
+
+/// The sliding layers' rope frequencies, when they have a base of their own.
+fn local_freq(cfg: &ModelConfig) -> Option<Vec<f32>> {
+    cfg.rope_theta_local
+        .filter(|t| *t != cfg.rope_theta || cfg.rope_linear_factor.is_some())
+        .map(|t| base_freq(t, cfg.head_dim))
+}
+
+fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
+    let base = base_freq(cfg.rope_theta, cfg.head_dim);
+    if let Some(factor) = cfg.rope_linear_factor {
+        return base.into_iter().map(|f| f / factor as f32).collect();
+    }
     let Some(s) = &cfg.rope_scaling else {
         return base;
     };
@@ -263,6 +298,16 @@ impl Decoder {
                     None
                 },
                 post_norm: w.take(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                pre_ff_norm: if cfg.gemma_norms {
+                    Some(w.take(&format!("{p}.pre_feedforward_layernorm.weight"), &[h])?)
+                } else {
+                    None
+                },
+                post_ff_norm: if cfg.gemma_norms {
+                    Some(w.take(&format!("{p}.post_feedforward_layernorm.weight"), &[h])?)
+                } else {
+                    None
+                },
                 gate: Linear::load(&mut w, &format!("{m}.gate_proj"), inter, h, cfg.mlp_bias)?,
                 up: Linear::load(&mut w, &format!("{m}.up_proj"), inter, h, cfg.mlp_bias)?,
                 down: Linear::load(&mut w, &format!("{m}.down_proj"), h, inter, cfg.mlp_bias)?,
@@ -278,6 +323,7 @@ impl Decoder {
         w.finish()?;
         Ok(Decoder {
             inv_freq: inv_freq(&cfg),
+            inv_freq_local: local_freq(&cfg),
             cfg,
             device: device.clone(),
             embed,
@@ -318,17 +364,29 @@ impl Decoder {
                 nf4: None,
             })
         };
+        // A norm's weight that computes as 1: Gemma's (1 + w) starts at w = 0.
+        let unit = |n: usize| if cfg.gemma_norms { zeros(n) } else { ones(n) };
         let layers = (0..cfg.num_layers)
             .map(|_| {
                 Ok(Layer {
-                    input_norm: ones(h)?,
+                    input_norm: unit(h)?,
                     q: linear(nh * hd, h, cfg.qkv_bias)?,
                     k: linear(nkv * hd, h, cfg.qkv_bias)?,
                     v: linear(nkv * hd, h, cfg.qkv_bias)?,
                     o: linear(h, nh * hd, cfg.o_bias)?,
-                    q_norm: if cfg.qk_norm { Some(ones(hd)?) } else { None },
-                    k_norm: if cfg.qk_norm { Some(ones(hd)?) } else { None },
-                    post_norm: ones(h)?,
+                    q_norm: if cfg.qk_norm { Some(unit(hd)?) } else { None },
+                    k_norm: if cfg.qk_norm { Some(unit(hd)?) } else { None },
+                    post_norm: unit(h)?,
+                    pre_ff_norm: if cfg.gemma_norms {
+                        Some(unit(h)?)
+                    } else {
+                        None
+                    },
+                    post_ff_norm: if cfg.gemma_norms {
+                        Some(unit(h)?)
+                    } else {
+                        None
+                    },
                     gate: linear(inter, h, cfg.mlp_bias)?,
                     up: linear(inter, h, cfg.mlp_bias)?,
                     down: linear(h, inter, cfg.mlp_bias)?,
@@ -337,13 +395,14 @@ impl Decoder {
             .collect::<Result<Vec<_>>>()?;
         Ok(Decoder {
             inv_freq: inv_freq(&cfg),
+            inv_freq_local: local_freq(&cfg),
             embed: normal(&[cfg.vocab_size, h])?,
             lm_head: if cfg.tie_word_embeddings {
                 None
             } else {
                 Some(normal(&[cfg.vocab_size, h])?)
             },
-            norm: ones(h)?,
+            norm: unit(h)?,
             score: None,
             layers,
             cfg,
@@ -360,12 +419,18 @@ impl Decoder {
     }
 
     /// cos and sin [b, 1, t, head_dim] for the given positions (frequencies repeated, as transformers does).
-    fn rope(&self, positions: &[u32], b: usize, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
-        let half = self.inv_freq.len();
+    fn rope(
+        &self,
+        freq: &[f32],
+        positions: &[u32],
+        b: usize,
+        t: usize,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let half = freq.len();
         let mut cos = Vec::with_capacity(positions.len() * half * 2);
         let mut sin = Vec::with_capacity(positions.len() * half * 2);
         for &pos in positions {
-            let angles: Vec<f32> = self.inv_freq.iter().map(|f| pos as f32 * f).collect();
+            let angles: Vec<f32> = freq.iter().map(|f| pos as f32 * f).collect();
             for _ in 0..2 {
                 cos.extend(angles.iter().map(|a| a.cos()));
                 sin.extend(angles.iter().map(|a| a.sin()));
@@ -386,8 +451,8 @@ impl Decoder {
         t: usize,
         past: usize,
         segments: Option<&[Vec<u32>]>,
+        window: Option<usize>,
     ) -> candle_core::Result<Tensor> {
-        let window = self.cfg.sliding_window;
         let total = past + t;
         let mut m = Vec::with_capacity(b * t * total);
         for r in 0..b {
@@ -424,8 +489,8 @@ impl Decoder {
         let mut k = heads(l.k.forward(x)?, nkv)?;
         let mut v = heads(l.v.forward(x)?, nkv)?;
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-            q = rms_norm(&q, qn, self.cfg.rms_norm_eps)?;
-            k = rms_norm(&k, kn, self.cfg.rms_norm_eps)?;
+            q = self.norm_with(&q, qn)?;
+            k = self.norm_with(&k, kn)?;
         }
         let q = (q.broadcast_mul(cos)? + rotate_half(&q)?.broadcast_mul(sin)?)?;
         k = (k.broadcast_mul(cos)? + rotate_half(&k)?.broadcast_mul(sin)?)?;
@@ -459,9 +524,13 @@ impl Decoder {
         // are stacked as rows of one matmul against that head.
         let rep = nh / nkv;
         let grouped = q.contiguous()?.reshape((b, nkv, rep * t, hd))?;
-        let kt = if in_place { k.t()? } else { k.t()?.contiguous()? };
-        let scores = (grouped.matmul(&kt)? / (hd as f64).sqrt())?
-            .reshape((b, nh, t, tk))?;
+        let kt = if in_place {
+            k.t()?
+        } else {
+            k.t()?.contiguous()?
+        };
+        let scores =
+            (grouped.matmul(&kt)? / self.cfg.attn_scale_dim.sqrt())?.reshape((b, nh, t, tk))?;
         // The softmax in f32 whatever the compute dtype (as transformers' attention).
         let probs = softmax(&at_least_f32(&scores.broadcast_add(mask)?)?)?.to_dtype(v.dtype())?;
         let out = probs
@@ -479,7 +548,7 @@ impl Decoder {
         &self,
         ids: &Tensor,
         positions: &[u32],
-        mask: &Tensor,
+        masks: &Masks,
         mut cache: Option<&mut KvCache>,
     ) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
@@ -488,33 +557,86 @@ impl Decoder {
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, self.cfg.hidden_size))?
             .to_dtype(self.dtype())?;
-        let rope = self.rope(positions, b, t)?;
-        let eps = self.cfg.rms_norm_eps;
+        if let Some(s) = self.cfg.embed_scale {
+            // As transformers: the scale in the embeddings' dtype (√hidden rounded in bf16).
+            let s = Tensor::new(s as f32, x.device())?.to_dtype(x.dtype())?;
+            x = x.broadcast_mul(&s)?;
+        }
+        let rope = self.rope(&self.inv_freq, positions, b, t)?;
+        let local = match &self.inv_freq_local {
+            Some(f) => Some(self.rope(f, positions, b, t)?),
+            None => None,
+        };
         for (i, l) in self.layers.iter().enumerate() {
+            let sliding = self.cfg.is_sliding(i);
+            let rope = match (&local, sliding) {
+                (Some(local), true) => local,
+                _ => &rope,
+            };
+            let mask = masks.for_layer(sliding)?;
             let slot = cache.as_mut().map(|c| {
                 let (len, capacity) = (c.len, c.capacity);
                 (&mut c.layers[i], len, capacity)
             });
-            let h = self.attention(l, &rms_norm(&x, &l.input_norm, eps)?, &rope, mask, slot)?;
+            let mut h = self.attention(l, &self.norm_with(&x, &l.input_norm)?, rope, mask, slot)?;
+            if self.cfg.gemma_norms {
+                h = self.norm_with(&h, &l.post_norm)?;
+            }
             x = (x + h)?;
-            let n = rms_norm(&x, &l.post_norm, eps)?;
-            let mlp = l
-                .down
-                .forward(&(l.gate.forward(&n)?.silu()? * l.up.forward(&n)?)?)?;
+            let n = match &l.pre_ff_norm {
+                Some(w) => self.norm_with(&x, w)?,
+                None => self.norm_with(&x, &l.post_norm)?,
+            };
+            let gate = l.gate.forward(&n)?;
+            let gate = match self.cfg.activation {
+                Activation::Silu => gate.silu()?,
+                Activation::GeluTanh => gate.gelu()?,
+            };
+            let mut mlp = l.down.forward(&(gate * l.up.forward(&n)?)?)?;
+            if let Some(w) = &l.post_ff_norm {
+                mlp = self.norm_with(&mlp, w)?;
+            }
             x = (x + mlp)?;
         }
         if let Some(c) = cache {
             c.len += t;
         }
-        rms_norm(&x, &self.norm, eps)
+        self.norm_with(&x, &self.norm)
+    }
+
+    /// RMSNorm with this model's weight convention: x̂ · w, or Gemma's x̂ · (1 + w).
+    fn norm_with(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+        if self.cfg.gemma_norms {
+            rms_norm(x, &(w.to_dtype(DType::F32)? + 1.0)?, self.cfg.rms_norm_eps)
+        } else {
+            rms_norm(x, w, self.cfg.rms_norm_eps)
+        }
+    }
+
+    /// The masks a forward needs: without a window for full layers, within `sliding_window` for
+    /// sliding ones; `build` makes one for a window.
+    pub(super) fn masks(
+        &self,
+        build: impl Fn(Option<usize>) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Masks> {
+        let n = self.cfg.num_layers;
+        let any = |sliding: bool| (0..n).any(|i| self.cfg.is_sliding(i) == sliding);
+        Ok(Masks {
+            full: if any(false) { Some(build(None)?) } else { None },
+            sliding: if any(true) {
+                Some(build(self.cfg.sliding_window)?)
+            } else {
+                None
+            },
+        })
     }
 
     /// Final hidden states [b, t, hidden] of a batch (for losses that apply the output matrix themselves).
     pub fn hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
-        let mask = self.mask(1, t, 0, None)?;
-        self.run(ids, &positions, &mask, None)
+        let masks = self.masks(|w| self.mask(1, t, 0, None, w))?;
+        self.run(ids, &positions, &masks, None)
     }
 
     /// The output matrix [vocab, hidden] (the embedding when tied).
@@ -536,8 +658,8 @@ impl Decoder {
     pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
-        let mask = self.mask(1, t, 0, None)?;
-        self.logits(&self.run(ids, &positions, &mask, None)?)
+        let masks = self.masks(|w| self.mask(1, t, 0, None, w))?;
+        self.logits(&self.run(ids, &positions, &masks, None)?)
     }
 
     /// Logits for a batch of rows padded on the right (`segments` 0) or packed with several documents
@@ -563,8 +685,8 @@ impl Decoder {
         }
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(flat, (b, t), &self.device)?;
-        let mask = self.mask(b, t, 0, Some(segments))?;
-        Ok(self.run(&ids, &positions, &mask, None)?)
+        let masks = self.masks(|w| self.mask(b, t, 0, Some(segments), w))?;
+        Ok(self.run(&ids, &positions, &masks, None)?)
     }
 
     /// Every weight with its checkpoint name.
@@ -597,6 +719,12 @@ impl Decoder {
             }
             if let Some(n) = &mut l.k_norm {
                 out.push((format!("{p}.self_attn.k_norm.weight"), n));
+            }
+            if let Some(n) = &mut l.pre_ff_norm {
+                out.push((format!("{p}.pre_feedforward_layernorm.weight"), n));
+            }
+            if let Some(n) = &mut l.post_ff_norm {
+                out.push((format!("{p}.post_feedforward_layernorm.weight"), n));
             }
         }
         out.push(("model.norm.weight".into(), &mut self.norm));

@@ -130,8 +130,8 @@ impl Decoder {
                 .flat_map(|&pad| (past..past + t).map(move |i| i.saturating_sub(pad) as u32))
                 .collect();
             let ids = Tensor::from_vec(step_ids, (b, t), &self.device)?;
-            let mask = self.left_padded_mask(&pads, t, past)?;
-            let h = self.run(&ids, &positions, &mask, Some(&mut cache))?;
+            let masks = self.masks(|w| self.left_padded_mask(&pads, t, past, w))?;
+            let h = self.run(&ids, &positions, &masks, Some(&mut cache))?;
             let logits: Vec<Vec<f32>> = self
                 .logits(&h.narrow(1, t - 1, 1)?)?
                 .squeeze(1)?
@@ -165,15 +165,15 @@ impl Decoder {
     }
 
     /// Additive mask [b, 1, t, past + t] for left-padded rows: a query sees the keys of its own row
-    /// that are not padding, not later, and within the sliding window; a padding query sees only
-    /// itself (so its softmax is finite).
+    /// that are not padding, not later, and within `window`; a padding query sees only itself (so
+    /// its softmax is finite).
     fn left_padded_mask(
         &self,
         pads: &[usize],
         t: usize,
         past: usize,
+        window: Option<usize>,
     ) -> candle_core::Result<Tensor> {
-        let window = self.cfg.sliding_window;
         let total = past + t;
         let mut m = Vec::with_capacity(pads.len() * t * total);
         for &pad in pads {

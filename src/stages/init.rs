@@ -11,7 +11,7 @@ use crate::model::decoder::Decoder;
 use crate::run::context::RunContext;
 use serde_json::json;
 
-pub const ARCHS: &[&str] = &["qwen3", "qwen2", "llama", "mistral"];
+pub const ARCHS: &[&str] = &["qwen3", "qwen2", "llama", "mistral", "gemma3"];
 pub const SIZES: &[&str] = &["tiny", "small", "base"];
 
 /// hidden, layers, attention heads, key/value heads, MLP width of each size.
@@ -163,10 +163,12 @@ pub fn hf_config(p: &InitParams, tok: &TextTokenizer) -> serde_json::Value {
         "qwen2" => "Qwen2ForCausalLM",
         "llama" => "LlamaForCausalLM",
         "mistral" => "MistralForCausalLM",
+        "gemma3" => "Gemma3ForCausalLM",
         _ => "Qwen3ForCausalLM",
     };
     let token = |name: Option<&str>| name.and_then(|t| tok.inner.token_to_id(t));
-    json!({
+    let layers = p.layers.unwrap_or(layers);
+    let mut config = json!({
         "architectures": [class],
         "model_type": p.arch,
         "vocab_size": tok.inner.get_vocab_size(true),
@@ -188,7 +190,44 @@ pub fn hf_config(p: &InitParams, tok: &TextTokenizer) -> serde_json::Value {
         "pad_token_id": token(tok.pad.as_deref()),
         "dtype": "float32",
         "torch_dtype": "float32",
-    })
+    });
+    if p.arch == "gemma3" {
+        // Gemma3TextConfig's defaults: five sliding layers (window 512, rope base 10,000) to one
+        // full layer (the stage's rope_theta), GeGLU, queries scaled by head_dim.
+        let head_dim = hidden / heads.max(1);
+        let types: Vec<&str> = (0..layers)
+            .map(|i| {
+                if (i + 1) % 6 == 0 {
+                    "full_attention"
+                } else {
+                    "sliding_attention"
+                }
+            })
+            .collect();
+        for (key, value) in [
+            ("model_type", json!("gemma3_text")),
+            ("hidden_activation", json!("gelu_pytorch_tanh")),
+            ("query_pre_attn_scalar", json!(head_dim)),
+            ("sliding_window", json!(512)),
+            ("layer_types", json!(types)),
+            ("final_logit_softcapping", json!(null)),
+            ("attn_logit_softcapping", json!(null)),
+            (
+                "rope_parameters",
+                json!({
+                    "full_attention": {"rope_type": "default", "rope_theta": p.rope_theta},
+                    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                }),
+            ),
+        ] {
+            config[key] = value;
+        }
+        if let Some(o) = config.as_object_mut() {
+            o.remove("hidden_act");
+            o.remove("rope_theta");
+        }
+    }
+    config
 }
 
 fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
