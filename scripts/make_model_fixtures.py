@@ -45,6 +45,8 @@ from transformers import (  # noqa: E402
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
     Qwen3Config,
@@ -262,6 +264,15 @@ def main():
         rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                          "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
         attn_implementation="eager",
+    ), torch.float32, "50GB"))
+
+    # Gemma 2: as Gemma 3 without q/k norms and with one rope base, plus soft-capping of attention
+    # scores and final logits (small caps here, so tanh is far from linear on these logits).
+    specs.append(("gemma2", Gemma2ForCausalLM, Gemma2Config(
+        **COMMON, head_dim=16, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        sliding_window=4, query_pre_attn_scalar=24, final_logit_softcapping=5.0,
+        attn_logit_softcapping=3.0, layer_types=["sliding_attention", "full_attention"],
+        rope_parameters=dict(default_rope), attn_implementation="eager",
     ), torch.float32, "50GB"))
 
     only = [n for n in os.environ.get("ONLY", "").split(",") if n]

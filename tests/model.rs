@@ -22,6 +22,7 @@ const MODELS: &[&str] = &[
     "mistral_sw",
     "qwen2",
     "qwen3",
+    "gemma2",
     "gemma3",
 ];
 
@@ -368,7 +369,14 @@ fn a_few_steps_overfit_one_batch() {
 
 #[test]
 fn gradients_match_finite_differences() {
-    let (mut d, e) = load("qwen3");
+    // Qwen3's q/k norms; Gemma's (1 + w) norms, GeGLU, scaled embeddings and (Gemma 2) soft-capping.
+    for model in ["qwen3", "gemma2", "gemma3"] {
+        finite_differences(model);
+    }
+}
+
+fn finite_differences(model: &str) {
+    let (mut d, e) = load(model);
     d.to_dtype(candle_core::DType::F64).unwrap();
     let vars = d.make_trainable().unwrap();
     let seq = ids(&e["sequences"][0]);
@@ -376,6 +384,8 @@ fn gradients_match_finite_differences() {
     for (name, var) in vars.iter().filter(|(n, _)| {
         n.contains("layers.0.self_attn.q_norm")
             || n.contains("layers.1.mlp.up_proj")
+            || n.contains("layers.0.mlp.gate_proj")
+            || n.contains("layers.1.post_feedforward_layernorm")
             || n == "model.embed_tokens.weight"
     }) {
         let g: Vec<f64> = grads
@@ -406,7 +416,7 @@ fn gradients_match_finite_differences() {
             let rel = (fd - g[i]).abs() / g[i].abs().max(1e-8);
             assert!(
                 rel < 1e-4,
-                "{name}[{i}]: analytic {} vs finite difference {fd}",
+                "{model} {name}[{i}]: analytic {} vs finite difference {fd}",
                 g[i]
             );
         }
@@ -602,7 +612,8 @@ fn kv_cache_generation_equals_recomputing() {
 
 #[test]
 fn the_chunked_loss_gives_the_same_value_and_gradients() {
-    for name in ["qwen2", "llama"] {
+    // Gemma 2 soft-caps its logits: the chunked passes carry the cap's derivative.
+    for name in ["qwen2", "llama", "gemma2"] {
         let (mut d, e) = load(name);
         let vars = d.make_trainable().unwrap();
         let seq = ids(&e["sequences"][2]);
@@ -613,8 +624,15 @@ fn the_chunked_loss_gives_the_same_value_and_gradients() {
         // Chunked, 5 positions at a time, every token trained.
         let input = candle_core::Tensor::from_vec(seq[..n].to_vec(), (1, n), &Device::Cpu).unwrap();
         let hidden = d.hidden(&input).unwrap().squeeze(0).unwrap();
-        let loss =
-            ptl::train::loss::chunked_nll(&hidden, d.head(), &seq[1..], &vec![1.0; n], 5).unwrap();
+        let loss = ptl::train::loss::chunked_nll(
+            &hidden,
+            d.head(),
+            d.cfg.final_logit_softcapping,
+            &seq[1..],
+            &vec![1.0; n],
+            5,
+        )
+        .unwrap();
         assert!(
             (loss.value - scalar(&plain)).abs() < 1e-5,
             "{name}: value {} vs {}",

@@ -12,6 +12,7 @@ pub enum Arch {
     Mistral,
     Qwen2,
     Qwen3,
+    Gemma2,
     Gemma3,
 }
 
@@ -75,6 +76,10 @@ pub struct ModelConfig {
     pub rope_theta_local: Option<f64>,
     /// Positions divided by this for the full layers' rope (Gemma 3's `linear` rope scaling).
     pub rope_linear_factor: Option<f64>,
+    /// Gemma 2: logits over the vocabulary become c·tanh(logits / c).
+    pub final_logit_softcapping: Option<f64>,
+    /// Gemma 2: attention scores become c·tanh(scores / c) before the mask.
+    pub attn_logit_softcapping: Option<f64>,
 }
 
 impl ModelConfig {
@@ -101,6 +106,7 @@ impl Arch {
             Arch::Mistral => "Mistral",
             Arch::Qwen2 => "Qwen2",
             Arch::Qwen3 => "Qwen3",
+            Arch::Gemma2 => "Gemma2",
             Arch::Gemma3 => "Gemma3",
         }
     }
@@ -191,10 +197,11 @@ impl ModelConfig {
             "Mistral" | "mistral" => Arch::Mistral,
             "Qwen2" | "qwen2" => Arch::Qwen2,
             "Qwen3" | "qwen3" => Arch::Qwen3,
+            "Gemma2" | "gemma2" => Arch::Gemma2,
             "Gemma3" | "gemma3_text" | "gemma3" => Arch::Gemma3,
             _ => {
                 return Err(format!(
-                    "architecture {} is not supported: ptl trains the ForCausalLM and ForSequenceClassification models of Llama, Mistral, Qwen2, Qwen3 and Gemma 3 (text)",
+                    "architecture {} is not supported: ptl trains the ForCausalLM and ForSequenceClassification models of Llama, Mistral, Qwen2, Qwen3, Gemma 2 and Gemma 3 (text)",
                     named.unwrap_or_default()
                 ))
             }
@@ -283,15 +290,20 @@ impl ModelConfig {
                 }
             }
         };
-        let gemma = arch == Arch::Gemma3;
-        if gemma {
-            for field in ["final_logit_softcapping", "attn_logit_softcapping"] {
-                if !c[field].is_null() {
-                    return Err(format!(
-                        "{field} is not supported for Gemma 3 (ptl computes without soft-capping)"
-                    ));
-                }
+        let gemma = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
+        let softcap = |field: &str| -> Result<Option<f64>, String> {
+            match &c[field] {
+                Value::Null => Ok(None),
+                v if gemma => match v.as_f64() {
+                    Some(x) if x > 0.0 => Ok(Some(x)),
+                    _ => Err(format!("{field} must be a positive number or null")),
+                },
+                _ => Err(format!("{field} is only supported for Gemma models")),
             }
+        };
+        let final_logit_softcapping = softcap("final_logit_softcapping")?;
+        let attn_logit_softcapping = softcap("attn_logit_softcapping")?;
+        if gemma {
             if c["use_bidirectional_attention"].as_bool() == Some(true) {
                 return Err("use_bidirectional_attention is not supported".into());
             }
@@ -310,6 +322,9 @@ impl ModelConfig {
                 .iter()
                 .map(|t| t.as_str() == Some("sliding_attention"))
                 .collect(),
+            None if arch == Arch::Gemma2 => (0..get_usize(c, "num_hidden_layers")?)
+                .map(|i| (i + 1) % 2 != 0)
+                .collect(),
             None if gemma => {
                 let pattern = c["sliding_window_pattern"]
                     .as_u64()
@@ -323,7 +338,9 @@ impl ModelConfig {
             None => vec![],
         };
         let sliding_window = match arch {
-            Arch::Mistral | Arch::Gemma3 => c["sliding_window"].as_u64().map(|v| v as usize),
+            Arch::Mistral | Arch::Gemma2 | Arch::Gemma3 => {
+                c["sliding_window"].as_u64().map(|v| v as usize)
+            }
             Arch::Qwen2 | Arch::Qwen3 if c["use_sliding_window"].as_bool() == Some(true) => {
                 return Err("use_sliding_window is not supported for Qwen models".into())
             }
@@ -350,7 +367,7 @@ impl ModelConfig {
             qkv_bias: arch == Arch::Qwen2 || attention_bias,
             o_bias: arch == Arch::Llama && attention_bias,
             mlp_bias: c["mlp_bias"].as_bool().unwrap_or(false),
-            qk_norm: arch == Arch::Qwen3 || gemma,
+            qk_norm: matches!(arch, Arch::Qwen3 | Arch::Gemma3),
             head,
             pad_token_id: c["pad_token_id"].as_u64().map(|v| v as u32),
             initializer_range: c["initializer_range"].as_f64().unwrap_or(0.02),
@@ -364,6 +381,8 @@ impl ModelConfig {
             sliding_layers,
             rope_theta_local,
             rope_linear_factor,
+            final_logit_softcapping,
+            attn_logit_softcapping,
         })
     }
 }

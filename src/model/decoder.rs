@@ -189,6 +189,11 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Te
         .broadcast_mul(&in_dtype_of(weight, x)?)
 }
 
+/// c·tanh(x / c): Gemma 2's soft-capping of attention scores and logits.
+pub fn softcap(x: &Tensor, c: f64) -> candle_core::Result<Tensor> {
+    (x / c)?.tanh()? * c
+}
+
 /// Softmax over the last dimension, composed (candle's fused one records no backward).
 pub fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
@@ -529,8 +534,11 @@ impl Decoder {
         } else {
             k.t()?.contiguous()?
         };
-        let scores =
+        let mut scores =
             (grouped.matmul(&kt)? / self.cfg.attn_scale_dim.sqrt())?.reshape((b, nh, t, tk))?;
+        if let Some(c) = self.cfg.attn_logit_softcapping {
+            scores = softcap(&scores, c)?;
+        }
         // The softmax in f32 whatever the compute dtype (as transformers' attention).
         let probs = softmax(&at_least_f32(&scores.broadcast_add(mask)?)?)?.to_dtype(v.dtype())?;
         let out = probs
@@ -607,7 +615,7 @@ impl Decoder {
     /// RMSNorm with this model's weight convention: x̂ · w, or Gemma's x̂ · (1 + w).
     fn norm_with(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
         if self.cfg.gemma_norms {
-            rms_norm(x, &(w.to_dtype(DType::F32)? + 1.0)?, self.cfg.rms_norm_eps)
+            rms_norm(x, &(at_least_f32(w)? + 1.0)?, self.cfg.rms_norm_eps)
         } else {
             rms_norm(x, w, self.cfg.rms_norm_eps)
         }
@@ -644,9 +652,13 @@ impl Decoder {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
-    /// Hidden states [b, t, hidden] → logits [b, t, vocab].
+    /// Hidden states [b, t, hidden] → logits [b, t, vocab] (soft-capped where the model says so).
     pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
-        matmul_t(hidden, &in_dtype_of(self.head(), hidden)?)
+        let logits = matmul_t(hidden, &in_dtype_of(self.head(), hidden)?)?;
+        match self.cfg.final_logit_softcapping {
+            Some(c) => softcap(&logits, c),
+            None => Ok(logits),
+        }
     }
 
     /// The dtype activations compute in.

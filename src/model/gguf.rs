@@ -73,8 +73,8 @@ fn arch_name(cfg: &ModelConfig) -> Result<&'static str> {
             Err("Llama with attention or MLP biases has no GGUF mapping here".into())
         }
         Arch::Llama | Arch::Mistral => Ok("llama"),
-        Arch::Gemma3 => Err(
-            "Gemma 3 has no GGUF mapping in ptl's writer yet (llama.cpp's gemma3 tensor names and norm conventions are not written): export it with format = \"hf\"".into(),
+        Arch::Gemma2 | Arch::Gemma3 => Err(
+            "Gemma has no GGUF mapping in ptl's writer yet (llama.cpp's gemma3 tensor names and norm conventions are not written): export it with format = \"hf\"".into(),
         ),
     }
 }

@@ -161,6 +161,7 @@ impl Forward {
         let logps = token_logps(
             &hidden,
             model.head(),
+            model.cfg.final_logit_softcapping,
             &b.targets,
             super::preference::chunk(model),
         )?;
@@ -265,6 +266,7 @@ pub fn rollout_loss(
     let surrogate = weighted_logp_surrogate(
         &f.hidden,
         model.head(),
+        model.cfg.final_logit_softcapping,
         &f.targets,
         &weights,
         super::preference::chunk(model),

@@ -206,8 +206,14 @@ impl Objective for Kto {
         let weights: Vec<f32> = (0..f.targets.len())
             .map(|t| (coef[t / f.width] * f.mask[t] as f64) as f32)
             .collect();
-        let surrogate =
-            weighted_logp_surrogate(&f.hidden, model.head(), &f.targets, &weights, chunk(model))?;
+        let surrogate = weighted_logp_surrogate(
+            &f.hidden,
+            model.head(),
+            model.cfg.final_logit_softcapping,
+            &f.targets,
+            &weights,
+            chunk(model),
+        )?;
         // As TRL: each metric is this micro-batch's mean (absent when it has no row of that side),
         // averaged over the step's micro-batches.
         let margin = chosen

@@ -7,10 +7,25 @@
 use crate::model::decoder::at_least_f32;
 use candle_core::{Tensor, D};
 
-/// log p(target) at each position: `hidden` [n, h] (final-norm output), `head` [vocab, h].
+/// Logits of a chunk soft-capped as c·tanh(l / c) (Gemma 2's final soft-capping), and the
+/// derivative of the capped logits with respect to the raw ones (1 − tanh²), when there is a cap.
+pub fn capped(logits: Tensor, cap: Option<f64>) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    match cap {
+        None => Ok((logits, None)),
+        Some(c) => {
+            let t = (logits / c)?.tanh()?;
+            let slope = t.sqr()?.affine(-1.0, 1.0)?;
+            Ok(((t * c)?, Some(slope)))
+        }
+    }
+}
+
+/// log p(target) at each position: `hidden` [n, h] (final-norm output), `head` [vocab, h], logits
+/// soft-capped at `cap` when given.
 pub fn token_logps(
     hidden: &Tensor,
     head: &Tensor,
+    cap: Option<f64>,
     targets: &[u32],
     chunk: usize,
 ) -> candle_core::Result<Vec<f32>> {
@@ -21,7 +36,8 @@ pub fn token_logps(
         let len = chunk.min(targets.len() - start);
         // Softmax statistics in f32 whatever the compute dtype.
         let logits = h.narrow(0, start, len)?.matmul(&w.t()?)?;
-        let logp = log_softmax(&at_least_f32(&logits)?)?;
+        let (logits, _) = capped(at_least_f32(&logits)?, cap)?;
+        let logp = log_softmax(&logits)?;
         let tgt = Tensor::from_vec(targets[start..start + len].to_vec(), (len, 1), h.device())?;
         out.extend(logp.gather(&tgt, 1)?.flatten_all()?.to_vec1::<f32>()?);
     }
@@ -39,6 +55,7 @@ fn log_softmax(logits: &Tensor) -> candle_core::Result<Tensor> {
 pub fn weighted_logp_surrogate(
     hidden: &Tensor,
     head: &Tensor,
+    cap: Option<f64>,
     targets: &[u32],
     weights: &[f32],
     chunk: usize,
@@ -58,7 +75,8 @@ pub fn weighted_logp_surrogate(
             continue;
         }
         let h = h_detached.narrow(0, start, len)?;
-        let probs = log_softmax(&at_least_f32(&h.matmul(&w_detached.t()?)?)?)?.exp()?;
+        let (logits, slope) = capped(at_least_f32(&h.matmul(&w_detached.t()?)?)?, cap)?;
+        let probs = log_softmax(&logits)?.exp()?;
         let stat = probs.dtype();
         let tgt = Tensor::from_vec(targets[start..start + len].to_vec(), (len, 1), dev)?;
         let onehot = Tensor::zeros((len, vocab), stat, dev)?.scatter_add(
@@ -69,7 +87,11 @@ pub fn weighted_logp_surrogate(
         let wt = Tensor::from_vec(weights[start..start + len].to_vec(), (len, 1), dev)?
             .to_dtype(stat)?;
         // d(w · log p_target)/d logits = w · (one-hot − softmax), formed in f32.
-        let g = (onehot - probs)?.broadcast_mul(&wt)?.to_dtype(dtype)?;
+        let mut g = (onehot - probs)?.broadcast_mul(&wt)?;
+        if let Some(slope) = &slope {
+            g = (g * slope)?;
+        }
+        let g = g.to_dtype(dtype)?;
         grad_h.push(g.matmul(&w_detached)?);
         grad_w = (grad_w + g.t()?.matmul(&h)?.to_dtype(head.dtype())?)?;
     }

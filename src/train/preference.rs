@@ -145,7 +145,13 @@ pub(super) fn forward(model: &Decoder, seqs: &[Sequence]) -> crate::error::Resul
     let hidden = model
         .hidden_packed(&b.ids, &b.segments)?
         .reshape((b.ids.len() * width, model.cfg.hidden_size))?;
-    let logps = token_logps(&hidden, model.head(), &b.targets, chunk(model))?;
+    let logps = token_logps(
+        &hidden,
+        model.head(),
+        model.cfg.final_logit_softcapping,
+        &b.targets,
+        chunk(model),
+    )?;
     let sums = (0..seqs.len())
         .map(|i| {
             (i * width..(i + 1) * width)
@@ -367,8 +373,14 @@ impl<R: PairRule> Objective for PairObjective<R> {
                 (scored.coef[t / f.width] * f.mask[t] as f64 + extra.map_or(0.0, |e| e[t])) as f32
             })
             .collect();
-        let surrogate =
-            weighted_logp_surrogate(&f.hidden, model.head(), &f.targets, &weights, chunk(model))?;
+        let surrogate = weighted_logp_surrogate(
+            &f.hidden,
+            model.head(),
+            model.cfg.final_logit_softcapping,
+            &f.targets,
+            &weights,
+            chunk(model),
+        )?;
         Ok(MicroLoss {
             surrogate,
             value: scored.value,

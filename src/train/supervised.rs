@@ -138,6 +138,7 @@ pub fn batch_loss(model: &Decoder, b: &Batch) -> crate::error::Result<super::los
     Ok(chunked_nll(
         &hidden,
         model.head(),
+        model.cfg.final_logit_softcapping,
         &b.targets,
         &b.mask,
         chunk,
