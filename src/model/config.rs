@@ -303,10 +303,8 @@ impl ModelConfig {
         };
         let final_logit_softcapping = softcap("final_logit_softcapping")?;
         let attn_logit_softcapping = softcap("attn_logit_softcapping")?;
-        if gemma {
-            if c["use_bidirectional_attention"].as_bool() == Some(true) {
-                return Err("use_bidirectional_attention is not supported".into());
-            }
+        if gemma && c["use_bidirectional_attention"].as_bool() == Some(true) {
+            return Err("use_bidirectional_attention is not supported".into());
         }
         let activation = match c["hidden_activation"].as_str().or(c["hidden_act"].as_str()) {
             None | Some("silu") => Activation::Silu,
