@@ -57,7 +57,7 @@ fn check(name: &str, tok: &TextTokenizer, fx: &Value) {
             template_vars: vars(case),
             ..EncodeOptions::default()
         };
-        let enc = Encoder::new(&tok, None, opts).unwrap();
+        let enc = Encoder::new(tok, None, opts).unwrap();
         let messages = case["messages"].as_array().unwrap();
         let agp = case["add_generation_prompt"].as_bool().unwrap();
         let rendered = enc
