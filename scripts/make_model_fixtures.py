@@ -275,6 +275,17 @@ def main():
         rope_parameters=dict(default_rope), attn_implementation="eager",
     ), torch.float32, "50GB"))
 
+    # Gemma 3 stored in bf16 (as Gemma checkpoints ship): the reference is the f32 model of the
+    # rounded weights, as for qwen2.
+    specs.append(("gemma3_bf16", Gemma3ForCausalLM, Gemma3TextConfig(
+        **COMMON, head_dim=16, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        sliding_window=4, query_pre_attn_scalar=24,
+        layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
+        attn_implementation="eager",
+    ), torch.bfloat16, "50GB"))
+
     only = [n for n in os.environ.get("ONLY", "").split(",") if n]
     summary = []
     for seed, (name, cls, config, dtype, shard) in enumerate(specs, start=1):

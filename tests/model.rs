@@ -24,6 +24,7 @@ const MODELS: &[&str] = &[
     "qwen3",
     "gemma2",
     "gemma3",
+    "gemma3_bf16",
 ];
 
 fn load(name: &str) -> (Decoder, Value) {
