@@ -135,6 +135,16 @@ fn a_stdlib_recipe_declares_qualified_stages() {
 }
 
 #[test]
+fn the_sft_grpo_recipe_declares_an_sft_and_a_grpo_stage() {
+    let text = format!(
+        "import \"std/recipes.ptl\" as recipes\n{HEAD}stage rl = recipes.sft_grpo(base, chat, chat, steps = 5)\n"
+    );
+    let p = ok(check(&text, &[]));
+    assert_eq!(param(&p, "rl.grpo", "max_steps"), &Value::Int(5));
+    assert_eq!(param(&p, "rl.grpo", "batch_size"), &Value::Int(64));
+}
+
+#[test]
 fn relative_imports_and_their_functions() {
     let p = ok(check_bytes(
         Path::new("tests/check/main.ptl"),
