@@ -65,13 +65,7 @@ fn main() {
         })
         .collect();
     std::fs::write(dir.join("prompts.jsonl"), prompts).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_ptl"))
-        .args(["run", "bench.ptl"])
-        .current_dir(&dir)
-        .env_remove("PTL_STORE")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    common::run_bench_pipeline(&dir);
     let model = dir.join(".ptl/out/bench/base/model");
     let rate = |batch: usize| {
         let (long, n_long) = ptl_generate(&dir, &model, batch, new);

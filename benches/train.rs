@@ -147,18 +147,7 @@ fn main() {
     rows(&dir.join("rows.jsonl"), BATCH * (steps + 1));
     pairs(&dir.join("pairs.jsonl"), BATCH / 2 * (steps + 1));
     std::fs::write(dir.join("bench.ptl"), pipeline(steps + 1)).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_ptl"))
-        .args(["run", "bench.ptl"])
-        .current_dir(&dir)
-        .env_remove("PTL_STORE")
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    common::run_bench_pipeline(&dir);
     let (sft, dpo) = (
         step_seconds(&dir, "lora_ft"),
         step_seconds(&dir, "lora_dpo"),

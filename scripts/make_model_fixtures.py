@@ -257,14 +257,17 @@ def main():
 
     # Gemma 3 (text): scaled embeddings, (1 + w) norms in f32, GeGLU (tanh GELU), q/k norms,
     # query_pre_attn_scalar, sliding and full layers alternating with their own rope bases.
-    specs.append(("gemma3", Gemma3ForCausalLM, Gemma3TextConfig(
-        **COMMON, head_dim=16, rms_norm_eps=1e-6, tie_word_embeddings=True,
-        sliding_window=4, query_pre_attn_scalar=24,
-        layer_types=["sliding_attention", "full_attention"],
-        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                         "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
-        attn_implementation="eager",
-    ), torch.float32, "50GB"))
+    def gemma3():
+        return Gemma3TextConfig(
+            **COMMON, head_dim=16, rms_norm_eps=1e-6, tie_word_embeddings=True,
+            sliding_window=4, query_pre_attn_scalar=24,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                             "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
+            attn_implementation="eager",
+        )
+
+    specs.append(("gemma3", Gemma3ForCausalLM, gemma3(), torch.float32, "50GB"))
 
     # Gemma 2: as Gemma 3 without q/k norms and with one rope base, plus soft-capping of attention
     # scores and final logits (small caps here, so tanh is far from linear on these logits).
@@ -277,14 +280,7 @@ def main():
 
     # Gemma 3 stored in bf16 (as Gemma checkpoints ship): the reference is the f32 model of the
     # rounded weights, as for qwen2.
-    specs.append(("gemma3_bf16", Gemma3ForCausalLM, Gemma3TextConfig(
-        **COMMON, head_dim=16, rms_norm_eps=1e-6, tie_word_embeddings=True,
-        sliding_window=4, query_pre_attn_scalar=24,
-        layer_types=["sliding_attention", "full_attention"],
-        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                         "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
-        attn_implementation="eager",
-    ), torch.bfloat16, "50GB"))
+    specs.append(("gemma3_bf16", Gemma3ForCausalLM, gemma3(), torch.bfloat16, "50GB"))
 
     only = [n for n in os.environ.get("ONLY", "").split(",") if n]
     summary = []

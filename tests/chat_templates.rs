@@ -148,72 +148,50 @@ fn multi_turn() -> Vec<Value> {
     .unwrap()
 }
 
+/// The multi-turn conversation encoded for training with `opts` (max_len 1000): its text, ids and
+/// loss mask.
+fn encoded(tok: &TextTokenizer, opts: EncodeOptions) -> (String, Vec<u32>, Vec<u8>) {
+    let opts = EncodeOptions {
+        max_len: 1000,
+        ..opts
+    };
+    match Encoder::new(tok, None, opts)
+        .unwrap()
+        .encode(&Example::Chat(multi_turn()))
+        .unwrap()
+    {
+        Encoded::Sequence {
+            text, ids, mask, ..
+        } => (text, ids, mask),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn assistant_turns_and_their_end_tokens_are_trained() {
     let (tok, _) = fixture("qwen3");
-    let enc = Encoder::new(
-        &tok,
-        None,
-        EncodeOptions {
-            max_len: 1000,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let Encoded::Sequence { ids, mask, .. } = enc.encode(&Example::Chat(multi_turn())).unwrap()
-    else {
-        panic!()
-    };
+    let (_, ids, mask) = encoded(&tok, EncodeOptions::default());
     assert_eq!(
         trained(&tok, &ids, &mask),
         ["4<|im_end|>", "<think>\n\n</think>\n\n6<|im_end|>"]
     );
 
     let (tok, _) = fixture("llama3_1");
-    let enc = Encoder::new(
-        &tok,
-        None,
-        EncodeOptions {
-            max_len: 1000,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let Encoded::Sequence { ids, mask, .. } = enc.encode(&Example::Chat(multi_turn())).unwrap()
-    else {
-        panic!()
-    };
+    let (_, ids, mask) = encoded(&tok, EncodeOptions::default());
     assert_eq!(trained(&tok, &ids, &mask), ["4<|eot_id|>", "6<|eot_id|>"]);
 
-    let history = Encoder::new(
-        &tok,
-        None,
-        EncodeOptions {
-            max_len: 1000,
-            mask_history: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let Encoded::Sequence { ids, mask, .. } = history.encode(&Example::Chat(multi_turn())).unwrap()
-    else {
-        panic!()
+    let history = EncodeOptions {
+        mask_history: true,
+        ..EncodeOptions::default()
     };
+    let (_, ids, mask) = encoded(&tok, history);
     assert_eq!(trained(&tok, &ids, &mask), ["6<|eot_id|>"]);
 
-    let all = Encoder::new(
-        &tok,
-        None,
-        EncodeOptions {
-            max_len: 1000,
-            train_on_prompt: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let Encoded::Sequence { mask, .. } = all.encode(&Example::Chat(multi_turn())).unwrap() else {
-        panic!()
+    let all = EncodeOptions {
+        train_on_prompt: true,
+        ..EncodeOptions::default()
     };
+    let (_, _, mask) = encoded(&tok, all);
     assert!(mask.iter().all(|m| *m == 1));
 }
 
@@ -286,21 +264,7 @@ fn preference_pairs_follow_trl() {
 fn gemma3_assistant_turns_are_trained() {
     let dir = common::npm::lenml_tokenizer("gemma3", "3.7.2");
     let (tok, _) = fixture_at(&dir, "gemma3");
-    let enc = Encoder::new(
-        &tok,
-        None,
-        EncodeOptions {
-            max_len: 1000,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let Encoded::Sequence {
-        ids, mask, text, ..
-    } = enc.encode(&Example::Chat(multi_turn())).unwrap()
-    else {
-        panic!()
-    };
+    let (text, ids, mask) = encoded(&tok, EncodeOptions::default());
     assert!(
         text.starts_with("<bos><start_of_turn>user\nBe brief.\n\n2+2?<end_of_turn>\n"),
         "{text}"

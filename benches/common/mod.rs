@@ -19,6 +19,22 @@ pub fn fresh_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// `ptl run bench.ptl` in `dir` (its own store); panics with the output when it fails.
+pub fn run_bench_pipeline(dir: &Path) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args(["run", "bench.ptl"])
+        .current_dir(dir)
+        .env_remove("PTL_STORE")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// The bench model's vocabulary size.
 pub const VOCAB: usize = 32_000;
 

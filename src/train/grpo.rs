@@ -8,7 +8,7 @@
 //! Rollouts are generated once per optimizer step and used once (`num_iterations` 1), so π_old is π
 //! (detached) and ρ is 1 in value; its gradient is what trains.
 
-use super::logps::{token_logps, weighted_logp_surrogate};
+use super::logps::{model_surrogate, model_token_logps};
 use super::objective::{Metric, MicroLoss};
 use super::supervised::{batch, Sequence};
 use crate::model::decoder::Decoder;
@@ -158,13 +158,7 @@ impl Forward {
             .hidden_packed(&b.ids, &b.segments)?
             .reshape((b.ids.len() * width, model.cfg.hidden_size))?
             / s.temperature)?;
-        let logps = token_logps(
-            &hidden,
-            model.head(),
-            model.cfg.final_logit_softcapping,
-            &b.targets,
-            super::preference::chunk(model),
-        )?;
+        let logps = model_token_logps(model, &hidden, &b.targets)?;
         Ok(Forward {
             hidden,
             targets: b.targets,
@@ -263,14 +257,7 @@ pub fn rollout_loss(
             weights[*t] = (g * scale) as f32;
         }
     }
-    let surrogate = weighted_logp_surrogate(
-        &f.hidden,
-        model.head(),
-        model.cfg.final_logit_softcapping,
-        &f.targets,
-        &weights,
-        super::preference::chunk(model),
-    )?;
+    let surrogate = model_surrogate(model, &f.hidden, &f.targets, &weights)?;
     let mut metrics = vec![Metric {
         name: LOSS_METRICS[1],
         sum: clipped / tokens.max(1.0),

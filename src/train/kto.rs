@@ -5,9 +5,9 @@
 //! loss is λD·(1 − σ(β(logratio − kl))), an undesirable one's λU·(1 − σ(β(kl − logratio)))
 //! (../shared/reference/losses-and-formats.md §4).
 
-use super::logps::weighted_logp_surrogate;
+use super::logps::model_surrogate;
 use super::objective::{Metric, MicroLoss, Objective};
-use super::preference::{chunk, forward, sigmoid};
+use super::preference::{forward, sigmoid};
 use super::supervised::Sequence;
 use crate::model::decoder::Decoder;
 
@@ -206,14 +206,7 @@ impl Objective for Kto {
         let weights: Vec<f32> = (0..f.targets.len())
             .map(|t| (coef[t / f.width] * f.mask[t] as f64) as f32)
             .collect();
-        let surrogate = weighted_logp_surrogate(
-            &f.hidden,
-            model.head(),
-            model.cfg.final_logit_softcapping,
-            &f.targets,
-            &weights,
-            chunk(model),
-        )?;
+        let surrogate = model_surrogate(model, &f.hidden, &f.targets, &weights)?;
         // As TRL: each metric is this micro-batch's mean (absent when it has no row of that side),
         // averaged over the step's micro-batches.
         let margin = chosen

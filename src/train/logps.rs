@@ -4,7 +4,7 @@
 //! derivative per sequence, and a second pass forms the gradient of Σ_t w_t · log p_t directly
 //! (w_t · (one-hot − softmax) per position), carried into autograd by a surrogate scalar.
 
-use crate::model::decoder::at_least_f32;
+use crate::model::decoder::{at_least_f32, Decoder};
 use candle_core::{Tensor, D};
 
 /// Logits of a chunk soft-capped as c·tanh(l / c) (Gemma 2's final soft-capping), and the
@@ -98,4 +98,41 @@ pub fn weighted_logp_surrogate(
     let grad_h = Tensor::cat(&grad_h, 0)?;
     let head_term = (head * grad_w)?.sum_all()?;
     (hidden * grad_h)?.sum_all()?.to_dtype(head_term.dtype())? + head_term
+}
+
+/// Positions per chunk of the log-prob passes: about 4M logits, as the supervised loss.
+pub fn chunk(model: &Decoder) -> usize {
+    ((4 << 20) / model.cfg.vocab_size.max(1)).clamp(16, 8192)
+}
+
+/// [`token_logps`] through `model`'s output head: its matrix, its soft-capping, its chunk size.
+pub fn model_token_logps(
+    model: &Decoder,
+    hidden: &Tensor,
+    targets: &[u32],
+) -> candle_core::Result<Vec<f32>> {
+    token_logps(
+        hidden,
+        model.head(),
+        model.cfg.final_logit_softcapping,
+        targets,
+        chunk(model),
+    )
+}
+
+/// [`weighted_logp_surrogate`] through `model`'s output head.
+pub fn model_surrogate(
+    model: &Decoder,
+    hidden: &Tensor,
+    targets: &[u32],
+    weights: &[f32],
+) -> candle_core::Result<Tensor> {
+    weighted_logp_surrogate(
+        hidden,
+        model.head(),
+        model.cfg.final_logit_softcapping,
+        targets,
+        weights,
+        chunk(model),
+    )
 }

@@ -4,7 +4,7 @@
 //! DPOTrainer, SimPO its CPOTrainer with `loss_type = "simpo"`, ORPO its ORPOTrainer
 //! (../shared/reference/losses-and-formats.md §1–3).
 
-use super::logps::{token_logps, weighted_logp_surrogate};
+use super::logps::{model_surrogate, model_token_logps};
 use super::objective::{metrics_over, MicroLoss, Objective};
 use super::supervised::{batch, Sequence};
 use crate::model::decoder::Decoder;
@@ -119,11 +119,6 @@ pub const DPO_METRICS: [&str; 6] = [
     "logps/rejected",
 ];
 
-/// Positions per chunk of the log-prob passes: about 4M logits, as the supervised loss.
-pub(super) fn chunk(model: &Decoder) -> usize {
-    ((4 << 20) / model.cfg.vocab_size.max(1)).clamp(16, 8192)
-}
-
 /// Summed completion log-probabilities of each sequence of a padded batch, and what the passes need.
 pub(super) struct Forward {
     pub(super) hidden: candle_core::Tensor,
@@ -145,13 +140,7 @@ pub(super) fn forward(model: &Decoder, seqs: &[Sequence]) -> crate::error::Resul
     let hidden = model
         .hidden_packed(&b.ids, &b.segments)?
         .reshape((b.ids.len() * width, model.cfg.hidden_size))?;
-    let logps = token_logps(
-        &hidden,
-        model.head(),
-        model.cfg.final_logit_softcapping,
-        &b.targets,
-        chunk(model),
-    )?;
+    let logps = model_token_logps(model, &hidden, &b.targets)?;
     let sums = (0..seqs.len())
         .map(|i| {
             (i * width..(i + 1) * width)
@@ -373,14 +362,7 @@ impl<R: PairRule> Objective for PairObjective<R> {
                 (scored.coef[t / f.width] * f.mask[t] as f64 + extra.map_or(0.0, |e| e[t])) as f32
             })
             .collect();
-        let surrogate = weighted_logp_surrogate(
-            &f.hidden,
-            model.head(),
-            model.cfg.final_logit_softcapping,
-            &f.targets,
-            &weights,
-            chunk(model),
-        )?;
+        let surrogate = model_surrogate(model, &f.hidden, &f.targets, &weights)?;
         Ok(MicroLoss {
             surrogate,
             value: scored.value,

@@ -134,7 +134,7 @@ pub fn batch_loss(model: &Decoder, b: &Batch) -> crate::error::Result<super::los
     let hidden = model.hidden_packed(&b.ids, &b.segments)?;
     let hidden = hidden.reshape((b.ids.len() * width, model.cfg.hidden_size))?;
     // Chunks of about 4M logits (16 MB in f32): big vocabularies get short chunks, small ones long.
-    let chunk = ((4 << 20) / model.cfg.vocab_size.max(1)).clamp(16, 8192);
+    let chunk = super::logps::chunk(model);
     Ok(chunked_nll(
         &hidden,
         model.head(),
