@@ -87,9 +87,9 @@ impl Masks {
 /// One layer's cached keys and values, the positions already in them, and the buffers' capacity.
 type CacheSlot<'a> = (&'a mut (Option<Tensor>, Option<Tensor>), usize, usize);
 
-/// Keys and values of past positions, per layer ([b, kv heads, positions, head_dim]). With a
-/// `capacity`, each layer's keys and values live in buffers of that many positions, written in place
-/// step by step (no copy of the past per step); without one (0) they grow by concatenation.
+/// Keys and values of past positions, per layer ([b, kv heads, capacity, head_dim]): buffers of
+/// `capacity` positions, the first `len` filled, written in place step by step (no copy of the past
+/// per step).
 pub struct KvCache {
     pub layers: Vec<(Option<Tensor>, Option<Tensor>)>,
     pub len: usize,
@@ -499,28 +499,24 @@ impl Decoder {
         }
         let q = (q.broadcast_mul(cos)? + rotate_half(&q)?.broadcast_mul(sin)?)?;
         k = (k.broadcast_mul(cos)? + rotate_half(&k)?.broadcast_mul(sin)?)?;
-        // Keys and values read in place from the cache's buffers (a view the matmuls take as it is).
-        let mut in_place = false;
+        // With a cache, keys and values are written in place into its buffers of `capacity`
+        // positions, and the attention reads a view of them (the matmuls take it as it is).
+        let in_place = cache.is_some();
         if let Some(((ck, cv), past, capacity)) = cache {
-            if capacity >= past + t {
-                in_place = true;
-                // Written in place into buffers of `capacity` positions; the attention reads a view.
-                for (slot, new) in [(&mut *ck, &mut k), (&mut *cv, &mut v)] {
-                    let buf = match slot.take() {
-                        Some(buf) => buf,
-                        None => Tensor::zeros((b, nkv, capacity, hd), new.dtype(), new.device())?,
-                    };
-                    buf.slice_set(&new.contiguous()?, 2, past)?;
-                    *new = buf.narrow(2, 0, past + t)?;
-                    *slot = Some(buf);
-                }
-            } else {
-                if let (Some(pk), Some(pv)) = (ck.as_ref(), cv.as_ref()) {
-                    k = Tensor::cat(&[pk, &k], 2)?;
-                    v = Tensor::cat(&[pv, &v], 2)?;
-                }
-                *ck = Some(k.clone());
-                *cv = Some(v.clone());
+            if past + t > capacity {
+                return Err(candle_core::Error::Msg(format!(
+                    "the KV cache holds {capacity} positions, not {}",
+                    past + t
+                )));
+            }
+            for (slot, new) in [(&mut *ck, &mut k), (&mut *cv, &mut v)] {
+                let buf = match slot.take() {
+                    Some(buf) => buf,
+                    None => Tensor::zeros((b, nkv, capacity, hd), new.dtype(), new.device())?,
+                };
+                buf.slice_set(&new.contiguous()?, 2, past)?;
+                *new = buf.narrow(2, 0, past + t)?;
+                *slot = Some(buf);
             }
         }
         let tk = k.dim(2)?;

@@ -79,6 +79,7 @@ pub fn sample(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, rng: &
 }
 
 /// The rows still generating: their index among the prompts, left padding and generator.
+#[derive(Clone)]
 struct Active {
     row: usize,
     pad: usize,
@@ -151,11 +152,7 @@ impl Decoder {
                 break;
             }
             if keep.len() < b {
-                let mut i = 0;
-                active.retain(|_| {
-                    i += 1;
-                    keep.contains(&(i - 1))
-                });
+                active = keep.iter().map(|&i| active[i].clone()).collect();
                 cache.keep_rows(&keep, &self.device)?;
             }
             step_ids = next;
