@@ -628,7 +628,7 @@ fn the_chunked_loss_gives_the_same_value_and_gradients() {
         let loss = ptl::train::loss::chunked_nll(
             &hidden,
             d.head(),
-            d.cfg.final_logit_softcapping,
+            ptl::train::logps::LogitMap::of(&d),
             &seq[1..],
             &vec![1.0; n],
             5,

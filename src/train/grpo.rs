@@ -94,13 +94,13 @@ pub struct Rollout {
 }
 
 impl Rollout {
-    /// Whether its tokens count in the loss.
-    fn trains(&self, s: &GrpoSettings) -> bool {
-        !self.completion.is_empty() && (self.terminated || !s.mask_truncated_completions)
+    /// Whether its tokens count in the loss (`mask_truncated`: not when it was cut short).
+    fn trains(&self, mask_truncated: bool) -> bool {
+        !self.completion.is_empty() && (self.terminated || !mask_truncated)
     }
 
-    fn sequence(&self, s: &GrpoSettings) -> Sequence {
-        let on = u8::from(self.trains(s));
+    fn sequence(&self, mask_truncated: bool) -> Sequence {
+        let on = u8::from(self.trains(mask_truncated));
         let mut ids = self.prompt.clone();
         ids.extend(&self.completion);
         let mut mask = vec![0; self.prompt.len()];
@@ -115,18 +115,7 @@ pub fn completion_logps(
     rollouts: &[Rollout],
     temperature: f64,
 ) -> crate::error::Result<Vec<Vec<f32>>> {
-    let s = GrpoSettings {
-        num_generations: 1,
-        max_completion_length: 0,
-        temperature,
-        beta: 0.0,
-        epsilon_low: 0.0,
-        epsilon_high: 0.0,
-        loss_type: LossType::Dapo,
-        scale_rewards: ScaleRewards::None,
-        mask_truncated_completions: false,
-    };
-    let f = Forward::new(model, rollouts, &s)?;
+    let f = Forward::new(model, rollouts, temperature, false)?;
     Ok(rollouts
         .iter()
         .enumerate()
@@ -134,7 +123,8 @@ pub fn completion_logps(
         .collect())
 }
 
-/// One padded forward of a micro-batch's rollouts at the sampling temperature.
+/// One padded forward of a micro-batch's rollouts at the sampling temperature; the completions that
+/// train nothing (`mask_truncated` and cut short) are masked out.
 struct Forward {
     hidden: candle_core::Tensor,
     targets: Vec<u32>,
@@ -147,18 +137,21 @@ impl Forward {
     fn new(
         model: &Decoder,
         rollouts: &[Rollout],
-        s: &GrpoSettings,
+        temperature: f64,
+        mask_truncated: bool,
     ) -> crate::error::Result<Forward> {
-        let seqs: Vec<Sequence> = rollouts.iter().map(|r| r.sequence(s)).collect();
+        let seqs: Vec<Sequence> = rollouts
+            .iter()
+            .map(|r| r.sequence(mask_truncated))
+            .collect();
         let rows: Vec<Vec<&Sequence>> = seqs.iter().map(|q| vec![q]).collect();
         let b = batch(&rows);
         let width = b.ids.first().map_or(0, Vec::len);
-        // logits / T = (h / T) · Wᵀ: scaling the hidden states scales the logits, gradient included.
-        let hidden = (model
+        let hidden = model
             .hidden_packed(&b.ids, &b.segments)?
-            .reshape((b.ids.len() * width, model.cfg.hidden_size))?
-            / s.temperature)?;
-        let logps = model_token_logps(model, &hidden, &b.targets)?;
+            .reshape((b.ids.len() * width, model.cfg.hidden_size))?;
+        // As TRL: the model's logits (soft-capped where it caps them) divided by the temperature.
+        let logps = model_token_logps(model, &hidden, &b.targets, temperature)?;
         Ok(Forward {
             hidden,
             targets: b.targets,
@@ -192,7 +185,7 @@ pub fn rollout_loss(
     reference: Option<&[Vec<f32>]>,
     s: &GrpoSettings,
 ) -> crate::error::Result<MicroLoss> {
-    let f = Forward::new(model, rollouts, s)?;
+    let f = Forward::new(model, rollouts, s.temperature, s.mask_truncated_completions)?;
     let mut weights = vec![0f32; f.targets.len()];
     let (mut total, mut tokens) = (0.0, 0.0);
     let (mut kl_sum, mut clipped) = (0.0, 0.0);
@@ -257,7 +250,7 @@ pub fn rollout_loss(
             weights[*t] = (g * scale) as f32;
         }
     }
-    let surrogate = model_surrogate(model, &f.hidden, &f.targets, &weights)?;
+    let surrogate = model_surrogate(model, &f.hidden, &f.targets, &weights, s.temperature)?;
     let mut metrics = vec![Metric {
         name: LOSS_METRICS[1],
         sum: clipped / tokens.max(1.0),

@@ -206,7 +206,7 @@ impl Objective for Kto {
         let weights: Vec<f32> = (0..f.targets.len())
             .map(|t| (coef[t / f.width] * f.mask[t] as f64) as f32)
             .collect();
-        let surrogate = model_surrogate(model, &f.hidden, &f.targets, &weights)?;
+        let surrogate = model_surrogate(model, &f.hidden, &f.targets, &weights, 1.0)?;
         // As TRL: each metric is this micro-batch's mean (absent when it has no row of that side),
         // averaged over the step's micro-batches.
         let margin = chosen

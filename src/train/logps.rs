@@ -7,25 +7,77 @@
 use crate::model::decoder::{at_least_f32, Decoder};
 use candle_core::{Tensor, D};
 
-/// Logits of a chunk soft-capped as c·tanh(l / c) (Gemma 2's final soft-capping), and the
-/// derivative of the capped logits with respect to the raw ones (1 − tanh²), when there is a cap.
-pub fn capped(logits: Tensor, cap: Option<f64>) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-    match cap {
-        None => Ok((logits, None)),
-        Some(c) => {
-            let t = (logits / c)?.tanh()?;
-            let slope = t.sqr()?.affine(-1.0, 1.0)?;
-            Ok(((t * c)?, Some(slope)))
+/// How a chunk's raw logits (h·Wᵀ) become the logits the log-probs are taken of: soft-capped as
+/// c·tanh(l / c) (Gemma 2's final soft-capping, part of the model), then divided by a sampling
+/// temperature (GRPO, as TRL divides the model's logits).
+#[derive(Clone, Copy, Debug)]
+pub struct LogitMap {
+    pub cap: Option<f64>,
+    pub temperature: f64,
+}
+
+/// The derivative of mapped logits with respect to the raw ones: (1 − tanh²) under a cap, times
+/// 1 / temperature.
+pub struct Slope {
+    tanh_slope: Option<Tensor>,
+    scale: f64,
+}
+
+impl Slope {
+    /// A gradient with respect to the mapped logits carried back to the raw ones.
+    pub fn back(&self, g: Tensor) -> candle_core::Result<Tensor> {
+        let g = match &self.tanh_slope {
+            Some(s) => (g * s)?,
+            None => g,
+        };
+        if self.scale == 1.0 {
+            Ok(g)
+        } else {
+            g.affine(self.scale, 0.0)
         }
     }
 }
 
-/// log p(target) at each position: `hidden` [n, h] (final-norm output), `head` [vocab, h], logits
-/// soft-capped at `cap` when given.
+impl LogitMap {
+    /// The model's own logits (its soft-capping, temperature 1).
+    pub fn of(model: &Decoder) -> LogitMap {
+        LogitMap {
+            cap: model.cfg.final_logit_softcapping,
+            temperature: 1.0,
+        }
+    }
+
+    /// The mapped logits and their slope.
+    pub fn apply(self, raw: Tensor) -> candle_core::Result<(Tensor, Slope)> {
+        let (logits, tanh_slope) = match self.cap {
+            None => (raw, None),
+            Some(c) => {
+                let t = (raw / c)?.tanh()?;
+                let slope = t.sqr()?.affine(-1.0, 1.0)?;
+                ((t * c)?, Some(slope))
+            }
+        };
+        let logits = if self.temperature == 1.0 {
+            logits
+        } else {
+            (logits / self.temperature)?
+        };
+        Ok((
+            logits,
+            Slope {
+                tanh_slope,
+                scale: 1.0 / self.temperature,
+            },
+        ))
+    }
+}
+
+/// log p(target) at each position: `hidden` [n, h] (final-norm output), `head` [vocab, h], the raw
+/// logits mapped by `map`.
 pub fn token_logps(
     hidden: &Tensor,
     head: &Tensor,
-    cap: Option<f64>,
+    map: LogitMap,
     targets: &[u32],
     chunk: usize,
 ) -> candle_core::Result<Vec<f32>> {
@@ -36,7 +88,7 @@ pub fn token_logps(
         let len = chunk.min(targets.len() - start);
         // Softmax statistics in f32 whatever the compute dtype.
         let logits = h.narrow(0, start, len)?.matmul(&w.t()?)?;
-        let (logits, _) = capped(at_least_f32(&logits)?, cap)?;
+        let (logits, _) = map.apply(at_least_f32(&logits)?)?;
         let logp = log_softmax(&logits)?;
         let tgt = Tensor::from_vec(targets[start..start + len].to_vec(), (len, 1), h.device())?;
         out.extend(logp.gather(&tgt, 1)?.flatten_all()?.to_vec1::<f32>()?);
@@ -55,7 +107,7 @@ fn log_softmax(logits: &Tensor) -> candle_core::Result<Tensor> {
 pub fn weighted_logp_surrogate(
     hidden: &Tensor,
     head: &Tensor,
-    cap: Option<f64>,
+    map: LogitMap,
     targets: &[u32],
     weights: &[f32],
     chunk: usize,
@@ -75,7 +127,7 @@ pub fn weighted_logp_surrogate(
             continue;
         }
         let h = h_detached.narrow(0, start, len)?;
-        let (logits, slope) = capped(at_least_f32(&h.matmul(&w_detached.t()?)?)?, cap)?;
+        let (logits, slope) = map.apply(at_least_f32(&h.matmul(&w_detached.t()?)?)?)?;
         let probs = log_softmax(&logits)?.exp()?;
         let stat = probs.dtype();
         let tgt = Tensor::from_vec(targets[start..start + len].to_vec(), (len, 1), dev)?;
@@ -87,11 +139,9 @@ pub fn weighted_logp_surrogate(
         let wt = Tensor::from_vec(weights[start..start + len].to_vec(), (len, 1), dev)?
             .to_dtype(stat)?;
         // d(w · log p_target)/d logits = w · (one-hot − softmax), formed in f32.
-        let mut g = (onehot - probs)?.broadcast_mul(&wt)?;
-        if let Some(slope) = &slope {
-            g = (g * slope)?;
-        }
-        let g = g.to_dtype(dtype)?;
+        let g = slope
+            .back((onehot - probs)?.broadcast_mul(&wt)?)?
+            .to_dtype(dtype)?;
         grad_h.push(g.matmul(&w_detached)?);
         grad_w = (grad_w + g.t()?.matmul(&h)?.to_dtype(head.dtype())?)?;
     }
@@ -105,34 +155,32 @@ pub fn chunk(model: &Decoder) -> usize {
     ((4 << 20) / model.cfg.vocab_size.max(1)).clamp(16, 8192)
 }
 
-/// [`token_logps`] through `model`'s output head: its matrix, its soft-capping, its chunk size.
+/// [`token_logps`] through `model`'s output head (its matrix, its soft-capping, its chunk size), the
+/// logits divided by `temperature`.
 pub fn model_token_logps(
     model: &Decoder,
     hidden: &Tensor,
     targets: &[u32],
+    temperature: f64,
 ) -> candle_core::Result<Vec<f32>> {
-    token_logps(
-        hidden,
-        model.head(),
-        model.cfg.final_logit_softcapping,
-        targets,
-        chunk(model),
-    )
+    let map = LogitMap {
+        temperature,
+        ..LogitMap::of(model)
+    };
+    token_logps(hidden, model.head(), map, targets, chunk(model))
 }
 
-/// [`weighted_logp_surrogate`] through `model`'s output head.
+/// [`weighted_logp_surrogate`] through `model`'s output head, the logits divided by `temperature`.
 pub fn model_surrogate(
     model: &Decoder,
     hidden: &Tensor,
     targets: &[u32],
     weights: &[f32],
+    temperature: f64,
 ) -> candle_core::Result<Tensor> {
-    weighted_logp_surrogate(
-        hidden,
-        model.head(),
-        model.cfg.final_logit_softcapping,
-        targets,
-        weights,
-        chunk(model),
-    )
+    let map = LogitMap {
+        temperature,
+        ..LogitMap::of(model)
+    };
+    weighted_logp_surrogate(hidden, model.head(), map, targets, weights, chunk(model))
 }

@@ -15,12 +15,12 @@ pub struct ChunkedLoss {
     pub surrogate: Tensor,
 }
 
-/// `hidden` [n, h] (final-norm output), `head` [vocab, h], logits soft-capped at `cap` when given,
+/// `hidden` [n, h] (final-norm output), `head` [vocab, h], the raw logits mapped by `map`,
 /// `targets` [n] ids, `mask` [n] (0/1).
 pub fn chunked_nll(
     hidden: &Tensor,
     head: &Tensor,
-    cap: Option<f64>,
+    map: super::logps::LogitMap,
     targets: &[u32],
     mask: &[f32],
     chunk: usize,
@@ -40,8 +40,7 @@ pub fn chunked_nll(
         let len = chunk.min(n - start);
         let h = h_detached.narrow(0, start, len)?;
         // Softmax statistics in f32 whatever the compute dtype.
-        let (logits, slope) =
-            super::logps::capped(at_least_f32(&h.matmul(&w_detached.t()?)?)?, cap)?;
+        let (logits, slope) = map.apply(at_least_f32(&h.matmul(&w_detached.t()?)?)?)?;
         let stat = logits.dtype();
         let max = logits.max_keepdim(D::Minus1)?;
         let shifted = logits.broadcast_sub(&max)?;
@@ -62,13 +61,13 @@ pub fn chunked_nll(
             &Tensor::ones((len, 1), stat, dev)?,
             1,
         )?;
-        let mut g = (logp.exp()? - onehot)?
-            .broadcast_mul(&m)?
-            .affine(1.0 / tokens.max(1.0), 0.0)?;
-        if let Some(slope) = &slope {
-            g = (g * slope)?;
-        }
-        let g = g.to_dtype(dtype)?;
+        let g = slope
+            .back(
+                (logp.exp()? - onehot)?
+                    .broadcast_mul(&m)?
+                    .affine(1.0 / tokens.max(1.0), 0.0)?,
+            )?
+            .to_dtype(dtype)?;
         grad_h.push(g.matmul(&w_detached)?);
         grad_w = (grad_w + g.t()?.matmul(&h)?.to_dtype(head.dtype())?)?;
     }

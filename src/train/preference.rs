@@ -140,7 +140,7 @@ pub(super) fn forward(model: &Decoder, seqs: &[Sequence]) -> crate::error::Resul
     let hidden = model
         .hidden_packed(&b.ids, &b.segments)?
         .reshape((b.ids.len() * width, model.cfg.hidden_size))?;
-    let logps = model_token_logps(model, &hidden, &b.targets)?;
+    let logps = model_token_logps(model, &hidden, &b.targets, 1.0)?;
     let sums = (0..seqs.len())
         .map(|i| {
             (i * width..(i + 1) * width)
@@ -362,7 +362,7 @@ impl<R: PairRule> Objective for PairObjective<R> {
                 (scored.coef[t / f.width] * f.mask[t] as f64 + extra.map_or(0.0, |e| e[t])) as f32
             })
             .collect();
-        let surrogate = model_surrogate(model, &f.hidden, &f.targets, &weights)?;
+        let surrogate = model_surrogate(model, &f.hidden, &f.targets, &weights, 1.0)?;
         Ok(MicroLoss {
             surrogate,
             value: scored.value,

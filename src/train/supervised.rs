@@ -138,7 +138,7 @@ pub fn batch_loss(model: &Decoder, b: &Batch) -> crate::error::Result<super::los
     Ok(chunked_nll(
         &hidden,
         model.head(),
-        model.cfg.final_logit_softcapping,
+        super::logps::LogitMap::of(model),
         &b.targets,
         &b.mask,
         chunk,
