@@ -149,13 +149,16 @@ fn grpo_rules(s: &StageView, d: &mut Vec<Diag>) {
 /// Every field an `exact_match` reads is in the data's first row (a typo is a check error, not a
 /// failure after an hour of sampling).
 fn fields_rule(s: &StageView, d: &mut Vec<Diag>, rewards: &[Value]) {
-    let Value::Dataset { path, .. } = s.get("data") else {
+    let Value::Dataset { path, format } = s.get("data") else {
         return;
     };
     let Some(first) = first_row(&path.resolved) else {
         return;
     };
-    let known = row_fields(&first);
+    let known = match rows::example(&first, *format) {
+        Ok(example) => row_fields(first, &example),
+        Err(_) => first,
+    };
     for r in rewards {
         if let Value::Reward(Reward {
             rule: RewardRule::ExactMatch { field, .. },
@@ -195,9 +198,8 @@ fn first_row(path: &Path) -> Option<Map<String, Json>> {
 
 /// The fields a row offers the rewards: its own, and for a conversation that ends with an assistant
 /// turn, `answer` (that turn's text).
-fn row_fields(row: &Map<String, Json>) -> Map<String, Json> {
-    let mut fields = row.clone();
-    if let Ok(Example::Chat(messages)) = rows::example(row, crate::lang::types::Format::Auto) {
+fn row_fields(mut fields: Map<String, Json>, example: &Example) -> Map<String, Json> {
+    if let Example::Chat(messages) = example {
         if let Some(last) = messages.last().filter(|m| m["role"] == "assistant") {
             fields
                 .entry("answer")
@@ -277,7 +279,7 @@ fn prompts(
             .get(r.line - 1)
             .cloned()
             .flatten()
-            .map(|f| row_fields(&f))
+            .map(|f| row_fields(f, &r.example))
             .unwrap_or_default();
         match enc.prompt(&side) {
             Ok((_, ids)) if ids.len() < max_len => out.push(PromptRow {
