@@ -3,6 +3,8 @@
 //! and a LoRA SFT stage in bf16 follows the CPU's f32 loss curve. Elsewhere each test prints why it
 //! did not run and passes: these are the checks to run whenever a GPU is lent.
 
+mod common;
+
 use candle_core::Device;
 use ptl::model::decoder::Decoder;
 use ptl::model::generation::{Generation, Sampling};
@@ -89,33 +91,19 @@ fn a_lora_stage_in_bf16_on_cuda_follows_the_cpu_f32_loss_curve() {
         return;
     }
     let losses = |device: &str, dtype: &str| -> Vec<f64> {
-        let d = std::env::temp_dir().join(format!("ptl-cuda-{device}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(d.join("data")).unwrap();
-        for f in ["tokenizers/tiny-chat", "data/quickstart"] {
-            let (from, to) = (Path::new("pipelines").join(f), d.join(f));
-            std::fs::create_dir_all(&to).unwrap();
-            for e in std::fs::read_dir(&from).unwrap() {
-                let p = e.unwrap().path();
-                std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
-            }
-        }
+        let dir = common::pipeline_copy(
+            &format!("cuda-{device}"),
+            &["tokenizers/tiny-chat", "data/quickstart"],
+        );
+        let d = dir.0.clone();
         std::fs::write(
             d.join("p.ptl"),
             format!("config {{\n  device = \"{device}\"\n  dtype = \"{dtype}\"\n}}\n\nstage base = init {{\n  tokenizer = \"tokenizers/tiny-chat\"\n}}\n\nstage tuned = sft {{\n  model = base.model\n  data = jsonl(\"data/quickstart/train.jsonl\", format = \"messages\")\n  tuning = lora(rank = 8)\n  max_steps = 20\n  lr = 5e-3\n  batch_size = 16\n  max_len = 64\n}}\n"),
         )
         .unwrap();
-        let run = |args: &[&str]| {
-            std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
-                .args(args)
-                .current_dir(&d)
-                .env_remove("PTL_STORE")
-                .output()
-                .unwrap()
-        };
-        let o = run(&["run", "p.ptl"]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let out = String::from_utf8_lossy(&run(&["path", "p.ptl", "tuned"]).stdout)
+        let o = common::ptl(&d, &["run", "p.ptl"]);
+        assert!(o.status.success(), "{}", common::text(&o));
+        let out = String::from_utf8_lossy(&common::ptl(&d, &["path", "p.ptl", "tuned"]).stdout)
             .trim()
             .to_string();
         std::fs::read_to_string(d.join(out).join("metrics.jsonl"))

@@ -239,12 +239,15 @@ stage rl = grpo {
 }
 "#;
 
-fn grpo_dir(name: &str) -> common::Dir {
-    let d = common::pipeline_copy(
-        &format!("grpo-{name}"),
-        &["tokenizers/tiny-chat", "data/quickstart"],
-    );
-    std::fs::write(d.0.join("p.ptl"), STAGES).unwrap();
+/// The quickstart's tokenizer and data (and `extra` entries of pipelines/) with `pipeline` as p.ptl.
+fn grpo_dir(name: &str, extra: &[&str], pipeline: &str) -> common::Dir {
+    let entries: Vec<&str> = ["tokenizers/tiny-chat", "data/quickstart"]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect();
+    let d = common::pipeline_copy(&format!("grpo-{name}"), &entries);
+    std::fs::write(d.0.join("p.ptl"), pipeline).unwrap();
     d
 }
 
@@ -266,7 +269,7 @@ fn rewards(dir: &std::path::Path) -> Vec<serde_json::Value> {
 /// with the uninterrupted run's metrics and weights, bit for bit.
 #[test]
 fn a_grpo_stage_raises_its_reward_and_resumes_bit_identical() {
-    let whole = grpo_dir("whole");
+    let whole = grpo_dir("whole", &[], STAGES);
     let o = common::ptl(&whole.0, &["run", "p.ptl"]);
     assert_eq!(o.status.code(), Some(0), "{}", common::text(&o));
     let m = rewards(&whole.0);
@@ -291,7 +294,7 @@ fn a_grpo_stage_raises_its_reward_and_resumes_bit_identical() {
     eprintln!("reward over the first 4 steps {first:.3}, the last 4 {last:.3}");
     assert!(last > first + 0.1, "{first} -> {last}");
 
-    let crashed = grpo_dir("crashed");
+    let crashed = grpo_dir("crashed", &[], STAGES);
     // The stages before `rl` first, so that the crash lands in `rl`.
     for stage in ["base", "tuned"] {
         let o = common::ptl(&crashed.0, &["run", "p.ptl", "--only", stage]);
@@ -330,10 +333,6 @@ fn a_grpo_stage_raises_its_reward_and_resumes_bit_identical() {
 /// template); its weighted score is the total reward when it is the only reward.
 #[test]
 fn a_reward_model_is_a_reward() {
-    let d = common::pipeline_copy(
-        "grpo-judge",
-        &["tokenizers/tiny-chat", "data/quickstart", "data/preference"],
-    );
     let stages = STAGES.split("stage rl = grpo").next().unwrap().to_string()
         + r#"stage judge = reward_model {
   model = tuned.model
@@ -355,7 +354,7 @@ stage rl = grpo {
   max_steps = 2
 }
 "#;
-    std::fs::write(d.0.join("p.ptl"), stages).unwrap();
+    let d = grpo_dir("judge", &["data/preference"], &stages);
     let o = common::ptl(&d.0, &["run", "p.ptl"]);
     assert_eq!(o.status.code(), Some(0), "{}", common::text(&o));
     for m in rewards(&d.0) {

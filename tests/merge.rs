@@ -33,13 +33,7 @@ stage b = sft {
 
 fn workdir(name: &str, stages: &str) -> Dir {
     let d = common::pipeline_copy(&format!("merge-{name}"), &["tokenizers/tiny-chat"]);
-    let rows: String = std::fs::read_to_string("pipelines/data/quickstart/train.jsonl")
-        .unwrap()
-        .lines()
-        .take(16)
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(d.0.join("chat.jsonl"), rows).unwrap();
+    common::quickstart_chat(&d.0, 16);
     std::fs::write(d.0.join("p.ptl"), format!("{HEAD}\n{stages}")).unwrap();
     d
 }

@@ -88,13 +88,7 @@ fn a_qlora_stage_trains_and_saves_the_adapter_folded_into_the_unquantized_base()
         let f = f.unwrap().path();
         std::fs::copy(&f, tmp.join("base").join(f.file_name().unwrap())).unwrap();
     }
-    let rows: String = std::fs::read_to_string("pipelines/data/quickstart/train.jsonl")
-        .unwrap()
-        .lines()
-        .take(32)
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(tmp.join("chat.jsonl"), rows).unwrap();
+    common::quickstart_chat(&tmp, 32);
     std::fs::write(
         tmp.join("p.ptl"),
         "stage q = sft {\n  model = hf_model(\"base\")\n  data = jsonl(\"chat.jsonl\", format = \"messages\")\n  tuning = qlora(rank = 4)\n  lr = 1e-2\n  batch_size = 8\n  max_steps = 6\n}\n",

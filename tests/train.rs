@@ -525,13 +525,7 @@ fn trained_models_are_saved_in_the_checkpoints_dtype_unless_asked() {
         )
         .unwrap();
     }
-    let rows: String = std::fs::read_to_string("pipelines/data/quickstart/train.jsonl")
-        .unwrap()
-        .lines()
-        .take(8)
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(d.0.join("chat.jsonl"), rows).unwrap();
+    common::quickstart_chat(&d.0, 8);
     let stage = |name: &str, extra: &str| {
         format!("stage {name} = sft {{\n  model = hf_model(\"base\")\n  data = jsonl(\"chat.jsonl\", format = \"messages\")\n  tuning = lora(rank = 4)\n  batch_size = 4\n  max_steps = 1\n{extra}}}\n")
     };

@@ -411,52 +411,31 @@ pub fn write(model: &mut Decoder, dir: &Path, path: &Path, quant: Quant, name: &
         ("general.file_type".into(), Kv::U32(quant.file_type())),
         ("general.quantization_version".into(), Kv::U32(2)),
         ("general.alignment".into(), Kv::U32(ALIGNMENT as u32)),
+    ];
+    // The hyper-parameters, under the architecture's prefix.
+    let count = |v: usize| Kv::U32(v as u32);
+    let params = [
+        ("context_length", count(cfg.max_position_embeddings)),
+        ("embedding_length", count(cfg.hidden_size)),
+        ("block_count", count(cfg.num_layers)),
+        ("feed_forward_length", count(cfg.intermediate_size)),
+        ("attention.head_count", count(cfg.num_heads)),
+        ("attention.head_count_kv", count(cfg.num_kv_heads)),
+        ("attention.key_length", count(cfg.head_dim)),
+        ("attention.value_length", count(cfg.head_dim)),
         (
-            format!("{arch}.context_length"),
-            Kv::U32(cfg.max_position_embeddings as u32),
-        ),
-        (
-            format!("{arch}.embedding_length"),
-            Kv::U32(cfg.hidden_size as u32),
-        ),
-        (
-            format!("{arch}.block_count"),
-            Kv::U32(cfg.num_layers as u32),
-        ),
-        (
-            format!("{arch}.feed_forward_length"),
-            Kv::U32(cfg.intermediate_size as u32),
-        ),
-        (
-            format!("{arch}.attention.head_count"),
-            Kv::U32(cfg.num_heads as u32),
-        ),
-        (
-            format!("{arch}.attention.head_count_kv"),
-            Kv::U32(cfg.num_kv_heads as u32),
-        ),
-        (
-            format!("{arch}.attention.key_length"),
-            Kv::U32(cfg.head_dim as u32),
-        ),
-        (
-            format!("{arch}.attention.value_length"),
-            Kv::U32(cfg.head_dim as u32),
-        ),
-        (
-            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            "attention.layer_norm_rms_epsilon",
             Kv::F32(cfg.rms_norm_eps as f32),
         ),
-        (
-            format!("{arch}.rope.freq_base"),
-            Kv::F32(cfg.rope_theta as f32),
-        ),
-        (
-            format!("{arch}.rope.dimension_count"),
-            Kv::U32(cfg.head_dim as u32),
-        ),
-        (format!("{arch}.vocab_size"), Kv::U32(cfg.vocab_size as u32)),
+        ("rope.freq_base", Kv::F32(cfg.rope_theta as f32)),
+        ("rope.dimension_count", count(cfg.head_dim)),
+        ("vocab_size", count(cfg.vocab_size)),
     ];
+    kvs.extend(
+        params
+            .into_iter()
+            .map(|(key, v)| (format!("{arch}.{key}"), v)),
+    );
     kvs.extend(tokenizer_kvs(dir, &cfg, arch)?);
     let tensors = tensors(model, quant)?;
     let mut head = Vec::new();

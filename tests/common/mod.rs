@@ -201,6 +201,20 @@ pub fn fixture_workdir(name: &str, fixture: &str, dirs: &[&str], files: &[&str])
     )
 }
 
+/// The first `n` rows of the quickstart's chat data (pipelines/data/quickstart/train.jsonl) written to
+/// `dir`/chat.jsonl.
+pub fn quickstart_chat(dir: &Path, n: usize) {
+    let rows: String = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/data/quickstart/train.jsonl"),
+    )
+    .unwrap()
+    .lines()
+    .take(n)
+    .map(|l| format!("{l}\n"))
+    .collect();
+    std::fs::write(dir.join("chat.jsonl"), rows).unwrap();
+}
+
 /// `entries` (files, or folders of files) of pipelines/ in a temporary folder, at the same
 /// relative paths.
 pub fn pipeline_copy(name: &str, entries: &[&str]) -> Dir {
