@@ -9,6 +9,8 @@ by fixed scores (groups with equal scores included, so a zero standard deviation
 TRL's own `_generate_and_score_completions` computes the advantages and the reference log-probs,
 and its `_compute_loss` the loss of each loss_type (dapo, grpo, dr_grpo, bnpo), for scale_rewards
 group, batch and none; the gradient's global norm over the policy's parameters is recorded too.
+For scale_rewards group, the loss and gradient are recorded again with the reference's log-probs as
+π_old (completions reused by a later step, `num_iterations` > 1), so ratios leave the clip range.
 Temperature 0.7, beta 0.04, epsilon 0.2 / epsilon_high 0.28.
 
 Writes tests/fixtures/grpo/expected.json.
@@ -94,7 +96,22 @@ def main():
                 norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in trainer.model.parameters()
                                       if p.grad is not None))
                 losses[loss_type] = {"loss": loss.item(), "grad_norm": norm.item()}
+            # Completions reused for a second optimizer step (num_iterations > 1) are scored against
+            # the log-probs they were sampled with: here the reference's, so the ratio moves.
+            off_policy = {}
+            if scale == "group":
+                inputs["old_per_token_logps"] = inputs["ref_per_token_logps"].clone()
+                for loss_type in ["dapo", "grpo", "dr_grpo", "bnpo"]:
+                    trainer.loss_type = loss_type
+                    trainer.model.zero_grad()
+                    loss = trainer._compute_loss(trainer.model, inputs)
+                    loss.backward()
+                    norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in trainer.model.parameters()
+                                          if p.grad is not None))
+                    off_policy[loss_type] = {"loss": loss.item(), "grad_norm": norm.item()}
+                del inputs["old_per_token_logps"]
             cases.append({
+                "losses_old_is_reference": off_policy,
                 "scale_rewards": scale,
                 "advantages": inputs["advantages"].tolist(),
                 "ref_per_token_logps": inputs["ref_per_token_logps"].tolist(),

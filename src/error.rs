@@ -53,6 +53,15 @@ pub enum Error {
         needed: u64,
         available: u64,
     },
+    /// A model that must read the policy's token ids (PPO's reward or value model) has another
+    /// vocabulary.
+    VocabularyMismatch {
+        /// The stage field that names it.
+        field: &'static str,
+        dir: PathBuf,
+        /// How the two vocabularies differ.
+        detail: String,
+    },
     /// The store could not be read or written (disk, permissions).
     Store(String),
     /// A bug in ptl: the cause is not the user's input.
@@ -84,6 +93,7 @@ impl Error {
             Error::AllRowsDropped { .. } => "ptl::all_rows_dropped",
             Error::OneLabel { .. } => "ptl::one_label",
             Error::OutOfMemory { .. } => "ptl::out_of_memory",
+            Error::VocabularyMismatch { .. } => "ptl::vocab_mismatch",
             Error::Store(_) => "ptl::store",
             Error::Internal(_) => "ptl::internal",
             Error::Other(_) => "ptl::stage_failed",
@@ -98,6 +108,7 @@ impl Error {
             Error::AllRowsDropped { .. } => Some("max_len"),
             Error::OneLabel { .. } => Some("data"),
             Error::OutOfMemory { .. } => Some("batch_size"),
+            Error::VocabularyMismatch { field, .. } => Some(field),
             _ => None,
         }
     }
@@ -136,6 +147,9 @@ impl Error {
             ),
             Error::OutOfMemory { .. } => {
                 "lower `batch_size` (use `grad_accum` for the same effective batch) or `max_len`".into()
+            }
+            Error::VocabularyMismatch { .. } => {
+                "PPO scores the policy's own token ids: train the reward model from a model with the policy's tokenizer (e.g. the SFT model the policy starts from)".into()
             }
             Error::Store(_) => "check the disk's free space and the store's permissions".into(),
             Error::Internal(_) => {
@@ -231,6 +245,11 @@ impl fmt::Display for Error {
                 "a batch of {batch_size} sequences of {seq_len} tokens needs about {} for training, and {} is available",
                 mib(*needed),
                 mib(*available)
+            ),
+            Error::VocabularyMismatch { dir, detail, .. } => write!(
+                f,
+                "{} does not share the policy's vocabulary: {detail}",
+                dir.display()
             ),
             Error::Store(why) => f.write_str(why),
             Error::Internal(why) => write!(f, "internal error: {why}"),

@@ -19,6 +19,7 @@ fn settings(loss_type: LossType) -> GrpoSettings {
         loss_type,
         scale_rewards: ScaleRewards::Group,
         mask_truncated_completions: false,
+        num_iterations: 1,
     }
 }
 
@@ -49,8 +50,15 @@ fn a_step_raises_the_log_prob_of_a_positive_advantage() {
         LossType::Bnpo,
     ] {
         let before = completion_logps(&model, &rollouts, 1.0).unwrap();
-        let micro =
-            rollout_loss(&model, &rollouts, &[1.0, -1.0], None, &settings(loss_type)).unwrap();
+        let micro = rollout_loss(
+            &model,
+            &rollouts,
+            &[1.0, -1.0],
+            None,
+            None,
+            &settings(loss_type),
+        )
+        .unwrap();
         let grads = micro.surrogate.backward().unwrap();
         for (_, v) in &vars {
             let g = grads.get(v).unwrap();
@@ -79,7 +87,8 @@ const TOLERANCE: f64 = 1e-5;
 
 /// Fixed rollouts (tests/fixtures/grpo, made by scripts/make_grpo_fixture.py with TRL 1.16's own
 /// GRPOTrainer): the advantages for scale_rewards group, batch and none, the reference's per-token
-/// log-probs at the sampling temperature, and the loss and gradient norm of every loss_type.
+/// log-probs at the sampling temperature, and the loss and gradient norm of every loss_type, with
+/// π_old = π and (completions reused by a later update) π_old = the reference.
 #[test]
 fn advantages_loss_and_gradient_equal_trl() {
     let want: serde_json::Value = serde_json::from_str(
@@ -131,6 +140,7 @@ fn advantages_loss_and_gradient_equal_trl() {
     let temperature = want["temperature"].as_f64().unwrap();
     let ref_logps = completion_logps(&reference, &rollouts, temperature).unwrap();
     let mut worst = [0f64; 4];
+    let mut checked = 0;
     for case in want["cases"].as_array().unwrap() {
         let scale = match case["scale_rewards"].as_str().unwrap() {
             "group" => ScaleRewards::Group,
@@ -165,35 +175,49 @@ fn advantages_loss_and_gradient_equal_trl() {
                 loss_type,
                 scale_rewards: scale,
                 mask_truncated_completions: false,
+                num_iterations: 1,
             };
-            let micro = rollout_loss(&policy, &rollouts, &adv, Some(&ref_logps), &s).unwrap();
-            let loss = micro.value / micro.weight;
-            let grads = micro.surrogate.backward().unwrap();
-            let norm = vars
-                .iter()
-                .map(|(_, v)| {
-                    let g = grads
-                        .get(v)
-                        .unwrap()
-                        .to_dtype(candle_core::DType::F64)
-                        .unwrap();
-                    g.sqr()
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .to_scalar::<f64>()
-                        .unwrap()
-                })
-                .sum::<f64>()
-                .sqrt()
-                / micro.weight;
-            let trl = &case["losses"][name];
-            worst[2] = worst[2].max((loss - trl["loss"].as_f64().unwrap()).abs());
-            let rel = (norm - trl["grad_norm"].as_f64().unwrap()).abs()
-                / trl["grad_norm"].as_f64().unwrap();
-            worst[3] = worst[3].max(rel);
+            // π_old is π (one update per batch of completions), and, where the fixture has it,
+            // the reference's log-probs (a later update on reused completions).
+            let olds = [
+                ("losses", None),
+                ("losses_old_is_reference", Some(ref_logps.as_slice())),
+            ];
+            for (key, old) in olds {
+                let Some(trl) = case[key].get(name) else {
+                    continue;
+                };
+                let micro =
+                    rollout_loss(&policy, &rollouts, &adv, Some(&ref_logps), old, &s).unwrap();
+                let loss = micro.value / micro.weight;
+                let grads = micro.surrogate.backward().unwrap();
+                let norm = vars
+                    .iter()
+                    .map(|(_, v)| {
+                        let g = grads
+                            .get(v)
+                            .unwrap()
+                            .to_dtype(candle_core::DType::F64)
+                            .unwrap();
+                        g.sqr()
+                            .unwrap()
+                            .sum_all()
+                            .unwrap()
+                            .to_scalar::<f64>()
+                            .unwrap()
+                    })
+                    .sum::<f64>()
+                    .sqrt()
+                    / micro.weight;
+                worst[2] = worst[2].max((loss - trl["loss"].as_f64().unwrap()).abs());
+                let rel = (norm - trl["grad_norm"].as_f64().unwrap()).abs()
+                    / trl["grad_norm"].as_f64().unwrap();
+                worst[3] = worst[3].max(rel);
+                checked += usize::from(old.is_some());
+            }
         }
     }
+    assert_eq!(checked, 4, "the off-policy losses of the fixture");
     eprintln!("vs TRL: advantages {:.1e}, reference log-probs {:.1e}, loss {:.1e}, gradient norm {:.1e} (relative)", worst[0], worst[1], worst[2], worst[3]);
     assert!(
         worst[0] < TOLERANCE
@@ -365,4 +389,31 @@ stage rl = grpo {
             "{m}"
         );
     }
+}
+
+/// `num_iterations = 2`: each step samples once and makes two updates on the same completions (the
+/// second with ratios against the log-probs they were sampled with); the stage runs, logs one line
+/// per step, and its reward rises as with one update.
+#[test]
+fn completions_are_reused_for_num_iterations_updates() {
+    let stages = STAGES.replace(
+        "  max_steps = 16\n  save_every = 3\n",
+        "  max_steps = 12\n  num_iterations = 2\n",
+    );
+    let d = grpo_dir("iterations", &[], &stages);
+    let o = common::ptl(&d.0, &["run", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(0), "{}", common::text(&o));
+    let m = rewards(&d.0);
+    assert_eq!(m.len(), 12);
+    let mean = |r: &[serde_json::Value]| {
+        r.iter().map(|x| x["reward"].as_f64().unwrap()).sum::<f64>() / r.len() as f64
+    };
+    let (first, last) = (mean(&m[..4]), mean(&m[8..]));
+    eprintln!("reward over the first 4 steps {first:.3}, the last 4 {last:.3}");
+    assert!(last > first + 0.1, "{first} -> {last}");
+    assert!(
+        m.iter()
+            .any(|x| x["clip_ratio/region_mean"].as_f64().unwrap() > 0.0),
+        "the second update's ratios leave the clip range somewhere: {m:?}"
+    );
 }

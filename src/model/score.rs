@@ -41,14 +41,8 @@ impl Decoder {
             .collect()
     }
 
-    /// The reward of each sequence, [n] (differentiable): one right-padded forward, the final hidden
-    /// state at [`Decoder::reward_positions`] times `score.weight`.
-    pub fn rewards(&self, seqs: &[&[u32]]) -> crate::error::Result<Tensor> {
-        let score = self.score.as_ref().ok_or_else(|| {
-            crate::error::Error::Other(
-                "the model has no score head: it is not a reward model".into(),
-            )
-        })?;
+    /// `seqs` right-padded with the padding token: their ids, segments and width.
+    fn padded(&self, seqs: &[&[u32]]) -> (Vec<Vec<u32>>, Vec<Vec<u32>>, usize) {
         let width = seqs.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
         let pad = self.cfg.pad_token_id.unwrap_or(0);
         let (mut ids, mut segments) = (Vec::new(), Vec::new());
@@ -60,6 +54,36 @@ impl Decoder {
             seg.resize(width, 0);
             segments.push(seg);
         }
+        (ids, segments, width)
+    }
+
+    fn score_weight(&self) -> crate::error::Result<&Tensor> {
+        self.score.as_ref().ok_or_else(|| {
+            crate::error::Error::Other(
+                "the model has no score head: it is not a reward model".into(),
+            )
+        })
+    }
+
+    /// The score head at every position (a value model's values), [n, width] in f32
+    /// (differentiable), and the width: one right-padded forward.
+    pub fn values(&self, seqs: &[&[u32]]) -> crate::error::Result<(Tensor, usize)> {
+        let score = self.score_weight()?;
+        let (ids, segments, width) = self.padded(seqs);
+        let hidden = self
+            .hidden_packed(&ids, &segments)?
+            .reshape((seqs.len() * width, self.cfg.hidden_size))?;
+        let values = hidden
+            .matmul(&score.to_dtype(hidden.dtype())?.t()?)?
+            .reshape((seqs.len(), width))?;
+        Ok((values.to_dtype(candle_core::DType::F32)?, width))
+    }
+
+    /// The reward of each sequence, [n] (differentiable): one right-padded forward, the final hidden
+    /// state at [`Decoder::reward_positions`] times `score.weight`.
+    pub fn rewards(&self, seqs: &[&[u32]]) -> crate::error::Result<Tensor> {
+        let score = self.score_weight()?;
+        let (ids, segments, width) = self.padded(seqs);
         let hidden = self
             .hidden_packed(&ids, &segments)?
             .reshape((seqs.len() * width, self.cfg.hidden_size))?;

@@ -75,7 +75,11 @@ pub fn kind() -> Kind {
             false,
             "completions cut at max_completion_length (no stop token) train nothing",
         ),
-        int("num_iterations", 1, "optimizer steps per batch of completions (only 1 is built)"),
+        int(
+            "num_iterations",
+            1,
+            "updates per batch of completions: a step samples once and trains this many times on them, the ratio taken against the log-probs they were sampled with",
+        ),
     ]);
     Kind {
         version: 1,
@@ -119,16 +123,7 @@ fn grpo_rules(s: &StageView, d: &mut Vec<Diag>) {
             .help("sample 2 or more completions per prompt; TRL's default is 8"),
         );
     }
-    if s.num("num_iterations").is_some_and(|n| n != 1.0) {
-        d.push(
-            Diag::error(
-                "ptl::not_built",
-                "`num_iterations` other than 1 is not built yet",
-            )
-            .label(s.loc("num_iterations"), "reuses completions across steps")
-            .help("leave num_iterations at 1: each step samples new completions"),
-        );
-    }
+    rules::positive(s, d, "num_iterations");
     if let Value::List(rewards) = s.get("rewards") {
         if rewards.is_empty() && !s.is_set("reward_model") {
             d.push(
@@ -239,12 +234,13 @@ struct GrpoParams {
     loss_type: LossType,
     scale_rewards: ScaleRewards,
     mask_truncated_completions: bool,
+    num_iterations: usize,
     max_len: usize,
     reward_model_weight: f64,
 }
 
 /// The prompts of the data with their rows' fields, tokenized with the model's chat template.
-fn prompts(
+pub(super) fn prompts(
     ctx: &RunContext,
     tok: &TextTokenizer,
     max_len: usize,
@@ -348,6 +344,7 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
         loss_type: p.loss_type,
         scale_rewards: p.scale_rewards,
         mask_truncated_completions: p.mask_truncated_completions,
+        num_iterations: p.num_iterations,
     };
     let stop = tok.stop_ids(&model_dir);
     let judge = match ctx.input("reward_model") {

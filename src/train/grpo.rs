@@ -5,12 +5,14 @@
 //! KL = exp(ref − log π) − (ref − log π) − 1, multiplied by ρ (TRL's default
 //! `use_bias_correction_kl`: 1 in value, but its gradient adds KL·∇log π); log-probs are taken at
 //! the sampling temperature.
-//! Rollouts are generated once per optimizer step and used once (`num_iterations` 1), so π_old is π
-//! (detached) and ρ is 1 in value; its gradient is what trains.
+//! With `num_iterations` 1 a step's completions train once, so π_old is π (detached) and ρ is 1 in
+//! value, its gradient what trains; with more, later updates take ρ against the log-probs the
+//! completions were sampled with.
 
-use super::logps::{model_surrogate, model_token_logps};
+use super::completions::Forward;
+pub use super::completions::{completion_logps, Rollout};
+use super::logps::model_surrogate;
 use super::objective::{Metric, MicroLoss};
-use super::supervised::{batch, Sequence};
 use crate::model::decoder::Decoder;
 
 /// How the per-token losses of a batch become one number (TRL's `loss_type`).
@@ -48,6 +50,8 @@ pub struct GrpoSettings {
     pub scale_rewards: ScaleRewards,
     /// Completions that hit `max_completion_length` without a stop token train nothing.
     pub mask_truncated_completions: bool,
+    /// Updates per batch of completions (TRL's `num_iterations`).
+    pub num_iterations: usize,
 }
 
 /// The standard deviation with Bessel's correction (0 for fewer than two values).
@@ -84,105 +88,20 @@ pub fn advantages(rewards: &[f64], group: usize, scale: ScaleRewards) -> (Vec<f6
     (adv, stds)
 }
 
-/// A prompt and one completion sampled for it.
-#[derive(Clone, Debug)]
-pub struct Rollout {
-    pub prompt: Vec<u32>,
-    pub completion: Vec<u32>,
-    /// It ended with a stop token (not cut at `max_completion_length`).
-    pub terminated: bool,
-}
-
-impl Rollout {
-    /// Whether its tokens count in the loss (`mask_truncated`: not when it was cut short).
-    fn trains(&self, mask_truncated: bool) -> bool {
-        !self.completion.is_empty() && (self.terminated || !mask_truncated)
-    }
-
-    fn sequence(&self, mask_truncated: bool) -> Sequence {
-        let on = u8::from(self.trains(mask_truncated));
-        let mut ids = self.prompt.clone();
-        ids.extend(&self.completion);
-        let mut mask = vec![0; self.prompt.len()];
-        mask.extend(std::iter::repeat_n(on, self.completion.len()));
-        Sequence { ids, mask }
-    }
-}
-
-/// Per-token log-probs (at `temperature`) of each rollout's completion, without a graph, in order.
-pub fn completion_logps(
-    model: &Decoder,
-    rollouts: &[Rollout],
-    temperature: f64,
-) -> crate::error::Result<Vec<Vec<f32>>> {
-    let f = Forward::new(model, rollouts, temperature, false)?;
-    Ok(rollouts
-        .iter()
-        .enumerate()
-        .map(|(i, r)| f.completion(i, r).to_vec())
-        .collect())
-}
-
-/// One padded forward of a micro-batch's rollouts at the sampling temperature; the completions that
-/// train nothing (`mask_truncated` and cut short) are masked out.
-struct Forward {
-    hidden: candle_core::Tensor,
-    targets: Vec<u32>,
-    mask: Vec<f32>,
-    logps: Vec<f32>,
-    width: usize,
-}
-
-impl Forward {
-    fn new(
-        model: &Decoder,
-        rollouts: &[Rollout],
-        temperature: f64,
-        mask_truncated: bool,
-    ) -> crate::error::Result<Forward> {
-        let seqs: Vec<Sequence> = rollouts
-            .iter()
-            .map(|r| r.sequence(mask_truncated))
-            .collect();
-        let rows: Vec<Vec<&Sequence>> = seqs.iter().map(|q| vec![q]).collect();
-        let b = batch(&rows);
-        let width = b.ids.first().map_or(0, Vec::len);
-        let hidden = model
-            .hidden_packed(&b.ids, &b.segments)?
-            .reshape((b.ids.len() * width, model.cfg.hidden_size))?;
-        // As TRL: the model's logits (soft-capped where it caps them) divided by the temperature.
-        let logps = model_token_logps(model, &hidden, &b.targets, temperature)?;
-        Ok(Forward {
-            hidden,
-            targets: b.targets,
-            mask: b.mask,
-            logps,
-            width,
-        })
-    }
-
-    /// The positions of rollout `i`'s completion tokens (as targets).
-    fn span(&self, i: usize, r: &Rollout) -> std::ops::Range<usize> {
-        let start = i * self.width + r.prompt.len() - 1;
-        start..start + r.completion.len()
-    }
-
-    fn completion(&self, i: usize, r: &Rollout) -> &[f32] {
-        &self.logps[self.span(i, r)]
-    }
-}
-
 /// The metrics a GRPO step logs besides the loss and the rewards (TRL's names).
 pub const LOSS_METRICS: [&str; 2] = ["kl", "clip_ratio/region_mean"];
 
 /// The loss of a micro-batch of scored rollouts: `advantages` one per rollout, `reference` the
-/// reference model's completion log-probs (when β ≠ 0). Its `value` and `weight` follow
-/// `loss_type` so that the step's Σ value / Σ weight is TRL's loss over the step.
+/// reference model's completion log-probs (when β ≠ 0), `old` the log-probs the completions were
+/// sampled with when an earlier optimizer step already trained on them (`num_iterations` > 1;
+/// `None`: π_old is π). Its `value` and `weight` follow `loss_type` so that the step's
+/// Σ value / Σ weight is TRL's loss over the step.
 pub fn rollout_loss(
     model: &Decoder,
     rollouts: &[Rollout],
     advantages: &[f64],
     reference: Option<&[Vec<f32>]>,
+    old: Option<&[Vec<f32>]>,
     s: &GrpoSettings,
 ) -> crate::error::Result<MicroLoss> {
     let f = Forward::new(model, rollouts, s.temperature, s.mask_truncated_completions)?;
@@ -197,12 +116,13 @@ pub fn rollout_loss(
         for (k, t) in span.clone().enumerate() {
             let m = f.mask[t] as f64;
             let logp = f.logps[t] as f64;
-            // π_old is π: the ratio is 1 in value, and −ρ·A's derivative in log π is −ρ·A.
-            let ratio = 1.0f64;
+            // ρ = e^(log π − log π_old) (1 in value when π_old is π); −ρ·A's derivative in log π is
+            // −ρ·A, and the clipped branch's is 0 outside the clip range (inside, both are equal).
+            let ratio = old.map_or(1.0, |o| (logp - o[i][k] as f64).exp());
             let clip = ratio.clamp(1.0 - s.epsilon_low, 1.0 + s.epsilon_high);
             let (unclipped, bounded) = (ratio * a, clip * a);
             let mut loss = -unclipped.min(bounded);
-            let mut grad = if unclipped <= bounded {
+            let mut grad = if unclipped <= bounded || clip == ratio {
                 -ratio * a
             } else {
                 0.0

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod clip;
+pub mod completions;
 pub mod grpo;
 pub mod kto;
 pub mod logps;
@@ -12,6 +13,8 @@ pub mod metrics_log;
 pub mod objective;
 pub mod optim;
 pub mod pack;
+pub mod ppo;
+pub mod ppo_rollouts;
 pub mod preference;
 pub mod reward;
 pub mod rollouts;

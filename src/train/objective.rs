@@ -20,6 +20,7 @@ pub struct MicroLoss {
 }
 
 /// One metric's share of a micro-batch.
+#[derive(Clone, Debug)]
 pub struct Metric {
     pub name: &'static str,
     pub sum: f64,
@@ -45,6 +46,16 @@ pub trait Objective {
     fn sequential(&self) -> bool {
         false
     }
+    /// Whether the model's dropout is on while it trains (PPO turns it off in every model, as TRL
+    /// does: its ratios compare log-probs of one deterministic policy).
+    fn dropout(&self) -> bool {
+        true
+    }
+    /// An online objective that samples rollouts once per step and trains several optimizer steps
+    /// on them (PPO); `None` for one optimizer step of `micro_batch`es per loop step.
+    fn online(&self) -> Option<&dyn Online> {
+        None
+    }
     /// The loss of a micro-batch of rows. `draw` seeds whatever the objective samples (an online
     /// objective's completions): the loop derives it from the stage's seed, the step and the
     /// micro-batch, so a resumed run draws the same.
@@ -54,4 +65,40 @@ pub trait Objective {
         rows: &[&[usize]],
         draw: u64,
     ) -> crate::error::Result<MicroLoss>;
+}
+
+/// An objective whose loop step samples a batch of rollouts from the policy and then makes
+/// `epochs` passes over it, each a fresh shuffle of the batch cut into `mini_batches` optimizer
+/// steps (PPO). Rollouts live within one loop step, so a checkpoint (taken between steps) never
+/// needs them.
+pub trait Online {
+    fn epochs(&self) -> usize;
+    fn mini_batches(&self) -> usize;
+    /// Whether each pass reads the rollouts in a fresh shuffle (PPO) or in their order (GRPO).
+    fn shuffle(&self) -> bool {
+        true
+    }
+    /// Slots per micro-batch when the stage's micro-batch is `batch_size` rows.
+    fn slots_per_micro_batch(&self, batch_size: usize) -> usize {
+        batch_size
+    }
+    /// The rollouts of `rows` (one loop step's, `batch_size` per micro-batch); `draw(i)` seeds the
+    /// sampling of the step's micro-batch i.
+    fn sample<'s>(
+        &'s self,
+        model: &Decoder,
+        rows: &[&[usize]],
+        batch_size: usize,
+        draw: &dyn Fn(usize) -> u64,
+    ) -> crate::error::Result<Box<dyn Rollouts + 's>>;
+}
+
+/// One loop step's rollouts, read by slot.
+pub trait Rollouts {
+    /// How many rollouts (slots 0..count).
+    fn count(&self) -> usize;
+    /// The loss of the rollouts at `slots`, under the policy as it now is.
+    fn micro_batch(&self, model: &Decoder, slots: &[usize]) -> crate::error::Result<MicroLoss>;
+    /// What the rollouts themselves measure (rewards, KL), logged once per step.
+    fn metrics(&self) -> Vec<Metric>;
 }

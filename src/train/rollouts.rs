@@ -3,7 +3,7 @@
 //! functions, and returns their GRPO loss (`grpo`).
 
 use super::grpo::{advantages, completion_logps, rollout_loss, GrpoSettings, Rollout};
-use super::objective::{Metric, MicroLoss, Objective};
+use super::objective::{Metric, MicroLoss, Objective, Online, Rollouts};
 use crate::lang::value::{Reward, RewardRule};
 use crate::model::decoder::Decoder;
 use crate::model::generation::{Generation, Sampling};
@@ -154,9 +154,6 @@ impl<'a> Grpo<'a> {
             .iter()
             .flat_map(|&i| std::iter::repeat_n(self.prompts[i].ids.clone(), g))
             .collect();
-        let seeds: Vec<u64> = (0..prompts.len() as u64)
-            .map(|k| draw.wrapping_add(k))
-            .collect();
         let generation = Generation {
             max_new: self.settings.max_completion_length,
             stop: self.stop.clone(),
@@ -166,51 +163,17 @@ impl<'a> Grpo<'a> {
                 top_p: self.top_p as f32,
             },
         };
-        let training = model
-            .training
-            .swap(false, std::sync::atomic::Ordering::Relaxed);
-        let completions = model.generate(&prompts, &seeds, &generation);
-        model
-            .training
-            .store(training, std::sync::atomic::Ordering::Relaxed);
-        Ok(completions?
+        let rollouts = super::completions::sample(model, prompts, draw, &generation)?;
+        Ok(rollouts
             .into_iter()
-            .zip(prompts)
             .enumerate()
-            .map(|(k, (completion, prompt))| {
-                let terminated = completion.last().is_some_and(|t| self.stop.contains(t));
-                (
-                    picked[k / g],
-                    Rollout {
-                        prompt,
-                        completion,
-                        terminated,
-                    },
-                )
-            })
+            .map(|(k, r)| (picked[k / g], r))
             .collect())
     }
-}
 
-impl Objective for Grpo<'_> {
-    fn rows(&self) -> &[Vec<usize>] {
-        &self.rows
-    }
-
-    fn batch_shape(&self, batch_size: usize) -> (usize, usize) {
-        let longest = self.prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
-        (
-            batch_size * self.settings.num_generations,
-            longest + self.settings.max_completion_length,
-        )
-    }
-
-    fn micro_batch(
-        &self,
-        model: &Decoder,
-        rows: &[&[usize]],
-        draw: u64,
-    ) -> crate::error::Result<MicroLoss> {
+    /// One micro-batch's completions, sampled and scored: their advantages, the reference's
+    /// log-probs (β ≠ 0) and the reward metrics.
+    fn score(&self, model: &Decoder, rows: &[&[usize]], draw: u64) -> crate::error::Result<Scored> {
         let scored = self.rollouts(model, rows, draw)?;
         let weights = self.scorer.weights();
         let names = self.scorer.names();
@@ -262,13 +225,12 @@ impl Objective for Grpo<'_> {
             (Some(m), true) => Some(completion_logps(m, &rollouts, self.settings.temperature)?),
             _ => None,
         };
-        let mut micro = rollout_loss(model, &rollouts, &adv, reference.as_deref(), &self.settings)?;
         let n = rollouts.len() as f64;
         let mean = totals.iter().sum::<f64>() / n.max(1.0);
         let std =
             (totals.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
         let count = |xs: &mut dyn Iterator<Item = bool>| xs.filter(|x| *x).count() as f64;
-        micro.metrics.extend([
+        let mut metrics = vec![
             Metric {
                 name: "reward",
                 sum: totals.iter().sum(),
@@ -294,21 +256,147 @@ impl Objective for Grpo<'_> {
                 sum: count(&mut rollouts.iter().map(|r| !r.terminated)),
                 count: n,
             },
-        ]);
+        ];
         if let Some(sum) = judged {
-            micro.metrics.push(Metric {
+            metrics.push(Metric {
                 name: "rewards/reward_model/mean",
                 sum,
                 count: n,
             });
         }
         for (name, sum) in names.iter().zip(per_func) {
-            micro.metrics.push(Metric {
+            metrics.push(Metric {
                 name: mean_metric(name),
                 sum,
                 count: n,
             });
         }
+        Ok(Scored {
+            rollouts,
+            advantages: adv,
+            reference,
+            metrics,
+        })
+    }
+
+    /// The GRPO loss of scored completions, with the reward metrics; `old`: the log-probs they were
+    /// sampled with, when an earlier update already trained on them.
+    fn loss(
+        &self,
+        model: &Decoder,
+        scored: &Scored,
+        old: Option<&[Vec<f32>]>,
+    ) -> crate::error::Result<MicroLoss> {
+        let mut micro = rollout_loss(
+            model,
+            &scored.rollouts,
+            &scored.advantages,
+            scored.reference.as_deref(),
+            old,
+            &self.settings,
+        )?;
+        micro.metrics.extend(scored.metrics.iter().cloned());
         Ok(micro)
+    }
+}
+
+impl Objective for Grpo<'_> {
+    fn rows(&self) -> &[Vec<usize>] {
+        &self.rows
+    }
+
+    fn batch_shape(&self, batch_size: usize) -> (usize, usize) {
+        let longest = self.prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
+        (
+            batch_size * self.settings.num_generations,
+            longest + self.settings.max_completion_length,
+        )
+    }
+
+    fn micro_batch(
+        &self,
+        model: &Decoder,
+        rows: &[&[usize]],
+        draw: u64,
+    ) -> crate::error::Result<MicroLoss> {
+        let scored = self.score(model, rows, draw)?;
+        self.loss(model, &scored, None)
+    }
+
+    fn online(&self) -> Option<&dyn Online> {
+        (self.settings.num_iterations > 1).then_some(self as &dyn Online)
+    }
+}
+
+/// A micro-batch's sampled completions with what their loss needs.
+struct Scored {
+    rollouts: Vec<Rollout>,
+    advantages: Vec<f64>,
+    reference: Option<Vec<Vec<f32>>>,
+    /// The reward metrics (TRL's names), the same for every update that trains on them.
+    metrics: Vec<Metric>,
+}
+
+/// A step's micro-batches of completions, each with the log-probs it was sampled with.
+struct Reused<'a> {
+    scored: Vec<(Scored, Vec<Vec<f32>>)>,
+    grpo: &'a Grpo<'a>,
+}
+
+impl Rollouts for Reused<'_> {
+    fn count(&self) -> usize {
+        self.scored.len()
+    }
+
+    fn micro_batch(&self, model: &Decoder, slots: &[usize]) -> crate::error::Result<MicroLoss> {
+        let [slot] = slots else {
+            return Err(crate::error::Error::Internal(
+                "a GRPO micro-batch is one slot".into(),
+            ));
+        };
+        let (scored, old) = &self.scored[*slot];
+        self.grpo.loss(model, scored, Some(old))
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        Vec::new()
+    }
+}
+
+/// `num_iterations` > 1: a step samples its micro-batches' completions once, then makes
+/// `num_iterations` updates on them, each over the same micro-batches in the same order (as TRL
+/// reuses its buffered generation batch).
+impl Online for Grpo<'_> {
+    fn epochs(&self) -> usize {
+        self.settings.num_iterations
+    }
+
+    fn mini_batches(&self) -> usize {
+        1
+    }
+
+    fn slots_per_micro_batch(&self, _batch_size: usize) -> usize {
+        1
+    }
+
+    fn shuffle(&self) -> bool {
+        false
+    }
+
+    fn sample<'s>(
+        &'s self,
+        model: &Decoder,
+        rows: &[&[usize]],
+        batch_size: usize,
+        draw: &dyn Fn(usize) -> u64,
+    ) -> crate::error::Result<Box<dyn Rollouts + 's>> {
+        let mut scored = Vec::new();
+        // Each micro-batch samples from the seed it has with `num_iterations` 1.
+        for (i, micro) in rows.chunks(batch_size.max(1)).enumerate() {
+            let s = self.score(model, micro, draw(i))?;
+            let old = completion_logps(model, &s.rollouts, self.settings.temperature)?;
+            scored.push((s, old));
+        }
+        Ok(Box::new(Reused { scored, grpo: self }))
     }
 }

@@ -5,7 +5,7 @@
 
 use super::checkpoint::{self, Position};
 use super::clip::clip_grad_norm;
-use super::objective::Objective;
+use super::objective::{Metric, MicroLoss, Objective};
 use super::optim::AdamW;
 use super::schedule::{warmup_steps, Schedule};
 use crate::model::decoder::Decoder;
@@ -96,6 +96,172 @@ fn accumulate(
     Ok(())
 }
 
+/// The next `n` rows of the data order; a new epoch starts a fresh permutation from the seeded
+/// generator (or the rows in order, for an objective that reads them sequentially).
+fn pick<'r>(
+    pos: &mut Position,
+    rng: &mut Rng,
+    rows: &'r [Vec<usize>],
+    n: usize,
+    sequential: bool,
+) -> Vec<&'r [usize]> {
+    let mut picked = Vec::with_capacity(n);
+    while picked.len() < n {
+        if pos.cursor == pos.order.len() {
+            pos.order = (0..rows.len()).collect();
+            let shuffled = if sequential { 0 } else { pos.order.len() };
+            for i in (1..shuffled).rev() {
+                pos.order
+                    .swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+            }
+            pos.cursor = 0;
+        }
+        picked.push(rows[pos.order[pos.cursor]].as_slice());
+        pos.cursor += 1;
+    }
+    picked
+}
+
+/// Metric sums and the counts they are sums over, by name, in the order first seen.
+#[derive(Default)]
+struct MetricSums(Vec<(&'static str, f64, f64)>);
+
+impl MetricSums {
+    fn add(&mut self, metrics: Vec<Metric>) {
+        for m in metrics {
+            match self.0.iter_mut().find(|(n, _, _)| *n == m.name) {
+                Some((_, sum, count)) => {
+                    *sum += m.sum;
+                    *count += m.count;
+                }
+                None => self.0.push((m.name, m.sum, m.count)),
+            }
+        }
+    }
+
+    /// Each metric's Σ sum / Σ count (a metric with no count is left out).
+    fn means(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+        self.0
+            .iter()
+            .filter(|(_, _, count)| *count > 0.0)
+            .map(|(name, sum, count)| (*name, sum / count))
+    }
+}
+
+/// What a loop step's optimizer updates add up to (one update, or an online objective's several).
+#[derive(Default)]
+struct StepTotals {
+    losses: Vec<f64>,
+    grad_norms: Vec<f64>,
+    tokens: f64,
+    metrics: MetricSums,
+}
+
+impl StepTotals {
+    fn add(&mut self, other: StepTotals) {
+        self.losses.extend(other.losses);
+        self.grad_norms.extend(other.grad_norms);
+        self.tokens += other.tokens;
+        self.metrics.add(
+            other
+                .metrics
+                .0
+                .into_iter()
+                .map(|(name, sum, count)| Metric { name, sum, count })
+                .collect(),
+        );
+    }
+
+    /// The mean over the step's updates.
+    fn loss(&self) -> f64 {
+        mean(&self.losses)
+    }
+
+    fn grad_norm(&self) -> f64 {
+        mean(&self.grad_norms)
+    }
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len().max(1) as f64
+}
+
+/// Applies optimizer updates: a micro-batch's gradients accumulated, averaged, clipped and applied
+/// (or skipped when not finite).
+struct Updater<'a> {
+    vars: &'a [(String, Var)],
+    opt: &'a mut AdamW,
+    h: &'a Hyper,
+    log: &'a dyn Fn(&str),
+    /// Steps skipped so far (the checkpointed count).
+    skipped: &'a mut usize,
+    /// The loop step (0-based) the updates belong to.
+    step: usize,
+}
+
+impl Updater<'_> {
+    /// One optimizer update from `micro_batches`, weighted by each one's share of the loss so that
+    /// accumulation equals one big batch.
+    fn apply(
+        &mut self,
+        micro_batches: impl Iterator<Item = crate::error::Result<MicroLoss>>,
+        lr: f64,
+    ) -> crate::error::Result<StepTotals> {
+        let mut grads: Option<GradStore> = None;
+        let (mut loss_sum, mut weight) = (0.0, 0.0);
+        let mut totals = StepTotals::default();
+        for micro in micro_batches {
+            let micro = micro?;
+            let g = micro.surrogate.backward()?;
+            accumulate(&mut grads, g, self.vars)?;
+            loss_sum += micro.value;
+            weight += micro.weight;
+            totals.tokens += micro.tokens;
+            totals.metrics.add(micro.metrics);
+        }
+        let mut grads = grads.ok_or("no micro-batch")?;
+        for (_, v) in self.vars {
+            if let Some(g) = grads.get(v) {
+                let mean = (g / weight.max(1.0))?;
+                grads.insert(v, mean);
+            }
+        }
+        let grad_norm = clip_grad_norm(&mut grads, self.vars, self.h.max_grad_norm)?;
+        let loss = loss_sum / weight.max(1.0);
+        // A step that is not finite is never applied: it would turn every weight into NaN.
+        let bad = [("loss", loss), ("gradient norm", grad_norm)]
+            .into_iter()
+            .find(|(_, v)| !v.is_finite());
+        if let Some((what, value)) = bad {
+            let step = self.step + 1;
+            if *self.skipped >= self.h.skip_nonfinite {
+                let checkpoint = self
+                    .h
+                    .checkpoints
+                    .as_deref()
+                    .and_then(crate::store::checkpoints::latest)
+                    .and_then(|dir| crate::store::checkpoints::step_of(&dir));
+                return Err(crate::error::Error::NonFinite {
+                    step,
+                    what,
+                    value,
+                    checkpoint,
+                });
+            }
+            *self.skipped += 1;
+            (self.log)(&format!(
+                "step {step}: the {what} is {value}; step skipped ({} of at most {})",
+                self.skipped, self.h.skip_nonfinite
+            ));
+        } else {
+            self.opt.step(&grads, lr)?;
+        }
+        totals.losses.push(loss);
+        totals.grad_norms.push(grad_norm);
+        Ok(totals)
+    }
+}
+
 /// Trains `model`'s `vars` on `objective`, resuming from the newest checkpoint when there is one.
 pub fn train(
     model: &Decoder,
@@ -146,7 +312,7 @@ pub fn train(
     let mut rng = Rng::from_state(pos.rng);
     model
         .training
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+        .store(objective.dropout(), std::sync::atomic::Ordering::Relaxed);
     let mut last_save = Instant::now();
     for step in pos.step..total {
         if (hooks.cancelled)() {
@@ -162,87 +328,58 @@ pub fn train(
             return Err(crate::error::Error::Cancelled);
         }
         let started = Instant::now();
-        let mut grads: Option<GradStore> = None;
-        let (mut loss_sum, mut weight, mut tokens) = (0.0, 0.0, 0.0);
-        let mut metric_sums: Vec<(&'static str, f64, f64)> = Vec::new();
-        for micro_index in 0..h.grad_accum.max(1) {
-            let mut picked: Vec<&[usize]> = Vec::with_capacity(h.batch_size);
-            while picked.len() < h.batch_size.max(1) {
-                if pos.cursor == pos.order.len() {
-                    // A new epoch: a fresh permutation from the seeded generator (or the rows in
-                    // order, for an objective that reads them sequentially).
-                    pos.order = (0..rows.len()).collect();
-                    let shuffled = if objective.sequential() {
-                        0
-                    } else {
-                        pos.order.len()
-                    };
-                    for i in (1..shuffled).rev() {
-                        pos.order
-                            .swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-                    }
-                    pos.cursor = 0;
-                }
-                picked.push(&rows[pos.order[pos.cursor]]);
-                pos.cursor += 1;
-            }
-            let draw = Rng::new(h.seed ^ ((step as u64) << 20) ^ micro_index as u64).next_u64();
-            let micro = objective.micro_batch(model, &picked, draw)?;
-            // Micro-batches are weighted by their share of the loss (trained tokens, pairs), so
-            // accumulation equals one big batch.
-            let g = micro.surrogate.backward()?;
-            accumulate(&mut grads, g, vars)?;
-            loss_sum += micro.value;
-            weight += micro.weight;
-            tokens += micro.tokens;
-            for m in micro.metrics {
-                match metric_sums.iter_mut().find(|(n, _, _)| *n == m.name) {
-                    Some((_, sum, count)) => {
-                        *sum += m.sum;
-                        *count += m.count;
-                    }
-                    None => metric_sums.push((m.name, m.sum, m.count)),
-                }
-            }
-        }
-        let mut grads = grads.ok_or("no micro-batch")?;
-        for (_, v) in vars {
-            if let Some(g) = grads.get(v) {
-                let mean = (g / weight.max(1.0))?;
-                grads.insert(v, mean);
-            }
-        }
-        let grad_norm = clip_grad_norm(&mut grads, vars, h.max_grad_norm)?;
         let lr = h.lr * h.schedule.factor(step, warmup, total);
-        let loss = loss_sum / weight.max(1.0);
-        // A step that is not finite is never applied: it would turn every weight into NaN.
-        let bad = [("loss", loss), ("gradient norm", grad_norm)]
-            .into_iter()
-            .find(|(_, v)| !v.is_finite());
-        if let Some((what, value)) = bad {
-            if pos.skipped_nonfinite >= h.skip_nonfinite {
-                let checkpoint = h
-                    .checkpoints
-                    .as_deref()
-                    .and_then(crate::store::checkpoints::latest)
-                    .and_then(|dir| crate::store::checkpoints::step_of(&dir));
-                return Err(crate::error::Error::NonFinite {
-                    step: step + 1,
-                    what,
-                    value,
-                    checkpoint,
-                });
+        let per_micro = h.batch_size.max(1);
+        let picked = pick(&mut pos, &mut rng, rows, per_step, objective.sequential());
+        let mut updater = Updater {
+            vars,
+            opt: &mut opt,
+            h,
+            log: hooks.log,
+            skipped: &mut pos.skipped_nonfinite,
+            step,
+        };
+        let draw = |micro_index: usize| {
+            Rng::new(h.seed ^ ((step as u64) << 20) ^ micro_index as u64).next_u64()
+        };
+        let totals = match objective.online() {
+            None => updater.apply(
+                picked
+                    .chunks(per_micro)
+                    .enumerate()
+                    .map(|(i, rows)| objective.micro_batch(model, rows, draw(i))),
+                lr,
+            )?,
+            Some(online) => {
+                // One batch of rollouts, then `epochs` passes over it, each a fresh shuffle cut
+                // into `mini_batches` optimizer steps of micro-batches.
+                let batch = online.sample(model, &picked, per_micro, &draw)?;
+                let n = batch.count();
+                let mini = n.div_ceil(online.mini_batches().max(1)).max(1);
+                let per_micro = online.slots_per_micro_batch(per_micro).max(1);
+                let mut totals = StepTotals::default();
+                for _ in 0..online.epochs().max(1) {
+                    let mut order: Vec<usize> = (0..n).collect();
+                    if online.shuffle() {
+                        for i in (1..n).rev() {
+                            order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+                        }
+                    }
+                    for slots in order.chunks(mini) {
+                        let update = updater.apply(
+                            slots
+                                .chunks(per_micro)
+                                .map(|micro| batch.micro_batch(model, micro)),
+                            lr,
+                        )?;
+                        totals.add(update);
+                    }
+                }
+                totals.metrics.add(batch.metrics());
+                totals
             }
-            pos.skipped_nonfinite += 1;
-            (hooks.log)(&format!(
-                "step {}: the {what} is {value}; step skipped ({} of at most {})",
-                step + 1,
-                pos.skipped_nonfinite,
-                h.skip_nonfinite
-            ));
-        } else {
-            opt.step(&grads, lr)?;
-        }
+        };
+        let (loss, grad_norm, tokens) = (totals.loss(), totals.grad_norm(), totals.tokens);
         if loss.is_finite() {
             pos.first_loss.get_or_insert(loss);
             pos.last_loss = Some(loss);
@@ -258,10 +395,8 @@ pub fn train(
                 "epoch": pos.step as f64 / steps_per_epoch as f64,
                 "tokens": tokens,
             });
-            for (name, sum, count) in &metric_sums {
-                if *count > 0.0 {
-                    line[*name] = (sum / count).into();
-                }
+            for (name, value) in totals.metrics.means() {
+                line[name] = value.into();
             }
             if pos.skipped_nonfinite > 0 {
                 line["skipped_nonfinite"] = pos.skipped_nonfinite.into();

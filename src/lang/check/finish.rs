@@ -12,8 +12,9 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use std::path::Path;
 
 /// The family and dimensions of a model value, where they can be known before anything runs: an
-/// `hf_model` folder's config.json, or, for a stage's output model, the model the stage starts from
-/// (its `model`, or the first of its `models`: training and merging keep the weights' shapes). `None`
+/// `hf_model` folder's config.json, or, for a stage's output model (a reward model too), the model the
+/// stage starts from (its `model`, or the first of its `models`: training and merging keep the
+/// weights' shapes; a reward model keeps its vocabulary and dimensions, though not its head). `None`
 /// where no config is at hand (an `init` stage's model is written when it runs). `depth` bounds the
 /// walk on a cyclic pipeline.
 fn model_shape(stages: &[StageSlot], v: &Value, depth: usize) -> Option<Shape> {
@@ -21,7 +22,7 @@ fn model_shape(stages: &[StageSlot], v: &Value, depth: usize) -> Option<Shape> {
         Value::HfModel(p) => ModelConfig::load(&p.resolved).ok().map(|c| c.shape()),
         Value::Output {
             stage,
-            ty: Type::Model,
+            ty: Type::Model | Type::RewardModel,
             ..
         } if depth > 0 => {
             let s = stages.get(*stage)?;
