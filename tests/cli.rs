@@ -291,5 +291,8 @@ fn doc_shows_defaults_as_ptl_and_whether_the_kind_runs() {
         );
     }
     let o = ptl(&["doc", "ppo"]);
+    assert!(stdout(&o).contains("runs: yes"), "{}", stdout(&o));
+    // Test builds add a kind whose execution is not built.
+    let o = ptl(&["doc", "test_unbuilt"]);
     assert!(stdout(&o).contains("runs: not yet"), "{}", stdout(&o));
 }

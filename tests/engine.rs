@@ -418,8 +418,9 @@ fn malformed_dataset_rows_are_reported_with_file_and_line() {
 
 #[test]
 fn kinds_without_execution_are_planned_and_reported_as_not_runnable_yet() {
-    // ppo has a schema but no execution yet; its reward model comes from a stage that runs.
-    let w = Work::new("real", "let base = hf_model(\"models/base\")\nlet prefs = jsonl(\"p.jsonl\", format = \"preference\")\n\nstage rm = reward_model {\n  model = base\n  data = prefs\n}\n\nstage align = ppo {\n  model = base\n  reward = rm.model\n  data = prefs\n}\n\nstage after = test_step {\n  model = align.model\n}\n");
+    // test_unbuilt has a schema but no execution (every user kind runs now); its model comes from
+    // a stage that runs.
+    let w = Work::new("real", "let base = hf_model(\"models/base\")\nlet prefs = jsonl(\"p.jsonl\", format = \"preference\")\n\nstage rm = reward_model {\n  model = base\n  data = prefs\n}\n\nstage align = test_unbuilt {\n  model = base\n}\n\nstage after = test_step {\n  model = align.model\n}\n");
     std::fs::write(
         w.path("p.jsonl"),
         "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n",
@@ -430,7 +431,7 @@ fn kinds_without_execution_are_planned_and_reported_as_not_runnable_yet() {
     assert_eq!(get("rm").1, "run");
     assert_eq!(get("align").1, "blocked");
     assert!(
-        get("align").2[0].contains("stage kind ppo cannot run yet"),
+        get("align").2[0].contains("stage kind test_unbuilt cannot run yet"),
         "{:?}",
         get("align")
     );

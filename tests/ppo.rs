@@ -293,28 +293,11 @@ fn a_ppo_stage_raises_its_score_and_resumes_bit_identical() {
     assert!(last > first + 0.08, "{first} -> {last}");
 
     let crashed = ppo_dir("crashed", STAGES);
-    for stage in ["base", "tuned", "judge"] {
-        let o = common::ptl(&crashed.0, &["run", "p.ptl", "--only", stage]);
-        assert_eq!(o.status.code(), Some(0), "{}", common::text(&o));
-    }
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
-        .args(["run", "p.ptl"])
-        .env("PTL_FAULT", "crash_after_step:5")
-        .env_remove("PTL_STORE")
-        .current_dir(&crashed.0)
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        None,
-        "killed by a signal: {}",
-        common::text(&o)
-    );
-    let o = common::ptl(&crashed.0, &["run", "p.ptl"]);
-    assert!(
-        common::text(&o).contains("rl: resuming from the checkpoint at step 3"),
-        "{}",
-        common::text(&o)
+    common::crash_then_resume(
+        &crashed.0,
+        &["base", "tuned", "judge"],
+        "crash_after_step:5",
+        "rl: resuming from the checkpoint at step 3",
     );
     assert_eq!(metrics(&crashed.0), m);
     for f in ["model.safetensors", "config.json"] {

@@ -46,6 +46,8 @@ pub fn kinds() -> &'static [Kind] {
             export::kind(),
             #[cfg(feature = "test-kinds")]
             test_step::kind(),
+            #[cfg(feature = "test-kinds")]
+            test_step::unbuilt(),
         ]
     })
 }

@@ -46,6 +46,23 @@ pub fn kind() -> Kind {
     }
 }
 
+/// `test_unbuilt` (test builds only): a kind with a schema and no execution, as a kind is before its
+/// run is built, so that the engine's `blocked` path stays tested.
+pub fn unbuilt() -> Kind {
+    Kind {
+        version: 1,
+        run: None,
+        plan_note: None,
+        outside: None,
+        name: "test_unbuilt",
+        summary: "test-only: a kind whose execution is not built",
+        fields: vec![optional("model", Type::Model, "an upstream model")],
+        outputs: vec![output("model", Type::Model, "never written")],
+        refused: vec![],
+        rules: vec![],
+    }
+}
+
 fn hash_input(path: &std::path::Path) -> Result<String, String> {
     let err = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
     if path.is_dir() {

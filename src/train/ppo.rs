@@ -10,7 +10,7 @@
 
 use super::completions::{Forward, Rollout};
 use super::logps::model_surrogate;
-use super::objective::{Metric, MicroLoss};
+use super::objective::{metrics_over, Metric, MicroLoss};
 use crate::model::decoder::Decoder;
 use candle_core::Tensor;
 
@@ -195,15 +195,7 @@ impl Buffer {
             score_mean,
             eos,
         ];
-        let metrics = ROLLOUT_METRICS
-            .iter()
-            .zip(values)
-            .map(|(&name, sum)| Metric {
-                name,
-                sum,
-                count: 1.0,
-            })
-            .collect();
+        let metrics = metrics_over(&ROLLOUT_METRICS, &values, 1.0);
         Buffer {
             samples,
             targets,
@@ -335,14 +327,6 @@ pub fn micro_loss(
         value: pg_loss + s.vf_coef * vf_loss,
         weight: 1.0,
         tokens: tokens as f64,
-        metrics: LOSS_METRICS
-            .iter()
-            .zip(values)
-            .map(|(&name, sum)| Metric {
-                name,
-                sum,
-                count: 1.0,
-            })
-            .collect(),
+        metrics: metrics_over(&LOSS_METRICS, &values, 1.0),
     })
 }

@@ -121,6 +121,26 @@ pub fn text(o: &std::process::Output) -> String {
     )
 }
 
+/// Runs `before` (the stages upstream of the one under test) with `--only`, then the whole
+/// pipeline p.ptl killed by `PTL_FAULT=crash_after_step:N` (`crash`), then again: the rerun's output
+/// must contain `resumed` (the stage's "resuming from the checkpoint at step M" line).
+pub fn crash_then_resume(dir: &Path, before: &[&str], crash: &str, resumed: &str) {
+    for stage in before {
+        let o = ptl(dir, &["run", "p.ptl", "--only", stage]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args(["run", "p.ptl"])
+        .env("PTL_FAULT", crash)
+        .env_remove("PTL_STORE")
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), None, "killed by a signal: {}", text(&o));
+    let o = ptl(dir, &["run", "p.ptl"]);
+    assert!(text(&o).contains(resumed), "{}", text(&o));
+}
+
 /// `ptl run p.ptl` in `dir` with extra environment variables; it must succeed. Returns its output.
 pub fn run_ok(dir: &Path, env: &[(&str, &str)]) -> String {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
