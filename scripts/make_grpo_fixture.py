@@ -51,6 +51,20 @@ COMPLETIONS = [
 SCORES = [[1.0, 0.0, 0.5, 0.0], [0.25, 0.25, 0.25, 0.25], [0.0, 1.0, 1.0, 0.0], [2.0, -1.0, 0.5, 0.0]]
 
 
+def losses_of(trainer, inputs):
+    """TRL's loss and the gradient's global norm for each loss_type."""
+    losses = {}
+    for loss_type in ["dapo", "grpo", "dr_grpo", "bnpo"]:
+        trainer.loss_type = loss_type
+        trainer.model.zero_grad()
+        loss = trainer._compute_loss(trainer.model, inputs)
+        loss.backward()
+        norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in trainer.model.parameters()
+                              if p.grad is not None))
+        losses[loss_type] = {"loss": loss.item(), "grad_norm": norm.item()}
+    return losses
+
+
 def main():
     tok = AutoTokenizer.from_pretrained(REFERENCE)
     tok.eos_token = tok.convert_ids_to_tokens(99)
@@ -87,28 +101,13 @@ def main():
             trainer._generate = fixed
             inputs = trainer._generate_and_score_completions([{"prompt": "x"}] * (G * len(PROMPTS)))
             trainer.current_gradient_accumulation_steps = 1
-            losses = {}
-            for loss_type in ["dapo", "grpo", "dr_grpo", "bnpo"]:
-                trainer.loss_type = loss_type
-                trainer.model.zero_grad()
-                loss = trainer._compute_loss(trainer.model, inputs)
-                loss.backward()
-                norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in trainer.model.parameters()
-                                      if p.grad is not None))
-                losses[loss_type] = {"loss": loss.item(), "grad_norm": norm.item()}
+            losses = losses_of(trainer, inputs)
             # Completions reused for a second optimizer step (num_iterations > 1) are scored against
             # the log-probs they were sampled with: here the reference's, so the ratio moves.
             off_policy = {}
             if scale == "group":
                 inputs["old_per_token_logps"] = inputs["ref_per_token_logps"].clone()
-                for loss_type in ["dapo", "grpo", "dr_grpo", "bnpo"]:
-                    trainer.loss_type = loss_type
-                    trainer.model.zero_grad()
-                    loss = trainer._compute_loss(trainer.model, inputs)
-                    loss.backward()
-                    norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in trainer.model.parameters()
-                                          if p.grad is not None))
-                    off_policy[loss_type] = {"loss": loss.item(), "grad_norm": norm.item()}
+                off_policy = losses_of(trainer, inputs)
                 del inputs["old_per_token_logps"]
             cases.append({
                 "losses_old_is_reference": off_policy,

@@ -275,19 +275,6 @@ fn grpo_dir(name: &str, extra: &[&str], pipeline: &str) -> common::Dir {
     d
 }
 
-fn rl_out(dir: &std::path::Path) -> std::path::PathBuf {
-    let o = common::ptl(dir, &["path", "p.ptl", "rl"]);
-    dir.join(String::from_utf8_lossy(&o.stdout).trim())
-}
-
-fn rewards(dir: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(rl_out(dir).join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// A short GRPO stage raises its reward (the mean over its last 4 steps above the first 4's), logs
 /// TRL's metric names, and a run killed after step 5 resumes from its checkpoint at step 3 and ends
 /// with the uninterrupted run's metrics and weights, bit for bit.
@@ -296,7 +283,7 @@ fn a_grpo_stage_raises_its_reward_and_resumes_bit_identical() {
     let whole = grpo_dir("whole", &[], STAGES);
     let o = common::ptl(&whole.0, &["run", "p.ptl"]);
     assert_eq!(o.status.code(), Some(0), "{}", common::text(&o));
-    let m = rewards(&whole.0);
+    let m = common::stage_metrics(&whole.0, "rl");
     assert_eq!(m.len(), 16);
     for name in [
         "reward",
@@ -326,14 +313,8 @@ fn a_grpo_stage_raises_its_reward_and_resumes_bit_identical() {
         "crash_after_step:5",
         "rl: resuming from the checkpoint at step 3",
     );
-    assert_eq!(rewards(&crashed.0), m);
-    for f in ["model.safetensors", "config.json"] {
-        assert!(
-            std::fs::read(rl_out(&crashed.0).join("model").join(f)).unwrap()
-                == std::fs::read(rl_out(&whole.0).join("model").join(f)).unwrap(),
-            "{f} differs after resuming"
-        );
-    }
+    assert_eq!(common::stage_metrics(&crashed.0, "rl"), m);
+    common::same_model(&crashed.0, &whole.0, "rl");
 }
 
 /// A reward model from an upstream `reward_model` stage scores the completions (in its own chat
@@ -364,7 +345,7 @@ stage rl = grpo {
     let d = grpo_dir("judge", &["data/preference"], &stages);
     let o = common::ptl(&d.0, &["run", "p.ptl"]);
     assert_eq!(o.status.code(), Some(0), "{}", common::text(&o));
-    for m in rewards(&d.0) {
+    for m in common::stage_metrics(&d.0, "rl") {
         let judged = m["rewards/reward_model/mean"].as_f64().unwrap();
         assert!(judged != 0.0 && judged.is_finite(), "{m}");
         assert!(
@@ -386,7 +367,7 @@ fn completions_are_reused_for_num_iterations_updates() {
     let d = grpo_dir("iterations", &[], &stages);
     let o = common::ptl(&d.0, &["run", "p.ptl"]);
     assert_eq!(o.status.code(), Some(0), "{}", common::text(&o));
-    let m = rewards(&d.0);
+    let m = common::stage_metrics(&d.0, "rl");
     assert_eq!(m.len(), 12);
     let mean = |r: &[serde_json::Value]| {
         r.iter().map(|x| x["reward"].as_f64().unwrap()).sum::<f64>() / r.len() as f64

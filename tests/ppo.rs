@@ -240,19 +240,6 @@ fn ppo_dir(name: &str, pipeline: &str) -> common::Dir {
     d
 }
 
-fn rl_out(dir: &Path) -> std::path::PathBuf {
-    let o = common::ptl(dir, &["path", "p.ptl", "rl"]);
-    dir.join(String::from_utf8_lossy(&o.stdout).trim())
-}
-
-fn metrics(dir: &Path) -> Vec<Json> {
-    std::fs::read_to_string(rl_out(dir).join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// SFT → reward model → PPO: the reward model's score of the policy's responses rises (the mean
 /// over the last 8 steps above the first 4's), TRL's metric names are logged, and a run killed
 /// after step 5 resumes from its checkpoint at step 3 and ends with the uninterrupted run's metrics
@@ -262,7 +249,7 @@ fn a_ppo_stage_raises_its_score_and_resumes_bit_identical() {
     let whole = ppo_dir("whole", STAGES);
     let o = common::ptl(&whole.0, &["run", "p.ptl"]);
     assert_eq!(o.status.code(), Some(0), "{}", common::text(&o));
-    let m = metrics(&whole.0);
+    let m = common::stage_metrics(&whole.0, "rl");
     assert_eq!(m.len(), 16);
     for name in [
         "objective/kl",
@@ -299,14 +286,8 @@ fn a_ppo_stage_raises_its_score_and_resumes_bit_identical() {
         "crash_after_step:5",
         "rl: resuming from the checkpoint at step 3",
     );
-    assert_eq!(metrics(&crashed.0), m);
-    for f in ["model.safetensors", "config.json"] {
-        assert!(
-            std::fs::read(rl_out(&crashed.0).join("model").join(f)).unwrap()
-                == std::fs::read(rl_out(&whole.0).join("model").join(f)).unwrap(),
-            "{f} differs after resuming"
-        );
-    }
+    assert_eq!(common::stage_metrics(&crashed.0, "rl"), m);
+    common::same_model(&crashed.0, &whole.0, "rl");
 }
 
 /// A copy of `from` (a folder under the repository) at `to` in `dir`.

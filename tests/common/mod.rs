@@ -121,6 +121,32 @@ pub fn text(o: &std::process::Output) -> String {
     )
 }
 
+/// The output folder of `stage` of p.ptl in `dir` (`ptl path`).
+pub fn stage_out(dir: &Path, stage: &str) -> std::path::PathBuf {
+    let o = ptl(dir, &["path", "p.ptl", stage]);
+    dir.join(String::from_utf8_lossy(&o.stdout).trim())
+}
+
+/// The lines of `stage`'s metrics.jsonl.
+pub fn stage_metrics(dir: &Path, stage: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(stage_out(dir, stage).join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Asserts that two runs wrote the same model for `stage`, byte for byte.
+pub fn same_model(a: &Path, b: &Path, stage: &str) {
+    for f in ["model.safetensors", "config.json"] {
+        assert!(
+            std::fs::read(stage_out(a, stage).join("model").join(f)).unwrap()
+                == std::fs::read(stage_out(b, stage).join("model").join(f)).unwrap(),
+            "{f} differs after resuming"
+        );
+    }
+}
+
 /// Runs `before` (the stages upstream of the one under test) with `--only`, then the whole
 /// pipeline p.ptl killed by `PTL_FAULT=crash_after_step:N` (`crash`), then again: the rerun's output
 /// must contain `resumed` (the stage's "resuming from the checkpoint at step M" line).
