@@ -41,6 +41,7 @@ pub mod lang;
 pub mod model;
 pub mod plan;
 pub mod run;
+pub mod serve;
 pub mod stages;
 pub mod store;
 pub mod track;

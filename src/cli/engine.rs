@@ -117,7 +117,11 @@ fn make_plan(p: &Pipeline, store: &Store) -> Option<Plan> {
 }
 
 /// Check, open the store, plan: what `plan` and `graph` share.
-fn planned(file: &Path, set: &[String], store: Option<&Path>) -> Option<(Pipeline, Plan)> {
+pub(super) fn planned(
+    file: &Path,
+    set: &[String],
+    store: Option<&Path>,
+) -> Option<(Pipeline, Plan)> {
     let p = checked(file, set)?;
     // Planning reads the store; a pipeline that never ran has none yet, and plans against nothing.
     let store = Store::at(&store_dir(file, store));

@@ -41,6 +41,7 @@ mod generate;
 mod interrupt;
 mod reward;
 mod score;
+mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
@@ -314,6 +315,47 @@ enum Command {
     Store {
         #[command(subcommand)]
         command: StoreCommand,
+    },
+    /// Serve a pipeline's models (or model folders) to OpenAI clients
+    Serve {
+        /// The pipeline whose built stages to serve (or give --model)
+        pipeline: Option<PathBuf>,
+        /// Only these stages (comma-separated; default: every stage that makes a model)
+        #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+        stages: Option<Vec<String>>,
+        #[arg(long = "set", value_name = "PATH=VALUE", help = SET_HELP)]
+        set: Vec<String>,
+        #[arg(long, value_name = "DIR", help = STORE_HELP)]
+        store: Option<PathBuf>,
+        /// A model folder to serve (DIR, named after the folder, or NAME=DIR), instead of a pipeline
+        #[arg(long = "model", value_name = "[NAME=]DIR", conflicts_with = "pipeline")]
+        models: Vec<String>,
+        /// A PEFT LoRA adapter served on the first --model, chosen by `model = NAME`
+        #[arg(long = "adapter", value_name = "NAME=DIR", requires = "models")]
+        adapters: Vec<String>,
+        /// The address to listen on (loopback unless you say otherwise)
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// The port (0: any free one)
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// Require `Authorization: Bearer KEY` on every request
+        #[arg(long = "api-key", value_name = "KEY", env = "PTL_API_KEY")]
+        api_key: Option<String>,
+        /// Sequences decoded together per base model
+        #[arg(long = "max-batch", default_value_t = 32)]
+        max_batch: usize,
+        /// Requests that may wait for a free slot, per base model, before answering 429
+        #[arg(long, default_value_t = 256)]
+        queue: usize,
+        /// The largest `max_tokens` a request may ask (also the default)
+        #[arg(long = "max-tokens", default_value_t = 2048)]
+        max_tokens: usize,
+        /// The largest request body, in bytes
+        #[arg(long = "max-body", default_value_t = 1 << 20)]
+        max_body: usize,
+        #[command(flatten)]
+        compute: ComputeArgs,
     },
     /// Print the folder holding a stage's outputs
     Path {
@@ -590,6 +632,44 @@ pub fn main() -> i32 {
                 set,
                 store,
             } => engine::path(&file, &stage, &set, store.as_deref()),
+            Command::Serve {
+                pipeline,
+                stages,
+                set,
+                store,
+                models,
+                adapters,
+                host,
+                port,
+                api_key,
+                max_batch,
+                queue,
+                max_tokens,
+                max_body,
+                compute,
+            } => {
+                let Some(compute) = compute.resolve() else {
+                    return 2;
+                };
+                serve::run(serve::ServeArgs {
+                    pipeline,
+                    stages,
+                    set,
+                    store,
+                    models,
+                    adapters,
+                    settings: crate::serve::Settings {
+                        host,
+                        port,
+                        api_key,
+                        max_batch,
+                        queue,
+                        max_tokens,
+                        max_body,
+                    },
+                    compute,
+                })
+            }
         });
     match worker.map(|w| w.join()) {
         Ok(Ok(code)) => code,

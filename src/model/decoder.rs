@@ -16,6 +16,9 @@ pub struct Linear {
     pub lora: Option<super::lora::LoraWeights>,
     /// The frozen weight in NF4 (QLoRA): dequantized inside the matmul, never kept in f32.
     pub nf4: Option<std::sync::Arc<super::nf4::Nf4>>,
+    /// Adapters served side by side (`ptl serve`), by adapter number: each row of a batch may use
+    /// a different one (`None` where an adapter leaves this projection alone).
+    pub served: Vec<Option<super::serving::ServedLora>>,
 }
 
 impl Linear {
@@ -29,6 +32,7 @@ impl Linear {
             },
             lora: None,
             nf4: None,
+            served: Vec::new(),
         })
     }
 
@@ -36,6 +40,23 @@ impl Linear {
     /// weights compute in x's dtype (mixed precision: an f32 weight is cast, and its gradient comes
     /// back to it in f32).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_routed(x, None)
+    }
+
+    /// [`Linear::forward`], plus each row's served adapter where `routing` assigns rows to them.
+    pub fn forward_routed(
+        &self,
+        x: &Tensor,
+        routing: Option<&super::serving::Routing>,
+    ) -> candle_core::Result<Tensor> {
+        let y = self.base_forward(x)?;
+        match routing {
+            Some(r) if !self.served.is_empty() => r.add_deltas(y, x, &self.served),
+            _ => Ok(y),
+        }
+    }
+
+    fn base_forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.nf4 {
             Some(q) => on_rows(x, q.shape.0, |x| super::frozen::nf4_matmul_t(x, q))?,
             None => matmul_t(x, &in_dtype_of(&self.weight, x)?)?,
@@ -86,6 +107,48 @@ impl Masks {
 
 /// One layer's cached keys and values, the positions already in them, and the buffers' capacity.
 type CacheSlot<'a> = (&'a mut (Option<Tensor>, Option<Tensor>), usize, usize);
+
+/// Where a forward's keys and values come from and go.
+pub(super) enum Past<'a, 'b> {
+    /// Nowhere: the whole sequence is in the batch (training, scoring).
+    None,
+    /// One cache for the batch, its rows aligned (left-padded prompts).
+    Batch(&'a mut KvCache),
+    /// A cache per row (continuous batching): one new token per row, each at its own position.
+    Rows(&'a mut [&'b mut KvCache]),
+}
+
+/// [`Past`] for one layer: its attention mask, or (per-row caches) the layer's index and window.
+enum LayerPast<'a, 'c> {
+    None(&'a Tensor),
+    Batch(CacheSlot<'a>, &'a Tensor),
+    Rows(&'a mut [&'c mut KvCache], usize, Option<usize>),
+}
+
+/// Writes `new` [b, kv heads, t, hd] into a cache buffer of `capacity` positions at `past` (made on
+/// first use) and returns the view of the filled positions.
+fn write_past(
+    slot: &mut Option<Tensor>,
+    new: &Tensor,
+    past: usize,
+    capacity: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, nkv, t, hd) = new.dims4()?;
+    if past + t > capacity {
+        return Err(candle_core::Error::Msg(format!(
+            "the KV cache holds {capacity} positions, not {}",
+            past + t
+        )));
+    }
+    let buf = match slot.take() {
+        Some(buf) => buf,
+        None => Tensor::zeros((b, nkv, capacity, hd), new.dtype(), new.device())?,
+    };
+    buf.slice_set(&new.contiguous()?, 2, past)?;
+    let view = buf.narrow(2, 0, past + t)?;
+    *slot = Some(buf);
+    Ok(view)
+}
 
 /// Keys and values of past positions, per layer ([b, kv heads, capacity, head_dim]): buffers of
 /// `capacity` positions, the first `len` filled, written in place step by step (no copy of the past
@@ -367,6 +430,7 @@ impl Decoder {
                 bias: if bias { Some(zeros(out)?) } else { None },
                 lora: None,
                 nf4: None,
+                served: Vec::new(),
             })
         };
         // A norm's weight that computes as 1: Gemma's (1 + w) starts at w = 0.
@@ -483,77 +547,107 @@ impl Decoder {
         l: &Layer,
         x: &Tensor,
         rope: &(Tensor, Tensor),
-        mask: &Tensor,
-        cache: Option<CacheSlot>,
+        layer: LayerPast,
+        routing: Option<&super::serving::Routing>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         let (cos, sin) = rope;
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
-        let mut q = heads(l.q.forward(x)?, nh)?;
-        let mut k = heads(l.k.forward(x)?, nkv)?;
-        let mut v = heads(l.v.forward(x)?, nkv)?;
+        let mut q = heads(l.q.forward_routed(x, routing)?, nh)?;
+        let mut k = heads(l.k.forward_routed(x, routing)?, nkv)?;
+        let mut v = heads(l.v.forward_routed(x, routing)?, nkv)?;
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
             q = self.norm_with(&q, qn)?;
             k = self.norm_with(&k, kn)?;
         }
         let q = (q.broadcast_mul(cos)? + rotate_half(&q)?.broadcast_mul(sin)?)?;
         k = (k.broadcast_mul(cos)? + rotate_half(&k)?.broadcast_mul(sin)?)?;
-        // With a cache, keys and values are written in place into its buffers of `capacity`
-        // positions, and the attention reads a view of them (the matmuls take it as it is).
-        let in_place = cache.is_some();
-        if let Some(((ck, cv), past, capacity)) = cache {
-            if past + t > capacity {
-                return Err(candle_core::Error::Msg(format!(
-                    "the KV cache holds {capacity} positions, not {}",
-                    past + t
-                )));
+        let out = match layer {
+            LayerPast::None(mask) => self.attend(&q, &k, &v, Some(mask), false)?,
+            LayerPast::Batch(((ck, cv), past, capacity), mask) => {
+                // Keys and values are written in place into the cache's buffers of `capacity`
+                // positions, and the attention reads a view of them (the matmuls take it as it is).
+                for (slot, new) in [(&mut *ck, &mut k), (&mut *cv, &mut v)] {
+                    *new = write_past(slot, new, past, capacity)?;
+                }
+                self.attend(&q, &k, &v, Some(mask), true)?
             }
-            for (slot, new) in [(&mut *ck, &mut k), (&mut *cv, &mut v)] {
-                let buf = match slot.take() {
-                    Some(buf) => buf,
-                    None => Tensor::zeros((b, nkv, capacity, hd), new.dtype(), new.device())?,
-                };
-                buf.slice_set(&new.contiguous()?, 2, past)?;
-                *new = buf.narrow(2, 0, past + t)?;
-                *slot = Some(buf);
+            LayerPast::Rows(rows, i, window) => {
+                // One new position per row, each row against its own cache (continuous batching):
+                // every earlier position is visible, within the window on a sliding layer.
+                let mut outs = Vec::with_capacity(b);
+                for (r, cache) in rows.iter_mut().enumerate() {
+                    let (past, capacity) = (cache.len, cache.capacity);
+                    let (ck, cv) = &mut cache.layers[i];
+                    let kr = write_past(ck, &k.narrow(0, r, 1)?, past, capacity)?;
+                    let vr = write_past(cv, &v.narrow(0, r, 1)?, past, capacity)?;
+                    let seen = past + 1;
+                    let from = window.map_or(0, |w| seen.saturating_sub(w));
+                    let (kr, vr) = (
+                        kr.narrow(2, from, seen - from)?,
+                        vr.narrow(2, from, seen - from)?,
+                    );
+                    outs.push(self.attend(&q.narrow(0, r, 1)?, &kr, &vr, None, from == 0)?);
+                }
+                Tensor::cat(&outs, 0)?
             }
-        }
-        let tk = k.dim(2)?;
+        };
+        l.o.forward_routed(&out, routing)
+    }
+
+    /// Attention of queries [b, heads, t, hd] over keys and values [b, kv heads, tk, hd], with an
+    /// additive mask (none: every key visible); returns [b, t, heads · hd]. `cache_view`: keys and
+    /// values are a prefix view of a cache buffer, which the matmuls read as it is; anything else is
+    /// made contiguous first (candle's CPU matmul mis-reads some batched strided layouts).
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        cache_view: bool,
+    ) -> candle_core::Result<Tensor> {
+        let (b, nh, t, hd) = q.dims4()?;
+        let (nkv, tk) = (k.dim(1)?, k.dim(2)?);
         // Grouped-query attention without copying keys and values per query head: the `rep` query
         // heads that share a key/value head (consecutive, as transformers' repeat_kv orders them)
         // are stacked as rows of one matmul against that head.
         let rep = nh / nkv;
         let grouped = q.contiguous()?.reshape((b, nkv, rep * t, hd))?;
-        let kt = if in_place {
-            k.t()?
+        let (kt, v) = if cache_view {
+            (k.t()?, v.clone())
         } else {
-            k.t()?.contiguous()?
+            (k.t()?.contiguous()?, v.contiguous()?)
         };
         let mut scores =
             (grouped.matmul(&kt)? / self.cfg.attn_scale_dim.sqrt())?.reshape((b, nh, t, tk))?;
         if let Some(c) = self.cfg.attn_logit_softcapping {
             scores = softcap(&scores, c)?;
         }
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
         // The softmax in f32 whatever the compute dtype (as transformers' attention).
-        let probs = softmax(&at_least_f32(&scores.broadcast_add(mask)?)?)?.to_dtype(v.dtype())?;
-        let out = probs
+        let probs = softmax(&at_least_f32(&scores)?)?.to_dtype(v.dtype())?;
+        probs
             .reshape((b, nkv, rep * t, tk))?
-            .matmul(&if in_place { v } else { v.contiguous()? })?
+            .matmul(&v)?
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .contiguous()?
-            .reshape((b, t, nh * hd))?;
-        l.o.forward(&out)
+            .reshape((b, t, nh * hd))
     }
 
-    /// The decoder proper: token ids [b, t] at `positions` (b·t), with `mask`, optionally extending a cache.
+    /// The decoder proper: token ids [b, t] at `positions` (b·t), with `masks`, extending `past`,
+    /// each row through its served adapter where `routing` says.
     pub(super) fn run(
         &self,
         ids: &Tensor,
         positions: &[u32],
         masks: &Masks,
-        mut cache: Option<&mut KvCache>,
+        mut past: Past,
+        routing: Option<&super::serving::Routing>,
     ) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let mut x = self
@@ -577,12 +671,18 @@ impl Decoder {
                 (Some(local), true) => local,
                 _ => &rope,
             };
-            let mask = masks.for_layer(sliding)?;
-            let slot = cache.as_mut().map(|c| {
-                let (len, capacity) = (c.len, c.capacity);
-                (&mut c.layers[i], len, capacity)
-            });
-            let mut h = self.attention(l, &self.norm_with(&x, &l.input_norm)?, rope, mask, slot)?;
+            let layer = match &mut past {
+                Past::None => LayerPast::None(masks.for_layer(sliding)?),
+                Past::Batch(c) => {
+                    let (len, capacity) = (c.len, c.capacity);
+                    LayerPast::Batch((&mut c.layers[i], len, capacity), masks.for_layer(sliding)?)
+                }
+                Past::Rows(rows) => {
+                    LayerPast::Rows(rows, i, self.cfg.sliding_window.filter(|_| sliding))
+                }
+            };
+            let n = self.norm_with(&x, &l.input_norm)?;
+            let mut h = self.attention(l, &n, rope, layer, routing)?;
             if self.cfg.gemma_norms {
                 h = self.norm_with(&h, &l.post_norm)?;
             }
@@ -591,19 +691,23 @@ impl Decoder {
                 Some(w) => self.norm_with(&x, w)?,
                 None => self.norm_with(&x, &l.post_norm)?,
             };
-            let gate = l.gate.forward(&n)?;
+            let gate = l.gate.forward_routed(&n, routing)?;
             let gate = match self.cfg.activation {
                 Activation::Silu => gate.silu()?,
                 Activation::GeluTanh => gate.gelu()?,
             };
-            let mut mlp = l.down.forward(&(gate * l.up.forward(&n)?)?)?;
+            let mut mlp = l
+                .down
+                .forward_routed(&(gate * l.up.forward_routed(&n, routing)?)?, routing)?;
             if let Some(w) = &l.post_ff_norm {
                 mlp = self.norm_with(&mlp, w)?;
             }
             x = (x + mlp)?;
         }
-        if let Some(c) = cache {
-            c.len += t;
+        match past {
+            Past::None => {}
+            Past::Batch(c) => c.len += t,
+            Past::Rows(rows) => rows.iter_mut().for_each(|c| c.len += t),
         }
         self.norm_with(&x, &self.norm)
     }
@@ -640,7 +744,7 @@ impl Decoder {
         let (b, t) = ids.dims2()?;
         let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
         let masks = self.masks(|w| self.mask(1, t, 0, None, w))?;
-        self.run(ids, &positions, &masks, None)
+        self.run(ids, &positions, &masks, Past::None, None)
     }
 
     /// The output matrix [vocab, hidden] (the embedding when tied).
@@ -667,7 +771,7 @@ impl Decoder {
         let (b, t) = ids.dims2()?;
         let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
         let masks = self.masks(|w| self.mask(1, t, 0, None, w))?;
-        self.logits(&self.run(ids, &positions, &masks, None)?)
+        self.logits(&self.run(ids, &positions, &masks, Past::None, None)?)
     }
 
     /// Logits for a batch of rows padded on the right (`segments` 0) or packed with several documents
@@ -694,7 +798,7 @@ impl Decoder {
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(flat, (b, t), &self.device)?;
         let masks = self.masks(|w| self.mask(b, t, 0, Some(segments), w))?;
-        Ok(self.run(&ids, &positions, &masks, None)?)
+        Ok(self.run(&ids, &positions, &masks, Past::None, None)?)
     }
 
     /// Every weight with its checkpoint name.

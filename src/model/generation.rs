@@ -2,7 +2,7 @@
 //! stopping at its own stop token, greedy or sampled (temperature, top-k, top-p, as transformers'
 //! warpers) from a generator seeded per row, so a row's tokens do not depend on its batch.
 
-use super::decoder::{argmax, Decoder, KvCache};
+use super::decoder::{argmax, Decoder, KvCache, Past};
 use super::lora::Rng;
 use crate::error::Result;
 use candle_core::{DType, Tensor};
@@ -132,7 +132,7 @@ impl Decoder {
                 .collect();
             let ids = Tensor::from_vec(step_ids, (b, t), &self.device)?;
             let masks = self.masks(|w| self.left_padded_mask(&pads, t, past, w))?;
-            let h = self.run(&ids, &positions, &masks, Some(&mut cache))?;
+            let h = self.run(&ids, &positions, &masks, Past::Batch(&mut cache), None)?;
             let logits: Vec<Vec<f32>> = self
                 .logits(&h.narrow(1, t - 1, 1)?)?
                 .squeeze(1)?

@@ -9,5 +9,6 @@ pub mod lora;
 pub mod merge;
 pub mod nf4;
 pub mod score;
+pub mod serving;
 pub mod tuning;
 pub mod weights;

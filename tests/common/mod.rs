@@ -66,6 +66,16 @@ impl Drop for Dir {
     }
 }
 
+impl Dir {
+    /// A fresh, empty temporary folder named after `name`.
+    pub fn new(name: &str) -> Dir {
+        let dir = std::env::temp_dir().join(format!("ptl-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Dir(dir)
+    }
+}
+
 /// A training test's folder: the llama fixture with a byte-level tokenizer in `m/`, a chat template
 /// `chat.jinja`, 12 chat rows `train.jsonl` ("i+1=" → i+1), two text rows `text.jsonl`, and `p.ptl`.
 pub fn setup(name: &str, pipeline: &str) -> Dir {
