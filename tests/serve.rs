@@ -403,3 +403,53 @@ fn a_pipelines_lora_stage_is_served_as_an_adapter_on_its_base() {
     );
     assert_eq!(got, 200, "{json}");
 }
+
+/// Ctrl-C (SIGINT) lets the requests in flight finish, then the server exits 0.
+#[test]
+fn ctrl_c_drains_the_requests_in_flight() {
+    let dir = common::Dir::new("serve-drain");
+    let mut server = adapters_server(&dir.0, &[]);
+    let body = r#"{"model": "a", "messages": [{"role": "user", "content": "7+8="}], "max_tokens": 200, "temperature": 0, "stream": true}"#;
+    let r = agent()
+        .post(format!("{}/v1/chat/completions", server.url))
+        .header("content-type", "application/json")
+        .send(body)
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(r.into_body().into_reader()));
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("data: "), "{first}");
+    let killed = Command::new("kill")
+        .args(["-INT", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let rest: Vec<String> = lines
+        .map(|l| l.unwrap())
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("data: [DONE]"),
+        "{rest:?}"
+    );
+    let finish = rest
+        .iter()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|c| {
+            c["choices"][0]["finish_reason"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .next();
+    assert!(finish.is_some(), "the answer ran to its end: {rest:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "still running: {}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+}

@@ -575,8 +575,10 @@ impl Decoder {
             }
             LayerPast::Rows(rows, i, window) => {
                 // One new position per row, each row against its own cache (continuous batching):
-                // every earlier position is visible, within the window on a sliding layer.
-                let mut outs = Vec::with_capacity(b);
+                // every earlier position is visible, within the window on a sliding layer. The rows'
+                // keys and values are padded to the longest and attended in one batch, the padding
+                // masked out.
+                let mut views = Vec::with_capacity(b);
                 for (r, cache) in rows.iter_mut().enumerate() {
                     let (past, capacity) = (cache.len, cache.capacity);
                     let (ck, cv) = &mut cache.layers[i];
@@ -584,13 +586,48 @@ impl Decoder {
                     let vr = write_past(cv, &v.narrow(0, r, 1)?, past, capacity)?;
                     let seen = past + 1;
                     let from = window.map_or(0, |w| seen.saturating_sub(w));
-                    let (kr, vr) = (
+                    views.push((
                         kr.narrow(2, from, seen - from)?,
                         vr.narrow(2, from, seen - from)?,
-                    );
-                    outs.push(self.attend(&q.narrow(0, r, 1)?, &kr, &vr, None, from == 0)?);
+                    ));
                 }
-                Tensor::cat(&outs, 0)?
+                let widths: Vec<usize> = views
+                    .iter()
+                    .map(|(k, _)| k.dim(2))
+                    .collect::<candle_core::Result<_>>()?;
+                let width = widths.iter().copied().max().unwrap_or(0);
+                let pad = |t: &Tensor, n: usize| -> candle_core::Result<Tensor> {
+                    if n == width {
+                        t.contiguous()
+                    } else {
+                        t.pad_with_zeros(2, 0, width - n)
+                    }
+                };
+                let keys = views
+                    .iter()
+                    .zip(&widths)
+                    .map(|((k, _), &n)| pad(k, n))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                let values = views
+                    .iter()
+                    .zip(&widths)
+                    .map(|((_, v), &n)| pad(v, n))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                let mask: Vec<f32> = widths
+                    .iter()
+                    .flat_map(|&n| {
+                        (0..width).map(move |j| if j < n { 0.0 } else { f32::NEG_INFINITY })
+                    })
+                    .collect();
+                let mask =
+                    Tensor::from_vec(mask, (b, 1, 1, width), &self.device)?.to_dtype(q.dtype())?;
+                self.attend(
+                    &q,
+                    &Tensor::cat(&keys, 0)?,
+                    &Tensor::cat(&values, 0)?,
+                    Some(&mask),
+                    false,
+                )?
             }
         };
         l.o.forward_routed(&out, routing)
