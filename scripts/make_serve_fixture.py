@@ -2,9 +2,9 @@
 """Generate the serving fixture: what transformers + PEFT `generate` answers, greedily, for the base
 tests/fixtures/nf4/qwen3 (a tiny Qwen3 with the tiny chat tokenizer) and for two LoRA adapters on it.
 
-Writes tests/fixtures/serve/adapter_a/ and adapter_b/ (PEFT LoRA adapters, r 4, alpha 8, every
-projection, A and B random with different seeds, so each changes the answers) and
-tests/fixtures/serve/expected.json: for each model (base, a, b) and each chat prompt, the prompt's
+Writes tests/fixtures/serve/adapter_a/, adapter_b/ and adapter_c/ (PEFT LoRA adapters, r 4, alpha 8,
+every projection, A and B random with different seeds, so each changes the answers) and
+tests/fixtures/serve/expected.json: for each model (base, a, b, c) and each chat prompt, the prompt's
 token ids (the chat template with the generation prompt), the greedy continuation's ids (at most
 8 new tokens, stopping at <|im_end|>) and their text (special tokens skipped).
 
@@ -33,13 +33,13 @@ MAX_NEW = 8
 
 def main():
     tok = AutoTokenizer.from_pretrained(BASE)
-    for name, seed in [("a", 21), ("b", 22)]:
+    for name, seed in [("a", 21), ("b", 22), ("c", 23)]:
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32)
         config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
         get_peft_model(model, config).save_pretrained(OUT / f"adapter_{name}")
     answers = {}
-    for name in ["base", "a", "b"]:
+    for name in ["base", "a", "b", "c"]:
         model = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32)
         if name != "base":
             model = PeftModel.from_pretrained(model, OUT / f"adapter_{name}")

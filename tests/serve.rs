@@ -1,5 +1,5 @@
 //! `ptl serve`: the official openai client against the server (every endpoint, streaming, 64
-//! concurrent clients over a base and two adapters, answers equal to transformers + PEFT's), bad
+//! concurrent clients over a base and three adapters, answers equal to transformers + PEFT's), bad
 //! requests answered with OpenAI-shaped 4xx errors (a fuzz over request bodies: never a 5xx, never a
 //! crash), and a pipeline's LoRA stage served as an adapter on its base.
 
@@ -66,13 +66,23 @@ fn start(dir: &Path, name: &str, args: &[&str]) -> Server {
     panic!("ptl serve did not start: {}", server.log());
 }
 
-/// The base fixture model with the two fixture adapters.
+/// The base fixture model with the three fixture adapters.
 fn adapters_server(dir: &Path, extra: &[&str]) -> Server {
     let f = fixtures();
     let base = format!("base={}", f.join("nf4/qwen3").display());
     let a = format!("a={}", f.join("serve/adapter_a").display());
     let b = format!("b={}", f.join("serve/adapter_b").display());
-    let mut args = vec!["--model", &base, "--adapter", &a, "--adapter", &b];
+    let c = format!("c={}", f.join("serve/adapter_c").display());
+    let mut args = vec![
+        "--model",
+        &base,
+        "--adapter",
+        &a,
+        "--adapter",
+        &b,
+        "--adapter",
+        &c,
+    ];
     args.extend(extra);
     start(dir, "server", &args)
 }
@@ -132,7 +142,7 @@ fn greedy_answers_equal_ptl_generate() {
     )
     .unwrap();
     let base = fixtures().join("nf4/qwen3");
-    for model in ["base", "a", "b"] {
+    for model in ["base", "a", "b", "c"] {
         for row in want["answers"][model].as_array().unwrap() {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptl"));
             cmd.arg("generate").arg(&base);
@@ -335,7 +345,7 @@ fn an_api_key_is_required_when_set() {
     assert_eq!(r.status().as_u16(), 200);
     let json: serde_json::Value =
         serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-    assert_eq!(json["data"].as_array().unwrap().len(), 3);
+    assert_eq!(json["data"].as_array().unwrap().len(), 4);
 }
 
 const PIPELINE: &str = r#"stage base = init {
@@ -452,4 +462,48 @@ fn ctrl_c_drains_the_requests_in_flight() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(0), "{}", server.log());
+}
+
+/// A full queue answers 429 with `Retry-After` (an OpenAI error), and the requests it took complete.
+#[test]
+fn a_full_queue_answers_429_with_retry_after() {
+    let dir = common::Dir::new("serve-queue");
+    let server = adapters_server(&dir.0, &["--max-batch", "1", "--queue", "1"]);
+    let body = r#"{"model": "base", "messages": [{"role": "user", "content": "7+8="}], "max_tokens": 200, "temperature": 0}"#;
+    let answers: Vec<(u16, Option<String>, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut r = agent()
+                        .post(format!("{}/v1/chat/completions", server.url))
+                        .header("content-type", "application/json")
+                        .send(body)
+                        .unwrap();
+                    let retry = r
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    (
+                        r.status().as_u16(),
+                        retry,
+                        r.body_mut().read_to_string().unwrap(),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let refused: Vec<_> = answers.iter().filter(|a| a.0 == 429).collect();
+    assert!(!refused.is_empty(), "{answers:?}");
+    for (_, retry, text) in &refused {
+        assert_eq!(retry.as_deref(), Some("1"));
+        let json: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(json["error"]["type"], "rate_limit_error", "{text}");
+    }
+    assert!(
+        answers.iter().all(|a| a.0 == 200 || a.0 == 429),
+        "{answers:?}"
+    );
+    assert!(answers.iter().any(|a| a.0 == 200), "{answers:?}");
 }

@@ -12,7 +12,7 @@ import openai
 
 URL, EXPECTED = sys.argv[1], json.load(open(sys.argv[2]))
 client = openai.OpenAI(base_url=URL, api_key="unused", _strict_response_validation=True, max_retries=0)
-MODELS = ["base", "a", "b"]
+MODELS = ["base", "a", "b", "c"]
 N = EXPECTED["max_new_tokens"]
 
 
@@ -44,7 +44,7 @@ def streamed(model, prompt, **kw):
 # Models: the base and its adapters, each adapter naming its base as `parent`.
 listed = {m.id: m for m in client.models.list().data}
 check("models", set(listed) == set(MODELS), listed)
-check("adapters name their base", all((listed[m].model_extra or {}).get("parent") == "base" for m in ["a", "b"]))
+check("adapters name their base", all((listed[m].model_extra or {}).get("parent") == "base" for m in MODELS[1:]))
 
 # Greedy answers equal transformers + PEFT's, for the base and each adapter.
 for model in MODELS:
@@ -103,14 +103,14 @@ chunks = list(loose.completions.create(model="b", prompt="12", max_tokens=3, tem
 check("completions stream", chunks[-1].choices[0].finish_reason in ("stop", "length")
       and all(c.choices[0].finish_reason is None for c in chunks[:-1]))
 
-# 64 concurrent streaming clients over the base and two adapters: every answer complete and
+# 64 concurrent streaming clients over the base and three adapters: every answer complete and
 # right (rows of different adapters share the batch); 8 more that leave mid-stream free their rows.
 results, errors = {}, []
 
 
 def client_thread(k):
-    model = MODELS[k % 3]
-    row = EXPECTED["answers"][model][k % 4]
+    model = MODELS[k % 4]
+    row = EXPECTED["answers"][model][(k // 4) % 4]
     try:
         results[k] = (streamed(model, row["prompt"])[0], row["text"])
     except Exception as e:  # noqa: BLE001
@@ -119,7 +119,7 @@ def client_thread(k):
 
 def leaver(k):
     try:
-        stream = client.chat.completions.create(model=MODELS[k % 3], messages=messages("hello"),
+        stream = client.chat.completions.create(model=MODELS[k % 4], messages=messages("hello"),
                                                 temperature=0, max_tokens=2000, stream=True)
         next(iter(stream))
         stream.close()
