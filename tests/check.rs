@@ -145,6 +145,26 @@ fn the_sft_grpo_recipe_declares_an_sft_and_a_grpo_stage() {
 }
 
 #[test]
+fn the_sft_rm_ppo_recipe_declares_the_rlhf_path() {
+    let text = format!(
+        "import \"std/recipes.ptl\" as recipes\n{HEAD}stage rlhf = recipes.sft_rm_ppo(base, chat, prefs, chat, steps = 7)\n"
+    );
+    let p = ok(check(&text, &[]));
+    let mut names: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["rlhf.ppo", "rlhf.rm", "rlhf.sft"]);
+    assert_eq!(param(&p, "rlhf.ppo", "max_steps"), &Value::Int(7));
+    let ppo = p.stage_id("rlhf.ppo").unwrap();
+    let mut deps: Vec<&str> = p.stages[ppo]
+        .deps
+        .iter()
+        .map(|d| p.stages[*d].name.as_str())
+        .collect();
+    deps.sort();
+    assert_eq!(deps, ["rlhf.rm", "rlhf.sft"]);
+}
+
+#[test]
 fn relative_imports_and_their_functions() {
     let p = ok(check_bytes(
         Path::new("tests/check/main.ptl"),

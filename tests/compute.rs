@@ -183,8 +183,10 @@ fn threads_1_keeps_the_run_on_one_core() {
     if cores >= 2 {
         let all = cores_used(0);
         eprintln!("threads = 0 ({cores} cores): {all:.2} cores");
+        // On some 2-vCPU machines two threads overlap little (1.24–1.27 cores on an Intel Xeon VM,
+        // with the same code), so the bound asks for clearly more than one core, not for two.
         assert!(
-            all > one + 0.3,
+            all > one + 0.15,
             "threads = 0 used {all:.2} cores, threads = 1 {one:.2}"
         );
     } else {
