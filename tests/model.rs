@@ -588,6 +588,56 @@ fn batched_generation_equals_one_prompt_at_a_time() {
     }
 }
 
+/// Continuous batching (`ptl serve`'s decode path): rows that each own a KV cache, read one token per
+/// step together, joining at different steps, give every row the greedy ids it gets alone, on
+/// every family (sliding windows shorter than the sequences included).
+#[test]
+fn rows_with_their_own_caches_decode_together_as_alone() {
+    for name in MODELS {
+        let (d, e) = load(name);
+        let prompts = prompts_of(&e);
+        let max_new = 10;
+        let want: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| generate_one(&d, p, max_new, &[]))
+            .collect();
+        // Row i joins at step i (after the earlier rows already decoded some tokens).
+        let mut caches: Vec<_> = prompts
+            .iter()
+            .map(|p| d.row_cache(p.len() + max_new))
+            .collect();
+        let mut got: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+        let mut active: Vec<usize> = Vec::new();
+        for step in 0..prompts.len() + max_new {
+            if step < prompts.len() {
+                let logits = d.prefill(&prompts[step], None, &mut caches[step]).unwrap();
+                got[step].push(argmax(&logits));
+                active.push(step);
+            }
+            active.retain(|&r| got[r].len() < max_new);
+            if active.is_empty() {
+                continue;
+            }
+            let tokens: Vec<u32> = active.iter().map(|&r| *got[r].last().unwrap()).collect();
+            let mut rows: Vec<&mut ptl::model::decoder::KvCache> = caches
+                .iter_mut()
+                .enumerate()
+                .filter(|(r, _)| active.contains(r))
+                .map(|(_, c)| c)
+                .collect();
+            let logits = d
+                .decode_rows(&tokens, &vec![None; active.len()], &mut rows)
+                .unwrap();
+            for (&r, l) in active.iter().zip(&logits) {
+                got[r].push(argmax(l));
+            }
+        }
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g, w, "{name}: row {i} (prompt of {})", prompts[i].len());
+        }
+    }
+}
+
 #[test]
 fn kv_cache_generation_equals_recomputing() {
     for name in MODELS {
