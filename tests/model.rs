@@ -588,9 +588,10 @@ fn batched_generation_equals_one_prompt_at_a_time() {
     }
 }
 
-/// Continuous batching (`ptl serve`'s decode path): rows that each own a KV cache, read one token per
-/// step together, joining at different steps, give every row the greedy ids it gets alone, on
-/// every family (sliding windows shorter than the sequences included).
+/// Continuous batching (`ptl serve`'s decode path): rows that each own a KV cache, their prompts read
+/// alone or several together, decoding one token per step together and joining at different steps,
+/// give every row the greedy ids it gets alone, on every family (sliding windows shorter than the
+/// sequences included).
 #[test]
 fn rows_with_their_own_caches_decode_together_as_alone() {
     for name in MODELS {
@@ -601,19 +602,38 @@ fn rows_with_their_own_caches_decode_together_as_alone() {
             .iter()
             .map(|p| generate_one(&d, p, max_new, &[]))
             .collect();
-        // Row i joins at step i (after the earlier rows already decoded some tokens).
-        let mut caches: Vec<_> = prompts
-            .iter()
-            .map(|p| d.row_cache(p.len() + max_new))
-            .collect();
-        let mut got: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
-        let mut active: Vec<usize> = Vec::new();
-        for step in 0..prompts.len() + max_new {
-            if step < prompts.len() {
-                let logits = d.prefill(&prompts[step], None, &mut caches[step]).unwrap();
-                got[step].push(argmax(&logits));
-                active.push(step);
+        // Rows join in groups read together (left-padded), at different steps: the first three
+        // at step 0, the next one alone (`prefill`) at step 2, the rest at step 4.
+        let n = prompts.len();
+        let joins = |step: usize| -> Vec<usize> {
+            match step {
+                0 => (0..3.min(n)).collect(),
+                2 => (3..4.min(n)).collect(),
+                4 => (4..n).collect(),
+                _ => vec![],
             }
+        };
+        let mut caches: Vec<Option<ptl::model::decoder::KvCache>> = (0..n).map(|_| None).collect();
+        let mut got: Vec<Vec<u32>> = vec![Vec::new(); n];
+        let mut active: Vec<usize> = Vec::new();
+        for step in 0..n + max_new + 4 {
+            let group = joins(step);
+            if group.len() == 1 {
+                let r = group[0];
+                let mut cache = d.row_cache(prompts[r].len() + max_new);
+                let logits = d.prefill(&prompts[r], None, &mut cache).unwrap();
+                caches[r] = Some(cache);
+                got[r].push(argmax(&logits));
+            } else if !group.is_empty() {
+                let ps: Vec<&[u32]> = group.iter().map(|&r| prompts[r].as_slice()).collect();
+                let caps: Vec<usize> = ps.iter().map(|p| p.len() + max_new).collect();
+                let (logits, made) = d.prefill_rows(&ps, &vec![None; ps.len()], &caps).unwrap();
+                for ((&r, c), l) in group.iter().zip(made).zip(&logits) {
+                    caches[r] = Some(c);
+                    got[r].push(argmax(l));
+                }
+            }
+            active.extend(group);
             active.retain(|&r| got[r].len() < max_new);
             if active.is_empty() {
                 continue;
@@ -623,7 +643,7 @@ fn rows_with_their_own_caches_decode_together_as_alone() {
                 .iter_mut()
                 .enumerate()
                 .filter(|(r, _)| active.contains(r))
-                .map(|(_, c)| c)
+                .filter_map(|(_, c)| c.as_mut())
                 .collect();
             let logits = d
                 .decode_rows(&tokens, &vec![None; active.len()], &mut rows)
@@ -868,4 +888,48 @@ fn a_mixed_precision_step_updates_the_f32_master_weights() {
     );
     assert_eq!(f32_changed, moved);
     assert!(bf16_changed * 100 < moved, "{bf16_changed} of {moved}");
+}
+
+/// Served adapters (`ptl serve`): rows of different adapters decoded in one batch give each row the
+/// greedy ids of the base with that adapter loaded alone, whether the batch gathers each row's
+/// adapter from the stacked weights (few rows per adapter) or computes adapter by adapter (many).
+#[test]
+fn rows_of_different_adapters_decode_together_as_alone() {
+    let base = Path::new("tests/fixtures/nf4/qwen3");
+    let adapters = ["a", "b", "c"].map(|n| format!("tests/fixtures/serve/adapter_{n}"));
+    let mut served = Decoder::load(base, &Device::Cpu).unwrap();
+    for a in &adapters {
+        served.add_served_adapter(Path::new(a)).unwrap();
+    }
+    let prompts: Vec<Vec<u32>> = (0..16u32)
+        .map(|i| (0..3 + i % 5).map(|k| 4 + (i * 7 + k * 3) % 90).collect())
+        .collect();
+    let max_new = 6;
+    for rows in [4usize, 16] {
+        // Row i uses adapter i % 4 (3: none).
+        let choice = |i: usize| (i % 4 < 3).then_some(i % 4);
+        let want: Vec<Vec<u32>> = (0..rows)
+            .map(|i| {
+                let mut alone = Decoder::load(base, &Device::Cpu).unwrap();
+                if let Some(a) = choice(i) {
+                    alone.load_adapter(Path::new(&adapters[a])).unwrap();
+                }
+                generate_one(&alone, &prompts[i], max_new, &[])
+            })
+            .collect();
+        let ps: Vec<&[u32]> = prompts[..rows].iter().map(Vec::as_slice).collect();
+        let which: Vec<Option<usize>> = (0..rows).map(choice).collect();
+        let caps: Vec<usize> = ps.iter().map(|p| p.len() + max_new).collect();
+        let (logits, mut caches) = served.prefill_rows(&ps, &which, &caps).unwrap();
+        let mut got: Vec<Vec<u32>> = logits.iter().map(|l| vec![argmax(l)]).collect();
+        for _ in 1..max_new {
+            let tokens: Vec<u32> = got.iter().map(|g| *g.last().unwrap()).collect();
+            let mut refs: Vec<&mut ptl::model::decoder::KvCache> = caches.iter_mut().collect();
+            let logits = served.decode_rows(&tokens, &which, &mut refs).unwrap();
+            for (g, l) in got.iter_mut().zip(&logits) {
+                g.push(argmax(l));
+            }
+        }
+        assert_eq!(got, want, "{rows} rows");
+    }
 }

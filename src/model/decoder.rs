@@ -19,6 +19,8 @@ pub struct Linear {
     /// Adapters served side by side (`ptl serve`), by adapter number: each row of a batch may use
     /// a different one (`None` where an adapter leaves this projection alone).
     pub served: Vec<Option<super::serving::ServedLora>>,
+    /// The served adapters stacked (when their ranks agree), so that every row gathers its own.
+    pub served_stack: Option<super::serving::Stack>,
 }
 
 impl Linear {
@@ -33,6 +35,7 @@ impl Linear {
             lora: None,
             nf4: None,
             served: Vec::new(),
+            served_stack: None,
         })
     }
 
@@ -51,7 +54,9 @@ impl Linear {
     ) -> candle_core::Result<Tensor> {
         let y = self.base_forward(x)?;
         match routing {
-            Some(r) if !self.served.is_empty() => r.add_deltas(y, x, &self.served),
+            Some(r) if !self.served.is_empty() => {
+                r.add_deltas(y, x, &self.served, self.served_stack.as_ref())
+            }
             _ => Ok(y),
         }
     }
@@ -127,7 +132,7 @@ enum LayerPast<'a, 'c> {
 
 /// Writes `new` [b, kv heads, t, hd] into a cache buffer of `capacity` positions at `past` (made on
 /// first use) and returns the view of the filled positions.
-fn write_past(
+pub(super) fn write_past(
     slot: &mut Option<Tensor>,
     new: &Tensor,
     past: usize,
@@ -431,6 +436,7 @@ impl Decoder {
                 lora: None,
                 nf4: None,
                 served: Vec::new(),
+                served_stack: None,
             })
         };
         // A norm's weight that computes as 1: Gemma's (1 + w) starts at w = 0.

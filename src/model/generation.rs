@@ -164,7 +164,7 @@ impl Decoder {
     /// Additive mask [b, 1, t, past + t] for left-padded rows: a query sees the keys of its own row
     /// that are not padding, not later, and within `window`; a padding query sees only itself (so
     /// its softmax is finite).
-    fn left_padded_mask(
+    pub(super) fn left_padded_mask(
         &self,
         pads: &[usize],
         t: usize,

@@ -107,20 +107,22 @@ pub fn run(model: Decoder, jobs: Receiver<Job>, max_batch: usize) {
     let mut rows: Vec<Row> = Vec::new();
     loop {
         // Wait for work when idle; otherwise take what arrived, up to the batch's room.
+        let mut fresh = Vec::new();
         if rows.is_empty() {
             match jobs.recv() {
-                Ok(job) => admit(&model, job, &mut rows),
+                Ok(job) => fresh.push(job),
                 Err(_) => return,
             }
         }
-        while rows.len() < max_batch.max(1) {
+        while rows.len() + fresh.len() < max_batch.max(1) {
             match jobs.try_recv() {
-                Ok(job) => admit(&model, job, &mut rows),
+                Ok(job) => fresh.push(job),
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) if rows.is_empty() => return,
+                Err(TryRecvError::Disconnected) if rows.is_empty() && fresh.is_empty() => return,
                 Err(TryRecvError::Disconnected) => break,
             }
         }
+        admit(&model, fresh, &mut rows);
         if rows.is_empty() {
             continue;
         }
@@ -146,28 +148,40 @@ pub fn run(model: Decoder, jobs: Receiver<Job>, max_batch: usize) {
     }
 }
 
-/// Reads a new job's prompt and emits its first token; keeps it as a row unless it is already over.
-fn admit(model: &Decoder, job: Job, rows: &mut Vec<Row>) {
-    if job.max_new == 0 || job.prompt.is_empty() {
+/// Reads the new jobs' prompts in one forward and emits each one's first token; keeps as rows those
+/// not already over.
+fn admit(model: &Decoder, jobs: Vec<Job>, rows: &mut Vec<Row>) {
+    let (jobs, over): (Vec<Job>, Vec<Job>) = jobs
+        .into_iter()
+        .partition(|j| j.max_new > 0 && !j.prompt.is_empty());
+    for job in over {
         let _ = job.send(Event::Done { stopped: false });
+    }
+    if jobs.is_empty() {
         return;
     }
-    let mut cache = model.row_cache(job.prompt.len() + job.max_new);
-    match model.prefill(&job.prompt, job.adapter, &mut cache) {
-        Ok(logits) => {
-            let mut row = Row {
-                rng: Rng::new(job.seed),
-                job,
-                cache,
-                last: 0,
-                generated: 0,
-            };
-            if advance(&mut row, &logits) {
-                rows.push(row);
+    let prompts: Vec<&[u32]> = jobs.iter().map(|j| j.prompt.as_slice()).collect();
+    let adapters: Vec<Option<usize>> = jobs.iter().map(|j| j.adapter).collect();
+    let capacities: Vec<usize> = jobs.iter().map(|j| j.prompt.len() + j.max_new).collect();
+    match model.prefill_rows(&prompts, &adapters, &capacities) {
+        Ok((logits, caches)) => {
+            for ((job, cache), l) in jobs.into_iter().zip(caches).zip(&logits) {
+                let mut row = Row {
+                    rng: Rng::new(job.seed),
+                    job,
+                    cache,
+                    last: 0,
+                    generated: 0,
+                };
+                if advance(&mut row, l) {
+                    rows.push(row);
+                }
             }
         }
         Err(e) => {
-            let _ = job.send(Event::Failed(e.to_string()));
+            for job in jobs {
+                let _ = job.send(Event::Failed(e.to_string()));
+            }
         }
     }
 }
