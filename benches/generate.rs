@@ -10,42 +10,11 @@
 
 mod common;
 
-use common::{tokenizer, words, INIT_STAGE};
-use std::path::Path;
+use common::{ptl_generate, tokenizer, words, INIT_STAGE};
 use std::process::Command;
-use std::time::Instant;
 
 const PROMPTS: usize = 16;
 const PROMPT_WORDS: usize = 32;
-
-/// Wall seconds of `ptl generate` and the tokens it generated.
-fn ptl_generate(dir: &Path, model: &Path, batch: usize, new: usize) -> (f64, usize) {
-    let start = Instant::now();
-    let o = Command::new(env!("CARGO_BIN_EXE_ptl"))
-        .args([
-            "generate",
-            model.to_str().unwrap(),
-            "--input",
-            "prompts.jsonl",
-        ])
-        .args(["--batch-size", &batch.to_string()])
-        .args(["--max-new-tokens", &new.to_string(), "--format", "json"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let secs = start.elapsed().as_secs_f64();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let tokens = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["ids"]
-                .as_array()
-                .unwrap()
-                .len()
-        })
-        .sum();
-    (secs, tokens)
-}
 
 fn main() {
     let new = common::arg("--new", 64);

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{tokenizer, words, INIT_STAGE};
+use common::{ptl_generate, tokenizer, words, INIT_STAGE};
 use ptl::lang::value::{Lora, Tuning};
 use ptl::model::decoder::Decoder;
 use std::io::BufRead;
@@ -142,29 +142,10 @@ fn decode_rate(url: &str, prompts: &[String], c: usize, spread: bool, new: usize
 
 /// `ptl generate` one prompt at a time: its decode rate (tokens/s).
 fn one_at_a_time(dir: &Path, model: &Path, new: usize) -> f64 {
-    let run = |n: usize| {
-        let start = Instant::now();
-        let o = Command::new(env!("CARGO_BIN_EXE_ptl"))
-            .arg("generate")
-            .arg(model)
-            .args(["--input", "prompts.jsonl", "--batch-size", "1"])
-            .args(["--max-new-tokens", &n.to_string(), "--format", "json"])
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let tokens: usize = String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["ids"]
-                    .as_array()
-                    .unwrap()
-                    .len()
-            })
-            .sum();
-        (start.elapsed().as_secs_f64(), tokens)
-    };
-    let ((long, n_long), (short, n_short)) = (run(new), run(1));
+    let ((long, n_long), (short, n_short)) = (
+        ptl_generate(dir, model, 1, new),
+        ptl_generate(dir, model, 1, 1),
+    );
     (n_long - n_short) as f64 / (long - short)
 }
 

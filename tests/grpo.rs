@@ -228,28 +228,12 @@ fn advantages_loss_and_gradient_equal_trl() {
     );
 }
 
+#[macro_use]
 mod common;
 
-const STAGES: &str = r#"config {
-  seed = 3
-}
-
-stage base = init {
-  tokenizer = "tokenizers/tiny-chat"
-  size = "tiny"
-}
-
-stage tuned = sft {
-  model = base.model
-  data = jsonl("data/quickstart/train.jsonl", format = "messages")
-  max_steps = 60
-  lr = 5e-3
-  batch_size = 32
-  max_len = 64
-  log_every = 60
-}
-
-stage rl = grpo {
+const STAGES: &str = concat!(
+    tiny_sft_stages!(),
+    r#"stage rl = grpo {
   model = tuned.model
   data = jsonl("data/quickstart/train.jsonl", format = "messages")
   rewards = [regex_match(pattern = "^1"), exact_match(field = "answer", weight = 0.5)]
@@ -261,7 +245,8 @@ stage rl = grpo {
   save_every = 3
   beta = 0.04
 }
-"#;
+"#
+);
 
 /// The quickstart's tokenizer and data (and `extra` entries of pipelines/) with `pipeline` as p.ptl.
 fn grpo_dir(name: &str, extra: &[&str], pipeline: &str) -> common::Dir {

@@ -187,28 +187,12 @@ fn an_update_equals_trl() {
     }
 }
 
+#[macro_use]
 mod common;
 
-const STAGES: &str = r#"config {
-  seed = 3
-}
-
-stage base = init {
-  tokenizer = "tokenizers/tiny-chat"
-  size = "tiny"
-}
-
-stage tuned = sft {
-  model = base.model
-  data = jsonl("data/quickstart/train.jsonl", format = "messages")
-  max_steps = 60
-  lr = 5e-3
-  batch_size = 32
-  max_len = 64
-  log_every = 60
-}
-
-stage judge = reward_model {
+const STAGES: &str = concat!(
+    tiny_sft_stages!(),
+    r#"stage judge = reward_model {
   model = tuned.model
   data = jsonl("data/preference/prefs.jsonl", format = "preference")
   max_steps = 60
@@ -228,7 +212,8 @@ stage rl = ppo {
   max_steps = 16
   save_every = 3
 }
-"#;
+"#
+);
 
 /// The quickstart's tokenizer and data with `pipeline` as p.ptl.
 fn ppo_dir(name: &str, pipeline: &str) -> common::Dir {

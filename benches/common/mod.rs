@@ -75,3 +75,34 @@ pub fn words(seed: &mut u64, n: usize) -> String {
 /// The `init` stage of the bench model: Qwen3 architecture, hidden 512, intermediate 1536, 8 layers,
 /// 8 heads, 4 KV heads, head_dim 64, tied embeddings (41.6 M parameters), the tokenizer in `tokenizer/`.
 pub const INIT_STAGE: &str = "stage base = init {\n  tokenizer = \"tokenizer\"\n  hidden_size = 512\n  layers = 8\n  heads = 8\n  kv_heads = 4\n  intermediate_size = 1536\n  rope_theta = 1000000.0\n  max_position_embeddings = 4096\n}\n";
+
+/// Wall seconds of `ptl generate --input prompts.jsonl` (in `dir`) and the tokens it generated.
+// Used by the generate and serve benches, not by every bench that includes this module.
+#[allow(dead_code)]
+pub fn ptl_generate(dir: &Path, model: &Path, batch: usize, new: usize) -> (f64, usize) {
+    let start = std::time::Instant::now();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
+        .args([
+            "generate",
+            model.to_str().unwrap(),
+            "--input",
+            "prompts.jsonl",
+        ])
+        .args(["--batch-size", &batch.to_string()])
+        .args(["--max-new-tokens", &new.to_string(), "--format", "json"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let tokens = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["ids"]
+                .as_array()
+                .unwrap()
+                .len()
+        })
+        .sum();
+    (secs, tokens)
+}

@@ -99,38 +99,33 @@ impl Fields<'_> {
         self.0.get(name).filter(|v| !v.is_null())
     }
 
-    fn number(&self, name: &str, lo: f64, hi: f64) -> Result<Option<f64>> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(v) => match v.as_f64() {
-                Some(x) if x >= lo && x <= hi => Ok(Some(x)),
-                Some(x) => Err(ApiError::invalid(
-                    name,
-                    format!("`{name}` is {x}; it must be between {lo} and {hi}"),
-                )),
-                None => Err(ApiError::invalid(
-                    name,
-                    format!("`{name}` must be a number"),
-                )),
-            },
+    /// A value of `name` read by `read` (`what` it must be), within [lo, hi].
+    fn ranged<T: PartialOrd + std::fmt::Display>(
+        &self,
+        name: &str,
+        (lo, hi): (T, T),
+        read: impl Fn(&Json) -> Option<T>,
+        what: &str,
+    ) -> Result<Option<T>> {
+        let Some(v) = self.get(name) else {
+            return Ok(None);
+        };
+        match read(v) {
+            Some(x) if x >= lo && x <= hi => Ok(Some(x)),
+            Some(x) => Err(ApiError::invalid(
+                name,
+                format!("`{name}` is {x}; it must be between {lo} and {hi}"),
+            )),
+            None => Err(ApiError::invalid(name, format!("`{name}` must be {what}"))),
         }
     }
 
+    fn number(&self, name: &str, lo: f64, hi: f64) -> Result<Option<f64>> {
+        self.ranged(name, (lo, hi), Json::as_f64, "a number")
+    }
+
     fn integer(&self, name: &str, lo: i64, hi: i64) -> Result<Option<i64>> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(v) => match v.as_i64() {
-                Some(x) if x >= lo && x <= hi => Ok(Some(x)),
-                Some(x) => Err(ApiError::invalid(
-                    name,
-                    format!("`{name}` is {x}; it must be between {lo} and {hi}"),
-                )),
-                None => Err(ApiError::invalid(
-                    name,
-                    format!("`{name}` must be an integer"),
-                )),
-            },
-        }
+        self.ranged(name, (lo, hi), Json::as_i64, "an integer")
     }
 
     fn boolean(&self, name: &str) -> Result<bool> {

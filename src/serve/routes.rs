@@ -106,26 +106,30 @@ pub async fn not_found() -> ApiError {
     ApiError::status(404, "invalid_request_error", "no such endpoint")
 }
 
-pub async fn chat(
-    AxumState(state): Shared,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let body = api::object(&read_body(body, state.max_body).await?)?;
-    let request = api::chat(&body, state.max_tokens)?;
-    answer(state, request, true).await
+pub async fn chat(state: Shared, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    endpoint(state, headers, body, api::chat, true).await
 }
 
 pub async fn completions(
-    AxumState(state): Shared,
+    state: Shared,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    endpoint(state, headers, body, api::completion, false).await
+}
+
+/// A generating endpoint: the key checked, the body read within its limit and parsed by `parse`.
+async fn endpoint(
+    AxumState(state): Shared,
+    headers: HeaderMap,
+    body: Body,
+    parse: fn(&serde_json::Map<String, Json>, usize) -> Result<Request, ApiError>,
+    chat: bool,
+) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let body = api::object(&read_body(body, state.max_body).await?)?;
-    let request = api::completion(&body, state.max_tokens)?;
-    answer(state, request, false).await
+    let request = parse(&body, state.max_tokens)?;
+    answer(state, request, chat).await
 }
 
 /// One choice being generated.

@@ -5,6 +5,34 @@ pub mod mlflow;
 pub mod npm;
 pub mod venv;
 
+/// The quickstart's tiny chat model, SFT-trained briefly (`base`, then `tuned`, seed 3): the start of
+/// the online-RL tests' pipelines (`concat!(tiny_sft_stages!(), "stage ...")`).
+#[allow(unused_macros)]
+macro_rules! tiny_sft_stages {
+    () => {
+        r#"config {
+  seed = 3
+}
+
+stage base = init {
+  tokenizer = "tokenizers/tiny-chat"
+  size = "tiny"
+}
+
+stage tuned = sft {
+  model = base.model
+  data = jsonl("data/quickstart/train.jsonl", format = "messages")
+  max_steps = 60
+  lr = 5e-3
+  batch_size = 32
+  max_len = 64
+  log_every = 60
+}
+
+"#
+    };
+}
+
 use std::path::{Path, PathBuf};
 
 /// The stages a `test_step` pipeline logged (`log = "ran.log"`), sorted; the log is emptied.
