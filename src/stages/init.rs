@@ -11,7 +11,7 @@ use crate::model::decoder::Decoder;
 use crate::run::context::RunContext;
 use serde_json::json;
 
-pub const ARCHS: &[&str] = &["qwen3", "qwen2", "llama", "mistral", "gemma3"];
+pub const ARCHS: &[&str] = &["qwen3", "qwen2", "llama", "mistral", "gemma2", "gemma3"];
 pub const SIZES: &[&str] = &["tiny", "small", "base"];
 
 /// hidden, layers, attention heads, key/value heads, MLP width of each size.
@@ -163,6 +163,7 @@ pub fn hf_config(p: &InitParams, tok: &TextTokenizer) -> serde_json::Value {
         "qwen2" => "Qwen2ForCausalLM",
         "llama" => "LlamaForCausalLM",
         "mistral" => "MistralForCausalLM",
+        "gemma2" => "Gemma2ForCausalLM",
         "gemma3" => "Gemma3ForCausalLM",
         _ => "Qwen3ForCausalLM",
     };
@@ -191,13 +192,13 @@ pub fn hf_config(p: &InitParams, tok: &TextTokenizer) -> serde_json::Value {
         "dtype": "float32",
         "torch_dtype": "float32",
     });
-    if p.arch == "gemma3" {
-        // Gemma3TextConfig's defaults: five sliding layers (window 512, rope base 10,000) to one
-        // full layer (the stage's rope_theta), GeGLU, queries scaled by head_dim.
+    if let Some(gemma) = gemma_defaults(&p.arch, p.rope_theta) {
+        // Gemma2Config's and Gemma3TextConfig's defaults: sliding layers (all but every 2nd, all but
+        // every 6th) and full ones, GeGLU, queries scaled by head_dim, Gemma 2's soft-capping.
         let head_dim = hidden / heads.max(1);
         let types: Vec<&str> = (0..layers)
             .map(|i| {
-                if (i + 1) % 6 == 0 {
+                if (i + 1) % gemma.period == 0 {
                     "full_attention"
                 } else {
                     "sliding_attention"
@@ -205,20 +206,14 @@ pub fn hf_config(p: &InitParams, tok: &TextTokenizer) -> serde_json::Value {
             })
             .collect();
         for (key, value) in [
-            ("model_type", json!("gemma3_text")),
+            ("model_type", json!(gemma.model_type)),
             ("hidden_activation", json!("gelu_pytorch_tanh")),
             ("query_pre_attn_scalar", json!(head_dim)),
-            ("sliding_window", json!(512)),
+            ("sliding_window", json!(gemma.window)),
             ("layer_types", json!(types)),
-            ("final_logit_softcapping", json!(null)),
-            ("attn_logit_softcapping", json!(null)),
-            (
-                "rope_parameters",
-                json!({
-                    "full_attention": {"rope_type": "default", "rope_theta": p.rope_theta},
-                    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                }),
-            ),
+            ("final_logit_softcapping", json!(gemma.caps.map(|c| c.1))),
+            ("attn_logit_softcapping", json!(gemma.caps.map(|c| c.0))),
+            ("rope_parameters", gemma.rope),
         ] {
             config[key] = value;
         }
@@ -228,6 +223,39 @@ pub fn hf_config(p: &InitParams, tok: &TextTokenizer) -> serde_json::Value {
         }
     }
     config
+}
+
+/// What a new Gemma's config.json takes from transformers' config class.
+struct GemmaDefaults {
+    model_type: &'static str,
+    /// Every `period`-th layer attends to the whole sequence, the others within `window`.
+    period: i64,
+    window: i64,
+    /// Attention and final-logit soft-capping.
+    caps: Option<(f64, f64)>,
+    rope: serde_json::Value,
+}
+
+fn gemma_defaults(arch: &str, rope_theta: f64) -> Option<GemmaDefaults> {
+    let base = |theta: f64| json!({"rope_type": "default", "rope_theta": theta});
+    match arch {
+        "gemma2" => Some(GemmaDefaults {
+            model_type: "gemma2",
+            period: 2,
+            window: 4096,
+            caps: Some((50.0, 30.0)),
+            rope: base(rope_theta),
+        }),
+        // The full layers take the stage's rope_theta, the sliding ones Gemma 3's local 10,000.
+        "gemma3" => Some(GemmaDefaults {
+            model_type: "gemma3_text",
+            period: 6,
+            window: 512,
+            caps: None,
+            rope: json!({"full_attention": base(rope_theta), "sliding_attention": base(10_000.0)}),
+        }),
+        _ => None,
+    }
 }
 
 fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
