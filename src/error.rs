@@ -146,7 +146,7 @@ impl Error {
                 !label
             ),
             Error::OutOfMemory { .. } => {
-                "lower `batch_size` (use `grad_accum` for the same effective batch) or `max_len`".into()
+                "lower `batch_size` (use `grad_accum` for the same effective batch) or `max_len`, or set `gradient_checkpointing = true`".into()
             }
             Error::VocabularyMismatch { .. } => {
                 "PPO scores the policy's own token ids: train the reward model from a model with the policy's tokenizer (e.g. the SFT model the policy starts from)".into()

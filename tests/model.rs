@@ -114,6 +114,74 @@ fn every_weight_receives_a_gradient() {
     }
 }
 
+/// Gradient checkpointing gives the gradients of the full graph bit for bit (every layer recomputed
+/// from its input in the backward, LoRA dropout masks replayed) on every family, for full and LoRA
+/// tuning, with a second forward that the loss does not use (skipped).
+#[test]
+fn checkpointed_gradients_equal_the_full_graphs() {
+    use candle_core::Var;
+    let with_dropout = Tuning::Lora(Lora {
+        dropout: 0.3,
+        ..match lora(4) {
+            Tuning::Lora(l) => l,
+            _ => unreachable!(),
+        }
+    });
+    for name in MODELS {
+        for tuning in [Tuning::Full, with_dropout.clone()] {
+            let (mut d, e) = load(name);
+            let vars = d.apply_tuning(&tuning, 5).unwrap();
+            if matches!(tuning, Tuning::Lora(_)) {
+                // B starts at zero; a step makes every adapter term count.
+                train_steps(&d, &vars, &ids(&e["sequences"][1]), 1, 1e-2);
+            }
+            d.training.store(true, std::sync::atomic::Ordering::Relaxed);
+            let seq = ids(&e["sequences"][2]);
+            let start = d.dropout_rng.lock().unwrap().state();
+            let gradients = |checkpointing: bool| -> (f64, Vec<Option<candle_core::Tensor>>) {
+                *d.dropout_rng.lock().unwrap() = ptl::model::lora::Rng::from_state(start);
+                d.set_gradient_checkpointing(checkpointing);
+                let unused = d.nll(&seq[..seq.len() / 2]).unwrap().detach();
+                let loss = d.nll(&seq).unwrap();
+                let grads = d
+                    .backward(&(loss.clone() + unused.affine(0.0, 0.0).unwrap()).unwrap())
+                    .unwrap();
+                d.set_gradient_checkpointing(false);
+                let all: Vec<_> = vars
+                    .iter()
+                    .map(|(_, v): &(String, Var)| grads.get(v).cloned())
+                    .collect();
+                (scalar(&loss), all)
+            };
+            let (plain_loss, plain) = gradients(false);
+            let (loss, recomputed) = gradients(true);
+            assert_eq!(
+                loss, plain_loss,
+                "{name} {tuning:?}: the forward is the same"
+            );
+            let mut far = 0f64;
+            for ((param, _), (a, b)) in vars.iter().zip(plain.iter().zip(&recomputed)) {
+                let (a, b) = match (a, b) {
+                    (Some(a), Some(b)) => (a, b),
+                    (a, b) => panic!(
+                        "{name}: {param}: gradient {:?} vs {:?}",
+                        a.is_some(),
+                        b.is_some()
+                    ),
+                };
+                let scale = scalar(&a.abs().unwrap().max_all().unwrap()).max(1e-12);
+                far = far.max(scalar(&(a - b).unwrap().abs().unwrap().max_all().unwrap()) / scale);
+            }
+            // The same ops on the same inputs: the same bits (two contributions to a tied embedding
+            // add in either order to the same sum).
+            assert_eq!(
+                far, 0.0,
+                "{name} {tuning:?}: checkpointed gradients differ by {far:.2e} (relative)"
+            );
+        }
+    }
+}
+
 #[test]
 fn unknown_architectures_and_missing_tensors_are_clear_errors() {
     let dir = std::env::temp_dir().join(format!("ptl-model-errors-{}", std::process::id()));

@@ -117,6 +117,44 @@ fn packed_rows_train_like_padded_rows() {
     assert!((a - b).abs() < 1e-5, "packed {a} vs padded {b}");
 }
 
+/// `gradient_checkpointing = true` trains the same steps: every logged loss and gradient norm of a
+/// LoRA stage with dropout, and of a full one, equals the run without it exactly.
+#[test]
+fn gradient_checkpointing_trains_the_same_steps() {
+    let stage = |tuning: &str, checkpointing: bool| {
+        format!("stage cpt = pt {{\n  model = hf_model(\"m\")\n  data = jsonl(\"text.jsonl\", format = \"text\")\n  tuning = {tuning}\n  max_steps = 3\n  batch_size = 1\n  lr = 1e-2\n  gradient_checkpointing = {checkpointing}\n}}\n")
+    };
+    for tuning in ["lora(rank = 4, dropout = 0.2)", "full"] {
+        let runs: Vec<Vec<serde_json::Value>> = [false, true]
+            .iter()
+            .map(|&on| {
+                let d = setup(&format!("ckpt-{}-{on}", tuning.len()), &stage(tuning, on));
+                let out = run_ok(&d.0, &[]);
+                assert_eq!(
+                    out.contains("gradient checkpointing: each of the"),
+                    on,
+                    "{out}"
+                );
+                metrics(&d.0, "cpt")
+            })
+            .collect();
+        assert_eq!((runs[0].len(), runs[1].len()), (3, 3));
+        for (plain, recomputed) in runs[0].iter().zip(&runs[1]) {
+            for key in ["loss", "grad_norm"] {
+                let (a, b) = (
+                    plain[key].as_f64().unwrap(),
+                    recomputed[key].as_f64().unwrap(),
+                );
+                assert!(
+                    a == b,
+                    "{tuning} step {}: {key} {a} without, {b} with gradient checkpointing",
+                    plain["step"]
+                );
+            }
+        }
+    }
+}
+
 /// The files of a stage's `model` output, by name.
 fn model_files(dir: &Path, stage: &str) -> Vec<(String, Vec<u8>)> {
     let o = ptl(dir, &["path", "p.ptl", stage]);

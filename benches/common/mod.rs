@@ -20,9 +20,16 @@ pub fn fresh_dir(name: &str) -> std::path::PathBuf {
 }
 
 /// `ptl run bench.ptl` in `dir` (its own store); panics with the output when it fails.
+// Used by the benches of one pipeline, not by every bench that includes this module.
+#[allow(dead_code)]
 pub fn run_bench_pipeline(dir: &Path) {
+    run_pipeline(dir, "bench.ptl");
+}
+
+/// `ptl run FILE` in `dir` (its own store); panics with the output when it fails.
+pub fn run_pipeline(dir: &Path, file: &str) {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
-        .args(["run", "bench.ptl"])
+        .args(["run", file])
         .current_dir(dir)
         .env_remove("PTL_STORE")
         .output()

@@ -96,13 +96,14 @@ pub struct Layer {
 }
 
 /// The additive attention masks of one forward: for full layers and for sliding-window ones.
+#[derive(Clone)]
 pub struct Masks {
     pub full: Option<Tensor>,
     pub sliding: Option<Tensor>,
 }
 
 impl Masks {
-    fn for_layer(&self, sliding: bool) -> candle_core::Result<&Tensor> {
+    pub(super) fn for_layer(&self, sliding: bool) -> candle_core::Result<&Tensor> {
         let m = if sliding { &self.sliding } else { &self.full };
         m.as_ref().ok_or_else(|| {
             candle_core::Error::Msg("no attention mask built for this layer kind".into())
@@ -124,7 +125,7 @@ pub(super) enum Past<'a, 'b> {
 }
 
 /// [`Past`] for one layer: its attention mask, or (per-row caches) the layer's index and window.
-enum LayerPast<'a, 'c> {
+pub(super) enum LayerPast<'a, 'c> {
     None(&'a Tensor),
     Batch(CacheSlot<'a>, &'a Tensor),
     Rows(&'a mut [&'c mut KvCache], usize, Option<usize>),
@@ -184,6 +185,25 @@ pub struct Decoder {
     /// The dtype activations compute in when it differs from the weights' (mixed precision: f32
     /// weights, bf16 compute); `None`: the weights' dtype.
     pub compute_dtype: Option<DType>,
+    /// Gradient checkpointing: what whole-sequence forwards keep for [`Decoder::backward`].
+    pub(super) tape: super::recompute::Tape,
+}
+
+/// The rotary tables (cos, sin) of one forward: the full layers', and the sliding layers' where
+/// their base differs (Gemma 3).
+#[derive(Clone)]
+pub(super) struct Ropes {
+    global: (Tensor, Tensor),
+    local: Option<(Tensor, Tensor)>,
+}
+
+impl Ropes {
+    pub(super) fn for_layer(&self, sliding: bool) -> &(Tensor, Tensor) {
+        match (&self.local, sliding) {
+            (Some(local), true) => local,
+            _ => &self.global,
+        }
+    }
 }
 
 /// x [.., in] times wᵀ (w [out, in]) as one 2-D matmul over all leading positions: broadcasting w
@@ -407,6 +427,7 @@ impl Decoder {
             training: Default::default(),
             dropout_rng: Default::default(),
             compute_dtype: None,
+            tape: Default::default(),
         })
     }
 
@@ -485,6 +506,7 @@ impl Decoder {
             training: Default::default(),
             dropout_rng: Default::default(),
             compute_dtype: None,
+            tape: Default::default(),
         })
     }
 
@@ -693,27 +715,19 @@ impl Decoder {
         routing: Option<&super::serving::Routing>,
     ) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let mut x = self
-            .embed
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.hidden_size))?
-            .to_dtype(self.dtype())?;
-        if let Some(s) = self.cfg.embed_scale {
-            // As transformers: the scale in the embeddings' dtype (√hidden rounded in bf16).
-            let s = Tensor::new(s as f32, x.device())?.to_dtype(x.dtype())?;
-            x = x.broadcast_mul(&s)?;
-        }
-        let rope = self.rope(&self.inv_freq, positions, b, t)?;
-        let local = match &self.inv_freq_local {
-            Some(f) => Some(self.rope(f, positions, b, t)?),
-            None => None,
+        let mut x = self.embed_ids(ids)?;
+        let ropes = Ropes {
+            global: self.rope(&self.inv_freq, positions, b, t)?,
+            local: match &self.inv_freq_local {
+                Some(f) => Some(self.rope(f, positions, b, t)?),
+                None => None,
+            },
         };
+        if matches!(past, Past::None) && routing.is_none() && self.tape.is_on() {
+            return self.run_checkpointed(x, ids, ropes, masks);
+        }
         for (i, l) in self.layers.iter().enumerate() {
             let sliding = self.cfg.is_sliding(i);
-            let rope = match (&local, sliding) {
-                (Some(local), true) => local,
-                _ => &rope,
-            };
             let layer = match &mut past {
                 Past::None => LayerPast::None(masks.for_layer(sliding)?),
                 Past::Batch(c) => {
@@ -724,28 +738,7 @@ impl Decoder {
                     LayerPast::Rows(rows, i, self.cfg.sliding_window.filter(|_| sliding))
                 }
             };
-            let n = self.norm_with(&x, &l.input_norm)?;
-            let mut h = self.attention(l, &n, rope, layer, routing)?;
-            if self.cfg.gemma_norms {
-                h = self.norm_with(&h, &l.post_norm)?;
-            }
-            x = (x + h)?;
-            let n = match &l.pre_ff_norm {
-                Some(w) => self.norm_with(&x, w)?,
-                None => self.norm_with(&x, &l.post_norm)?,
-            };
-            let gate = l.gate.forward_routed(&n, routing)?;
-            let gate = match self.cfg.activation {
-                Activation::Silu => gate.silu()?,
-                Activation::GeluTanh => gate.gelu()?,
-            };
-            let mut mlp = l
-                .down
-                .forward_routed(&(gate * l.up.forward_routed(&n, routing)?)?, routing)?;
-            if let Some(w) = &l.post_ff_norm {
-                mlp = self.norm_with(&mlp, w)?;
-            }
-            x = (x + mlp)?;
+            x = self.layer_forward(l, &x, ropes.for_layer(sliding), layer, routing)?;
         }
         match past {
             Past::None => {}
@@ -755,8 +748,59 @@ impl Decoder {
         self.norm_with(&x, &self.norm)
     }
 
+    /// Token embeddings [b, t, hidden] in the compute dtype (Gemma: scaled by √hidden).
+    pub(super) fn embed_ids(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let x = self
+            .embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.cfg.hidden_size))?
+            .to_dtype(self.dtype())?;
+        match self.cfg.embed_scale {
+            Some(s) => {
+                // As transformers: the scale in the embeddings' dtype (√hidden rounded in bf16).
+                let s = Tensor::new(s as f32, x.device())?.to_dtype(x.dtype())?;
+                x.broadcast_mul(&s)
+            }
+            None => Ok(x),
+        }
+    }
+
+    /// One decoder layer: attention and MLP with their norms and residuals.
+    pub(super) fn layer_forward(
+        &self,
+        l: &Layer,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        layer: LayerPast,
+        routing: Option<&super::serving::Routing>,
+    ) -> candle_core::Result<Tensor> {
+        let n = self.norm_with(x, &l.input_norm)?;
+        let mut h = self.attention(l, &n, rope, layer, routing)?;
+        if self.cfg.gemma_norms {
+            h = self.norm_with(&h, &l.post_norm)?;
+        }
+        let x = (x + h)?;
+        let n = match &l.pre_ff_norm {
+            Some(w) => self.norm_with(&x, w)?,
+            None => self.norm_with(&x, &l.post_norm)?,
+        };
+        let gate = l.gate.forward_routed(&n, routing)?;
+        let gate = match self.cfg.activation {
+            Activation::Silu => gate.silu()?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        let mut mlp = l
+            .down
+            .forward_routed(&(gate * l.up.forward_routed(&n, routing)?)?, routing)?;
+        if let Some(w) = &l.post_ff_norm {
+            mlp = self.norm_with(&mlp, w)?;
+        }
+        x + mlp
+    }
+
     /// RMSNorm with this model's weight convention: x̂ · w, or Gemma's x̂ · (1 + w).
-    fn norm_with(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    pub(super) fn norm_with(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
         if self.cfg.gemma_norms {
             rms_norm(x, &(at_least_f32(w)? + 1.0)?, self.cfg.rms_norm_eps)
         } else {

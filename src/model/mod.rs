@@ -8,6 +8,7 @@ pub mod gguf;
 pub mod lora;
 pub mod merge;
 pub mod nf4;
+pub mod recompute;
 pub mod score;
 pub mod serving;
 pub mod tuning;

@@ -76,6 +76,11 @@ pub fn training(lr: f64, max_len: i64) -> Vec<FieldSchema> {
             1.0,
             "clip gradients to this global norm (0: no clipping)",
         ),
+        boolean(
+            "gradient_checkpointing",
+            false,
+            "keep only each decoder layer's input in the forward and recompute the layer in the backward: activation memory of one layer instead of all, for about one more forward of compute",
+        ),
         field(
             "seed",
             Type::Int,

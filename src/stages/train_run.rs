@@ -123,6 +123,7 @@ pub struct TrainingParams {
     pub save_minutes: f64,
     pub log_every: usize,
     pub skip_nonfinite: usize,
+    pub gradient_checkpointing: bool,
 }
 
 impl TrainingParams {
@@ -148,6 +149,7 @@ impl TrainingParams {
             save_interval: (self.save_minutes > 0.0)
                 .then(|| std::time::Duration::from_secs_f64(self.save_minutes * 60.0)),
             checkpoints: Some(checkpoints.to_path_buf()),
+            gradient_checkpointing: self.gradient_checkpointing,
         }
     }
 }

@@ -6,17 +6,32 @@
 use crate::error::Error;
 use crate::model::config::ModelConfig;
 
-/// Bytes a training step needs at least for `batch` rows of `seq` positions.
-pub fn estimate(cfg: &ModelConfig, batch: usize, seq: usize) -> u64 {
+/// Bytes a training step needs at least for `batch` rows of `seq` positions; with gradient
+/// checkpointing (`recompute`) one layer's activations are alive at a time, plus every layer's input.
+pub fn estimate(cfg: &ModelConfig, batch: usize, seq: usize, recompute: bool) -> u64 {
     let (b, s, l) = (batch as u64, seq as u64, cfg.num_layers as u64);
     let f32 = 4u64;
-    // Attention probabilities of every layer, kept for the backward pass.
-    let scores = l * b * cfg.num_heads as u64 * s * s * f32;
+    let kept = if recompute { 1 } else { l };
+    // Attention probabilities of every kept layer, for the backward pass.
+    let scores = kept * b * cfg.num_heads as u64 * s * s * f32;
     // Per layer at least: the input of each norm, q, k, v, the attention output, and the MLP's
     // gate, up and product.
     let per_token = 4 * cfg.hidden_size as u64 + 3 * cfg.intermediate_size as u64;
-    let activations = l * b * s * per_token * f32;
-    scores.saturating_add(activations)
+    let activations = kept * b * s * per_token * f32;
+    let inputs = if recompute {
+        l * b * s * cfg.hidden_size as u64 * f32
+    } else {
+        0
+    };
+    scores.saturating_add(activations).saturating_add(inputs)
+}
+
+/// The process's peak resident memory so far (`VmHWM`), in MiB, where the kernel says.
+pub fn peak_resident_mib() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// Memory the kernel says is available (`MemAvailable`), when it says.
@@ -28,8 +43,8 @@ fn available() -> Option<u64> {
 }
 
 /// Refuses a micro-batch of `batch` rows as wide as `seq` that cannot fit in the available memory.
-pub fn check(cfg: &ModelConfig, batch: usize, seq: usize) -> Result<(), Error> {
-    let needed = estimate(cfg, batch, seq);
+pub fn check(cfg: &ModelConfig, batch: usize, seq: usize, recompute: bool) -> Result<(), Error> {
+    let needed = estimate(cfg, batch, seq, recompute);
     match available() {
         Some(available) if needed > available => Err(Error::OutOfMemory {
             batch_size: batch,

@@ -34,15 +34,16 @@ impl MetricsLog {
         })
     }
 
-    /// Appends a step's record to metrics.jsonl and, for a step this run trained, its speed to
-    /// timing.jsonl.
+    /// Appends a step's record to metrics.jsonl and, for a step this run trained, its speed and the
+    /// process's peak resident memory so far to timing.jsonl.
     pub fn write(&mut self, m: &Logged) -> Result<(), String> {
         line(&mut self.metrics, m.record)?;
         if let Some(tps) = m.tokens_per_s {
-            line(
-                &mut self.timing,
-                &serde_json::json!({"step": m.step, "tokens_per_s": tps}),
-            )?;
+            let mut timing = serde_json::json!({"step": m.step, "tokens_per_s": tps});
+            if let Some(peak) = super::memory::peak_resident_mib() {
+                timing["peak_rss_mib"] = (peak.round()).into();
+            }
+            line(&mut self.timing, &timing)?;
         }
         Ok(())
     }

@@ -38,6 +38,8 @@ pub struct Hyper {
     /// stage stops.
     pub skip_nonfinite: usize,
     pub checkpoints: Option<PathBuf>,
+    /// Recompute each decoder layer's activations in the backward instead of keeping them.
+    pub gradient_checkpointing: bool,
 }
 
 pub struct Summary {
@@ -189,6 +191,8 @@ fn mean(xs: &[f64]) -> f64 {
 /// Applies optimizer updates: a micro-batch's gradients accumulated, averaged, clipped and applied
 /// (or skipped when not finite).
 struct Updater<'a> {
+    /// The trained model, whose backward runs through what gradient checkpointing recorded.
+    model: &'a Decoder,
     vars: &'a [(String, Var)],
     opt: &'a mut AdamW,
     h: &'a Hyper,
@@ -212,7 +216,7 @@ impl Updater<'_> {
         let mut totals = StepTotals::default();
         for micro in micro_batches {
             let micro = micro?;
-            let g = micro.surrogate.backward()?;
+            let g = self.model.backward(&micro.surrogate)?;
             accumulate(&mut grads, g, self.vars)?;
             loss_sum += micro.value;
             weight += micro.weight;
@@ -262,6 +266,22 @@ impl Updater<'_> {
     }
 }
 
+/// Gradient checkpointing on `model` for as long as the loop runs, however it ends.
+struct Recording<'a>(&'a Decoder);
+
+impl<'a> Recording<'a> {
+    fn start(model: &'a Decoder, on: bool) -> Recording<'a> {
+        model.set_gradient_checkpointing(on);
+        Recording(model)
+    }
+}
+
+impl Drop for Recording<'_> {
+    fn drop(&mut self) {
+        self.0.set_gradient_checkpointing(false);
+    }
+}
+
 /// Trains `model`'s `vars` on `objective`, resuming from the newest checkpoint when there is one.
 pub fn train(
     model: &Decoder,
@@ -272,7 +292,7 @@ pub fn train(
 ) -> crate::error::Result<Summary> {
     let rows = objective.rows();
     let (batch_rows, width) = objective.batch_shape(h.batch_size.max(1));
-    super::memory::check(&model.cfg, batch_rows, width)?;
+    super::memory::check(&model.cfg, batch_rows, width, h.gradient_checkpointing)?;
     let per_step = h.batch_size.max(1) * h.grad_accum.max(1);
     let steps_per_epoch = rows.len().div_ceil(per_step);
     let total = h
@@ -313,6 +333,13 @@ pub fn train(
     model
         .training
         .store(objective.dropout(), std::sync::atomic::Ordering::Relaxed);
+    let _recording = Recording::start(model, h.gradient_checkpointing);
+    if h.gradient_checkpointing {
+        (hooks.log)(&format!(
+            "gradient checkpointing: each of the {} layers is recomputed in the backward",
+            model.layers.len()
+        ));
+    }
     let mut last_save = Instant::now();
     for step in pos.step..total {
         if (hooks.cancelled)() {
@@ -332,6 +359,7 @@ pub fn train(
         let per_micro = h.batch_size.max(1);
         let picked = pick(&mut pos, &mut rng, rows, per_step, objective.sequential());
         let mut updater = Updater {
+            model,
             vars,
             opt: &mut opt,
             h,
