@@ -270,6 +270,9 @@ pub fn at_least_f32(x: &Tensor) -> candle_core::Result<Tensor> {
 /// RMSNorm as transformers computes it: x / sqrt(mean(x²) + eps) in f32, back in x's dtype, times
 /// weight.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    if super::fused::fusable(x, weight) {
+        return super::fused::rms_norm(x, weight, eps);
+    }
     let x32 = at_least_f32(x)?;
     let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
     x32.broadcast_div(&(var + eps)?.sqrt()?)?
