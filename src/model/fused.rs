@@ -52,6 +52,23 @@ macro_rules! elem {
 elem!(f32, F32);
 elem!(f64, F64);
 
+/// `body` with `$t` the element type of `dtype` (f32 or f64), its result as storage.
+macro_rules! by_dtype {
+    ($op:expr, $dtype:expr, |$t:ident| $body:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $t = f32;
+                <$t>::storage($body)
+            }
+            DType::F64 => {
+                type $t = f64;
+                <$t>::storage($body)
+            }
+            other => candle_core::bail!("{}: {other:?}", $op),
+        }
+    };
+}
+
 /// 1 / √(mean(row²) + eps).
 fn inverse_rms<T: Elem>(row: &[T], eps: f64) -> f64 {
     let ms = row.iter().map(|v| v.get() * v.get()).sum::<f64>() / row.len() as f64;
@@ -100,19 +117,11 @@ impl CustomOp2 for RmsNorm {
         if xl.shape().dims().last() != Some(&h) {
             candle_core::bail!("fused-rms-norm: x's last dimension is not the weight's {h}")
         }
-        let out = match xs.dtype() {
-            DType::F32 => f32::storage(norm_forward(
-                f32::slice(xs, xl)?,
-                f32::slice(ws, wl)?,
-                self.eps,
-            )),
-            DType::F64 => f64::storage(norm_forward(
-                f64::slice(xs, xl)?,
-                f64::slice(ws, wl)?,
-                self.eps,
-            )),
-            other => candle_core::bail!("fused-rms-norm: {other:?}"),
-        };
+        let out = by_dtype!(self.name(), xs.dtype(), |T| norm_forward(
+            T::slice(xs, xl)?,
+            T::slice(ws, wl)?,
+            self.eps
+        ));
         Ok((out, xl.shape().clone()))
     }
 
@@ -207,21 +216,12 @@ impl CustomOp3 for RmsNormGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let h = wl.shape().elem_count();
         let rows = xl.shape().elem_count() / h.max(1);
-        let out = match xs.dtype() {
-            DType::F32 => f32::storage(norm_backward(
-                f32::slice(xs, xl)?,
-                f32::slice(ws, wl)?,
-                f32::slice(gs, gl)?,
-                self.eps,
-            )),
-            DType::F64 => f64::storage(norm_backward(
-                f64::slice(xs, xl)?,
-                f64::slice(ws, wl)?,
-                f64::slice(gs, gl)?,
-                self.eps,
-            )),
-            other => candle_core::bail!("fused-rms-norm-grad: {other:?}"),
-        };
+        let out = by_dtype!(self.name(), xs.dtype(), |T| norm_backward(
+            T::slice(xs, xl)?,
+            T::slice(ws, wl)?,
+            T::slice(gs, gl)?,
+            self.eps
+        ));
         Ok((out, Shape::from((rows + 1, h))))
     }
 }
