@@ -17,6 +17,7 @@ Offline: nothing is downloaded (the model is built from a config).
 """
 
 import argparse
+import resource
 import json
 import os
 import time
@@ -96,6 +97,8 @@ def main() -> None:
         "trainable": n_trainable,
         "tokens_per_s": round(BATCH * SEQ / step_s, 1),
         "step_s": round(step_s, 3),
+        # The process's peak resident memory (Linux reports ru_maxrss in KiB).
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }), flush=True)
 
 

@@ -693,11 +693,18 @@ impl Decoder {
         if let Some(c) = self.cfg.attn_logit_softcapping {
             scores = softcap(&scores, c)?;
         }
-        if let Some(m) = mask {
-            scores = scores.broadcast_add(m)?;
-        }
-        // The softmax in f32 whatever the compute dtype (as transformers' attention).
-        let probs = softmax(&at_least_f32(&scores)?)?.to_dtype(v.dtype())?;
+        let probs = match mask {
+            Some(m) if super::fused::softmax_fusable(&scores, m) => {
+                super::fused::masked_softmax(&scores, m)?
+            }
+            _ => {
+                if let Some(m) = mask {
+                    scores = scores.broadcast_add(m)?;
+                }
+                // The softmax in f32 whatever the compute dtype (as transformers' attention).
+                softmax(&at_least_f32(&scores)?)?.to_dtype(v.dtype())?
+            }
+        };
         probs
             .reshape((b, nkv, rep * t, tk))?
             .matmul(&v)?

@@ -1,7 +1,7 @@
 //! Fused CPU ops with their own backward, for the decoder's chains of small element-wise ops:
-//! RMSNorm in one pass forward and one pass backward instead of seven composed ops and their
-//! backwards (each an allocation and a trip through candle's dispatch). f32 and f64 on the CPU; other
-//! dtypes and devices keep the composed path.
+//! RMSNorm, and the attention's mask-and-softmax, each in one pass forward and one pass backward
+//! instead of several composed ops and their backwards (each an allocation and a trip through
+//! candle's dispatch). f32 and f64 on the CPU; other dtypes and devices keep the composed path.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
@@ -226,6 +226,130 @@ impl CustomOp3 for RmsNormGrad {
     }
 }
 
+/// Whether [`masked_softmax`] applies: scores [b, h, t, k] and an additive mask [b, 1, t, k] or
+/// [1, 1, t, k].
+pub fn softmax_fusable(scores: &Tensor, mask: &Tensor) -> bool {
+    let (Ok((b, _, t, k)), Ok(m)) = (scores.dims4(), mask.dims4()) else {
+        return false;
+    };
+    scores.device().is_cpu()
+        && scores.dtype() == mask.dtype()
+        && matches!(scores.dtype(), DType::F32 | DType::F64)
+        && (m == (b, 1, t, k) || m == (1, 1, t, k))
+}
+
+/// softmax(scores + mask) over the last dimension, the mask shared by every head; its backward
+/// reads only the probabilities (the mask takes no gradient).
+pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    scores
+        .contiguous()?
+        .apply_op2(&mask.contiguous()?, MaskedSoftmax)
+}
+
+struct MaskedSoftmax;
+
+fn softmax_forward<T: Elem>(x: &[T], mask: &[T], heads: usize, t: usize, k: usize) -> Vec<T> {
+    let mut out = vec![T::put(0.0); x.len()];
+    let shared = mask.len() == t * k;
+    each_row(&mut out, k, |i, o| {
+        // Row i is (batch, head, query); the mask row is (batch, query), or (query) when one mask
+        // serves every batch row.
+        let batch = if shared { 0 } else { i / (heads * t) };
+        let query = i % t;
+        let m = &mask[(batch * t + query) * k..(batch * t + query + 1) * k];
+        let row = &x[i * k..(i + 1) * k];
+        let max = row
+            .iter()
+            .zip(m)
+            .map(|(v, m)| v.get() + m.get())
+            .fold(f64::NEG_INFINITY, f64::max);
+        let mut sum = 0.0;
+        for ((o, v), m) in o.iter_mut().zip(row).zip(m) {
+            let e = (v.get() + m.get() - max).exp();
+            sum += e;
+            *o = T::put(e);
+        }
+        for o in o.iter_mut() {
+            *o = T::put(o.get() / sum);
+        }
+    });
+    out
+}
+
+impl CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "fused-masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ms: &CpuStorage,
+        ml: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, heads, t, k) = xl.shape().dims4()?;
+        let out = by_dtype!(self.name(), xs.dtype(), |T| softmax_forward(
+            T::slice(xs, xl)?,
+            T::slice(ms, ml)?,
+            heads,
+            t,
+            k
+        ));
+        Ok((out, xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _mask: &Tensor,
+        y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = y
+            .contiguous()?
+            .apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?;
+        Ok((Some(dx), None))
+    }
+}
+
+/// Softmax's input gradient from its output y and the output's gradient g: y ⊙ (g − Σ g⊙y), per row.
+struct SoftmaxGrad;
+
+fn softmax_backward<T: Elem>(y: &[T], g: &[T], k: usize) -> Vec<T> {
+    let mut out = vec![T::put(0.0); y.len()];
+    each_row(&mut out, k, |i, o| {
+        let (yr, gr) = (&y[i * k..(i + 1) * k], &g[i * k..(i + 1) * k]);
+        let dot: f64 = yr.iter().zip(gr).map(|(y, g)| y.get() * g.get()).sum();
+        for ((o, y), g) in o.iter_mut().zip(yr).zip(gr) {
+            *o = T::put(y.get() * (g.get() - dot));
+        }
+    });
+    out
+}
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "fused-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ys: &CpuStorage,
+        yl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let k = yl.shape().dims().last().copied().unwrap_or(1).max(1);
+        let out = by_dtype!(self.name(), ys.dtype(), |T| softmax_backward(
+            T::slice(ys, yl)?,
+            T::slice(gs, gl)?,
+            k
+        ));
+        Ok((out, yl.shape().clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +373,56 @@ mod tests {
             .unwrap()
             .to_scalar::<f64>()
             .unwrap()
+    }
+
+    /// The fused mask-and-softmax and the composed one agree in value and in the scores' gradient,
+    /// in f64, with a causal mask (−∞ above the diagonal) per batch row shared by the heads.
+    #[test]
+    fn fused_masked_softmax_equals_the_composed_one_with_its_gradient() {
+        for (b, h, t) in [(2, 3, 5), (2, 4, 64)] {
+            let dev = Device::Cpu;
+            let x = Var::from_tensor(
+                &(Tensor::randn(0f64, 1.0, (b, h, t, t), &dev).unwrap() * 4.0).unwrap(),
+            )
+            .unwrap();
+            let mask: Vec<f64> = (0..b * t * t)
+                .map(|i| {
+                    if i % t > (i / t) % t {
+                        f64::NEG_INFINITY
+                    } else {
+                        (i % 3) as f64 * 0.5
+                    }
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (b, 1, t, t), &dev).unwrap();
+            let up = Tensor::randn(0f64, 1.0, (b, h, t, t), &dev).unwrap();
+            assert!(softmax_fusable(x.as_tensor(), &mask));
+            let fused = masked_softmax(x.as_tensor(), &mask).unwrap();
+            let plain =
+                crate::model::decoder::softmax(&x.as_tensor().broadcast_add(&mask).unwrap())
+                    .unwrap();
+            assert!(max_diff(&fused, &plain) < 1e-12);
+            let gf = (fused * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gp = (plain * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let (a, c) = (gf.get(&x).unwrap(), gp.get(&x).unwrap());
+            assert!(max_diff(a, c) < 1e-12, "{b}×{h}×{t}: {}", max_diff(a, c));
+            // One mask for every batch row.
+            let first = mask.narrow(0, 0, 1).unwrap();
+            let plain =
+                crate::model::decoder::softmax(&x.as_tensor().broadcast_add(&first).unwrap());
+            let fused = masked_softmax(x.as_tensor(), &first).unwrap();
+            assert!(max_diff(&fused, &plain.unwrap()) < 1e-12);
+        }
     }
 
     /// The fused op and the composed one agree in value and in both gradients, in f64, for a small
