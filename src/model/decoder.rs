@@ -270,9 +270,6 @@ pub fn at_least_f32(x: &Tensor) -> candle_core::Result<Tensor> {
 /// RMSNorm as transformers computes it: x / sqrt(mean(x²) + eps) in f32, back in x's dtype, times
 /// weight.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    if super::fused::fusable(x, weight) {
-        return super::fused::rms_norm(x, weight, eps);
-    }
     let x32 = at_least_f32(x)?;
     let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
     x32.broadcast_div(&(var + eps)?.sqrt()?)?
@@ -693,18 +690,11 @@ impl Decoder {
         if let Some(c) = self.cfg.attn_logit_softcapping {
             scores = softcap(&scores, c)?;
         }
-        let probs = match mask {
-            Some(m) if super::fused::softmax_fusable(&scores, m) => {
-                super::fused::masked_softmax(&scores, m)?
-            }
-            _ => {
-                if let Some(m) = mask {
-                    scores = scores.broadcast_add(m)?;
-                }
-                // The softmax in f32 whatever the compute dtype (as transformers' attention).
-                softmax(&at_least_f32(&scores)?)?.to_dtype(v.dtype())?
-            }
-        };
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        // The softmax in f32 whatever the compute dtype (as transformers' attention).
+        let probs = softmax(&at_least_f32(&scores)?)?.to_dtype(v.dtype())?;
         probs
             .reshape((b, nkv, rep * t, tk))?
             .matmul(&v)?

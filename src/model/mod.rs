@@ -3,7 +3,6 @@
 pub mod config;
 pub mod decoder;
 pub mod frozen;
-pub mod fused;
 pub mod generation;
 pub mod gguf;
 pub mod lora;
