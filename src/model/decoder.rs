@@ -799,6 +799,22 @@ impl Decoder {
         x + mlp
     }
 
+    /// The state of the generator LoRA dropout draws its masks from (checkpointed, replayed by
+    /// gradient checkpointing). The lock guards one integer, so a poisoned lock still holds a whole
+    /// state and is read through.
+    pub fn dropout_state(&self) -> u64 {
+        self.dropout_rng
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .state()
+    }
+
+    /// Sets the dropout generator to continue from `state` (see [`Decoder::dropout_state`]).
+    pub fn set_dropout_state(&self, state: u64) {
+        *self.dropout_rng.lock().unwrap_or_else(|e| e.into_inner()) =
+            super::lora::Rng::from_state(state);
+    }
+
     /// RMSNorm with this model's weight convention: x̂ · w, or Gemma's x̂ · (1 + w).
     pub(super) fn norm_with(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
         if self.cfg.gemma_norms {

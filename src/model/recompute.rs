@@ -95,18 +95,6 @@ impl Decoder {
         }
     }
 
-    fn dropout_state(&self) -> u64 {
-        self.dropout_rng
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .state()
-    }
-
-    fn set_dropout_state(&self, state: u64) {
-        *self.dropout_rng.lock().unwrap_or_else(|e| e.into_inner()) =
-            super::lora::Rng::from_state(state);
-    }
-
     /// The layers from embeddings `x` without keeping their graphs; the final norm of their output.
     pub(super) fn run_checkpointed(
         &self,

@@ -130,8 +130,7 @@ impl Decoder {
         let training = self.training.clone();
         let mut rng = Rng::new(seed);
         // Dropout masks draw from their own stream, so they do not shift initialization.
-        *self.dropout_rng.lock().unwrap_or_else(|e| e.into_inner()) =
-            Rng::new(seed ^ 0x000D_4090_u64);
+        self.set_dropout_state(Rng::new(seed ^ 0x000D_4090_u64).state());
         let dropout_rng = self.dropout_rng.clone();
         let mut vars = Vec::new();
         for (path, short, lin) in self.linears_mut() {

@@ -185,8 +185,9 @@ fn no_cuda(requested: &str) -> String {
 /// Pins the process's thread count where nothing chose it, before any thread exists (the first
 /// thing `main` does): candle reads `RAYON_NUM_THREADS` on every matmul and, when it is unset,
 /// counts the physical cores again by parsing /proc/cpuinfo, a read per matmul (the quickstart's
-/// SFT: 4% of its wall time, two thirds of its kernel time). The count is candle's own default; a pipeline's `threads` still decides
-/// ([`set_threads`] overwrites it), and a `RAYON_NUM_THREADS` the user set is kept.
+/// SFT: 4% of its wall time, two thirds of its kernel time). The count is candle's own default; a
+/// pipeline's `threads` still decides ([`set_threads`] overwrites it), and a `RAYON_NUM_THREADS`
+/// the user set is kept.
 pub fn pin_default_threads() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = candle_core::utils::get_num_threads();

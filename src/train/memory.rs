@@ -26,20 +26,23 @@ pub fn estimate(cfg: &ModelConfig, batch: usize, seq: usize, recompute: bool) ->
     scores.saturating_add(activations).saturating_add(inputs)
 }
 
+/// The KiB figure of the line `key:` in a /proc file (`MemAvailable:  123 kB`), when there is one.
+fn proc_kib(file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// The process's peak resident memory so far (`VmHWM`), in MiB, where the kernel says.
 pub fn peak_resident_mib() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    Some(proc_kib("/proc/self/status", "VmHWM")? as f64 / 1024.0)
 }
 
 /// Memory the kernel says is available (`MemAvailable`), when it says.
 fn available() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    Some(proc_kib("/proc/meminfo", "MemAvailable")? * 1024)
 }
 
 /// Refuses a micro-batch of `batch` rows as wide as `seq` that cannot fit in the available memory.

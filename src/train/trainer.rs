@@ -69,13 +69,6 @@ pub struct Hooks<'a> {
     pub log: &'a dyn Fn(&str),
 }
 
-/// The model's dropout generator (a poisoned lock is a bug: a thread panicked while holding it).
-fn dropout_rng(model: &Decoder) -> crate::error::Result<std::sync::MutexGuard<'_, Rng>> {
-    model.dropout_rng.lock().map_err(|_| {
-        crate::error::Error::Internal("the dropout generator's lock is poisoned".into())
-    })
-}
-
 /// Adds `b`'s gradients into `a` (for accumulation over micro-batches).
 fn accumulate(
     a: &mut Option<GradStore>,
@@ -302,7 +295,7 @@ pub fn train(
     let mut opt = AdamW::new(vars, h.betas.0, h.betas.1, h.eps, h.weight_decay)?;
     let mut pos = Position {
         rng: Rng::new(h.seed).state(),
-        dropout_rng: dropout_rng(model)?.state(),
+        dropout_rng: model.dropout_state(),
         ..Position::default()
     };
     if let Some(found) = h
@@ -311,7 +304,7 @@ pub fn train(
         .and_then(crate::store::checkpoints::latest)
     {
         pos = checkpoint::load(&found, vars, &mut opt)?;
-        *dropout_rng(model)? = Rng::from_state(pos.dropout_rng);
+        model.set_dropout_state(pos.dropout_rng);
         (hooks.log)(&format!(
             "resuming from the checkpoint at step {}",
             pos.step
@@ -347,7 +340,7 @@ pub fn train(
             if let Some(dir) = &h.checkpoints {
                 if pos.step > 0 {
                     pos.rng = rng.state();
-                    pos.dropout_rng = dropout_rng(model)?.state();
+                    pos.dropout_rng = model.dropout_state();
                     checkpoint::save(dir, &pos, vars, &opt)?;
                     (hooks.log)(&format!("saved a checkpoint at step {}", pos.step));
                 }
@@ -441,7 +434,7 @@ pub fn train(
             let by_time = h.save_interval.is_some_and(|d| last_save.elapsed() >= d);
             if (by_steps || by_time) && pos.step < total {
                 pos.rng = rng.state();
-                pos.dropout_rng = dropout_rng(model)?.state();
+                pos.dropout_rng = model.dropout_state();
                 checkpoint::save(dir, &pos, vars, &opt)?;
                 last_save = Instant::now();
             }

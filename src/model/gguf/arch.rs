@@ -252,20 +252,17 @@ pub fn tensors(model: &mut Decoder, target: Target, quant: Quant) -> Result<Vec<
         } else {
             None
         };
-        let values =
-            || -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?) };
         match heads {
             Some(h) if target == Target::Llama => {
                 let (rows, cols) = t.dims2()?;
-                let p = permute_rows(&values()?, rows, cols, h);
+                let values: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                let p = permute_rows(&values, rows, cols, h);
                 out.push(from_values(gguf, vec![cols as u64, rows as u64], &p, quant));
             }
             // Gemma's RMSNorm multiplies by (1 + w); llama.cpp's by its weight, so it stores 1 + w
             // (llama.cpp's converter adds 1 to every Gemma norm, q/k norms included).
             _ if target.is_gemma() && name.ends_with("norm.weight") => {
-                let shifted: Vec<f32> = values()?.iter().map(|w| w + 1.0).collect();
-                let dims = vec![t.elem_count() as u64];
-                out.push(from_values(gguf, dims, &shifted, quant));
+                out.push(tensor(gguf, &(t.to_dtype(DType::F32)? + 1.0)?, quant)?);
             }
             _ => out.push(tensor(gguf, &t, quant)?),
         }

@@ -134,30 +134,27 @@ fn kv(out: &mut Vec<u8>, key: &str, value: &Kv) {
             string(out, s);
         }
         Kv::Strs(items) => {
-            out.extend(9u32.to_le_bytes());
-            out.extend(8u32.to_le_bytes());
-            out.extend((items.len() as u64).to_le_bytes());
+            array_header(out, 8, items.len());
             for s in items {
                 string(out, s);
             }
         }
         Kv::I32s(items) => {
-            out.extend(9u32.to_le_bytes());
-            out.extend(5u32.to_le_bytes());
-            out.extend((items.len() as u64).to_le_bytes());
-            for v in items {
-                out.extend(v.to_le_bytes());
-            }
+            array_header(out, 5, items.len());
+            out.extend(items.iter().flat_map(|v| v.to_le_bytes()));
         }
         Kv::F32s(items) => {
-            out.extend(9u32.to_le_bytes());
-            out.extend(6u32.to_le_bytes());
-            out.extend((items.len() as u64).to_le_bytes());
-            for v in items {
-                out.extend(v.to_le_bytes());
-            }
+            array_header(out, 6, items.len());
+            out.extend(items.iter().flat_map(|v| v.to_le_bytes()));
         }
     }
+}
+
+/// An array value's type (9), its elements' type and its length; the elements follow.
+fn array_header(out: &mut Vec<u8>, element_type: u32, len: usize) {
+    out.extend(9u32.to_le_bytes());
+    out.extend(element_type.to_le_bytes());
+    out.extend((len as u64).to_le_bytes());
 }
 
 fn pad(out: &mut Vec<u8>) {
