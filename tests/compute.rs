@@ -28,13 +28,21 @@ fn pipeline(config: &str, steps: usize) -> String {
     )
 }
 
+/// `ptl ARGS` in `dir`, bf16 computing in bf16 on every CPU (these tests are about what the dtype
+/// means, not about the CPU that runs them; `bf16_falls_back_to_f32_on_a_cpu_without_bf16` is).
 fn ptl(dir: &Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_ptl"))
-        .args(args)
-        .env("PTL_STORE", "store")
-        .current_dir(dir)
-        .output()
-        .unwrap()
+    ptl_cpu(dir, args, true)
+}
+
+fn ptl_cpu(dir: &Path, args: &[&str], emulate_bf16: bool) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ptl"));
+    cmd.args(args).env("PTL_STORE", "store").current_dir(dir);
+    if emulate_bf16 {
+        cmd.env("PTL_CPU_BF16", "emulate");
+    } else {
+        cmd.env_remove("PTL_CPU_BF16");
+    }
+    cmd.output().unwrap()
 }
 
 fn plan(dir: &Path) -> Value {
@@ -124,6 +132,45 @@ fn bf16_training_follows_the_f32_loss_curve() {
     assert!(worst <= BF16_LOSS, "bf16 {half:?}\nf32 {full:?}");
     assert!(half[29] < half[0] * 0.8, "bf16 training learns: {half:?}");
     assert!(worst > 0.0, "the bf16 run computed in f32");
+}
+
+/// On a CPU without AVX512-BF16, bf16 would be slower than f32 (each product widened to f32): the
+/// plan says so and the stage computes (and is keyed) in f32. With the instructions, it is bf16.
+#[test]
+fn bf16_falls_back_to_f32_on_a_cpu_without_bf16() {
+    let half = workdir("fallback-bf16", &pipeline("  dtype = \"bf16\"\n", 2));
+    let full = workdir("fallback-f32", &pipeline("  dtype = \"f32\"\n", 2));
+    for d in [&half, &full] {
+        let o = ptl_cpu(&d.0, &["run", "p.ptl", "--only", "base"], false);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let plan_of = |d: &Dir| {
+        let o = ptl_cpu(&d.0, &["plan", "p.ptl", "--format", "json"], false);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    let (h, f) = (plan_of(&half), plan_of(&full));
+    let trained = |j: &Value| {
+        let stages = j["stages"].as_array().unwrap();
+        let s = stages.iter().find(|s| s["name"] == "trained").unwrap();
+        assert!(s["key"].is_string(), "{j:#}");
+        s["key"].clone()
+    };
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if cpuinfo.split_whitespace().any(|flag| flag == "avx512_bf16") {
+        assert_eq!(h["compute"], "cpu, bf16", "{h:#}");
+        assert_ne!(trained(&h), trained(&f));
+    } else {
+        assert_eq!(
+            h["compute"],
+            "cpu, f32 (bf16 asked: this CPU has no AVX512-BF16, where bf16 would be slower than f32)"
+        );
+        assert_eq!(trained(&h), trained(&f), "{h:#}\n{f:#}");
+        let o = ptl_cpu(&half.0, &["plan", "p.ptl"], false);
+        assert!(text(&o).contains("no AVX512-BF16"), "{}", text(&o));
+    }
+    // Asked for explicitly, bf16 is bf16 on any CPU.
+    assert_eq!(plan(&half.0)["compute"], "cpu, bf16");
 }
 
 #[test]

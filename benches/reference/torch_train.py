@@ -7,11 +7,14 @@ intermediate 1536, 8 layers, 8 heads, 4 KV heads, head_dim 64, tied embeddings (
 parameters), batch 8 x 256 random token ids, AdamW (lr 1e-4), transformers' default attention (sdpa).
 One step = forward (labels=input_ids, transformers' own loss) + backward + gradient clipping at 1.0
 (as ptl's and the HF Trainer's default max_grad_norm) + AdamW step + zero_grad.
+With --dtype bf16 the forward runs under `torch.autocast("cpu", dtype=torch.bfloat16)` (bf16
+matmuls, f32 weights and optimizer state: PyTorch's mixed precision on the CPU).
 Warms up 2 steps, then times --steps steps; prints one JSON line
-{"mode", "params", "trainable", "tokens_per_s", "step_s"}.
+{"mode", "dtype", "params", "trainable", "tokens_per_s", "step_s", "peak_rss_mib", "losses"}.
 
     python benches/reference/torch_train.py --mode full [--steps 5]
     python benches/reference/torch_train.py --mode lora   # LoRA r 16, alpha 32, all linear layers
+    python benches/reference/torch_train.py --dtype bf16  # bf16 autocast
 
 Offline: nothing is downloaded (the model is built from a config).
 """
@@ -54,6 +57,7 @@ def main() -> None:
     ap.add_argument("--mode", choices=["full", "lora"], default="full")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -77,28 +81,31 @@ def main() -> None:
 
     ids = torch.randint(0, 32000, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
 
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+
     def step() -> float:
-        loss = model(input_ids=ids, labels=ids).loss
+        with autocast:
+            loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.item()
 
-    for _ in range(2):
-        step()
+    losses = [step() for _ in range(2)]
     start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
+    losses += [step() for _ in range(args.steps)]
     step_s = (time.perf_counter() - start) / args.steps
     print(json.dumps({
         "mode": args.mode,
+        "dtype": args.dtype,
         "params": params,
         "trainable": n_trainable,
         "tokens_per_s": round(BATCH * SEQ / step_s, 1),
         "step_s": round(step_s, 3),
         # The process's peak resident memory (Linux reports ru_maxrss in KiB).
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "losses": [round(x, 5) for x in losses],
     }), flush=True)
 
 

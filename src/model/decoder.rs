@@ -213,7 +213,7 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
         // A weight that does not train gets no gradient formed in backward (a trained weight cast
         // to the compute dtype is not a variable itself but still carries the gradient back to one).
         if w.track_op() {
-            x.matmul(&w.t()?)
+            super::matmul::matmul(x, &w.t()?)
         } else {
             super::frozen::matmul_t(x, w)
         }
@@ -685,8 +685,8 @@ impl Decoder {
         } else {
             (k.t()?.contiguous()?, v.contiguous()?)
         };
-        let mut scores =
-            (grouped.matmul(&kt)? / self.cfg.attn_scale_dim.sqrt())?.reshape((b, nh, t, tk))?;
+        let mut scores = (super::matmul::matmul(&grouped, &kt)? / self.cfg.attn_scale_dim.sqrt())?
+            .reshape((b, nh, t, tk))?;
         if let Some(c) = self.cfg.attn_logit_softcapping {
             scores = softcap(&scores, c)?;
         }
@@ -695,9 +695,7 @@ impl Decoder {
         }
         // The softmax in f32 whatever the compute dtype (as transformers' attention).
         let probs = softmax(&at_least_f32(&scores)?)?.to_dtype(v.dtype())?;
-        probs
-            .reshape((b, nkv, rep * t, tk))?
-            .matmul(&v)?
+        super::matmul::matmul(&probs.reshape((b, nkv, rep * t, tk))?, &v)?
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .contiguous()?

@@ -21,7 +21,11 @@ fn cpu_matmul_t(
     if wk != k {
         candle_core::bail!("{op}: x has {k} columns, the weight {wk}")
     }
-    let y = x.matmul(w, (1, m, n, k), x_layout, &w_layout.transpose(0, 1)?)?;
+    let w_t = w_layout.transpose(0, 1)?;
+    if x.dtype() == candle_core::DType::BF16 && super::gemm_bf16::preferred() {
+        return super::matmul::cpu_bf16(x, x_layout, w, &w_t);
+    }
+    let y = x.matmul(w, (1, m, n, k), x_layout, &w_t)?;
     Ok((y, Shape::from((m, n))))
 }
 
@@ -37,7 +41,7 @@ impl CustomOp1 for FrozenMatmulT {
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.0)?))
+        Ok(Some(super::matmul::matmul(grad, &self.0)?))
     }
 }
 
@@ -57,7 +61,7 @@ impl CustomOp1 for Nf4MatmulT {
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let w = self.0.tensor(grad.dtype(), grad.device())?;
-        Ok(Some(grad.matmul(&w)?))
+        Ok(Some(super::matmul::matmul(grad, &w)?))
     }
 }
 

@@ -109,8 +109,8 @@ impl LoraWeights {
             self.a.as_tensor().to_dtype(x.dtype())?,
             self.b.as_tensor().to_dtype(x.dtype())?,
         );
-        let h = x.broadcast_matmul(&a.t()?)?;
-        h.broadcast_matmul(&b.t()?)?.affine(self.scaling, 0.0)
+        let h = super::matmul::broadcast_matmul(&x, &a.t()?)?;
+        super::matmul::broadcast_matmul(&h, &b.t()?)?.affine(self.scaling, 0.0)
     }
 
     /// scaling · B A, the change this adapter makes to its weight.

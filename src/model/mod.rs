@@ -3,9 +3,11 @@
 pub mod config;
 pub mod decoder;
 pub mod frozen;
+pub mod gemm_bf16;
 pub mod generation;
 pub mod gguf;
 pub mod lora;
+pub mod matmul;
 pub mod merge;
 pub mod nf4;
 pub mod recompute;

@@ -13,6 +13,8 @@ pub struct Compute {
     pub device: Device,
     /// The dtype of forward and backward (weights and optimizer state stay f32).
     pub dtype: DType,
+    /// bf16 was asked for on a CPU without bf16 instructions, and `dtype` is f32 instead.
+    pub bf16_fallback: bool,
 }
 
 /// What goes on a model folder loaded for inference.
@@ -31,6 +33,7 @@ impl Compute {
         Compute {
             device: Device::Cpu,
             dtype: DType::F32,
+            bf16_fallback: false,
         }
     }
 
@@ -63,6 +66,7 @@ impl Compute {
 
     /// `device`: "auto" (CUDA when this build has it and a GPU is present, else the CPU), "cpu",
     /// "cuda" or "cuda:N"; `dtype`: "auto" (f32 on the CPU, bf16 on CUDA), "f32", "bf16", "f16".
+    /// bf16 on a CPU without AVX512-BF16 is f32 (see [`cpu_computes_bf16`]).
     pub fn resolve(device: &str, dtype: &str) -> Result<Compute, String> {
         let device = match device {
             "cpu" => Device::Cpu,
@@ -73,15 +77,21 @@ impl Compute {
                 cuda(index).ok_or_else(|| no_cuda(d))?
             }
         };
+        let bf16_fallback = dtype == "bf16" && device.is_cpu() && !cpu_computes_bf16();
         let dtype = match dtype {
             "auto" if device.is_cpu() => DType::F32,
+            "bf16" if bf16_fallback => DType::F32,
             "auto" => DType::BF16,
             "f32" => DType::F32,
             "bf16" => DType::BF16,
             "f16" => DType::F16,
             other => return Err(format!("unknown dtype \"{other}\"")),
         };
-        Ok(Compute { device, dtype })
+        Ok(Compute {
+            device,
+            dtype,
+            bf16_fallback,
+        })
     }
 
     /// A model folder loaded for inference: on the device, its weights in the compute dtype.
@@ -128,14 +138,28 @@ impl Compute {
         }
     }
 
-    /// For `ptl plan` and the run's first lines: `cpu, f32`, `cuda:0, bf16`.
+    /// For `ptl plan` and the run's first lines: `cpu, f32`, `cuda:0, bf16`, and why f32 where
+    /// bf16 was asked.
     pub fn describe(&self) -> String {
         let device = match self.device.location() {
             candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
             _ => "cpu".to_string(),
         };
-        format!("{device}, {}", self.dtype_name())
+        let why = if self.bf16_fallback {
+            " (bf16 asked: this CPU has no AVX512-BF16, where bf16 would be slower than f32)"
+        } else {
+            ""
+        };
+        format!("{device}, {}{why}", self.dtype_name())
     }
+}
+
+/// Whether bf16 on the CPU computes in bf16: on CPUs with AVX512-BF16 (the bf16 matmul kernel), or
+/// anywhere with `PTL_CPU_BF16=emulate` (candle widens each bf16 product to f32: bf16 numerics,
+/// slower than f32; for reproducing a bf16 run on an older CPU).
+pub fn cpu_computes_bf16() -> bool {
+    crate::model::gemm_bf16::available()
+        || std::env::var("PTL_CPU_BF16").is_ok_and(|v| v == "emulate")
 }
 
 /// Whether a kind's `device` and `dtype` fields choose where it computes (training and evaluation
@@ -236,10 +260,17 @@ mod tests {
             (c.device_class(), c.dtype_name())
         );
         assert_eq!(a.describe(), "cpu, f32");
-        assert_eq!(
-            Compute::resolve("cpu", "bf16").unwrap().dtype_name(),
-            "bf16"
-        );
+        let bf16 = Compute::resolve("cpu", "bf16").unwrap();
+        if cpu_computes_bf16() {
+            assert_eq!(bf16.describe(), "cpu, bf16");
+        } else {
+            assert_eq!(bf16.dtype_name(), "f32");
+            assert!(
+                bf16.describe().contains("no AVX512-BF16"),
+                "{}",
+                bf16.describe()
+            );
+        }
         let e = Compute::resolve("cuda:1", "auto").unwrap_err();
         assert!(e.contains("cuda:1"), "{e}");
     }
