@@ -17,7 +17,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{tokenizer, words, INIT_STAGE};
+use common::tokenizer;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -81,14 +81,7 @@ struct Measured {
 }
 
 fn run_alone(dir: &Path, name: &str, stage: &str) -> Measured {
-    let file = format!("{name}.ptl");
-    std::fs::write(
-        dir.join(&file),
-        format!("config {{\n  seed = 0\n}}\n\n{INIT_STAGE}\n{stage}"),
-    )
-    .unwrap();
-    common::run_pipeline(dir, &file);
-    let out = dir.join(".ptl/out").join(name).join(name);
+    let out = common::run_stage_alone(dir, name, stage);
     let lines = |f: &str| -> Vec<serde_json::Value> {
         std::fs::read_to_string(out.join(f))
             .unwrap()
@@ -117,32 +110,11 @@ fn run_alone(dir: &Path, name: &str, stage: &str) -> Measured {
 }
 
 fn torch(mode: &str, dtype: &str, steps: usize) -> Option<serde_json::Value> {
-    let python = std::env::var("PTL_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let o = Command::new(python)
-        .args([
-            "benches/reference/torch_train.py",
-            "--mode",
-            mode,
-            "--dtype",
-            dtype,
-        ])
-        .args(["--steps", &steps.to_string()])
-        .output()
-        .ok()?;
-    if !o.status.success() {
-        eprintln!(
-            "PyTorch reference failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
-        return None;
-    }
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
+    let steps = steps.to_string();
+    common::python_json(
+        "benches/reference/torch_train.py",
+        &["--mode", mode, "--dtype", dtype, "--steps", &steps],
+    )
 }
 
 /// The largest gap between two loss curves over their common steps.
@@ -168,11 +140,7 @@ fn main() {
     matmuls();
     let dir = common::fresh_dir("bench-bf16");
     tokenizer(&dir.join("tokenizer"));
-    let mut seed = 7u64;
-    let rows: String = (0..8 * (steps + 1))
-        .map(|_| format!("{}\n", serde_json::json!({"text": words(&mut seed, 256)})))
-        .collect();
-    std::fs::write(dir.join("rows.jsonl"), rows).unwrap();
+    common::text_rows(&dir.join("rows.jsonl"), 8 * (steps + 1), 256);
     for (mode, tuning) in [
         ("full", "full"),
         (

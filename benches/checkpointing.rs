@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{tokenizer, words, INIT_STAGE};
+use common::tokenizer;
 use std::path::Path;
 
 fn stage(name: &str, batch: usize, len: usize, steps: usize, checkpointing: bool) -> String {
@@ -20,15 +20,7 @@ fn stage(name: &str, batch: usize, len: usize, steps: usize, checkpointing: bool
 
 /// (seconds per step after the first, peak resident MiB) of a stage run alone in `dir`.
 fn run_alone(dir: &Path, name: &str, stage: &str) -> (f64, f64) {
-    let file = format!("{name}.ptl");
-    std::fs::write(
-        dir.join(&file),
-        format!("config {{\n  seed = 0\n}}\n\n{INIT_STAGE}\n{stage}"),
-    )
-    .unwrap();
-    common::run_pipeline(dir, &file);
-    // `.ptl/out/<pipeline>/<stage>` is the stage's output folder; its entry holds timing.jsonl.
-    let out = dir.join(".ptl/out").join(name).join(name);
+    let out = common::run_stage_alone(dir, name, stage);
     let timing = std::fs::read_to_string(out.join("../timing.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = timing
         .lines()
@@ -54,11 +46,7 @@ fn main() {
     let steps = common::arg("--steps", 4);
     let dir = common::fresh_dir("bench-checkpointing");
     tokenizer(&dir.join("tokenizer"));
-    let mut seed = 7u64;
-    let rows: String = (0..8 * (steps + 1))
-        .map(|_| format!("{}\n", serde_json::json!({"text": words(&mut seed, 256)})))
-        .collect();
-    std::fs::write(dir.join("rows.jsonl"), rows).unwrap();
+    common::text_rows(&dir.join("rows.jsonl"), 8 * (steps + 1), 256);
     let (_, base) = run_alone(&dir, "baseline", &stage("baseline", 1, 8, 2, false));
     let mut results = Vec::new();
     for on in [false, true] {

@@ -18,7 +18,6 @@ mod common;
 
 use common::{tokenizer, words, INIT_STAGE, VOCAB};
 use std::path::Path;
-use std::process::Command;
 
 const BATCH: usize = 8;
 const SEQ: usize = 256;
@@ -118,26 +117,11 @@ fn tokens_per_s(dir: &Path, stage: &str) -> (f64, usize) {
 }
 
 fn torch(mode: &str, steps: usize) -> Option<serde_json::Value> {
-    let python = std::env::var("PTL_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let o = Command::new(python)
-        .args(["benches/reference/torch_train.py", "--mode", mode])
-        .args(["--steps", &steps.to_string()])
-        .output()
-        .ok()?;
-    if !o.status.success() {
-        eprintln!(
-            "PyTorch reference failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
-        return None;
-    }
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
+    let steps = steps.to_string();
+    common::python_json(
+        "benches/reference/torch_train.py",
+        &["--mode", mode, "--steps", &steps],
+    )
 }
 
 fn main() {

@@ -42,6 +42,55 @@ pub fn run_pipeline(dir: &Path, file: &str) {
     );
 }
 
+/// `rows` text rows (`{"text": ...}`) of `n` random words each (seed 7).
+// Used by the benches that train on plain text, not by every bench that includes this module.
+#[allow(dead_code)]
+pub fn text_rows(path: &Path, rows: usize, n: usize) {
+    let mut seed = 7u64;
+    let text: String = (0..rows)
+        .map(|_| format!("{}\n", serde_json::json!({"text": words(&mut seed, n)})))
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// Writes `{name}.ptl` in `dir` (seed 0, the bench model's `init` stage, then `stage`), runs it,
+/// and returns the output folder of its stage `name` (whose entry, `..`, holds timing.jsonl).
+// Used by the benches that run one stage per process, not by every bench that includes this module.
+#[allow(dead_code)]
+pub fn run_stage_alone(dir: &Path, name: &str, stage: &str) -> std::path::PathBuf {
+    let file = format!("{name}.ptl");
+    std::fs::write(
+        dir.join(&file),
+        format!("config {{\n  seed = 0\n}}\n\n{INIT_STAGE}\n{stage}"),
+    )
+    .unwrap();
+    run_pipeline(dir, &file);
+    // `.ptl/out/<pipeline>/<stage>` is the stage's output folder.
+    dir.join(".ptl/out").join(name).join(name)
+}
+
+/// The last JSON line a Python reference script printed (`PTL_BENCH_PYTHON`, default `python3`),
+/// or `None` when it cannot run (no torch): the failure's last line goes to stderr.
+// Used by the benches with a PyTorch side, not by every bench that includes this module.
+#[allow(dead_code)]
+pub fn python_json(script: &str, args: &[&str]) -> Option<serde_json::Value> {
+    let python = std::env::var("PTL_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let o = std::process::Command::new(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .ok()?;
+    if !o.status.success() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        eprintln!("{script} failed: {}", err.lines().last().unwrap_or(""));
+        return None;
+    }
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+}
+
 /// The bench model's vocabulary size.
 pub const VOCAB: usize = 32_000;
 
