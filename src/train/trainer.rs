@@ -333,6 +333,12 @@ pub fn train(
             model.layers.len()
         ));
     }
+    if let Some(half) = model.compute_dtype.filter(|_| model.device.is_cpu()) {
+        (hooks.log)(&format!(
+            "{} on the CPU: mixed precision runs slower than f32 for now (candle's half-precision element-wise ops; docs/performance.md)",
+            format!("{half:?}").to_lowercase()
+        ));
+    }
     let mut last_save = Instant::now();
     for step in pos.step..total {
         if (hooks.cancelled)() {
