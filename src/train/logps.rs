@@ -5,6 +5,7 @@
 //! (w_t · (one-hot − softmax) per position), carried into autograd by a surrogate scalar.
 
 use crate::model::decoder::{at_least_f32, Decoder};
+use crate::model::matmul::matmul;
 use candle_core::{Tensor, D};
 
 /// How a chunk's raw logits (h·Wᵀ) become the logits the log-probs are taken of: soft-capped as
@@ -87,7 +88,7 @@ pub fn token_logps(
     for start in (0..targets.len()).step_by(chunk.max(1)) {
         let len = chunk.min(targets.len() - start);
         // Softmax statistics in f32 whatever the compute dtype.
-        let logits = h.narrow(0, start, len)?.matmul(&w.t()?)?;
+        let logits = matmul(&h.narrow(0, start, len)?, &w.t()?)?;
         let (logits, _) = map.apply(at_least_f32(&logits)?)?;
         let logp = log_softmax(&logits)?;
         let tgt = Tensor::from_vec(targets[start..start + len].to_vec(), (len, 1), h.device())?;
@@ -127,7 +128,7 @@ pub fn weighted_logp_surrogate(
             continue;
         }
         let h = h_detached.narrow(0, start, len)?;
-        let (logits, slope) = map.apply(at_least_f32(&h.matmul(&w_detached.t()?)?)?)?;
+        let (logits, slope) = map.apply(at_least_f32(&matmul(&h, &w_detached.t()?)?)?)?;
         let probs = log_softmax(&logits)?.exp()?;
         let stat = probs.dtype();
         let tgt = Tensor::from_vec(targets[start..start + len].to_vec(), (len, 1), dev)?;
@@ -142,8 +143,8 @@ pub fn weighted_logp_surrogate(
         let g = slope
             .back((onehot - probs)?.broadcast_mul(&wt)?)?
             .to_dtype(dtype)?;
-        grad_h.push(g.matmul(&w_detached)?);
-        grad_w = (grad_w + g.t()?.matmul(&h)?.to_dtype(head.dtype())?)?;
+        grad_h.push(matmul(&g, &w_detached)?);
+        grad_w = (grad_w + matmul(&g.t()?, &h)?.to_dtype(head.dtype())?)?;
     }
     let grad_h = Tensor::cat(&grad_h, 0)?;
     let head_term = (head * grad_w)?.sum_all()?;

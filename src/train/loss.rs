@@ -4,6 +4,7 @@
 //! scalar carries those gradients into autograd.
 
 use crate::model::decoder::at_least_f32;
+use crate::model::matmul::matmul;
 use candle_core::{DType, Tensor, D};
 
 pub struct ChunkedLoss {
@@ -40,7 +41,7 @@ pub fn chunked_nll(
         let len = chunk.min(n - start);
         let h = h_detached.narrow(0, start, len)?;
         // Softmax statistics in f32 whatever the compute dtype.
-        let (logits, slope) = map.apply(at_least_f32(&h.matmul(&w_detached.t()?)?)?)?;
+        let (logits, slope) = map.apply(at_least_f32(&matmul(&h, &w_detached.t()?)?)?)?;
         let stat = logits.dtype();
         let max = logits.max_keepdim(D::Minus1)?;
         let shifted = logits.broadcast_sub(&max)?;
@@ -68,8 +69,8 @@ pub fn chunked_nll(
                     .affine(1.0 / tokens.max(1.0), 0.0)?,
             )?
             .to_dtype(dtype)?;
-        grad_h.push(g.matmul(&w_detached)?);
-        grad_w = (grad_w + g.t()?.matmul(&h)?.to_dtype(head.dtype())?)?;
+        grad_h.push(matmul(&g, &w_detached)?);
+        grad_w = (grad_w + matmul(&g.t()?, &h)?.to_dtype(head.dtype())?)?;
     }
     let grad_h = Tensor::cat(&grad_h, 0)?;
     let head_term = (head * grad_w)?.sum_all()?;
