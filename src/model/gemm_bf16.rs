@@ -346,7 +346,8 @@ mod tests {
             let mut rounded = vec![bf16::ZERO; want.len()];
             matmul(&a, &b, d, &mut rounded);
             for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
-                // f32 accumulation over k terms of magnitude ≤ 4: k · 4 · 2⁻²⁴ bounds the error.
+                // k · 4 · 2⁻²³: well above the rounding of f32 sums of k products of magnitude ≤ 4
+                // in any order, well below what a misplaced lane or pair costs (order 1).
                 let tol = (k as f64) * 4.0 * f64::from(f32::EPSILON);
                 assert!(
                     (f64::from(g) - w).abs() <= tol,
