@@ -22,7 +22,7 @@ fn cpu_matmul_t(
         candle_core::bail!("{op}: x has {k} columns, the weight {wk}")
     }
     let w_t = w_layout.transpose(0, 1)?;
-    if x.dtype() == candle_core::DType::BF16 && super::gemm_bf16::preferred() {
+    if super::matmul::kernel_for(x.dtype()) {
         return super::matmul::cpu_bf16(x, x_layout, w, &w_t);
     }
     let y = x.matmul(w, (1, m, n, k), x_layout, &w_t)?;

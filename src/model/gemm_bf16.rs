@@ -270,6 +270,20 @@ unsafe fn kernel<T: Output>(_: usize, _: &[u32], _: &[u16], _: *mut T, _: &Tile)
     unreachable!("available() is false off x86-64")
 }
 
+/// For the kernel's tests: whether this CPU can run it. Where it cannot, the kernel is never
+/// called, and what is left to check is that the detection agrees with the kernel's report of the
+/// CPU (/proc/cpuinfo has no `avx512_bf16`).
+#[cfg(test)]
+pub(crate) fn kernel_testable() -> bool {
+    if available() {
+        return true;
+    }
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    assert!(!flags.split_whitespace().any(|f| f == "avx512_bf16"));
+    eprintln!("no AVX512-BF16 on this CPU: the kernel is not run here");
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,12 +324,7 @@ mod tests {
     /// 0, column blocks, batches, and transposed (column-major) operands.
     #[test]
     fn equals_the_f64_product_of_the_same_values_within_f32_rounding() {
-        if !available() {
-            // Then the kernel is never called; what is left to check is that the detection agrees
-            // with the kernel's own report of the CPU.
-            let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-            assert!(!flags.split_whitespace().any(|f| f == "avx512_bf16"));
-            eprintln!("no AVX512-BF16 on this CPU: candle's widening matmul is used instead");
+        if !kernel_testable() {
             return;
         }
         for &(batches, m, n, k, a_t, b_t) in &[

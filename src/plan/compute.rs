@@ -154,9 +154,10 @@ impl Compute {
     }
 }
 
-/// Whether bf16 on the CPU computes in bf16: on CPUs with AVX512-BF16 (the bf16 matmul kernel), or
-/// anywhere with `PTL_CPU_BF16=emulate` (candle widens each bf16 product to f32: bf16 numerics,
-/// slower than f32; for reproducing a bf16 run on an older CPU).
+/// Whether bf16 on the CPU computes in bf16: on CPUs with AVX512-BF16 (whose products then run on
+/// `model::gemm_bf16` or candle's widening, whichever is faster there), or anywhere with
+/// `PTL_CPU_BF16=emulate` (candle widens each bf16 product to f32 and narrows it back: bf16
+/// numerics, slower than f32; for reproducing a bf16 run on an older CPU).
 pub fn cpu_computes_bf16() -> bool {
     crate::model::gemm_bf16::available()
         || std::env::var("PTL_CPU_BF16").is_ok_and(|v| v == "emulate")

@@ -336,7 +336,7 @@ pub fn train(
     if let Some(half) = model.compute_dtype.filter(|_| model.device.is_cpu()) {
         (hooks.log)(&format!(
             "{} on the CPU: mixed precision runs slower than f32 for now (candle's half-precision element-wise ops; docs/performance.md)",
-            format!("{half:?}").to_lowercase()
+            half.as_str()
         ));
     }
     let mut last_save = Instant::now();
