@@ -23,31 +23,24 @@ pub fn run(name: Option<&str>, as_markdown: bool) -> i32 {
                 outln!("  {:<13} {}{later}", k.name, k.summary);
             }
             outln!("blocks:");
-            outln!("  {:<13} seed, device, dtype, threads", "config");
-            outln!("  {:<13} tensorboard, mlflow, experiment", "track");
+            for b in settings::Block::ALL {
+                let fields: Vec<&str> = b.fields().iter().map(|f| f.name).collect();
+                outln!("  {:<13} {}", b.word(), fields.join(", "));
+            }
             0
         }
-        Some("config") => {
-            out!(
-                "{}",
-                fields_text("config", "run-wide settings", settings::config_fields())
-            );
-            0
-        }
-        Some("track") => {
-            out!(
-                "{}",
-                fields_text("track", "where metrics go", settings::track_fields())
-            );
-            0
-        }
-        Some(n) => match kind(n) {
-            Some(k) => {
+        Some(n) => match (settings::Block::named(n), kind(n)) {
+            (Some(b), _) => {
+                out!("{}", fields_text(b.word(), b.summary(), b.fields()));
+                0
+            }
+            (None, Some(k)) => {
                 out!("{}", kind_text(k));
                 0
             }
-            None => {
-                let names = user_kinds().map(|k| k.name).chain(["config", "track"]);
+            (None, None) => {
+                let blocks = settings::Block::ALL.map(|b| b.word());
+                let names = user_kinds().map(|k| k.name).chain(blocks);
                 let hint =
                     did_you_mean(n, names).unwrap_or_else(|| "run `ptl doc` for the list".into());
                 errln!("error: unknown stage kind `{n}`: {hint}");
@@ -222,10 +215,14 @@ pub fn markdown() -> String {
             s.push_str(&format!("\n`{field}` is refused: {why}.\n"));
         }
     }
-    s.push_str("\n## config\n\nRun-wide settings, in the pipeline file only.\n\n");
-    s.push_str(&md_table(settings::config_fields()));
-    s.push_str("\n## track\n\nWhere metrics go, in the pipeline file only.\n\n");
-    s.push_str(&md_table(settings::track_fields()));
+    for b in settings::Block::ALL {
+        s.push_str(&format!(
+            "\n## {}\n\n{}, in the pipeline file only.\n\n",
+            b.word(),
+            capitalize(b.summary())
+        ));
+        s.push_str(&md_table(b.fields()));
+    }
     s
 }
 

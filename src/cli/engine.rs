@@ -72,13 +72,25 @@ fn stage_failed(p: &Pipeline, name: &str, f: &crate::run::Failure) -> Diag {
     d
 }
 
-/// The pipeline's store, created if it does not exist yet (for the commands that write: run).
-fn open_store(file: &Path, flag: Option<&Path>) -> Option<Store> {
-    let dir = store_dir(file, flag);
+/// The pipeline's store, created if it does not exist yet (for the commands that write: run), with
+/// its remote tier.
+fn open_store(p: &Pipeline, flag: Option<&Path>) -> Option<Store> {
+    let dir = store_dir(&p.file, flag);
     match Store::open(&dir) {
-        Ok(s) => Some(s),
+        Ok(s) => with_remote(p, s),
         Err(e) => {
             errln!("error: cannot use the store {}: {e}", dir.display());
+            None
+        }
+    }
+}
+
+/// `store` with the pipeline's remote store (`store { remote }`, `PTL_REMOTE_STORE`), if it has one.
+fn with_remote(p: &Pipeline, store: Store) -> Option<Store> {
+    match crate::store::remote::of_pipeline(p) {
+        Ok(remote) => Some(store.with_remote(remote)),
+        Err(e) => {
+            errln!("error: {e}");
             None
         }
     }
@@ -116,21 +128,26 @@ fn make_plan(p: &Pipeline, store: &Store) -> Option<Plan> {
     }
 }
 
-/// Check, open the store, plan: what `plan` and `graph` share.
+/// Check, open the store, plan: what `plan`, `graph` and `serve` share. `remote`: look in the
+/// remote store too (`serve` uses local entries only).
 pub(super) fn planned(
     file: &Path,
     set: &[String],
     store: Option<&Path>,
+    remote: bool,
 ) -> Option<(Pipeline, Plan)> {
     let p = checked(file, set)?;
     // Planning reads the store; a pipeline that never ran has none yet, and plans against nothing.
-    let store = Store::at(&store_dir(file, store));
+    let mut store = Store::at(&store_dir(file, store));
+    if remote {
+        store = with_remote(&p, store)?;
+    }
     let plan = make_plan(&p, &store)?;
     Some((p, plan))
 }
 
 pub fn plan(file: &Path, set: &[String], store: Option<&Path>, format: OutputFormat) -> i32 {
-    let Some((p, plan)) = planned(file, set, store) else {
+    let Some((p, plan)) = planned(file, set, store, true) else {
         return 1;
     };
     match format {
@@ -156,7 +173,7 @@ pub fn plan(file: &Path, set: &[String], store: Option<&Path>, format: OutputFor
                 };
                 outln!(
                     "{:<8} {} ({}){compute}{reasons}",
-                    s.status.name(),
+                    s.status_text(),
                     p.stages[id].name,
                     p.stages[id].kind.name
                 );
@@ -167,7 +184,7 @@ pub fn plan(file: &Path, set: &[String], store: Option<&Path>, format: OutputFor
 }
 
 pub fn graph(file: &Path, set: &[String], store: Option<&Path>, mermaid: bool) -> i32 {
-    let Some((p, plan)) = planned(file, set, store) else {
+    let Some((p, plan)) = planned(file, set, store, true) else {
         return 1;
     };
     out!(
@@ -185,6 +202,12 @@ pub struct RunArgs<'a> {
     pub file: &'a Path,
     pub set: &'a [String],
     pub store: Option<&'a Path>,
+    /// `-j`; unset: 1 here, 8 on a Ray cluster.
+    pub jobs: Option<usize>,
+    /// `--executor`: `local` or `ray=URL` (unset: `config.executor`).
+    pub executor: Option<&'a str>,
+    /// `--lock-file` (unset: beside the pipeline).
+    pub lock_file: Option<PathBuf>,
     pub options: Options,
     /// `json`: every event as one JSON object per line on stdout (docs/engine.md).
     pub format: OutputFormat,
@@ -209,13 +232,25 @@ pub fn run(args: RunArgs) -> i32 {
         }
     };
     crate::plan::compute::set_threads_from(&p.config);
-    let Some(store) = open_store(args.file, args.store) else {
+    let Some(store) = open_store(&p, args.store) else {
         return 1;
     };
+    let mut options = args.options;
+    match crate::run::ray::chosen(&p, args.executor, args.set, &store) {
+        Ok(ray) => options.ray = ray.map(std::sync::Arc::new),
+        Err(e) => {
+            errln!("error: {e}");
+            return if e.starts_with("--executor") { 2 } else { 1 };
+        }
+    }
+    options.jobs = args
+        .jobs
+        .unwrap_or(if options.ray.is_some() { 8 } else { 1 })
+        .max(1);
     let run = Run {
         pipeline: &p,
         store: &store,
-        lock_path: path_for(&p.file),
+        lock_path: args.lock_file.clone().unwrap_or_else(|| path_for(&p.file)),
     };
     let width = p
         .stages
@@ -231,7 +266,7 @@ pub fn run(args: RunArgs) -> i32 {
     let report = |e: &Event| console.report(e);
     let control = std::sync::Arc::new(crate::run::Control::default());
     interrupt::install(control.clone());
-    let result = run.run(&args.options, &control, &report);
+    let result = run.run(&options, &control, &report);
     console.clear();
     let interrupted = control.stop.load(std::sync::atomic::Ordering::SeqCst);
     let summary = match result {

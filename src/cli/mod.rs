@@ -183,11 +183,18 @@ enum Command {
         /// Run this stage and everything downstream of it
         #[arg(long, value_name = "STAGE")]
         from: Option<String>,
-        #[arg(short = 'j', long = "jobs", default_value_t = 1, help = JOBS_HELP)]
-        jobs: usize,
+        /// Stages to run at once (default: 1 here, 8 on a Ray cluster)
+        #[arg(short = 'j', long = "jobs")]
+        jobs: Option<usize>,
         /// After a failure, finish the stages that do not depend on it
         #[arg(long)]
         keep_going: bool,
+        /// Where stages run: `local`, or `ray=http://head:8265` (default: `config.executor`)
+        #[arg(long, value_name = "local|ray=URL")]
+        executor: Option<String>,
+        /// Where the lock file goes (default: FILE.lock beside the pipeline)
+        #[arg(long, value_name = "FILE")]
+        lock_file: Option<PathBuf>,
         /// Fail rather than change the lock file: every stage's key and outputs must match it (for CI)
         #[arg(long)]
         locked: bool,
@@ -521,6 +528,8 @@ pub fn main() -> i32 {
                 from,
                 jobs,
                 keep_going,
+                executor,
+                lock_file,
                 locked,
                 format,
             } => engine::run(engine::RunArgs {
@@ -528,12 +537,16 @@ pub fn main() -> i32 {
                 set: &set,
                 store: store.as_deref(),
                 format,
+                jobs,
+                executor: executor.as_deref(),
+                lock_file,
                 options: crate::run::Options {
-                    jobs,
+                    jobs: 1,
                     keep_going,
                     only,
                     from,
                     locked,
+                    ray: None,
                 },
             }),
             Command::Watch {

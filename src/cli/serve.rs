@@ -155,7 +155,8 @@ pub fn run(a: ServeArgs) -> i32 {
     };
     let specs = match &a.pipeline {
         Some(file) => {
-            let Some((p, plan)) = super::engine::planned(file, &a.set, a.store.as_deref()) else {
+            let Some((p, plan)) = super::engine::planned(file, &a.set, a.store.as_deref(), false)
+            else {
                 return 1;
             };
             let store = Store::at(&super::engine::store_dir(file, a.store.as_deref()));

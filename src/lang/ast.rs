@@ -24,6 +24,7 @@ pub enum ItemKind {
     Import { path: StrLit, alias: Option<Ident> },
     Config(Block),
     Track(Block),
+    Store(Block),
     Let { name: Ident, value: Expr },
     Stage { name: Ident, body: StageBody },
     Fn(FnDecl),

@@ -138,6 +138,11 @@ impl Printer<'_> {
                 self.block(block);
                 self.end_line(item.span.end);
             }
+            ItemKind::Store(block) => {
+                self.out.push_str("store ");
+                self.block(block);
+                self.end_line(item.span.end);
+            }
             ItemKind::Let { name, value } => {
                 self.out.push_str(&format!("let {} = ", name.name));
                 self.expr_at_line(value);

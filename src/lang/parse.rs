@@ -174,6 +174,7 @@ fn describe(rule: Rule) -> &'static str {
         | Rule::import
         | Rule::config_block
         | Rule::track_block
+        | Rule::store_block
         | Rule::let_decl
         | Rule::stage_decl
         | Rule::fn_decl => "a statement",
@@ -193,6 +194,9 @@ fn describe(rule: Rule) -> &'static str {
 const KEYWORDS: &[&str] = &[
     "stage", "let", "fn", "import", "as", "config", "track", "return", "true", "false",
 ];
+
+/// Words that open a statement without being reserved (a stage may still be named `store`).
+const STATEMENT_WORDS: &[&str] = &["store"];
 
 fn syntax_error(file: FileId, text: &str, e: &pest::error::Error<Rule>) -> Diag {
     let attempts = e.parse_attempts();
@@ -227,7 +231,10 @@ fn syntax_error(file: FileId, text: &str, e: &pest::error::Error<Rule>) -> Diag 
                 "true" | "false" | "\"" | "(" | "[" => "a value".to_string(),
                 "_" => "a name".to_string(),
                 t if t.trim().is_empty() || t == "#" => continue,
-                t if KEYWORDS.contains(&t) && t != "as" && t != "return" => {
+                t if (KEYWORDS.contains(&t) || STATEMENT_WORDS.contains(&t))
+                    && t != "as"
+                    && t != "return" =>
+                {
                     "a statement".to_string()
                 }
                 t => format!("`{t}`"),
@@ -336,7 +343,8 @@ fn syntax_error(file: FileId, text: &str, e: &pest::error::Error<Rule>) -> Diag 
     let mut help = if expected.iter().any(|e| e == "`=`") {
         "fields and bindings are written `name = value`".to_string()
     } else if expected.iter().any(|e| e == "a statement") {
-        "a file holds `import`, `config`, `track`, `let`, `stage` and `fn` statements".to_string()
+        "a file holds `import`, `config`, `track`, `store`, `let`, `stage` and `fn` statements"
+            .to_string()
     } else {
         format!("write {wanted} here")
     };
@@ -451,6 +459,7 @@ impl Builder {
             }
             Rule::config_block => ItemKind::Config(self.block(inner.next().expect("block"))),
             Rule::track_block => ItemKind::Track(self.block(inner.next().expect("block"))),
+            Rule::store_block => ItemKind::Store(self.block(inner.next().expect("block"))),
             Rule::let_decl => {
                 let name = self.ident(inner.next().expect("name"));
                 let value = self.expr(inner.next().expect("value"));

@@ -13,6 +13,8 @@ pub struct Pipeline {
     pub file: PathBuf,
     pub config: BTreeMap<String, Value>,
     pub track: BTreeMap<String, Value>,
+    /// The `store` block: `remote`.
+    pub store: BTreeMap<String, Value>,
     pub stages: Vec<Stage>,
     /// The pipeline file's top-level `let` bindings that hold datasets (for `ptl data`).
     pub datasets: BTreeMap<String, Value>,

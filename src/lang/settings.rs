@@ -1,4 +1,4 @@
-//! The schemas of the `config` and `track` blocks.
+//! The schemas of the `config`, `track` and `store` blocks.
 
 use crate::lang::types::Type;
 use crate::lang::value::Value;
@@ -6,6 +6,49 @@ use crate::stages::schema::{choice, field, int, optional, Default, FieldSchema};
 use std::sync::OnceLock;
 
 pub const DTYPES: &[&str] = &["auto", "f32", "bf16", "f16"];
+
+/// The run-wide blocks of a pipeline file: each at most once, only in the file that is run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Block {
+    Config,
+    Track,
+    Store,
+}
+
+impl Block {
+    pub const ALL: [Block; 3] = [Block::Config, Block::Track, Block::Store];
+
+    /// The keyword that opens the block (and the first part of its `--set` paths).
+    pub fn word(self) -> &'static str {
+        match self {
+            Block::Config => "config",
+            Block::Track => "track",
+            Block::Store => "store",
+        }
+    }
+
+    /// The block a keyword opens.
+    pub fn named(word: &str) -> Option<Block> {
+        Block::ALL.into_iter().find(|b| b.word() == word)
+    }
+
+    /// What the block is for, in a few words (`ptl doc`).
+    pub fn summary(self) -> &'static str {
+        match self {
+            Block::Config => "run-wide settings",
+            Block::Track => "where metrics go",
+            Block::Store => "a remote store shared with other machines",
+        }
+    }
+
+    pub fn fields(self) -> &'static [FieldSchema] {
+        match self {
+            Block::Config => config_fields(),
+            Block::Track => track_fields(),
+            Block::Store => store_fields(),
+        }
+    }
+}
 
 pub fn config_fields() -> &'static [FieldSchema] {
     static F: OnceLock<Vec<FieldSchema>> = OnceLock::new();
@@ -25,6 +68,11 @@ pub fn config_fields() -> &'static [FieldSchema] {
                 "compute dtype (auto: f32 on cpu, bf16 on cuda); training keeps f32 weights and optimizer state",
             ),
             int("threads", 0, "CPU threads of the run (0: all cores)"),
+            optional(
+                "executor",
+                Type::Executor,
+                "where stages run: unset (this machine) or ray(address = \"http://head:8265\", ...)",
+            ),
         ]
     })
 }
@@ -50,6 +98,36 @@ pub fn track_fields() -> &'static [FieldSchema] {
             ),
         ]
     })
+}
+
+pub fn store_fields() -> &'static [FieldSchema] {
+    static F: OnceLock<Vec<FieldSchema>> = OnceLock::new();
+    F.get_or_init(|| {
+        vec![optional(
+            "remote",
+            Type::Str,
+            "a shared store: \"s3://bucket/prefix\" or \"file:///shared/folder\" (unset: $PTL_REMOTE_STORE; \"\": none)",
+        )]
+    })
+}
+
+/// Why `url` cannot name a remote store (`None`: it can). The empty string means none.
+pub fn bad_remote(url: &str) -> Option<String> {
+    if url.is_empty() {
+        return None;
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let bucket = rest.split('/').next().unwrap_or_default();
+        return bucket
+            .is_empty()
+            .then(|| "an s3:// address names a bucket: s3://bucket/prefix".to_string());
+    }
+    if let Some(path) = url.strip_prefix("file://") {
+        return (!path.starts_with('/')).then(|| {
+            "a file:// address holds an absolute path: file:///shared/folder".to_string()
+        });
+    }
+    Some("a remote store is an s3://bucket/prefix or file:///shared/folder address".to_string())
 }
 
 /// The error for a `device` that names no device ptl knows, pointing at `loc`.

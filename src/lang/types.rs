@@ -78,6 +78,8 @@ pub enum Type {
     Tuning,
     /// A reward function (`exact_match(...)`, `regex_match(...)`, `length_penalty(...)`).
     Reward,
+    /// Where stages run: `ray(address = ...)`.
+    Executor,
     Metrics,
 }
 
@@ -114,6 +116,7 @@ impl fmt::Display for Type {
             }
             Type::Tuning => f.write_str("tuning"),
             Type::Reward => f.write_str("reward"),
+            Type::Executor => f.write_str("executor"),
             Type::Metrics => f.write_str("metrics"),
         }
     }

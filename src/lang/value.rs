@@ -28,6 +28,8 @@ pub enum Value {
     Tuning(Tuning),
     /// A reward function for `grpo`: `exact_match(...)`, `regex_match(...)`, `length_penalty(...)`.
     Reward(Reward),
+    /// `ray(address = ...)`: where a run's stages execute (`config.executor`).
+    Ray(RayCluster),
     /// `stage.output`, e.g. `sft.model`.
     Output {
         stage: StageId,
@@ -51,6 +53,27 @@ pub enum Value {
     None,
     /// The result of an expression that already reported an error; accepted everywhere.
     Error,
+}
+
+/// A Ray cluster that runs stages as jobs (docs/engine.md, "Stages on a Ray cluster").
+#[derive(Clone, Debug, PartialEq)]
+pub struct RayCluster {
+    /// Its Jobs API: the dashboard's address, `http://head:8265`.
+    pub address: String,
+    /// What each stage's job asks the cluster for.
+    pub num_cpus: f64,
+    pub num_gpus: f64,
+    /// Seconds a job may wait for those resources before its stage fails.
+    pub pending_timeout: i64,
+    /// The command that runs ptl on the workers (unset: this ptl's own path).
+    pub ptl: Option<String>,
+}
+
+impl RayCluster {
+    pub fn to_json(&self) -> Json {
+        json!({"ray": self.address, "num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
+               "pending_timeout": self.pending_timeout, "ptl": self.ptl})
+    }
 }
 
 /// A reward function over a completion and its row, with its weight in the total reward.
@@ -179,6 +202,7 @@ impl Value {
             Value::Dataset { format, .. } => format!("dataset ({})", format.name()),
             Value::Tuning(_) => "tuning".into(),
             Value::Reward(_) => "reward".into(),
+            Value::Ray(_) => "executor".into(),
             Value::Output { ty, .. } => ty.to_string(),
             Value::Stage(_) => "stage".into(),
             Value::Group { .. } => "group of stages".into(),
@@ -262,6 +286,7 @@ impl Value {
             }
             Value::Tuning(t) => t.to_json(),
             Value::Reward(r) => r.to_json(),
+            Value::Ray(r) => r.to_json(),
             Value::Output { stage, output, .. } => {
                 json!({"stage": stage_name(*stage), "output": output})
             }

@@ -38,6 +38,45 @@ pub struct StagePlan {
     pub reasons: Vec<String>,
     /// Known when every input's content is known (not when an upstream stage has to run first).
     pub key: Option<StageKey>,
+    /// `cached` in the remote store only: a run downloads it.
+    pub remote: bool,
+}
+
+impl StagePlan {
+    /// `cached`, `cached (remote)`, `run` or `blocked`.
+    pub fn status_text(&self) -> &'static str {
+        match (self.status, self.remote) {
+            (Status::Cached, true) => "cached (remote)",
+            (status, _) => status.name(),
+        }
+    }
+}
+
+/// Remote lookups while planning: the first failure is reported once and the remote is not asked
+/// again (a store that is down costs one timeout, not one per stage).
+struct RemoteLookup<'a> {
+    store: &'a Store,
+    down: Option<String>,
+}
+
+impl RemoteLookup<'_> {
+    /// The remote entry's manifest for `key`; a failure becomes a reason of the stage that runs.
+    fn find(&mut self, key: &str, reasons: &mut Vec<String>) -> Option<crate::store::Manifest> {
+        let remote = self.store.remote.as_ref()?;
+        if let Some(down) = &self.down {
+            reasons.push(format!("remote store not used: {down}"));
+            return None;
+        }
+        match remote.manifest(key) {
+            Ok(m) => m,
+            Err(e) => {
+                let why = format!("{}: {e}", remote.url());
+                reasons.push(format!("remote store not used: {why}"));
+                self.down = Some(why);
+                None
+            }
+        }
+    }
 }
 
 pub struct Plan {
@@ -177,9 +216,13 @@ impl Plan {
                 status: Status::Blocked,
                 reasons: vec![],
                 key: None,
+                remote: false,
             };
             p.stages.len()
         ];
+        // Manifests of entries found in the remote store only (their outputs key the downstream).
+        let mut remote_manifests: Vec<Option<crate::store::Manifest>> = vec![None; p.stages.len()];
+        let mut lookup = RemoteLookup { store, down: None };
         for &id in &order {
             let stage = &p.stages[id];
             let blocked_by = stage
@@ -194,6 +237,9 @@ impl Plan {
                 let k = stages[s].key.as_ref()?;
                 if stages[s].status != Status::Cached {
                     return None;
+                }
+                if let Some(m) = &remote_manifests[s] {
+                    return m.outputs.get(output).cloned();
                 }
                 store.manifest(&k.key).ok()?.outputs.get(output).cloned()
             };
@@ -212,7 +258,7 @@ impl Plan {
                 Some(_) => stages
                     .iter()
                     .map(|s| match (&s.key, s.status) {
-                        (Some(k), Status::Cached) => Some(k.key.clone()),
+                        (Some(k), Status::Cached) if !s.remote => Some(k.key.clone()),
                         _ => None,
                     })
                     .collect(),
@@ -232,7 +278,21 @@ impl Plan {
                     }
                 },
                 Some(k) => {
+                    // In the remote store (never for a kind that also writes outside the store).
+                    let mut remote_note = Vec::new();
+                    let found = match stage.kind.outside {
+                        None => lookup.find(&k.key, &mut remote_note),
+                        Some(_) => None,
+                    };
+                    if let Some(m) = found {
+                        plan.status = Status::Cached;
+                        plan.remote = true;
+                        plan.key = Some(k);
+                        remote_manifests[id] = Some(m);
+                        continue;
+                    }
                     plan.reasons = reasons(p, id, &k, lock.stages.get(&stage.name), false);
+                    plan.reasons.extend(remote_note);
                     // A stage killed mid-run left a checkpoint under this very key: say so.
                     if let Some(step) = store.checkpoint_step(&k.key) {
                         plan.reasons
@@ -284,7 +344,7 @@ impl Plan {
             .iter()
             .map(|&id| {
                 let s = &self.stages[id];
-                json!({
+                let mut stage = json!({
                     "name": p.stages[id].name,
                     "kind": p.stages[id].kind.name,
                     "status": s.status.name(),
@@ -292,7 +352,11 @@ impl Plan {
                     "reasons": s.reasons,
                     "key": s.key.as_ref().map(|k| k.key.clone()),
                     "depends_on": p.stages[id].deps.iter().map(|d| p.stages[*d].name.clone()).collect::<Vec<_>>(),
-                })
+                });
+                if s.remote {
+                    stage["remote"] = json!(true);
+                }
+                stage
             })
             .collect();
         json!({ "pipeline": p.name, "compute": self.compute.describe(), "stages": stages })

@@ -49,6 +49,9 @@ pub enum Event {
         /// Cached because another run on the same store computed it meanwhile.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         by_another_run: bool,
+        /// Cached in the remote store, downloaded in `seconds`.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        from_remote: bool,
     },
     /// Stopped on request; `forced`: it did not stop within watch's grace period.
     StageCancelled {
@@ -104,6 +107,7 @@ impl Event {
             code: None,
             field: None,
             by_another_run: false,
+            from_remote: false,
         };
         let mut event = match outcome {
             Outcome::Cancelled => {
@@ -113,7 +117,9 @@ impl Event {
                 }
             }
             Outcome::Ran(_) => done(Status::Ran, None),
-            Outcome::Cached | Outcome::CachedByOther => done(Status::Cached, None),
+            Outcome::Cached | Outcome::CachedByOther | Outcome::FromRemote(_) => {
+                done(Status::Cached, None)
+            }
             Outcome::Failed(f) => done(Status::Failed, Some(&f.message)),
             Outcome::Blocked(why) => done(Status::Blocked, Some(why)),
             Outcome::Skipped(why) => done(Status::Skipped, Some(why)),
@@ -123,11 +129,16 @@ impl Event {
             code,
             field,
             by_another_run,
+            from_remote,
             ..
         } = &mut event
         {
             match outcome {
                 Outcome::Ran(secs) => *seconds = Some(*secs),
+                Outcome::FromRemote(secs) => {
+                    *seconds = Some(*secs);
+                    *from_remote = true;
+                }
                 Outcome::CachedByOther => *by_another_run = true,
                 Outcome::Failed(f) => {
                     *code = Some(f.code);
@@ -143,7 +154,12 @@ impl Event {
     pub fn summary(outcomes: &[(String, Outcome)]) -> Event {
         let count = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|(_, o)| f(o)).count();
         Event::Summary {
-            cached: count(|o| matches!(o, Outcome::Cached | Outcome::CachedByOther)),
+            cached: count(|o| {
+                matches!(
+                    o,
+                    Outcome::Cached | Outcome::CachedByOther | Outcome::FromRemote(_)
+                )
+            }),
             ran: count(|o| matches!(o, Outcome::Ran(_))),
             failed: count(|o| matches!(o, Outcome::Failed(_))),
             blocked: count(|o| matches!(o, Outcome::Blocked(_))),
@@ -179,11 +195,13 @@ impl Event {
                 status,
                 seconds,
                 error,
+                from_remote,
                 ..
             } => {
                 let why = error.as_deref().unwrap_or_default();
                 match status {
                     Status::Ran => format!("done in {:.1} s", seconds.unwrap_or(0.0)),
+                    Status::Cached if *from_remote => "cached (remote)".into(),
                     Status::Cached => "cached".into(),
                     Status::Failed => format!("failed: {why}"),
                     Status::Blocked => format!("blocked: {why}"),
@@ -225,6 +243,7 @@ impl Event {
                 seconds,
                 error,
                 by_another_run,
+                from_remote,
                 ..
             } => {
                 let why = error.as_deref().unwrap_or_default();
@@ -232,6 +251,10 @@ impl Event {
                     Status::Cached if *by_another_run => {
                         format!("cached   {stage} (computed by another run)")
                     }
+                    Status::Cached if *from_remote => format!(
+                        "cached   {stage} (downloaded from the remote store in {:.1} s)",
+                        seconds.unwrap_or(0.0)
+                    ),
                     Status::Cached => format!("cached   {stage}"),
                     Status::Ran => format!("ran      {stage} in {:.1} s", seconds.unwrap_or(0.0)),
                     Status::Failed => format!("failed   {stage}: {why}"),

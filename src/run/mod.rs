@@ -4,6 +4,8 @@
 pub mod context;
 pub mod event;
 pub mod outcome;
+pub mod ray;
+pub mod remote;
 pub mod schedule;
 pub mod tracking;
 pub mod watch;
@@ -39,6 +41,8 @@ pub struct Options {
     pub from: Option<String>,
     /// Fail instead of changing the lock file.
     pub locked: bool,
+    /// Compute stages as jobs on this Ray cluster (results come back through the remote store).
+    pub ray: Option<std::sync::Arc<ray::RayExecutor>>,
 }
 
 /// A training step's progress note: `loss 1.2345 · 9.1k tok/s`.
@@ -90,30 +94,88 @@ struct Shared<'a> {
     tracking: &'a LazyTracking,
     /// Each stage's device and dtype.
     computes: &'a [crate::plan::compute::Compute],
+    ray: Option<&'a ray::RayExecutor>,
 }
 
-/// Runs one stage into the store; another process holding the entry's lock is waited for.
-fn execute(
-    shared: &Shared,
+/// One stage to execute.
+struct Job<'a> {
     id: StageId,
-    key: &StageKey,
-    keys: &[Option<String>],
-    cancel: &AtomicBool,
-) -> Result<(Manifest, bool), Error> {
+    key: &'a StageKey,
+    /// The store keys of the stages keyed so far (for upstream output paths).
+    keys: &'a [Option<String>],
+    cancel: &'a AtomicBool,
+    /// Not selected by --only/--from: only its remote entry may be used, never computed.
+    fetch_only: bool,
+}
+
+/// Where a finished stage's entry came from.
+enum Origin {
+    Computed,
+    /// Another `ptl run` on this store committed it while this one waited for the entry's lock.
+    OtherRun,
+    /// Downloaded from the remote store.
+    Remote,
+}
+
+/// Runs one stage into the store; another process holding the entry's lock is waited for, and so is
+/// another machine computing it for the remote store.
+fn execute(shared: &Shared, job: Job) -> Result<(Manifest, Origin), Error> {
+    let Job {
+        id,
+        key,
+        keys,
+        cancel,
+        fetch_only,
+    } = job;
     let Shared {
         p,
         store,
         report,
         tracking,
         computes,
+        ray,
     } = *shared;
     let stage = &p.stages[id];
     let io = |e: std::io::Error| Error::Store(format!("store error: {e}"));
     let _guard = store.lock(&key.key).map_err(io)?;
     // In the store (and, for a kind that also writes outside it, that copy intact): nothing to do.
     if store.has(&key.key) && crate::plan::stale_outside(p, id, store, &key.key).is_none() {
-        return store.manifest(&key.key).map(|m| (m, true)).map_err(io);
+        return store
+            .manifest(&key.key)
+            .map(|m| (m, Origin::OtherRun))
+            .map_err(io);
     }
+    let log = |line: &str| {
+        report(&Event::StageLog {
+            stage: stage.name.clone(),
+            line: line.to_string(),
+        })
+    };
+    // A kind that also writes outside the store (export) always runs here.
+    let remote = store
+        .remote
+        .as_ref()
+        .filter(|_| stage.kind.outside.is_none());
+    if let (Some(ray), Some(r)) = (ray, remote) {
+        let job = ray::StageJob {
+            stage: &stage.name,
+            key: &key.key,
+            cancel,
+            report,
+        };
+        return on_ray(ray, r, store, &job, fetch_only, &log);
+    }
+    let _lease = match remote {
+        Some(r) => match remote::before(r, store, &key.key, cancel, &log)? {
+            remote::Before::Fetched { manifest, .. } => return Ok((manifest, Origin::Remote)),
+            remote::Before::Compute(_) if fetch_only => return Err(Error::Store(
+                "not selected, and its entry in the remote store could not be used (see the log)"
+                    .into(),
+            )),
+            remote::Before::Compute(lease) => lease,
+        },
+        None => None,
+    };
     // Malformed rows stop the stage before it starts, with file:line, unless the stage skips them
     // (then it reads, counts and logs them itself).
     let skip = stage.params.get("skip_malformed") == Some(&Value::Bool(true));
@@ -141,12 +203,6 @@ fn execute(
             step,
             total,
             note: note.to_string(),
-        })
-    };
-    let log = |line: &str| {
-        report(&Event::StageLog {
-            stage: stage.name.clone(),
-            line: line.to_string(),
         })
     };
     let params_json = p.params_json(id);
@@ -198,10 +254,62 @@ fn execute(
     let outputs: Vec<&str> = stage.kind.outputs.iter().map(|o| o.name).collect();
     let committed = store
         .commit(pending, manifest, &outputs)
-        .map(|m| (m, false))
         .map_err(|e| Error::Store(format!("cannot commit the outputs: {e}")))?;
     let _ = std::fs::remove_dir_all(&ctx.checkpoints);
-    Ok(committed)
+    if let Some(r) = remote {
+        remote::after(r, store, &key.key, &log);
+    }
+    Ok((committed, Origin::Computed))
+}
+
+/// A stage computed on the Ray cluster: its remote entry if there is one already, else a job whose
+/// entry is downloaded when it succeeds.
+fn on_ray(
+    ray: &ray::RayExecutor,
+    r: &crate::store::remote::Remote,
+    store: &Store,
+    job: &ray::StageJob,
+    fetch_only: bool,
+    log: &dyn Fn(&str),
+) -> Result<(Manifest, Origin), Error> {
+    let io = |e: std::io::Error| Error::Store(format!("store error: {e}"));
+    let fetch = |log: &dyn Fn(&str)| -> Result<bool, Error> {
+        let Some(m) = r.manifest(job.key).map_err(io)? else {
+            return Ok(false);
+        };
+        match r.download(store, &m) {
+            Ok(moved) => {
+                log(&format!(
+                    "downloaded from the remote store {}: {}",
+                    r.url(),
+                    moved.describe()
+                ));
+                Ok(true)
+            }
+            Err(e) => {
+                log(&format!("{e}"));
+                Ok(false)
+            }
+        }
+    };
+    if fetch(log)? {
+        return Ok((store.manifest(job.key).map_err(io)?, Origin::Remote));
+    }
+    if fetch_only {
+        return Err(Error::Store(
+            "not selected, and its entry in the remote store could not be used (see the log)"
+                .into(),
+        ));
+    }
+    ray.run(job)?;
+    if !fetch(log)? {
+        return Err(Error::Other(format!(
+            "the Ray job succeeded but its entry is not in the remote store {}: do the workers \
+             reach the same remote store?",
+            r.url()
+        )));
+    }
+    Ok((store.manifest(job.key).map_err(io)?, Origin::Computed))
 }
 
 /// The stages a run may execute (`--only`, `--from`); `None` means all.
@@ -299,6 +407,10 @@ impl Run<'_> {
             locked_check(p, &plan, &lock)?;
         }
         let selected = selection(p, opts)?;
+        let upstream_of_selected = match &selected {
+            Some(sel) => upstream_of(p, sel),
+            None => vec![false; p.stages.len()],
+        };
         let specs = p
             .stages
             .iter()
@@ -333,12 +445,13 @@ impl Run<'_> {
             report,
             tracking: &lazy_tracking,
             computes: &plan.computes,
+            ray: opts.ray.as_deref(),
         };
         let settle = |runs: &mut Runs, id: StageId, outcome: Outcome| {
             report(&Event::finished(&p.stages[id].name, &outcome));
             runs.outcomes[id] = Some(outcome);
         };
-        let (tx, rx) = mpsc::channel::<(StageId, Result<(Manifest, bool), Error>, f64)>();
+        let (tx, rx) = mpsc::channel::<(StageId, Result<(Manifest, Origin), Error>, f64)>();
         std::thread::scope(|scope| -> Result<(), String> {
             loop {
                 if control.stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -382,7 +495,17 @@ impl Run<'_> {
                     }
                     let cached = store.has(&key.key)
                         && crate::plan::stale_outside(p, id, store, &key.key).is_none();
-                    match sched.keyed(id, cached) {
+                    // Upstream of --only/--from and built by another machine: downloaded.
+                    let chosen = selected.as_ref().is_none_or(|sel| sel[id]);
+                    let in_remote = !cached
+                        && !chosen
+                        && upstream_of_selected[id]
+                        && p.stages[id].kind.outside.is_none()
+                        && store
+                            .remote
+                            .as_ref()
+                            .is_some_and(|r| matches!(r.manifest(&key.key), Ok(Some(_))));
+                    match sched.keyed(id, cached, in_remote) {
                         Keyed::Wait => {}
                         Keyed::Settled(outcome) => settle(&mut runs, id, outcome),
                         Keyed::Cached => {
@@ -414,7 +537,14 @@ impl Run<'_> {
                             let keys_now = runs.keys();
                             scope.spawn(move || {
                                 let started = Instant::now();
-                                let result = execute(shared, id, &key, &keys_now, &flag);
+                                let job = Job {
+                                    id,
+                                    key: &key,
+                                    keys: &keys_now,
+                                    cancel: &flag,
+                                    fetch_only: !chosen,
+                                };
+                                let result = execute(shared, job);
                                 control
                                     .running
                                     .lock()
@@ -436,7 +566,7 @@ impl Run<'_> {
                 };
                 let name = &p.stages[id].name;
                 let outcome = match result {
-                    Ok((m, by_other)) => {
+                    Ok((m, origin)) => {
                         let locked_differs = opts.locked
                             && lock
                                 .stages
@@ -450,10 +580,10 @@ impl Run<'_> {
                             let key = runs.stage_keys[id].clone().expect("key of a started stage");
                             self.record(&mut known, name, id, &key, &m)?;
                             runs.manifests[id] = Some(m);
-                            if by_other {
-                                Outcome::CachedByOther
-                            } else {
-                                Outcome::Ran(secs)
+                            match origin {
+                                Origin::Computed => Outcome::Ran(secs),
+                                Origin::OtherRun => Outcome::CachedByOther,
+                                Origin::Remote => Outcome::FromRemote(secs),
                             }
                         }
                     }
@@ -510,6 +640,19 @@ struct Runs {
     /// Entries of finished stages (their output hashes key the downstream).
     manifests: Vec<Option<Manifest>>,
     outcomes: Vec<Option<Outcome>>,
+}
+
+/// The stages some stage in `sel` depends on, directly or not.
+fn upstream_of(p: &Pipeline, sel: &[bool]) -> Vec<bool> {
+    let mut up = vec![false; p.stages.len()];
+    for &id in crate::plan::topo_order(p).iter().rev() {
+        if sel[id] || up[id] {
+            for &d in &p.stages[id].deps {
+                up[d] = true;
+            }
+        }
+    }
+    up
 }
 
 /// `--locked`: every stage must be in the lock file with the key it would have now.

@@ -10,6 +10,8 @@ pub enum Outcome {
     /// Another `ptl run` on the same store computed it while this one waited.
     CachedByOther,
     Ran(f64),
+    /// Downloaded from the remote store in this many seconds (computed by another machine).
+    FromRemote(f64),
     Failed(Failure),
     Blocked(String),
     /// Not selected by `--only` / `--from`, and not in the store.
@@ -62,7 +64,11 @@ impl Summary {
         self.outcomes.iter().all(|(_, o)| {
             matches!(
                 o,
-                Outcome::Cached | Outcome::CachedByOther | Outcome::Ran(_) | Outcome::Skipped(_)
+                Outcome::Cached
+                    | Outcome::CachedByOther
+                    | Outcome::FromRemote(_)
+                    | Outcome::Ran(_)
+                    | Outcome::Skipped(_)
             )
         })
     }

@@ -134,14 +134,15 @@ impl Scheduler {
         }
     }
 
-    /// Stage `id`'s key is known; `cached`: the store has its entry.
-    pub fn keyed(&mut self, id: usize, cached: bool) -> Keyed {
+    /// Stage `id`'s key is known; `cached`: the store has its entry; `in_remote`: the remote store
+    /// has it (a stage not selected is then started, to download it).
+    pub fn keyed(&mut self, id: usize, cached: bool, in_remote: bool) -> Keyed {
         if cached {
             self.state[id] = State::Done;
             return Keyed::Cached;
         }
         let spec = &self.specs[id];
-        let why = if !spec.selected {
+        let why = if !spec.selected && !in_remote {
             Some(Outcome::Skipped(
                 "not built, and not selected by --only/--from".into(),
             ))
@@ -177,7 +178,7 @@ impl Scheduler {
     pub fn finished(&mut self, id: usize, outcome: Outcome) {
         self.running = self.running.saturating_sub(1);
         match outcome {
-            Outcome::Ran(_) | Outcome::CachedByOther | Outcome::Cached => {
+            Outcome::Ran(_) | Outcome::CachedByOther | Outcome::FromRemote(_) | Outcome::Cached => {
                 self.state[id] = State::Done
             }
             Outcome::Failed(_) => {
@@ -256,7 +257,7 @@ mod tests {
                     Consider::NeedKey => {
                         progressed = true;
                         let name = c.stages[id].0;
-                        match s.keyed(id, c.cached.contains(&name)) {
+                        match s.keyed(id, c.cached.contains(&name), false) {
                             Keyed::Cached => outcomes[id] = Some(Outcome::Cached),
                             Keyed::Settled(o) => outcomes[id] = Some(o),
                             Keyed::Wait => {}
@@ -297,6 +298,7 @@ mod tests {
                     None => "none".to_string(),
                     Some(Outcome::Cached) => "cached".into(),
                     Some(Outcome::CachedByOther) => "cached-by-other".into(),
+                    Some(Outcome::FromRemote(_)) => "from-remote".into(),
                     Some(Outcome::Ran(_)) => "ran".into(),
                     Some(Outcome::Failed(_)) => "failed".into(),
                     Some(Outcome::Cancelled) => "cancelled".into(),

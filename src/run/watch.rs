@@ -193,7 +193,9 @@ impl Session {
             );
             return;
         };
-        let store = match Store::open(&self.store_root) {
+        let opened = Store::open(&self.store_root).map_err(|e| e.to_string());
+        let remote = crate::store::remote::of_pipeline(&pipeline);
+        let store = match opened.and_then(|s| Ok(s.with_remote(remote?))) {
             Ok(s) => s,
             Err(e) => {
                 self.out.emit(
@@ -230,9 +232,9 @@ impl Session {
             } else {
                 format!(" ({})", s.reasons.join("; "))
             };
-            lines.push(format!("plan     {name}: {}{why}", s.status.name()));
+            lines.push(format!("plan     {name}: {}{why}", s.status_text()));
             self.out
-                .set_status(name, format!("{}{why}", s.status.name()));
+                .set_status(name, format!("{}{why}", s.status_text()));
         }
         self.out.emit(&plan_event, Some(lines.join("\n")));
         // Running stages whose key is still wanted go on; the others stop.
@@ -293,6 +295,16 @@ impl Session {
             control: control.clone(),
             names,
         });
+        let ray = match super::ray::chosen(&pipeline, None, &self.opts.set, &store) {
+            Ok(r) => r.map(Arc::new),
+            Err(e) => {
+                self.out.emit(
+                    &Event::Error { message: e.clone() },
+                    Some(format!("error: {e}")),
+                );
+                return;
+            }
+        };
         let out = self.out.clone();
         let tx = self.tx.clone();
         let jobs = self.opts.jobs;
@@ -324,6 +336,7 @@ impl Session {
                 only: None,
                 from: None,
                 locked: false,
+                ray: ray.clone(),
             };
             if let Err(e) = run.run(&options, &control, &report) {
                 out.emit(

@@ -27,6 +27,11 @@ pub fn kind() -> Kind {
             int("sleep_ms", 0, "time to spend, in `steps` steps"),
             int("steps", 10, "steps to spend the time in"),
             boolean("fail", false, "fail after sleeping"),
+            int(
+                "pad_mb",
+                0,
+                "also write model/pad.bin: this many MiB of bytes derived from the text and inputs",
+            ),
             optional(
                 "log",
                 Type::Str,
@@ -82,6 +87,24 @@ fn hash_input(path: &std::path::Path) -> Result<String, String> {
     }
 }
 
+/// `bytes` pseudo-random bytes (blake3's output stream keyed by `content`): large entries for the
+/// remote store's bench that no transfer could compress.
+fn pad(path: &std::path::Path, content: &str, bytes: u64) -> Result<(), String> {
+    let mut stream = blake3::Hasher::new()
+        .update(content.as_bytes())
+        .finalize_xof();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| e.to_string())?);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        stream.fill(&mut buf[..n]);
+        std::io::Write::write_all(&mut file, &buf[..n]).map_err(|e| e.to_string())?;
+        left -= n as u64;
+    }
+    std::io::Write::flush(&mut file).map_err(|e| e.to_string())
+}
+
 fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
     let steps = match ctx.param("steps") {
         Value::Int(n) => (*n).max(1) as u64,
@@ -128,6 +151,11 @@ fn run(ctx: &mut RunContext) -> crate::error::Result<()> {
         blake3::hash(content.as_bytes()).to_hex().as_bytes(),
     )
     .map_err(|e| e.to_string())?;
+    if let Value::Int(mb) = ctx.param("pad_mb") {
+        if *mb > 0 {
+            pad(&model.join("pad.bin"), &content, (*mb as u64) << 20)?;
+        }
+    }
     std::fs::write(
         ctx.out.join("metrics.jsonl"),
         format!("{{\"steps\": {steps}}}\n"),

@@ -126,15 +126,27 @@ impl Store {
         mut manifest: Manifest,
         outputs: &[&str],
     ) -> io::Result<Manifest> {
+        let hashed = hash_tree(&pending.out).and_then(|files| {
+            manifest.outputs = output_hashes(&files, outputs);
+            manifest.files = files;
+            fault("commit")
+        });
+        if let Err(e) = hashed {
+            let _ = std::fs::remove_dir_all(&pending.dir);
+            return Err(e);
+        }
+        self.install(pending, &manifest)
+    }
+
+    /// Fsyncs a pending entry whose files `manifest` already describes (hashed here, or checked as
+    /// they were downloaded), writes the manifest and renames the entry into entries/.
+    pub fn install(&self, pending: Pending, manifest: &Manifest) -> io::Result<Manifest> {
         let result = (|| {
-            manifest.files = hash_tree(&pending.out)?;
-            manifest.outputs = output_hashes(&manifest.files, outputs);
             for rel in manifest.files.keys() {
                 std::fs::File::open(pending.out.join(rel))?.sync_all()?;
             }
-            fault("commit")?;
             let path = pending.dir.join("manifest.json");
-            let bytes = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
+            let bytes = serde_json::to_vec_pretty(manifest).map_err(io::Error::other)?;
             let mut f = std::fs::File::create(&path)?;
             io::Write::write_all(&mut f, &bytes)?;
             f.sync_all()?;

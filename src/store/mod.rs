@@ -10,6 +10,7 @@ pub mod entry;
 pub mod gc;
 pub mod hash;
 pub mod locate;
+pub mod remote;
 
 use std::fs::File;
 use std::io;
@@ -27,6 +28,8 @@ pub fn unique_suffix() -> String {
 
 pub struct Store {
     pub root: PathBuf,
+    /// The shared tier (`store { remote = ... }`): looked in after this one, written after it.
+    pub remote: Option<remote::Remote>,
 }
 
 /// An exclusive lock on a store entry (or another named resource); released on drop.
@@ -48,6 +51,7 @@ impl Store {
         }
         Ok(Store {
             root: root.to_path_buf(),
+            remote: None,
         })
     }
 
@@ -55,7 +59,14 @@ impl Store {
     pub fn at(root: &Path) -> Store {
         Store {
             root: root.to_path_buf(),
+            remote: None,
         }
+    }
+
+    /// This store with `remote` as its shared tier.
+    pub fn with_remote(mut self, remote: Option<remote::Remote>) -> Store {
+        self.remote = remote;
+        self
     }
 
     pub fn entry_dir(&self, key: &str) -> PathBuf {

@@ -1,8 +1,11 @@
 //! Helpers shared by the integration tests (each test file uses some of them).
 #![allow(dead_code)]
 
+pub mod machine;
 pub mod mlflow;
 pub mod npm;
+pub mod ray;
+pub mod s3;
 pub mod venv;
 
 /// The quickstart's tiny chat model, SFT-trained briefly (`base`, then `tuned`, seed 3): the start of

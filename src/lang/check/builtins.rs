@@ -1,12 +1,12 @@
 //! Builtin constructors: `hf_model`, `jsonl`, tuning specs (`full`, `freeze`, `lora`, `qlora`), reward
-//! functions (`exact_match`, `regex_match`, `length_penalty`) and `env`.
+//! functions (`exact_match`, `regex_match`, `length_penalty`), the `ray` executor and `env`.
 
 use super::{Checker, Frame};
 use crate::lang::ast::Arg;
 use crate::lang::diag::Diag;
 use crate::lang::source::{Loc, Span};
 use crate::lang::types::{Format, Type};
-use crate::lang::value::{LocalPath, Lora, Tuning, Value};
+use crate::lang::value::{LocalPath, Lora, RayCluster, Tuning, Value};
 
 pub const NAMES: &[&str] = &[
     "env",
@@ -18,6 +18,7 @@ pub const NAMES: &[&str] = &[
     "length_penalty",
     "lora",
     "qlora",
+    "ray",
     "regex_match",
 ];
 
@@ -114,6 +115,13 @@ pub fn call(
             P("target", Type::Int, None),
             P("weight", Type::Float, Some(Value::Float(1.0))),
         ],
+        "ray" => vec![
+            P("address", Type::Str, None),
+            P("num_cpus", Type::Float, Some(Value::Float(1.0))),
+            P("num_gpus", Type::Float, Some(Value::Float(0.0))),
+            P("pending_timeout", Type::Int, Some(Value::Int(600))),
+            P("ptl", Type::Str, Some(Value::None)),
+        ],
         "env" => return env(c, frame, binding, args, span),
         _ => return Value::Error,
     };
@@ -157,6 +165,7 @@ pub fn call(
                 .map_or(Value::Error, |path| Value::Dataset { path, format })
         }
         "full" => Value::Tuning(Tuning::Full),
+        "ray" => ray(c, &values, &locs),
         "exact_match" | "regex_match" | "length_penalty" => {
             super::rewards::reward(c, name, &values, &locs)
         }
@@ -245,6 +254,63 @@ pub fn call(
             }
         }
     }
+}
+
+/// `ray(address, num_cpus, num_gpus, pending_timeout, ptl)`, its numbers checked.
+fn ray(c: &mut Checker, values: &[Value], locs: &[Loc]) -> Value {
+    let number = |v: &Value| match v {
+        Value::Float(x) => *x,
+        Value::Int(n) => *n as f64,
+        _ => 0.0,
+    };
+    let address = match &values[0] {
+        Value::Str(a) => a.trim_end_matches('/').to_string(),
+        _ => String::new(),
+    };
+    let mut ok = true;
+    if !(address.starts_with("http://") || address.starts_with("https://")) {
+        let d = Diag::error(
+            "ptl::out_of_range",
+            format!("\"{address}\" is not a Ray Jobs address"),
+        )
+        .label(locs[0], "not an http(s):// address")
+        .help("give the Ray dashboard's address, where its Jobs API listens: \"http://head:8265\"");
+        c.error(d);
+        ok = false;
+    }
+    for (i, arg) in [(1, "num_cpus"), (2, "num_gpus")] {
+        if number(&values[i]) < 0.0 {
+            let d = Diag::error("ptl::out_of_range", format!("`{arg}` must not be negative"))
+                .label(locs[i], "out of range")
+                .help("what each stage's job asks the cluster for: 0 or more");
+            c.error(d);
+            ok = false;
+        }
+    }
+    let pending_timeout = match values[3] {
+        Value::Int(n) => n,
+        _ => 600,
+    };
+    if pending_timeout < 1 {
+        let d = Diag::error("ptl::out_of_range", "`pending_timeout` must be at least 1")
+            .label(locs[3], "out of range")
+            .help("seconds a job may wait for the resources it asks for before its stage fails");
+        c.error(d);
+        ok = false;
+    }
+    if !ok {
+        return Value::Error;
+    }
+    Value::Ray(RayCluster {
+        address,
+        num_cpus: number(&values[1]),
+        num_gpus: number(&values[2]),
+        pending_timeout,
+        ptl: match &values[4] {
+            Value::Str(s) => Some(s.clone()),
+            _ => None,
+        },
+    })
 }
 
 fn strings(v: &Value) -> Vec<String> {

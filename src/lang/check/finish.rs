@@ -3,6 +3,7 @@
 use super::{Checker, Frame, StageSlot};
 use crate::lang::diag::Diag;
 use crate::lang::pipeline::{Pipeline, Stage};
+use crate::lang::settings::Block;
 use crate::lang::source::{Loc, Span};
 use crate::lang::types::Type;
 use crate::lang::value::{StageId, Value};
@@ -51,11 +52,10 @@ impl Checker {
             file: root_file,
             span: Span::new(0, 0),
         };
-        if self.config.seen.is_none() {
-            self.apply_settings(&frame, true, None, top);
-        }
-        if self.track.seen.is_none() {
-            self.apply_settings(&frame, false, None, top);
+        for which in Block::ALL {
+            if self.block_settings(which).seen.is_none() {
+                self.apply_settings(&frame, which, None, top);
+            }
         }
         self.fill_config_defaults();
         self.stage_rules();
@@ -108,8 +108,9 @@ impl Checker {
                 .file_stem()
                 .map_or("pipeline".into(), |s| s.to_string_lossy().into_owned()),
             file: path.to_path_buf(),
-            config: self.config.values.clone(),
-            track: self.track.values.clone(),
+            config: self.block_settings(Block::Config).values.clone(),
+            track: self.block_settings(Block::Track).values.clone(),
+            store: self.block_settings(Block::Store).values.clone(),
             stages,
             datasets: self.modules[0]
                 .globals
@@ -126,7 +127,8 @@ impl Checker {
             for f in &kind.fields {
                 if let Default::Config(key) = f.default {
                     if !s.params.contains_key(f.name) {
-                        let v = self.config.values.get(key).cloned().unwrap_or(Value::None);
+                        let config = &self.blocks[Block::Config as usize];
+                        let v = config.values.get(key).cloned().unwrap_or(Value::None);
                         s.params.insert(f.name.to_string(), v);
                     }
                 }

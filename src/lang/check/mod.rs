@@ -13,6 +13,7 @@ mod typing;
 use super::ast;
 use super::diag::{Diag, Diags};
 use super::pipeline::Pipeline;
+use super::settings;
 use super::source::{FileId, Loc, SourceMap};
 use super::value::{ModuleId, StageId, Value};
 use crate::stages::schema::Kind;
@@ -119,6 +120,7 @@ struct StageSlot {
     deps: Vec<(StageId, Loc)>,
 }
 
+#[derive(Default)]
 struct Settings {
     values: BTreeMap<String, Value>,
     seen: Option<Loc>,
@@ -134,8 +136,8 @@ pub(crate) struct Checker {
     stages: Vec<StageSlot>,
     stage_index: HashMap<String, StageId>,
     overrides: Vec<Override>,
-    config: Settings,
-    track: Settings,
+    /// The `config`, `track` and `store` blocks, in `settings::Block::ALL`'s order.
+    blocks: [Settings; 3],
     budget: u64,
     depth: usize,
     recursion_reported: bool,
@@ -152,18 +154,15 @@ impl Checker {
             stages: Vec::new(),
             stage_index: HashMap::new(),
             overrides: Vec::new(),
-            config: Settings {
-                values: BTreeMap::new(),
-                seen: None,
-            },
-            track: Settings {
-                values: BTreeMap::new(),
-                seen: None,
-            },
+            blocks: Default::default(),
             budget: BUDGET,
             depth: 0,
             recursion_reported: false,
         }
+    }
+
+    fn block_settings(&mut self, which: settings::Block) -> &mut Settings {
+        &mut self.blocks[which as usize]
     }
 
     fn error(&mut self, d: Diag) {
@@ -257,8 +256,15 @@ impl Checker {
                     self.bind(frame, name, value, true);
                 }
             },
-            ast::ItemKind::Config(block) => self.settings(frame, true, Some(block), item),
-            ast::ItemKind::Track(block) => self.settings(frame, false, Some(block), item),
+            ast::ItemKind::Config(block) => {
+                self.settings(frame, settings::Block::Config, Some(block), item)
+            }
+            ast::ItemKind::Track(block) => {
+                self.settings(frame, settings::Block::Track, Some(block), item)
+            }
+            ast::ItemKind::Store(block) => {
+                self.settings(frame, settings::Block::Store, Some(block), item)
+            }
             ast::ItemKind::Import { .. } | ast::ItemKind::Fn(_) => {}
         }
     }

@@ -5,6 +5,7 @@ use super::stage::Schema;
 use super::{Checker, Frame};
 use crate::lang::diag::{did_you_mean, Diag};
 use crate::lang::parse;
+use crate::lang::settings::Block;
 use crate::lang::source::{FileId, Loc, Span};
 use crate::lang::value::Value;
 
@@ -183,7 +184,7 @@ impl Checker {
     pub(super) fn unused_overrides(&mut self) {
         let stages: Vec<String> = self.stages.iter().map(|s| s.name.clone()).collect();
         let mut targets = stages.clone();
-        targets.extend(["config".to_string(), "track".to_string()]);
+        targets.extend(Block::ALL.map(|b| b.word().to_string()));
         let lets: Vec<String> = self
             .modules
             .first()
@@ -207,7 +208,7 @@ impl Checker {
                     .map(|d| format!("{d} (as the first part of the path)"))
                     .unwrap_or_else(|| {
                         format!(
-                            "paths start with a stage ({}), `config` or `track`",
+                            "paths start with a stage ({}), `config`, `track` or `store`",
                             stages.join(", ")
                         )
                     })

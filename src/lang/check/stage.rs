@@ -70,15 +70,15 @@ impl Checker {
         slot.deps = deps;
     }
 
-    /// Checks a `config` or `track` block (`block` is `None` when the file has none: overrides still apply).
+    /// Checks a `config`, `track` or `store` block.
     pub(super) fn settings(
         &mut self,
         frame: &Frame,
-        is_config: bool,
+        which: settings::Block,
         block: Option<&Block>,
         item: &ast::Item,
     ) {
-        let word = if is_config { "config" } else { "track" };
+        let word = which.word();
         let keyword = self.loc(
             frame,
             Span::new(item.span.start, item.span.start + word.len()),
@@ -90,12 +90,7 @@ impl Checker {
             self.error(d);
             return;
         }
-        let seen = if is_config {
-            self.config.seen
-        } else {
-            self.track.seen
-        };
-        if let Some(first) = seen {
+        if let Some(first) = self.block_settings(which).seen {
             let d = Diag::error("ptl::duplicate_block", format!("a second `{word}` block"))
                 .label(keyword, "again here")
                 .label(first, "first here")
@@ -103,26 +98,24 @@ impl Checker {
             self.error(d);
             return;
         }
-        self.apply_settings(frame, is_config, block, keyword);
+        self.apply_settings(frame, which, block, keyword);
     }
 
+    /// A block's fields against its schema (`block` is `None` when the file has none: overrides and
+    /// defaults still apply).
     pub(super) fn apply_settings(
         &mut self,
         frame: &Frame,
-        is_config: bool,
+        which: settings::Block,
         block: Option<&Block>,
         decl: Loc,
     ) {
-        let word = if is_config { "config" } else { "track" };
-        let fields = if is_config {
-            settings::config_fields()
-        } else {
-            settings::track_fields()
-        };
+        let word = which.word();
+        let is_config = which == settings::Block::Config;
         let schema = Schema {
             owner: format!("`{word}`"),
             target: word.to_string(),
-            fields,
+            fields: which.fields(),
             refused: &[],
             decl,
         };
@@ -142,11 +135,19 @@ impl Checker {
                 self.error(diag);
             }
         }
-        let target = if is_config {
-            &mut self.config
-        } else {
-            &mut self.track
-        };
+        if let (settings::Block::Store, Some(Value::Str(url))) = (which, values.get("remote")) {
+            if let Some(why) = settings::bad_remote(url) {
+                let loc = locs.get("remote").copied().unwrap_or(decl);
+                let diag = Diag::error(
+                    "ptl::out_of_range",
+                    format!("\"{url}\" is not a remote store"),
+                )
+                .label(loc, "not an s3:// or file:// address")
+                .help(why);
+                self.error(diag);
+            }
+        }
+        let target = self.block_settings(which);
         target.values = values;
         target.seen = Some(decl);
     }

@@ -91,6 +91,7 @@ fn conform(v: Value, ty: &Type) -> Result<Value, Mismatch> {
         }
         (Type::Tuning, v @ Value::Tuning(_)) => Ok(v),
         (Type::Reward, v @ Value::Reward(_)) => Ok(v),
+        (Type::Executor, v @ Value::Ray(_)) => Ok(v),
         (_, v @ Value::Stage(_)) => Err(fail(
             &v,
             "a stage is not a value: use one of its outputs, such as `.model` or `.metrics`",
@@ -104,6 +105,7 @@ fn conform(v: Value, ty: &Type) -> Result<Value, Mismatch> {
         (Type::Model, v) => Err(fail(&v, "a model is `hf_model(\"dir\")` or a stage's output such as `sft.model`")),
         (Type::Tuning, v) => Err(fail(&v, "tuning is `full`, `freeze(...)`, `lora(...)` or `qlora(...)`")),
         (Type::Reward, v) => Err(fail(&v, "a reward is `exact_match(field = \"answer\")`, `regex_match(pattern = \"...\")` or `length_penalty(target = 64)`")),
+        (Type::Executor, v) => Err(fail(&v, "an executor is `ray(address = \"http://head:8265\")`; leave `executor` unset to run here")),
         (Type::Int, v @ Value::Float(_)) => Err(fail(&v, "write a whole number, without a decimal point")),
         (Type::Int | Type::Float, v) => Err(fail(&v, "write a number, such as `3` or `2e-4`")),
         (Type::Bool, v) => Err(fail(&v, "write `true` or `false`")),

@@ -1,0 +1,139 @@
+//! A real Ray head for the tests: `ray start --head --block` from the harness's own virtual environment
+//! (tests/common/venv.rs), every port on a free port of 127.0.0.1, its Jobs API on the dashboard's
+//! port; its workers reach the shared moto server (tests/common/s3.rs) through the AWS variables.
+
+use super::mlflow::free_port;
+use super::venv::python_env;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The Ray the tests run against.
+pub const VERSION: &str = "2.60.0";
+
+pub struct Head {
+    /// The Jobs API: `http://127.0.0.1:PORT`.
+    pub address: String,
+    child: Child,
+}
+
+impl Drop for Head {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// The head the tests of one binary share; it ends with the test binary.
+pub fn shared() -> &'static Head {
+    static HEAD: OnceLock<Head> = OnceLock::new();
+    HEAD.get_or_init(start)
+}
+
+fn start() -> Head {
+    let venv = python_env(
+        &format!("ray-{VERSION}"),
+        &[&format!("ray[default]=={VERSION}")],
+    );
+    let s3 = super::s3::shared();
+    let dashboard = free_port();
+    let temp = std::env::temp_dir().join(format!("ptl-ray-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&temp);
+    std::fs::create_dir_all(&temp).unwrap();
+    let log_path = temp.join("head.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let port = |flag: &str| [flag.to_string(), free_port().to_string()];
+    let mut cmd = Command::new(venv.join("bin/python"));
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/run_until_parent_exits.py"))
+        .arg(venv.join("bin/ray"))
+        .args(["start", "--head", "--block", "--disable-usage-stats"])
+        .args([
+            "--node-ip-address",
+            "127.0.0.1",
+            "--dashboard-host",
+            "127.0.0.1",
+        ])
+        .args(["--num-cpus", "4", "--num-gpus", "0"])
+        .args(["--dashboard-port", &dashboard.to_string()])
+        .arg("--temp-dir")
+        .arg(&temp);
+    for flag in [
+        "--port",
+        "--ray-client-server-port",
+        "--node-manager-port",
+        "--object-manager-port",
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port",
+        "--metrics-export-port",
+    ] {
+        cmd.args(port(flag));
+    }
+    cmd.envs(s3.env())
+        .env("RAY_USAGE_STATS_ENABLED", "0")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let mut head = Head {
+        address: format!("http://127.0.0.1:{dashboard}"),
+        child: cmd.spawn().expect("starting `ray start --head`"),
+    };
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .new_agent();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let ready = agent
+            .get(format!("{}/api/jobs/", head.address))
+            .call()
+            .is_ok_and(|r| r.status() == 200);
+        if ready {
+            return head;
+        }
+        let exited = head.child.try_wait().unwrap();
+        if exited.is_some() || Instant::now() > deadline {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            panic!("the Ray head did not come up ({exited:?}); its log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+impl Head {
+    /// A job's status (`PENDING`, `RUNNING`, `SUCCEEDED`, `FAILED`, `STOPPED`).
+    pub fn status(&self, id: &str) -> String {
+        let mut r = ureq::get(format!("{}/api/jobs/{id}", self.address))
+            .call()
+            .unwrap();
+        let j: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        j["status"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Every job's submission id and status.
+    pub fn jobs(&self) -> Vec<(String, String)> {
+        let mut r = ureq::get(format!("{}/api/jobs/", self.address))
+            .call()
+            .unwrap();
+        let j: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        j.as_array()
+            .unwrap()
+            .iter()
+            .map(|job| {
+                (
+                    job["submission_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    job["status"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+}

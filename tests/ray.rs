@@ -1,0 +1,237 @@
+//! Stages on a real local Ray cluster (`ray start --head` from the harness's venv, its Jobs API on
+//! 127.0.0.1), results through a real S3 server (moto): a pipeline with two independent stages runs as
+//! Ray jobs and leaves the lock file a local run leaves; a failing stage shows its job's log; Ctrl-C
+//! stops the jobs; a driver that died finds its job again; a job that asks for a GPU the cluster lacks
+//! fails with the resource named instead of waiting forever.
+
+mod common;
+
+use common::machine::{err, out, Machine};
+use common::{ray, s3};
+use std::time::{Duration, Instant};
+
+/// `a`, then `b` and `c` (independent of each other) on its model.
+fn pipeline(executor: &str, bucket: &str, a_ms: u64, b_fails: bool) -> String {
+    format!(
+        r#"config {{
+  executor = {executor}
+}}
+
+store {{
+  remote = "s3://{bucket}/team"
+}}
+
+let d = jsonl("d.jsonl", format = "text")
+
+stage a = test_step {{
+  data = d
+  text = "first"
+  sleep_ms = {a_ms}
+  log = "ran.log"
+}}
+
+stage b = test_step {{
+  model = a.model
+  text = "second"
+  fail = {b_fails}
+  log = "ran.log"
+}}
+
+stage c = test_step {{
+  model = a.model
+  log = "ran.log"
+}}
+"#
+    )
+}
+
+fn bucket(name: &str) -> String {
+    let bucket = format!("ptl-ray-{name}-{}", std::process::id());
+    s3::shared().create_bucket(&bucket);
+    bucket
+}
+
+fn on_ray(extra: &str) -> String {
+    format!("ray(address = \"{}\"{extra})", ray::shared().address)
+}
+
+#[test]
+fn independent_stages_run_as_ray_jobs_and_leave_the_local_lock_file() {
+    let bucket = bucket("lock");
+    let m = Machine::new(
+        "ray-lock",
+        "driver",
+        &pipeline(&on_ray(""), &bucket, 0, false),
+    );
+    let said = m.run_ok();
+    assert!(
+        said.ends_with("0 cached, 3 ran, 0 failed, 0 blocked\n"),
+        "{said}"
+    );
+    for stage in ["a", "b", "c"] {
+        assert!(said.contains(&format!("{stage}: Ray job ptl-")), "{said}");
+        // The worker's progress arrives as this run's.
+        assert!(said.contains(&format!("{stage}: step 10/10")), "{said}");
+    }
+    // The workers logged to the pipeline folder (the same machine here); each stage ran once.
+    assert_eq!(m.ran(), ["a", "b", "c"]);
+    let jobs: Vec<String> = ray::shared()
+        .jobs()
+        .into_iter()
+        .filter(|(_, status)| status == "SUCCEEDED")
+        .map(|(id, _)| id)
+        .collect();
+    let keys = m.lock();
+    for stage in ["a", "b", "c"] {
+        let key = keys["stages"][stage]["key"].as_str().unwrap();
+        assert!(
+            jobs.iter()
+                .any(|id| id.starts_with(&format!("ptl-{}", &key[..24]))),
+            "{stage}'s job is named by its key: {jobs:?}"
+        );
+    }
+    // The same pipeline computed here, without Ray or the remote: the same lock file.
+    let local = Machine::new(
+        "ray-lock",
+        "local",
+        &pipeline(&on_ray(""), &bucket, 0, false),
+    );
+    let o = local.ptl(&[
+        "run",
+        "p.ptl",
+        "--executor",
+        "local",
+        "--set",
+        "store.remote=\"\"",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", out(&o), err(&o));
+    assert_eq!(local.ran(), ["a", "b", "c"]);
+    assert_eq!(local.lock(), m.lock());
+}
+
+#[test]
+fn a_failing_stage_shows_its_jobs_log() {
+    let bucket = bucket("fail");
+    let m = Machine::new(
+        "ray-fail",
+        "driver",
+        &pipeline(&on_ray(""), &bucket, 0, true),
+    );
+    let o = m.ptl(&["run", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", out(&o), err(&o));
+    let e = err(&o);
+    assert!(
+        e.contains("stage `b` failed: failed on purpose (fail = true)"),
+        "{e}"
+    );
+    assert!(e.contains("the job's last log lines:"), "{e}");
+    assert!(out(&o).contains("ran      c"), "{}", out(&o));
+}
+
+#[test]
+fn ctrl_c_stops_the_jobs() {
+    let bucket = bucket("stop");
+    let m = Machine::new(
+        "ray-stop",
+        "driver",
+        &pipeline(&on_ray(""), &bucket, 60_000, false),
+    );
+    let mut child = m
+        .cmd(&["run", "p.ptl"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the job of `a` runs.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let id = loop {
+        let running = ray::shared()
+            .jobs()
+            .into_iter()
+            .find(|(id, status)| status == "RUNNING" && !id.is_empty() && job_of(&m, id));
+        if let Some((id, _)) = running {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "a's job never ran");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(ray::shared().status(&id), "STOPPED");
+    assert!(m.ran().is_empty(), "a never finished");
+}
+
+/// Whether job `id` is one of this machine's (its metadata names the pipeline).
+fn job_of(m: &Machine, id: &str) -> bool {
+    let mut r = ureq::get(format!("{}/api/jobs/{id}", ray::shared().address))
+        .call()
+        .unwrap();
+    let j: serde_json::Value =
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    let pipeline = std::fs::canonicalize(m.dir.join("p.ptl")).unwrap();
+    j["metadata"]["ptl_pipeline"].as_str() == Some(&*pipeline.to_string_lossy())
+}
+
+#[test]
+fn a_driver_that_died_finds_its_job_again() {
+    let bucket = bucket("again");
+    let m = Machine::new(
+        "ray-again",
+        "driver",
+        &pipeline(&on_ray(""), &bucket, 4_000, false),
+    );
+    let mut first = m.cmd(&["run", "p.ptl"]).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ray::shared()
+        .jobs()
+        .iter()
+        .any(|(id, status)| status == "RUNNING" && job_of(&m, id))
+    {
+        assert!(Instant::now() < deadline, "a's job never ran");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    first.kill().unwrap(); // SIGKILL: the driver cannot stop its job
+    first.wait().unwrap();
+    let said = m.run_ok();
+    assert!(said.contains("a: following Ray job ptl-"), "{said}");
+    assert_eq!(m.ran(), ["a", "b", "c"], "a ran once: {said}");
+}
+
+#[test]
+fn a_job_asking_for_a_missing_gpu_fails_with_the_resource_named() {
+    let bucket = bucket("gpu");
+    let text = pipeline(
+        &on_ray(", num_gpus = 1, pending_timeout = 3"),
+        &bucket,
+        0,
+        false,
+    );
+    let m = Machine::new("ray-gpu", "driver", &text);
+    let started = Instant::now();
+    let o = m.ptl(&["run", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", out(&o), err(&o));
+    let e = err(&o);
+    assert!(e.contains("waited 3 s without starting"), "{e}");
+    assert!(e.contains("num_gpus = 1"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn ray_needs_a_remote_store() {
+    let m = Machine::new(
+        "ray-noremote",
+        "driver",
+        &pipeline(&on_ray(""), "x", 0, false),
+    );
+    let o = m.ptl(&["run", "p.ptl", "--set", "store.remote=\"\""]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err(&o).contains("send their results back through a remote store"),
+        "{}",
+        err(&o)
+    );
+    let o = m.ptl(&["run", "p.ptl", "--executor", "rayy"]);
+    assert_eq!(o.status.code(), Some(2), "a usage error");
+}
