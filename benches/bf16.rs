@@ -11,7 +11,7 @@
 //! candle's widening path and through ptl's AVX512-BF16 kernel, next to PyTorch's f32 and bf16
 //! matmuls (benches/reference/torch_matmul.py).
 //!
-//! Run with `cargo bench --bench bf16 [-- --steps N]`; the PyTorch side runs when
+//! Run with `cargo bench --bench bf16 [-- --steps N | --matmuls-only]`; the PyTorch side runs when
 //! `PTL_BENCH_PYTHON` (default `python3`) has torch, transformers and peft.
 
 mod common;
@@ -53,7 +53,13 @@ fn matmuls() {
         row["bf16_candle_widening"] = round(gflops(m, k, n, || ah.matmul(&bh).unwrap()), 1).into();
         if ptl::model::gemm_bf16::available() {
             let f = || ptl::model::matmul::kernel_matmul(&ah, &bh).unwrap();
-            row["bf16_avx512_kernel"] = round(gflops(m, k, n, f), 1).into();
+            row["bf16_kernel"] = round(gflops(m, k, n, f), 1).into();
+            let path = if ptl::model::gemm_amx::available() {
+                "amx"
+            } else {
+                "avx512_bf16"
+            };
+            row["bf16_kernel_path"] = path.into();
         }
         println!("{row}");
     }
@@ -138,6 +144,9 @@ fn main() {
         candle_core::utils::get_num_threads().to_string(),
     );
     matmuls();
+    if std::env::args().any(|a| a == "--matmuls-only") {
+        return;
+    }
     let dir = common::fresh_dir("bench-bf16");
     tokenizer(&dir.join("tokenizer"));
     common::text_rows(&dir.join("rows.jsonl"), 8 * (steps + 1), 256);

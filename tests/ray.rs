@@ -6,43 +6,16 @@
 
 mod common;
 
-use common::machine::{err, out, Machine};
+use common::machine::{err, out, three_stages, Machine};
 use common::{ray, s3};
 use std::time::{Duration, Instant};
 
-/// `a`, then `b` and `c` (independent of each other) on its model.
+/// The three stages on `executor`, with a remote store in `bucket`.
 fn pipeline(executor: &str, bucket: &str, a_ms: u64, b_fails: bool) -> String {
-    format!(
-        r#"config {{
-  executor = {executor}
-}}
-
-store {{
-  remote = "s3://{bucket}/team"
-}}
-
-let d = jsonl("d.jsonl", format = "text")
-
-stage a = test_step {{
-  data = d
-  text = "first"
-  sleep_ms = {a_ms}
-  log = "ran.log"
-}}
-
-stage b = test_step {{
-  model = a.model
-  text = "second"
-  fail = {b_fails}
-  log = "ran.log"
-}}
-
-stage c = test_step {{
-  model = a.model
-  log = "ran.log"
-}}
-"#
-    )
+    let header = format!(
+        "config {{\n  executor = {executor}\n}}\n\nstore {{\n  remote = \"s3://{bucket}/team\"\n}}\n\n"
+    );
+    three_stages(&header, a_ms, b_fails)
 }
 
 fn bucket(name: &str) -> String {

@@ -6,37 +6,16 @@
 
 mod common;
 
-use common::machine::{err, out, Machine};
+use common::machine::{err, out, three_stages, Machine};
 use common::s3;
 use std::process::Stdio;
 
-/// Three stages: `a` (slow when asked), and `b` and `c` on its model.
+/// The three stages, with the remote store when one is given.
 fn pipeline(remote: Option<&str>, sleep_ms: u64) -> String {
     let store = remote.map_or(String::new(), |r| {
         format!("store {{\n  remote = \"{r}\"\n}}\n\n")
     });
-    format!(
-        r#"{store}let d = jsonl("d.jsonl", format = "text")
-
-stage a = test_step {{
-  data = d
-  text = "first"
-  sleep_ms = {sleep_ms}
-  log = "ran.log"
-}}
-
-stage b = test_step {{
-  model = a.model
-  text = "second"
-  log = "ran.log"
-}}
-
-stage c = test_step {{
-  model = a.model
-  log = "ran.log"
-}}
-"#
-    )
+    three_stages(&store, sleep_ms, false)
 }
 
 /// A bucket of its own for one test, and the pipeline's remote in it.

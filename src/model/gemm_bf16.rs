@@ -16,8 +16,8 @@ use rayon::prelude::*;
 
 /// Rows of a micro-tile (one broadcast A word each).
 const MR: usize = 6;
-/// Columns of a micro-tile (four registers of 16 f32 lanes).
-const NR: usize = 64;
+/// Columns of a micro-tile (four registers of 16 f32 lanes), and of a packed B panel.
+pub(super) const NR: usize = 64;
 /// Bytes of packed B one column block holds (within the L2 cache of every AVX512-BF16 CPU).
 const B_BLOCK_BYTES: usize = 384 * 1024;
 /// Below this many multiply-adds a product runs on the calling thread.
@@ -34,9 +34,10 @@ pub fn available() -> bool {
 /// time of 16 f32 ones (PyTorch's bf16 matmul, the same instruction through oneDNN, ran at 2.4×
 /// its f32 on such a machine). Intel cores without AMX run it at half their f32 FMA rate (measured:
 /// 83 against 175 GFLOP/s per core), so there the widened f32 product is faster (docs/performance.md).
+/// With AMX (`gemm_amx`) the tiles beat the f32 units by far, on any vendor.
 pub fn preferred() -> bool {
     static AMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    available() && *AMD.get_or_init(amd)
+    available() && (*AMD.get_or_init(amd) || super::gemm_amx::available())
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -77,7 +78,7 @@ pub struct Strided<'a> {
 }
 
 impl Strided<'_> {
-    fn at(&self, batch: usize, i: usize, j: usize) -> u16 {
+    pub(super) fn at(&self, batch: usize, i: usize, j: usize) -> u16 {
         self.data[self.offsets[batch] + i * self.rs + j * self.cs].to_bits()
     }
 }
@@ -106,9 +107,18 @@ pub struct Dims {
     pub k: usize,
 }
 
-/// out [batches, m, n] (row-major) = A · B for each batch. Panics when the CPU lacks AVX512-BF16
-/// ([`available`]) or an operand is shorter than its strides say.
+/// out [batches, m, n] (row-major) = A · B for each batch: on AMX tiles where the CPU has them
+/// (`gemm_amx`), else with `vdpbf16ps`. Panics when the CPU lacks AVX512-BF16 ([`available`]) or
+/// an operand is shorter than its strides say.
 pub fn matmul<T: Output>(a: &Strided, b: &Strided, d: Dims, out: &mut [T]) {
+    if super::gemm_amx::available() {
+        return super::gemm_amx::matmul(a, b, d, out);
+    }
+    vector_matmul(a, b, d, out)
+}
+
+/// [`matmul`] with `vdpbf16ps` whatever the CPU has beyond AVX512-BF16.
+pub(super) fn vector_matmul<T: Output>(a: &Strided, b: &Strided, d: Dims, out: &mut [T]) {
     assert!(available(), "bf16 matmul without AVX512-BF16");
     assert_eq!(out.len(), d.batches * d.m * d.n);
     if out.is_empty() {
@@ -119,28 +129,16 @@ pub fn matmul<T: Output>(a: &Strided, b: &Strided, d: Dims, out: &mut [T]) {
     let parallel = d.batches * d.m * d.n * d.k >= PARALLEL_WORK && rayon::current_num_threads() > 1;
 
     let mut packed_a = vec![0u32; d.batches * row_blocks * kp * MR];
-    let pack = |(panel, dst): (usize, &mut [u32])| {
-        pack_a(a, panel / row_blocks, (panel % row_blocks) * MR, d, dst)
-    };
     // An empty depth leaves every panel empty (and the result zero).
     if kp > 0 {
-        if parallel {
-            packed_a.par_chunks_mut(kp * MR).enumerate().for_each(pack);
-        } else {
-            packed_a.chunks_mut(kp * MR).enumerate().for_each(pack);
-        }
+        pack_chunks(&mut packed_a, kp * MR, parallel, |panel, dst| {
+            pack_a(a, panel / row_blocks, (panel % row_blocks) * MR, d, dst)
+        });
     }
-
-    // Each packed column takes kp words of two bf16.
-    let block_cols = ((B_BLOCK_BYTES / (kp.max(1) * 4)) / NR).max(1) * NR;
-    let col_blocks = d.n.div_ceil(block_cols);
     let out_ptr = SharedOut(out.as_mut_ptr());
-    let block = |item: usize| {
-        let (batch, j0) = (item / col_blocks, (item % col_blocks) * block_cols);
-        let cols = block_cols.min(d.n - j0);
+    for_each_b_block(b, d, kp, B_BLOCK_BYTES, parallel, |blk, packed_b| {
+        let (batch, j0, cols) = (blk.batch, blk.j0, blk.cols);
         let panels = cols.div_ceil(NR);
-        let mut packed_b = vec![0u16; panels * kp * 2 * NR];
-        pack_b(b, batch, j0, cols, d, &mut packed_b);
         for rb in 0..row_blocks {
             let i0 = rb * MR;
             let a_panel = &packed_a[(batch * row_blocks + rb) * kp * MR..][..kp * MR];
@@ -158,6 +156,59 @@ pub fn matmul<T: Output>(a: &Strided, b: &Strided, d: Dims, out: &mut [T]) {
                 unsafe { kernel::<T>(kp, a_panel, b_panel, out_ptr.at(tile.offset), &tile) };
             }
         }
+    });
+}
+
+/// `data` in chunks of `len`, each filled by `fill(index, chunk)`, on rayon's threads when
+/// `parallel`.
+pub(super) fn pack_chunks<W: Send>(
+    data: &mut [W],
+    len: usize,
+    parallel: bool,
+    fill: impl Fn(usize, &mut [W]) + Sync,
+) {
+    if parallel {
+        data.par_chunks_mut(len)
+            .enumerate()
+            .for_each(|(i, c)| fill(i, c));
+    } else {
+        data.chunks_mut(len)
+            .enumerate()
+            .for_each(|(i, c)| fill(i, c));
+    }
+}
+
+/// One column block of B: columns `j0 .. j0 + cols` of batch `batch`.
+pub(super) struct BBlock {
+    pub batch: usize,
+    pub j0: usize,
+    pub cols: usize,
+}
+
+/// Cuts every batch of B into column blocks whose packing (`kp` row pairs, panels of NR columns)
+/// takes about `block_bytes` (so that a block stays in L2 while the A panels stream past), packs
+/// each and hands it to `f`; the blocks are what the threads share out when `parallel`.
+pub(super) fn for_each_b_block(
+    b: &Strided,
+    d: Dims,
+    kp: usize,
+    block_bytes: usize,
+    parallel: bool,
+    f: impl Fn(&BBlock, &[u16]) + Sync,
+) {
+    // Each packed column takes kp words of two bf16.
+    let block_cols = ((block_bytes / (kp.max(1) * 4)) / NR).max(1) * NR;
+    let col_blocks = d.n.div_ceil(block_cols);
+    let block = |item: usize| {
+        let (batch, j0) = (item / col_blocks, (item % col_blocks) * block_cols);
+        let blk = BBlock {
+            batch,
+            j0,
+            cols: block_cols.min(d.n - j0),
+        };
+        let mut packed = vec![0u16; blk.cols.div_ceil(NR) * kp * 2 * NR];
+        pack_b(b, batch, j0, blk.cols, kp, d, &mut packed);
+        f(&blk, &packed);
     };
     if parallel {
         (0..d.batches * col_blocks).into_par_iter().for_each(block);
@@ -180,10 +231,46 @@ fn pack_a(a: &Strided, batch: usize, i0: usize, d: Dims, dst: &mut [u32]) {
     }
 }
 
-/// Columns j0 .. j0 + cols of batch `batch` of B, in panels of NR columns: for each row pair,
-/// each column's two bf16 side by side, zeros past the matrix.
-fn pack_b(b: &Strided, batch: usize, j0: usize, cols: usize, d: Dims, dst: &mut [u16]) {
-    let kp = d.k.div_ceil(2);
+/// Columns j0 .. j0 + cols of batch `batch` of B, in panels of NR columns of `kp` row pairs (at
+/// least the depth's): for each row pair, each column's two bf16 side by side, zeros past the
+/// matrix.
+pub(super) fn pack_b(
+    b: &Strided,
+    batch: usize,
+    j0: usize,
+    cols: usize,
+    kp: usize,
+    d: Dims,
+    dst: &mut [u16],
+) {
+    let start = b.offsets[batch];
+    if b.cs == 1 && d.k > 0 {
+        // Row-major B: each row pair's columns, two contiguous rows interleaved.
+        for row in 0..d.k {
+            let src = &b.data[start + row * b.rs + j0..][..cols];
+            for (c, v) in src.iter().enumerate() {
+                let (panel, lane) = (c / NR, c % NR);
+                dst[panel * kp * 2 * NR + (row / 2) * 2 * NR + 2 * lane + row % 2] = v.to_bits();
+            }
+        }
+        return;
+    }
+    if b.rs == 1 && d.k > 0 {
+        // Column-major B (a transposed weight): each column's rows are contiguous pairs already.
+        for c in 0..cols {
+            let (panel, lane) = (c / NR, c % NR);
+            let base = panel * kp * 2 * NR + 2 * lane;
+            let src = &b.data[start + (j0 + c) * b.cs..][..d.k];
+            for (p, pair) in src.chunks(2).enumerate() {
+                let at = base + p * 2 * NR;
+                dst[at] = pair[0].to_bits();
+                if let Some(hi) = pair.get(1) {
+                    dst[at + 1] = hi.to_bits();
+                }
+            }
+        }
+        return;
+    }
     for c in 0..cols {
         let (panel, lane) = (c / NR, c % NR);
         let base = panel * kp * 2 * NR + 2 * lane;
@@ -203,7 +290,7 @@ struct Tile {
 }
 
 /// The result's buffer, written by several threads at disjoint tiles.
-struct SharedOut<T>(*mut T);
+pub(super) struct SharedOut<T>(pub(super) *mut T);
 
 // SAFETY: the blocks write disjoint elements (see `matmul`), and the buffer outlives them.
 unsafe impl<T: Send> Send for SharedOut<T> {}
@@ -211,7 +298,7 @@ unsafe impl<T: Send> Sync for SharedOut<T> {}
 
 impl<T> SharedOut<T> {
     /// SAFETY: `offset` must lie inside the buffer.
-    unsafe fn at(&self, offset: usize) -> *mut T {
+    pub(super) unsafe fn at(&self, offset: usize) -> *mut T {
         unsafe { self.0.add(offset) }
     }
 }
@@ -350,20 +437,32 @@ mod tests {
                 cs: if b_t { k } else { 1 },
             };
             let want = reference(&a, &b, d);
-            let mut got = vec![0f32; want.len()];
-            matmul(&a, &b, d, &mut got);
-            let mut rounded = vec![bf16::ZERO; want.len()];
-            matmul(&a, &b, d, &mut rounded);
-            for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
-                // k · 4 · 2⁻²³: well above the rounding of f32 sums of k products of magnitude ≤ 4
-                // in any order, well below what a misplaced lane or pair costs (order 1).
-                let tol = (k as f64) * 4.0 * f64::from(f32::EPSILON);
-                assert!(
-                    (f64::from(g) - w).abs() <= tol,
-                    "{d:?} a_t={a_t} b_t={b_t} at {i}: {g} vs {w}"
-                );
-                // The bf16 result is the f32 accumulator rounded to nearest even.
-                assert_eq!(rounded[i], bf16::from_f32(g), "{d:?} at {i}");
+            // The AMX tiles where the CPU has them, and the vector kernel everywhere.
+            let amx = crate::model::gemm_amx::available();
+            for (path, vector) in [("amx", false), ("vector", true)] {
+                if path == "amx" && !amx {
+                    continue;
+                }
+                let mut got = vec![0f32; want.len()];
+                let mut rounded = vec![bf16::ZERO; want.len()];
+                if vector {
+                    vector_matmul(&a, &b, d, &mut got);
+                    vector_matmul(&a, &b, d, &mut rounded);
+                } else {
+                    matmul(&a, &b, d, &mut got);
+                    matmul(&a, &b, d, &mut rounded);
+                }
+                for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    // k · 4 · 2⁻²³: well above the rounding of f32 sums of k products of magnitude
+                    // ≤ 4 in any order, well below what a misplaced lane or pair costs (order 1).
+                    let tol = (k as f64) * 4.0 * f64::from(f32::EPSILON);
+                    assert!(
+                        (f64::from(g) - w).abs() <= tol,
+                        "{path}: {d:?} a_t={a_t} b_t={b_t} at {i}: {g} vs {w}"
+                    );
+                    // The bf16 result is the f32 accumulator rounded to nearest even.
+                    assert_eq!(rounded[i], bf16::from_f32(g), "{path}: {d:?} at {i}");
+                }
             }
         }
     }

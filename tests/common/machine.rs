@@ -5,6 +5,34 @@ use super::s3;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+/// `header` (run-wide blocks), then three `test_step` stages that log to ran.log: `a` (spending
+/// `a_ms`), and `b` (failing when asked) and `c`, independent of each other, on its model.
+pub fn three_stages(header: &str, a_ms: u64, b_fails: bool) -> String {
+    format!(
+        r#"{header}let d = jsonl("d.jsonl", format = "text")
+
+stage a = test_step {{
+  data = d
+  text = "first"
+  sleep_ms = {a_ms}
+  log = "ran.log"
+}}
+
+stage b = test_step {{
+  model = a.model
+  text = "second"
+  fail = {b_fails}
+  log = "ran.log"
+}}
+
+stage c = test_step {{
+  model = a.model
+  log = "ran.log"
+}}
+"#
+    )
+}
+
 /// One machine: a folder with the pipeline, its data, its own store and lock file.
 pub struct Machine {
     pub dir: PathBuf,
