@@ -185,6 +185,9 @@ pub struct Decoder {
     /// The dtype activations compute in when it differs from the weights' (mixed precision: f32
     /// weights, bf16 compute); `None`: the weights' dtype.
     pub compute_dtype: Option<DType>,
+    /// Mixed precision as autocast on a CPU with the bf16 kernel: activations stay f32 and the
+    /// training loop makes products take bf16 operands ([`super::matmul::Autocast`]).
+    pub autocast: bool,
     /// Gradient checkpointing: what whole-sequence forwards keep for [`Decoder::backward`].
     pub(super) tape: super::recompute::Tape,
 }
@@ -427,6 +430,7 @@ impl Decoder {
             training: Default::default(),
             dropout_rng: Default::default(),
             compute_dtype: None,
+            autocast: false,
             tape: Default::default(),
         })
     }
@@ -506,6 +510,7 @@ impl Decoder {
             training: Default::default(),
             dropout_rng: Default::default(),
             compute_dtype: None,
+            autocast: false,
             tape: Default::default(),
         })
     }

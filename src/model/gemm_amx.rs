@@ -9,7 +9,9 @@
 //! holds a 32 × 32 block of the result in four accumulator tiles over the whole depth, loading two
 //! tiles of A and two of B per 16 pairs, then stores it once.
 
-use super::gemm_bf16::{for_each_b_block, pack_chunks, Dims, Output, SharedOut, Strided, NR};
+use super::gemm_bf16::{
+    for_each_b_block, pack_chunks, Dims, Element, Output, SharedOut, Strided, NR,
+};
 
 /// Rows of one tile (of A and of the result), and row pairs of one tile of B.
 const TILE: usize = 16;
@@ -67,7 +69,12 @@ fn request_tiles() -> bool {
 }
 
 /// out [batches, m, n] (row-major) = A · B for each batch. Panics unless [`available`].
-pub fn matmul<T: Output>(a: &Strided, b: &Strided, d: Dims, out: &mut [T]) {
+pub fn matmul<A: Element, B: Element, T: Output>(
+    a: &Strided<A>,
+    b: &Strided<B>,
+    d: Dims,
+    out: &mut [T],
+) {
     assert!(available(), "bf16 AMX matmul without AMX");
     assert_eq!(out.len(), d.batches * d.m * d.n);
     if out.is_empty() {
@@ -116,17 +123,17 @@ pub fn matmul<T: Output>(a: &Strided, b: &Strided, d: Dims, out: &mut [T]) {
 
 /// Row `i` of batch `batch` of A as kp words of two bf16 (low half the even column), zeros past the
 /// matrix.
-fn pack_a_row(a: &Strided, batch: usize, i: usize, d: Dims, dst: &mut [u32]) {
+fn pack_a_row<A: Element>(a: &Strided<A>, batch: usize, i: usize, d: Dims, dst: &mut [u32]) {
     if i >= d.m {
         return;
     }
     if a.cs == 1 && d.k > 0 {
-        // A contiguous row: its pairs are the words.
+        // A contiguous row: its bf16 in order are the words' halves (low half first).
         let src = &a.data[a.offsets[batch] + i * a.rs..][..d.k];
-        for (word, pair) in dst.iter_mut().zip(src.chunks(2)) {
-            let hi = pair.get(1).map_or(0, |h| u32::from(h.to_bits()));
-            *word = u32::from(pair[0].to_bits()) | hi << 16;
-        }
+        // SAFETY: u16 needs less alignment than u32, and the view covers dst's own memory.
+        let halves =
+            unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u16, dst.len() * 2) };
+        A::bits_into(src, &mut halves[..d.k]);
         return;
     }
     for (p, word) in dst.iter_mut().enumerate().take(d.k.div_ceil(2)) {

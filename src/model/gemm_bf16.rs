@@ -68,18 +68,76 @@ fn detect() -> bool {
     false
 }
 
+/// What an operand may hold: bf16, or f32 rounded to bf16 (nearest even) as it is packed, so that a
+/// product of f32 tensors with bf16 operands costs no extra pass (autocast's products).
+pub trait Element: Copy + Send + Sync {
+    fn bits(self) -> u16;
+    /// Every element's bits into `dst`, which is as long as `src`.
+    fn bits_into(src: &[Self], dst: &mut [u16]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.bits();
+        }
+    }
+}
+
+impl Element for bf16 {
+    fn bits(self) -> u16 {
+        self.to_bits()
+    }
+}
+
+impl Element for f32 {
+    fn bits(self) -> u16 {
+        bf16::from_f32(self).to_bits()
+    }
+
+    fn bits_into(src: &[f32], dst: &mut [u16]) {
+        #[cfg(target_arch = "x86_64")]
+        if available() {
+            // SAFETY: available() checked the instructions.
+            unsafe { round_to_bf16(src, dst) };
+            return;
+        }
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.bits();
+        }
+    }
+}
+
+/// `src` rounded to bf16 (nearest even) 16 at a time with `vcvtneps2bf16`, the rest one by one.
+///
+/// SAFETY: the CPU has AVX512-BF16 (with F, BW, VL).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let n = src.len().min(dst.len());
+    let whole = n - n % 16;
+    for i in (0..whole).step_by(16) {
+        // SAFETY: i + 16 <= n, inside both slices.
+        unsafe {
+            let v = _mm512_loadu_ps(src.as_ptr().add(i));
+            let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, h);
+        }
+    }
+    for i in whole..n {
+        dst[i] = src[i].bits();
+    }
+}
+
 /// One operand of a batched product: element (i, j) of batch `b` is
 /// `data[offsets[b] + i * rs + j * cs]` (any strides, a transposed view included).
-pub struct Strided<'a> {
-    pub data: &'a [bf16],
+pub struct Strided<'a, E: Element = bf16> {
+    pub data: &'a [E],
     pub offsets: Vec<usize>,
     pub rs: usize,
     pub cs: usize,
 }
 
-impl Strided<'_> {
+impl<E: Element> Strided<'_, E> {
     pub(super) fn at(&self, batch: usize, i: usize, j: usize) -> u16 {
-        self.data[self.offsets[batch] + i * self.rs + j * self.cs].to_bits()
+        self.data[self.offsets[batch] + i * self.rs + j * self.cs].bits()
     }
 }
 
@@ -110,7 +168,12 @@ pub struct Dims {
 /// out [batches, m, n] (row-major) = A · B for each batch: on AMX tiles where the CPU has them
 /// (`gemm_amx`), else with `vdpbf16ps`. Panics when the CPU lacks AVX512-BF16 ([`available`]) or
 /// an operand is shorter than its strides say.
-pub fn matmul<T: Output>(a: &Strided, b: &Strided, d: Dims, out: &mut [T]) {
+pub fn matmul<A: Element, B: Element, T: Output>(
+    a: &Strided<A>,
+    b: &Strided<B>,
+    d: Dims,
+    out: &mut [T],
+) {
     if super::gemm_amx::available() {
         return super::gemm_amx::matmul(a, b, d, out);
     }
@@ -118,7 +181,12 @@ pub fn matmul<T: Output>(a: &Strided, b: &Strided, d: Dims, out: &mut [T]) {
 }
 
 /// [`matmul`] with `vdpbf16ps` whatever the CPU has beyond AVX512-BF16.
-pub(super) fn vector_matmul<T: Output>(a: &Strided, b: &Strided, d: Dims, out: &mut [T]) {
+pub(super) fn vector_matmul<A: Element, B: Element, T: Output>(
+    a: &Strided<A>,
+    b: &Strided<B>,
+    d: Dims,
+    out: &mut [T],
+) {
     assert!(available(), "bf16 matmul without AVX512-BF16");
     assert_eq!(out.len(), d.batches * d.m * d.n);
     if out.is_empty() {
@@ -188,8 +256,8 @@ pub(super) struct BBlock {
 /// Cuts every batch of B into column blocks whose packing (`kp` row pairs, panels of NR columns)
 /// takes about `block_bytes` (so that a block stays in L2 while the A panels stream past), packs
 /// each and hands it to `f`; the blocks are what the threads share out when `parallel`.
-pub(super) fn for_each_b_block(
-    b: &Strided,
+pub(super) fn for_each_b_block<B: Element>(
+    b: &Strided<B>,
     d: Dims,
     kp: usize,
     block_bytes: usize,
@@ -219,7 +287,7 @@ pub(super) fn for_each_b_block(
 
 /// Rows i0 .. i0 + MR of batch `batch` of A: for each column pair, the row's two bf16 as one word
 /// (low half the even column), zeros past the matrix.
-fn pack_a(a: &Strided, batch: usize, i0: usize, d: Dims, dst: &mut [u32]) {
+fn pack_a<A: Element>(a: &Strided<A>, batch: usize, i0: usize, d: Dims, dst: &mut [u32]) {
     for r in 0..MR.min(d.m - i0) {
         for p in 0..d.k / 2 {
             let (lo, hi) = (a.at(batch, i0 + r, 2 * p), a.at(batch, i0 + r, 2 * p + 1));
@@ -234,8 +302,8 @@ fn pack_a(a: &Strided, batch: usize, i0: usize, d: Dims, dst: &mut [u32]) {
 /// Columns j0 .. j0 + cols of batch `batch` of B, in panels of NR columns of `kp` row pairs (at
 /// least the depth's): for each row pair, each column's two bf16 side by side, zeros past the
 /// matrix.
-pub(super) fn pack_b(
-    b: &Strided,
+pub(super) fn pack_b<B: Element>(
+    b: &Strided<B>,
     batch: usize,
     j0: usize,
     cols: usize,
@@ -246,26 +314,28 @@ pub(super) fn pack_b(
     let start = b.offsets[batch];
     if b.cs == 1 && d.k > 0 {
         // Row-major B: each row pair's columns, two contiguous rows interleaved.
+        let mut row_bits = vec![0u16; cols];
         for row in 0..d.k {
-            let src = &b.data[start + row * b.rs + j0..][..cols];
-            for (c, v) in src.iter().enumerate() {
+            B::bits_into(&b.data[start + row * b.rs + j0..][..cols], &mut row_bits);
+            for (c, &v) in row_bits.iter().enumerate() {
                 let (panel, lane) = (c / NR, c % NR);
-                dst[panel * kp * 2 * NR + (row / 2) * 2 * NR + 2 * lane + row % 2] = v.to_bits();
+                dst[panel * kp * 2 * NR + (row / 2) * 2 * NR + 2 * lane + row % 2] = v;
             }
         }
         return;
     }
     if b.rs == 1 && d.k > 0 {
         // Column-major B (a transposed weight): each column's rows are contiguous pairs already.
+        let mut column = vec![0u16; d.k];
         for c in 0..cols {
             let (panel, lane) = (c / NR, c % NR);
             let base = panel * kp * 2 * NR + 2 * lane;
-            let src = &b.data[start + (j0 + c) * b.cs..][..d.k];
-            for (p, pair) in src.chunks(2).enumerate() {
+            B::bits_into(&b.data[start + (j0 + c) * b.cs..][..d.k], &mut column);
+            for (p, pair) in column.chunks(2).enumerate() {
                 let at = base + p * 2 * NR;
-                dst[at] = pair[0].to_bits();
-                if let Some(hi) = pair.get(1) {
-                    dst[at + 1] = hi.to_bits();
+                dst[at] = pair[0];
+                if let Some(&hi) = pair.get(1) {
+                    dst[at + 1] = hi;
                 }
             }
         }

@@ -1,6 +1,8 @@
 //! The model's matrix products: candle's, except bf16 on a CPU where [`super::gemm_bf16`] is the
 //! faster ([`gemm_bf16::preferred`]): then they go through that kernel forward and backward
-//! (candle widens bf16 to f32 and narrows back).
+//! (candle widens bf16 to f32 and narrows back). Under [`Autocast`] (mixed-precision training on a
+//! CPU with the kernel) products of f32 tensors round their operands to bf16 and run on the kernel
+//! too, while everything else computes in f32, as `torch.autocast` treats matmuls.
 
 use super::gemm_bf16::{self, Dims, Strided};
 use candle_core::backend::BackendStorage;
@@ -44,6 +46,31 @@ pub fn broadcast_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     matmul(&full(a, ra)?, &full(b, rb)?)
 }
 
+thread_local! {
+    /// Whether f32 products on this thread run on the bf16 kernel ([`Autocast`]).
+    static AUTOCAST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While it lives, products of f32 tensors built on this thread (and their backward, which runs
+/// on it) take bf16 operands on the kernel: a scope, as `torch.autocast` is one. Without the kernel
+/// ([`gemm_bf16::available`]) it changes nothing.
+pub struct Autocast {
+    before: bool,
+}
+
+impl Autocast {
+    pub fn start(on: bool) -> Autocast {
+        let before = AUTOCAST.with(|a| a.replace(on && gemm_bf16::available()));
+        Autocast { before }
+    }
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        AUTOCAST.with(|a| a.set(self.before));
+    }
+}
+
 /// Whether a product of these operands runs on the bf16 kernel.
 fn uses_kernel(a: &Tensor, b: &Tensor) -> bool {
     a.dtype() == b.dtype() && a.device().is_cpu() && b.device().is_cpu() && kernel_for(a.dtype())
@@ -51,20 +78,43 @@ fn uses_kernel(a: &Tensor, b: &Tensor) -> bool {
 
 /// Whether CPU products in `dtype` run on the bf16 kernel (here and in the frozen-weight ops).
 pub fn kernel_for(dtype: DType) -> bool {
-    dtype == DType::BF16 && gemm_bf16::preferred()
+    match dtype {
+        DType::BF16 => gemm_bf16::preferred(),
+        DType::F32 => AUTOCAST.with(|a| a.get()),
+        _ => false,
+    }
 }
 
-/// The product of two bf16 CPU storages as candle lays them out (leading dimensions batch, equal
-/// on both sides): the forward of [`Bf16Matmul`] and of the frozen-weight ops.
+/// The product of two CPU storages on bf16 operands as candle lays them out (leading dimensions
+/// batch, equal on both sides): bf16 · bf16 gives bf16, f32 · f32 (rounded to bf16 as packed) f32.
+/// The forward of [`Bf16Matmul`] and of the frozen-weight ops.
 pub fn cpu_bf16(
     a: &CpuStorage,
     la: &Layout,
     b: &CpuStorage,
     lb: &Layout,
 ) -> Result<(CpuStorage, Shape)> {
-    let (CpuStorage::BF16(av), CpuStorage::BF16(bv)) = (a, b) else {
-        candle_core::bail!("bf16 matmul of {:?} and {:?}", a.dtype(), b.dtype())
+    let d = dims(la, lb)?;
+    let mut shape = la.dims()[..la.dims().len() - 1].to_vec();
+    shape.push(d.n);
+    let out = match (a, b) {
+        (CpuStorage::BF16(av), CpuStorage::BF16(bv)) => {
+            let mut out = vec![bf16::ZERO; d.batches * d.m * d.n];
+            gemm_bf16::matmul(&strided(av, la), &strided(bv, lb), d, &mut out);
+            CpuStorage::BF16(out)
+        }
+        (CpuStorage::F32(av), CpuStorage::F32(bv)) => {
+            let mut out = vec![0f32; d.batches * d.m * d.n];
+            gemm_bf16::matmul(&strided(av, la), &strided(bv, lb), d, &mut out);
+            CpuStorage::F32(out)
+        }
+        _ => candle_core::bail!("bf16 matmul of {:?} and {:?}", a.dtype(), b.dtype()),
     };
+    Ok((out, Shape::from(shape)))
+}
+
+/// The product's dimensions from its operands' layouts.
+fn dims(la: &Layout, lb: &Layout) -> Result<Dims> {
     let (da, db) = (la.dims(), lb.dims());
     let rank = da.len();
     if rank < 2
@@ -80,16 +130,12 @@ pub fn cpu_bf16(
         n: db[rank - 1],
         k: da[rank - 1],
     };
-    let mut out = vec![bf16::ZERO; d.batches * d.m * d.n];
-    gemm_bf16::matmul(&strided(av, la), &strided(bv, lb), d, &mut out);
-    let mut shape = da[..rank - 1].to_vec();
-    shape.push(d.n);
-    Ok((CpuStorage::BF16(out), Shape::from(shape)))
+    Ok(d)
 }
 
 /// A storage read through its layout: one start offset per batch (row-major over the leading
 /// dimensions, whatever their strides, 0 for broadcast ones), the last two dimensions' strides.
-fn strided<'a>(data: &'a [bf16], l: &Layout) -> Strided<'a> {
+fn strided<'a, E: gemm_bf16::Element>(data: &'a [E], l: &Layout) -> Strided<'a, E> {
     let (dims, strides) = (l.dims(), l.stride());
     let rank = dims.len();
     let mut offsets = vec![l.start_offset()];
@@ -198,6 +244,57 @@ mod tests {
                 // Both are f32 sums rounded to bf16 (8 bits): at most one bf16 step apart.
                 assert!(
                     (x - y).abs() <= 2f32.powi(-7) * x.abs().max(y.abs()) + 1e-6,
+                    "{name}[{i}]: {x} vs {y}"
+                );
+            }
+        }
+    }
+
+    /// Under autocast an f32 product and both its gradients are the f32 product of the operands
+    /// rounded to bf16 (values bf16-exact here, so only the summation order differs); outside it,
+    /// candle's f32 product itself.
+    #[test]
+    fn autocast_products_take_bf16_operands() {
+        if !gemm_bf16::kernel_testable() {
+            return;
+        }
+        let dev = Device::Cpu;
+        let bf16_exact = |t: Tensor| {
+            t.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
+        let a = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 37, 70), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 70, 45), &dev).unwrap()).unwrap();
+        let up = bf16_exact(Tensor::randn(0f32, 1.0, (2, 37, 45), &dev).unwrap());
+        // The reference multiplies copies rounded beforehand (its gradients are theirs, in f32).
+        let rounded = |v: &Var| Var::from_tensor(&bf16_exact(v.as_tensor().clone())).unwrap();
+        let (ar, br) = (rounded(&a), rounded(&b));
+        let run = |autocast: bool| {
+            let _scope = Autocast::start(autocast);
+            let (x, y) = if autocast { (&a, &b) } else { (&ar, &br) };
+            assert_eq!(uses_kernel(x.as_tensor(), y.as_tensor()), autocast);
+            let out = matmul(x.as_tensor(), y.as_tensor()).unwrap();
+            let g = (&out * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let f = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (
+                f(&out),
+                f(g.get(x.as_tensor()).unwrap()),
+                f(g.get(y.as_tensor()).unwrap()),
+            )
+        };
+        let (ours, theirs) = (run(true), run(false));
+        for (name, o, t, k) in [
+            ("y", &ours.0, &theirs.0, 70.0),
+            ("da", &ours.1, &theirs.1, 45.0),
+            ("db", &ours.2, &theirs.2, 37.0),
+        ] {
+            assert_eq!(o.len(), t.len());
+            for (i, (x, y)) in o.iter().zip(t).enumerate() {
+                // Sums of k exact products of magnitude below ~16: k · 16 · 2⁻²³ covers any order.
+                assert!(
+                    (x - y).abs() <= k * 16.0 * f32::EPSILON,
                     "{name}[{i}]: {x} vs {y}"
                 );
             }

@@ -83,10 +83,17 @@ pub fn policy(ctx: &RunContext, model_dir: &Path, seed: u64) -> crate::error::Re
 }
 
 /// `model` with the stage's tuning applied, computing in the run's dtype: with bf16 or f16 the
-/// weights stay f32 (the optimizer updates them) and each forward casts them (mixed precision).
+/// weights stay f32 (the optimizer updates them) and each forward casts them (mixed precision). bf16
+/// on a CPU with the bf16 kernel is autocast instead: f32 activations, bf16 operands in products.
 pub fn tuned(ctx: &RunContext, mut model: Decoder, seed: u64) -> crate::error::Result<Policy> {
-    if ctx.compute.dtype != candle_core::DType::F32 {
-        model.compute_dtype = Some(ctx.compute.dtype);
+    let dtype = ctx.compute.dtype;
+    if dtype == candle_core::DType::BF16
+        && model.device.is_cpu()
+        && crate::model::gemm_bf16::available()
+    {
+        model.autocast = true;
+    } else if dtype != candle_core::DType::F32 {
+        model.compute_dtype = Some(dtype);
     }
     let tuning = match ctx.param("tuning") {
         Value::Tuning(t) => t.clone(),

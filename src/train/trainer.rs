@@ -333,6 +333,17 @@ pub fn train(
             model.layers.len()
         ));
     }
+    let _autocast = crate::model::matmul::Autocast::start(model.autocast);
+    if model.autocast {
+        let kernel = if crate::model::gemm_amx::available() {
+            "AMX tiles"
+        } else {
+            "AVX512-BF16"
+        };
+        (hooks.log)(&format!(
+            "bf16 on the CPU: products take bf16 operands ({kernel}), activations and the rest stay f32, as torch.autocast"
+        ));
+    }
     if let Some(half) = model.compute_dtype.filter(|_| model.device.is_cpu()) {
         (hooks.log)(&format!(
             "{} on the CPU: mixed precision runs slower than f32 for now (candle's half-precision element-wise ops; docs/performance.md)",
