@@ -246,6 +246,11 @@ pub(super) fn pack_chunks<W: Send>(
     }
 }
 
+thread_local! {
+    /// The packed B block of this thread's current product ([`for_each_b_block`]).
+    static PACKED_B: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// One column block of B: columns `j0 .. j0 + cols` of batch `batch`.
 pub(super) struct BBlock {
     pub batch: usize,
@@ -274,9 +279,16 @@ pub(super) fn for_each_b_block<B: Element>(
             j0,
             cols: block_cols.min(d.n - j0),
         };
-        let mut packed = vec![0u16; blk.cols.div_ceil(NR) * kp * 2 * NR];
-        pack_b(b, batch, j0, blk.cols, kp, d, &mut packed);
-        f(&blk, &packed);
+        // Each thread keeps its block buffer between products: a fresh one per block would be
+        // zeroed page by page by the kernel on first touch.
+        PACKED_B.with(|buf| {
+            let mut packed = buf.take();
+            packed.clear();
+            packed.resize(blk.cols.div_ceil(NR) * kp * 2 * NR, 0);
+            pack_b(b, batch, j0, blk.cols, kp, d, &mut packed);
+            f(&blk, &packed);
+            buf.set(packed);
+        });
     };
     if parallel {
         (0..d.batches * col_blocks).into_par_iter().for_each(block);

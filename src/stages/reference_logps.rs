@@ -116,7 +116,11 @@ pub fn for_stage<T: Serialize + DeserializeOwned>(
     .ok_or("the stage's model or data could not be found")?;
     cached(ctx.store, &spec, ctx.log, || match ctx.input("reference") {
         Some(dir) => score(&ctx.compute.load(dir)?),
-        None => score(policy),
+        None => {
+            // The starting policy scores as it trains: autocast when it trains that way.
+            let _autocast = crate::model::matmul::Autocast::start(policy.autocast);
+            score(policy)
+        }
     })
 }
 
