@@ -192,12 +192,19 @@ fn a_job_asking_for_a_missing_gpu_fails_with_the_resource_named() {
 }
 
 #[test]
-fn ray_needs_a_remote_store() {
+fn the_plan_names_the_cluster_and_ray_needs_a_remote_store() {
     let m = Machine::new(
         "ray-noremote",
         "driver",
         &pipeline(&on_ray(""), "x", 0, false),
     );
+    // The plan says where stages will run.
+    let plan = out(&m.ptl(&["plan", "p.ptl"]));
+    let line = format!(
+        "executor ray {} (each stage a job asking for num_cpus = 1, num_gpus = 0)",
+        ray::shared().address
+    );
+    assert!(plan.contains(&line), "{plan}");
     let o = m.ptl(&["run", "p.ptl", "--set", "store.remote=\"\""]);
     assert_eq!(o.status.code(), Some(1));
     assert!(

@@ -157,6 +157,14 @@ pub fn plan(file: &Path, set: &[String], store: Option<&Path>, format: OutputFor
         ),
         OutputFormat::Human => {
             outln!("compute  {}", plan.compute.describe());
+            if let Some(crate::lang::value::Value::Ray(r)) = p.config.get("executor") {
+                outln!(
+                    "executor ray {} (each stage a job asking for num_cpus = {}, num_gpus = {})",
+                    r.address,
+                    r.num_cpus,
+                    r.num_gpus
+                );
+            }
             for &id in &plan.order {
                 let s = &plan.stages[id];
                 let reasons = if s.reasons.is_empty() {

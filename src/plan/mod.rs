@@ -359,6 +359,11 @@ impl Plan {
                 stage
             })
             .collect();
-        json!({ "pipeline": p.name, "compute": self.compute.describe(), "stages": stages })
+        let mut plan =
+            json!({ "pipeline": p.name, "compute": self.compute.describe(), "stages": stages });
+        if let Some(crate::lang::value::Value::Ray(r)) = p.config.get("executor") {
+            plan["executor"] = r.to_json();
+        }
+        plan
     }
 }
