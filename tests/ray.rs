@@ -115,18 +115,7 @@ fn ctrl_c_stops_the_jobs() {
         .spawn()
         .unwrap();
     // Wait until the job of `a` runs.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let id = loop {
-        let running = ray::shared()
-            .jobs()
-            .into_iter()
-            .find(|(id, status)| status == "RUNNING" && !id.is_empty() && job_of(&m, id));
-        if let Some((id, _)) = running {
-            break id;
-        }
-        assert!(Instant::now() < deadline, "a's job never ran");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let id = running_job(&m);
     let _ = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status();
@@ -136,15 +125,25 @@ fn ctrl_c_stops_the_jobs() {
     assert!(m.ran().is_empty(), "a never finished");
 }
 
-/// Whether job `id` is one of this machine's (its metadata names the pipeline).
-fn job_of(m: &Machine, id: &str) -> bool {
-    let mut r = ureq::get(format!("{}/api/jobs/{id}", ray::shared().address))
-        .call()
-        .unwrap();
-    let j: serde_json::Value =
-        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+/// The id of this machine's job once one runs (its metadata names the pipeline), waiting for it.
+fn running_job(m: &Machine) -> String {
     let pipeline = std::fs::canonicalize(m.dir.join("p.ptl")).unwrap();
-    j["metadata"]["ptl_pipeline"].as_str() == Some(&*pipeline.to_string_lossy())
+    let mine = |id: &str| {
+        ray::shared().job(id)["metadata"]["ptl_pipeline"].as_str()
+            == Some(&*pipeline.to_string_lossy())
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let running = ray::shared()
+            .jobs()
+            .into_iter()
+            .find(|(id, status)| status == "RUNNING" && !id.is_empty() && mine(id));
+        if let Some((id, _)) = running {
+            return id;
+        }
+        assert!(Instant::now() < deadline, "a's job never ran");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
@@ -156,15 +155,7 @@ fn a_driver_that_died_finds_its_job_again() {
         &pipeline(&on_ray(""), &bucket, 4_000, false),
     );
     let mut first = m.cmd(&["run", "p.ptl"]).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !ray::shared()
-        .jobs()
-        .iter()
-        .any(|(id, status)| status == "RUNNING" && job_of(&m, id))
-    {
-        assert!(Instant::now() < deadline, "a's job never ran");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    running_job(&m);
     first.kill().unwrap(); // SIGKILL: the driver cannot stop its job
     first.wait().unwrap();
     let said = m.run_ok();

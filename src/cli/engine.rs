@@ -157,7 +157,7 @@ pub fn plan(file: &Path, set: &[String], store: Option<&Path>, format: OutputFor
         ),
         OutputFormat::Human => {
             outln!("compute  {}", plan.compute.describe());
-            if let Some(crate::lang::value::Value::Ray(r)) = p.config.get("executor") {
+            if let Some(r) = p.ray_executor() {
                 outln!(
                     "executor ray {} (each stage a job asking for num_cpus = {}, num_gpus = {})",
                     r.address,

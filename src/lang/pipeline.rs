@@ -34,6 +34,14 @@ pub struct Stage {
 }
 
 impl Pipeline {
+    /// The Ray cluster `config.executor` names, if it names one (unset: stages compute here).
+    pub fn ray_executor(&self) -> Option<&super::value::RayCluster> {
+        match self.config.get("executor") {
+            Some(Value::Ray(cluster)) => Some(cluster),
+            _ => None,
+        }
+    }
+
     /// The pipeline file's folder: relative paths in it resolve against this.
     pub fn dir(&self) -> &Path {
         self.file.parent().unwrap_or(Path::new("."))

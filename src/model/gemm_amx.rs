@@ -19,8 +19,6 @@ const TILE: usize = 16;
 const MR: usize = 2 * TILE;
 /// Bytes of packed B one column block holds (within L2).
 const B_BLOCK_BYTES: usize = 512 * 1024;
-/// Below this many multiply-adds a product runs on the calling thread.
-const PARALLEL_WORK: usize = 1 << 20;
 
 /// Whether this CPU has AMX-BF16 and the kernel has let this process use the tile registers.
 pub fn available() -> bool {
@@ -68,22 +66,19 @@ fn request_tiles() -> bool {
     false
 }
 
-/// out [batches, m, n] (row-major) = A · B for each batch. Panics unless [`available`].
-pub fn matmul<A: Element, B: Element, T: Output>(
+/// out [batches, m, n] (row-major, not empty) = A · B for each batch, on rayon's threads when
+/// `parallel` (`gemm_bf16::matmul` checks the shape and decides). Panics unless [`available`].
+pub(super) fn matmul<A: Element, B: Element, T: Output>(
     a: &Strided<A>,
     b: &Strided<B>,
     d: Dims,
     out: &mut [T],
+    parallel: bool,
 ) {
     assert!(available(), "bf16 AMX matmul without AMX");
-    assert_eq!(out.len(), d.batches * d.m * d.n);
-    if out.is_empty() {
-        return;
-    }
     // Pairs of the depth, padded to whole tiles (zero pairs add nothing).
     let kp = d.k.div_ceil(2).div_ceil(TILE).max(1) * TILE;
     let rows = d.m.div_ceil(MR) * MR;
-    let parallel = d.batches * d.m * d.n * d.k >= PARALLEL_WORK && rayon::current_num_threads() > 1;
 
     let mut packed_a = vec![0u32; d.batches * rows * kp];
     pack_chunks(&mut packed_a, kp, parallel, |row, dst| {

@@ -174,27 +174,33 @@ pub fn matmul<A: Element, B: Element, T: Output>(
     d: Dims,
     out: &mut [T],
 ) {
-    if super::gemm_amx::available() {
-        return super::gemm_amx::matmul(a, b, d, out);
+    assert_eq!(out.len(), d.batches * d.m * d.n);
+    if out.is_empty() {
+        return;
     }
-    vector_matmul(a, b, d, out)
+    if super::gemm_amx::available() {
+        return super::gemm_amx::matmul(a, b, d, out, parallel(d));
+    }
+    vector_matmul(a, b, d, out, parallel(d))
 }
 
-/// [`matmul`] with `vdpbf16ps` whatever the CPU has beyond AVX512-BF16.
+/// Whether a product of these dimensions is shared out to rayon's threads (below
+/// `PARALLEL_WORK` multiply-adds it runs on the calling thread).
+pub(super) fn parallel(d: Dims) -> bool {
+    d.batches * d.m * d.n * d.k >= PARALLEL_WORK && rayon::current_num_threads() > 1
+}
+
+/// [`matmul`] with `vdpbf16ps` whatever the CPU has beyond AVX512-BF16; `out` is not empty.
 pub(super) fn vector_matmul<A: Element, B: Element, T: Output>(
     a: &Strided<A>,
     b: &Strided<B>,
     d: Dims,
     out: &mut [T],
+    parallel: bool,
 ) {
     assert!(available(), "bf16 matmul without AVX512-BF16");
-    assert_eq!(out.len(), d.batches * d.m * d.n);
-    if out.is_empty() {
-        return;
-    }
     let kp = d.k.div_ceil(2);
     let row_blocks = d.m.div_ceil(MR);
-    let parallel = d.batches * d.m * d.n * d.k >= PARALLEL_WORK && rayon::current_num_threads() > 1;
 
     let mut packed_a = vec![0u32; d.batches * row_blocks * kp * MR];
     // An empty depth leaves every panel empty (and the result zero).
@@ -528,8 +534,8 @@ mod tests {
                 let mut got = vec![0f32; want.len()];
                 let mut rounded = vec![bf16::ZERO; want.len()];
                 if vector {
-                    vector_matmul(&a, &b, d, &mut got);
-                    vector_matmul(&a, &b, d, &mut rounded);
+                    vector_matmul(&a, &b, d, &mut got, parallel(d));
+                    vector_matmul(&a, &b, d, &mut rounded, parallel(d));
                 } else {
                     matmul(&a, &b, d, &mut got);
                     matmul(&a, &b, d, &mut rounded);

@@ -361,7 +361,7 @@ impl Plan {
             .collect();
         let mut plan =
             json!({ "pipeline": p.name, "compute": self.compute.describe(), "stages": stages });
-        if let Some(crate::lang::value::Value::Ray(r)) = p.config.get("executor") {
+        if let Some(r) = p.ray_executor() {
             plan["executor"] = r.to_json();
         }
         plan

@@ -167,11 +167,8 @@ fn execute(shared: &Shared, job: Job) -> Result<(Manifest, Origin), Error> {
     }
     let _lease = match remote {
         Some(r) => match remote::before(r, store, &key.key, cancel, &log)? {
-            remote::Before::Fetched { manifest, .. } => return Ok((manifest, Origin::Remote)),
-            remote::Before::Compute(_) if fetch_only => return Err(Error::Store(
-                "not selected, and its entry in the remote store could not be used (see the log)"
-                    .into(),
-            )),
+            remote::Before::Fetched(manifest) => return Ok((manifest, Origin::Remote)),
+            remote::Before::Compute(_) if fetch_only => return Err(remote::not_fetched()),
             remote::Before::Compute(lease) => lease,
         },
         None => None,
@@ -272,44 +269,37 @@ fn on_ray(
     fetch_only: bool,
     log: &dyn Fn(&str),
 ) -> Result<(Manifest, Origin), Error> {
-    let io = |e: std::io::Error| Error::Store(format!("store error: {e}"));
-    let fetch = |log: &dyn Fn(&str)| -> Result<bool, Error> {
-        let Some(m) = r.manifest(job.key).map_err(io)? else {
-            return Ok(false);
+    // The entry when the remote store has a good one (a bad one is said in the log).
+    let fetch = || -> Result<Option<Manifest>, Error> {
+        let Some(m) = r
+            .manifest(job.key)
+            .map_err(|e| Error::Store(format!("store error: {e}")))?
+        else {
+            return Ok(None);
         };
-        match r.download(store, &m) {
-            Ok(moved) => {
-                log(&format!(
-                    "downloaded from the remote store {}: {}",
-                    r.url(),
-                    moved.describe()
-                ));
-                Ok(true)
-            }
+        match remote::download(r, store, &m, log) {
+            Ok(()) => remote::local_manifest(store, job.key).map(Some),
             Err(e) => {
                 log(&format!("{e}"));
-                Ok(false)
+                Ok(None)
             }
         }
     };
-    if fetch(log)? {
-        return Ok((store.manifest(job.key).map_err(io)?, Origin::Remote));
+    if let Some(m) = fetch()? {
+        return Ok((m, Origin::Remote));
     }
     if fetch_only {
-        return Err(Error::Store(
-            "not selected, and its entry in the remote store could not be used (see the log)"
-                .into(),
-        ));
+        return Err(remote::not_fetched());
     }
     ray.run(job)?;
-    if !fetch(log)? {
-        return Err(Error::Other(format!(
+    match fetch()? {
+        Some(m) => Ok((m, Origin::Computed)),
+        None => Err(Error::Other(format!(
             "the Ray job succeeded but its entry is not in the remote store {}: do the workers \
              reach the same remote store?",
             r.url()
-        )));
+        ))),
     }
-    Ok((store.manifest(job.key).map_err(io)?, Origin::Computed))
 }
 
 /// The stages a run may execute (`--only`, `--from`); `None` means all.

@@ -67,10 +67,7 @@ pub fn chosen(
                 ))
             }
         },
-        None => match p.config.get("executor") {
-            Some(crate::lang::value::Value::Ray(c)) => Some(c.clone()),
-            _ => None,
-        },
+        None => p.ray_executor().cloned(),
     };
     let Some(cluster) = cluster else {
         return Ok(None);

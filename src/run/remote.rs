@@ -12,8 +12,8 @@ const POLL: Duration = Duration::from_secs(1);
 
 /// What the remote store gave a stage about to run.
 pub enum Before {
-    /// The entry, downloaded and checked; `waited`: another machine was computing it when asked.
-    Fetched { manifest: Manifest, waited: bool },
+    /// The entry, downloaded and checked.
+    Fetched(Manifest),
     /// Compute it here; the lease (when one could be taken) keeps other machines waiting meanwhile.
     Compute(Option<Lease>),
 }
@@ -35,18 +35,8 @@ pub fn before(
         }
         if trust_manifest {
             match remote.manifest(key) {
-                Ok(Some(m)) => match remote.download(store, &m) {
-                    Ok(moved) => {
-                        log(&format!(
-                            "downloaded from the remote store {}: {}",
-                            remote.url(),
-                            moved.describe()
-                        ));
-                        let manifest = store
-                            .manifest(key)
-                            .map_err(|e| Error::Store(format!("store error: {e}")))?;
-                        return Ok(Before::Fetched { manifest, waited });
-                    }
+                Ok(Some(m)) => match download(remote, store, &m, log) {
+                    Ok(()) => return Ok(Before::Fetched(local_manifest(store, key)?)),
                     Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                         log(&format!("{e}; computing it again"));
                         trust_manifest = false;
@@ -95,6 +85,37 @@ pub fn before(
             }
         }
     }
+}
+
+/// Downloads the entry `manifest` describes into `store`, saying so in the log.
+pub fn download(
+    remote: &Remote,
+    store: &Store,
+    manifest: &Manifest,
+    log: &dyn Fn(&str),
+) -> std::io::Result<()> {
+    let moved = remote.download(store, manifest)?;
+    log(&format!(
+        "downloaded from the remote store {}: {}",
+        remote.url(),
+        moved.describe()
+    ));
+    Ok(())
+}
+
+/// The local entry's manifest after a download (another run's, when one committed the key first).
+pub fn local_manifest(store: &Store, key: &str) -> Result<Manifest, Error> {
+    store
+        .manifest(key)
+        .map_err(|e| Error::Store(format!("store error: {e}")))
+}
+
+/// The failure of a stage outside --only/--from whose remote entry could not be used: it is never
+/// computed.
+pub fn not_fetched() -> Error {
+    Error::Store(
+        "not selected, and its entry in the remote store could not be used (see the log)".into(),
+    )
 }
 
 /// Uploads a stage's new entry; a failure is said in the log (the local result stands).

@@ -105,14 +105,20 @@ fn start() -> Head {
 }
 
 impl Head {
-    /// A job's status (`PENDING`, `RUNNING`, `SUCCEEDED`, `FAILED`, `STOPPED`).
-    pub fn status(&self, id: &str) -> String {
+    /// What the Jobs API says of job `id`.
+    pub fn job(&self, id: &str) -> serde_json::Value {
         let mut r = ureq::get(format!("{}/api/jobs/{id}", self.address))
             .call()
             .unwrap();
-        let j: serde_json::Value =
-            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-        j["status"].as_str().unwrap_or_default().to_string()
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+    }
+
+    /// A job's status (`PENDING`, `RUNNING`, `SUCCEEDED`, `FAILED`, `STOPPED`).
+    pub fn status(&self, id: &str) -> String {
+        self.job(id)["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// Every job's submission id and status.
