@@ -97,25 +97,6 @@ fn step_seconds(dir: &Path, stage: &str) -> f64 {
     secs.iter().sum::<f64>() / secs.len() as f64
 }
 
-/// Trained tokens per second over the timed steps (all but the first) of a finished stage.
-fn tokens_per_s(dir: &Path, stage: &str) -> (f64, usize) {
-    let link = dir.join(".ptl/out/bench").join(stage);
-    let entry = link.join("..");
-    let timing = std::fs::read_to_string(entry.join("timing.jsonl")).unwrap();
-    let rates: Vec<f64> = timing
-        .lines()
-        .skip(1)
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["tokens_per_s"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect();
-    // Every step trains the same number of tokens: the overall rate is the harmonic mean.
-    let secs: f64 = rates.iter().map(|r| 1.0 / r).sum();
-    (rates.len() as f64 / secs, rates.len())
-}
-
 fn torch(mode: &str, steps: usize) -> Option<serde_json::Value> {
     let steps = steps.to_string();
     common::python_json(
@@ -141,7 +122,7 @@ fn main() {
         serde_json::json!({"engine": "ptl run", "mode": "lora", "sft_step_s": (sft * 1000.0).round() / 1000.0, "dpo_step_s": (dpo * 1000.0).round() / 1000.0, "dpo_over_sft": (dpo / sft * 100.0).round() / 100.0})
     );
     for mode in ["full", "lora"] {
-        let (ptl_tps, timed) = tokens_per_s(&dir, &format!("{mode}_ft"));
+        let (ptl_tps, timed) = common::tokens_per_s(&dir, "bench", &format!("{mode}_ft"));
         println!(
             "{}",
             serde_json::json!({"engine": "ptl run", "mode": mode, "timed_steps": timed, "tokens_per_s": (ptl_tps * 10.0).round() / 10.0})

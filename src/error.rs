@@ -68,6 +68,33 @@ pub enum Error {
     Internal(String),
     /// A failure described in words only (code that has no typed error yet).
     Other(String),
+    /// The workers of a data-parallel stage lost one another: one left, stopped answering, or could
+    /// not join.
+    Workers(String),
+    /// A failure a worker process of a data-parallel stage reported, as it reported it.
+    Relayed(Relayed),
+}
+
+/// A failure as a worker process reports it to its launcher (one JSON line on its stdout).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Relayed {
+    pub message: String,
+    pub code: String,
+    pub field: Option<String>,
+    pub help: String,
+    pub internal: bool,
+}
+
+impl Relayed {
+    pub fn of(e: &Error) -> Relayed {
+        Relayed {
+            message: e.to_string(),
+            code: e.code().to_string(),
+            field: e.field().map(str::to_string),
+            help: e.help(),
+            internal: e.is_internal(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -97,6 +124,8 @@ impl Error {
             Error::Store(_) => "ptl::store",
             Error::Internal(_) => "ptl::internal",
             Error::Other(_) => "ptl::stage_failed",
+            Error::Workers(_) => "ptl::workers",
+            Error::Relayed(r) => crate::train::collective::intern(&r.code),
         }
     }
 
@@ -109,6 +138,8 @@ impl Error {
             Error::OneLabel { .. } => Some("data"),
             Error::OutOfMemory { .. } => Some("batch_size"),
             Error::VocabularyMismatch { field, .. } => Some(field),
+            Error::Workers(_) => Some("workers"),
+            Error::Relayed(r) => r.field.as_deref().map(crate::train::collective::intern),
             _ => None,
         }
     }
@@ -158,12 +189,20 @@ impl Error {
             Error::Other(_) => {
                 "fix the cause and run again: finished stages stay in the store, and a training stage resumes from its last checkpoint".into()
             }
+            Error::Workers(_) => {
+                "a worker failed or stopped answering (its own error, if it had one, is above): run again to resume from the last checkpoint; a worker that is only slow needs a longer PTL_COLLECTIVE_TIMEOUT (seconds)".into()
+            }
+            Error::Relayed(r) => r.help.clone(),
         }
     }
 
     /// Whether the cause is ptl's, not the user's input.
     pub fn is_internal(&self) -> bool {
-        matches!(self, Error::Internal(_))
+        match self {
+            Error::Internal(_) => true,
+            Error::Relayed(r) => r.internal,
+            _ => false,
+        }
     }
 }
 
@@ -254,6 +293,8 @@ impl fmt::Display for Error {
             Error::Store(why) => f.write_str(why),
             Error::Internal(why) => write!(f, "internal error: {why}"),
             Error::Other(why) => f.write_str(why),
+            Error::Workers(why) => f.write_str(why),
+            Error::Relayed(r) => f.write_str(&r.message),
         }
     }
 }

@@ -1,8 +1,8 @@
 //! DPO against TRL 1.16's own DPOTrainer (tests/fixtures/dpo, made by scripts/make_dpo_fixture.py):
 //! step 1's loss and every logged metric for the sigmoid, ipo, hinge and robust losses, with a
 //! reference model different from the policy, for full tuning and a fresh LoRA, and with a max_len
-//! that drops a row and truncates completions; the tokenized prompt / chosen / rejected ids equal
-//! TRL's preprocessing.
+//! that drops a row and truncates completions, and with TRL's batch shared by two worker processes;
+//! the tokenized prompt / chosen / rejected ids equal TRL's preprocessing.
 
 mod common;
 
@@ -48,6 +48,29 @@ fn step_one_matches_trl_for_every_loss_full_and_lora() {
             ));
         }
     }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn two_workers_of_two_pairs_match_trl_on_four() {
+    // TRL's step on a batch of 4 pairs, here shared by 2 worker processes of 2 pairs each: the
+    // loss and every metric are summed over the workers before they are logged.
+    let case = &expected()["losses"]["sigmoid"];
+    let got = common::preference_step_one(
+        "dpo-workers",
+        &format!(
+            "stage aligned = dpo {{\n  model = hf_model(\"policy\")\n  reference = hf_model(\"reference\")\n  data = jsonl(\"data.jsonl\", format = \"preference\")\n  loss = \"sigmoid\"\n  label_smoothing = {}\n  beta = 0.1\n  batch_size = 2\n  workers = 2\n  max_steps = 1\n}}\n",
+            case["label_smoothing"]
+        ),
+    );
+    let problems = common::compare_metrics(
+        "sigmoid on 2 workers",
+        &got,
+        case,
+        std::iter::once("loss").chain(ptl::train::preference::DPO_METRICS),
+        TOLERANCE,
+        RELATIVE,
+    );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 

@@ -206,3 +206,47 @@ fn the_plan_names_the_cluster_and_ray_needs_a_remote_store() {
     let o = m.ptl(&["run", "p.ptl", "--executor", "rayy"]);
     assert_eq!(o.status.code(), Some(2), "a usage error");
 }
+
+/// An sft stage on the test model training on two workers, on the cluster with `ray`'s extra
+/// arguments.
+fn two_worker_stage(bucket: &str, extra: &str) -> String {
+    format!(
+        "config {{\n  executor = {}\n}}\n\nstore {{\n  remote = \"s3://{bucket}/team\"\n}}\n\nstage tuned = sft {{\n  model = hf_model(\"m\")\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  template = \"chat.jinja\"\n  tuning = full\n  lr = 1e-3\n  max_steps = 3\n  batch_size = 2\n  workers = 2\n}}\n",
+        on_ray(extra)
+    )
+}
+
+#[test]
+fn a_two_worker_stage_is_one_job_that_asks_for_every_workers_cpus() {
+    let bucket = bucket("workers");
+    // 2 CPUs for each of the 2 workers: the head's 4.
+    let d = common::setup("ray-workers", &two_worker_stage(&bucket, ", num_cpus = 2"));
+    let m = Machine {
+        dir: d.0.clone(),
+        env: s3::shared().env().to_vec(),
+    };
+    let said = m.run_ok();
+    assert!(said.contains("tuned: Ray job ptl-"), "{said}");
+    assert!(said.contains("tuned: training on 2 workers"), "{said}");
+    assert!(said.contains("tuned: step 3/3"), "{said}");
+    // 3 CPUs for each: 6, more than any node has (another bucket: this one has the stage now).
+    let d = common::setup(
+        "ray-workers-big",
+        &two_worker_stage(
+            &self::bucket("workers-big"),
+            ", num_cpus = 3, pending_timeout = 3",
+        ),
+    );
+    let m = Machine {
+        dir: d.0.clone(),
+        env: s3::shared().env().to_vec(),
+    };
+    let o = m.ptl(&["run", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", out(&o), err(&o));
+    // The diagnostic's lines joined again.
+    let e = err(&o).replace("\n  │ ", " ");
+    assert!(
+        e.contains("6 CPUs and 0 GPUs: num_cpus = 3, num_gpus = 0 for each of its 2 workers"),
+        "{e}"
+    );
+}

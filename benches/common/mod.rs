@@ -91,6 +91,27 @@ pub fn python_json(script: &str, args: &[&str]) -> Option<serde_json::Value> {
         .find_map(|l| serde_json::from_str(l).ok())
 }
 
+/// Trained tokens per second over the timed steps (all but the first) of a finished stage of the
+/// pipeline `pipeline`.ptl, and how many steps were timed.
+// Used by the training benches, not by every bench that includes this module.
+#[allow(dead_code)]
+pub fn tokens_per_s(dir: &Path, pipeline: &str, stage: &str) -> (f64, usize) {
+    let entry = dir.join(".ptl/out").join(pipeline).join(stage).join("..");
+    let timing = std::fs::read_to_string(entry.join("timing.jsonl")).unwrap();
+    let rates: Vec<f64> = timing
+        .lines()
+        .skip(1)
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["tokens_per_s"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    // Every step trains the same number of tokens: the overall rate is the harmonic mean.
+    let secs: f64 = rates.iter().map(|r| 1.0 / r).sum();
+    (rates.len() as f64 / secs, rates.len())
+}
+
 /// The bench model's vocabulary size.
 pub const VOCAB: usize = 32_000;
 

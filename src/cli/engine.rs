@@ -172,12 +172,21 @@ pub fn plan(file: &Path, set: &[String], store: Option<&Path>, format: OutputFor
                 } else {
                     format!(": {}", s.reasons.join("; "))
                 };
-                // A stage with its own device or dtype says where it computes.
+                // A stage with its own device or dtype says where it computes, and a data-parallel
+                // one on how many workers.
                 let own = plan.computes[id].describe();
-                let compute = if own == plan.compute.describe() {
+                let mut notes = Vec::new();
+                if own != plan.compute.describe() {
+                    notes.push(own);
+                }
+                let workers = p.stages[id].workers();
+                if workers > 1 {
+                    notes.push(format!("{workers} workers"));
+                }
+                let compute = if notes.is_empty() {
                     String::new()
                 } else {
-                    format!(" [{own}]")
+                    format!(" [{}]", notes.join("; "))
                 };
                 outln!(
                     "{:<8} {} ({}){compute}{reasons}",

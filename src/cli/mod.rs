@@ -42,6 +42,7 @@ mod interrupt;
 mod reward;
 mod score;
 mod serve;
+mod worker;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
@@ -389,6 +390,12 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// One worker process of a data-parallel stage (`workers = N`), started by `ptl run`
+    #[command(hide = true)]
+    Worker {
+        /// The spec `ptl run` wrote for the stage's workers
+        spec: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -547,6 +554,7 @@ pub fn main() -> i32 {
                     from,
                     locked,
                     ray: None,
+                    overrides: set.clone(),
                 },
             }),
             Command::Watch {
@@ -639,6 +647,7 @@ pub fn main() -> i32 {
                 clap_complete::generate(shell, &mut Cli::command(), "ptl", &mut std::io::stdout());
                 0
             }
+            Command::Worker { spec } => worker::main(&spec),
             Command::Path {
                 file,
                 stage,

@@ -33,6 +33,16 @@ pub struct Stage {
     pub deps: Vec<StageId>,
 }
 
+impl Stage {
+    /// The processes the stage trains on: its `workers` (a training kind's field), else 1.
+    pub fn workers(&self) -> usize {
+        match self.params.get("workers") {
+            Some(&Value::Int(n)) if n > 1 => n as usize,
+            _ => 1,
+        }
+    }
+}
+
 impl Pipeline {
     /// The Ray cluster `config.executor` names, if it names one (unset: stages compute here).
     pub fn ray_executor(&self) -> Option<&super::value::RayCluster> {

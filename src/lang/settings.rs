@@ -68,6 +68,11 @@ pub fn config_fields() -> &'static [FieldSchema] {
                 "compute dtype (auto: f32 on cpu, bf16 on cuda); training keeps f32 weights and optimizer state",
             ),
             int("threads", 0, "CPU threads of the run (0: all cores)"),
+            int(
+                "workers",
+                1,
+                "processes each training stage trains on, data-parallel, unless it sets its own `workers` (the run's threads are shared out among them)",
+            ),
             optional(
                 "executor",
                 Type::Executor,

@@ -356,6 +356,9 @@ impl Plan {
                 if s.remote {
                     stage["remote"] = json!(true);
                 }
+                if p.stages[id].workers() > 1 {
+                    stage["workers"] = json!(p.stages[id].workers());
+                }
                 stage
             })
             .collect();

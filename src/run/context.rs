@@ -35,6 +35,9 @@ pub struct RunContext<'a> {
     pub progress: &'a (dyn Fn(u64, u64, &str) + Sync),
     /// One line of the stage's own output, shown under the stage's name.
     pub log: &'a (dyn Fn(&str) + Sync),
+    /// In a worker process of a data-parallel stage: its group (the training loop shares each
+    /// step with the other workers). `None` in a stage that runs in one process.
+    pub group: Option<&'a dyn crate::train::collective::Collective>,
 }
 
 impl RunContext<'_> {

@@ -9,6 +9,7 @@ pub mod remote;
 pub mod schedule;
 pub mod tracking;
 pub mod watch;
+pub mod workers;
 
 use crate::data::jsonl;
 use crate::error::Error;
@@ -43,6 +44,9 @@ pub struct Options {
     pub locked: bool,
     /// Compute stages as jobs on this Ray cluster (results come back through the remote store).
     pub ray: Option<std::sync::Arc<ray::RayExecutor>>,
+    /// The run's `--set` overrides (the worker processes of a data-parallel stage check the
+    /// pipeline with them).
+    pub overrides: Vec<String>,
 }
 
 /// A training step's progress note: `loss 1.2345 · 9.1k tok/s`.
@@ -95,6 +99,7 @@ struct Shared<'a> {
     /// Each stage's device and dtype.
     computes: &'a [crate::plan::compute::Compute],
     ray: Option<&'a ray::RayExecutor>,
+    overrides: &'a [String],
 }
 
 /// One stage to execute.
@@ -134,6 +139,7 @@ fn execute(shared: &Shared, job: Job) -> Result<(Manifest, Origin), Error> {
         tracking,
         computes,
         ray,
+        overrides,
     } = *shared;
     let stage = &p.stages[id];
     let io = |e: std::io::Error| Error::Store(format!("store error: {e}"));
@@ -156,9 +162,11 @@ fn execute(shared: &Shared, job: Job) -> Result<(Manifest, Origin), Error> {
         .remote
         .as_ref()
         .filter(|_| stage.kind.outside.is_none());
+    let workers = stage.workers();
     if let (Some(ray), Some(r)) = (ray, remote) {
         let job = ray::StageJob {
             stage: &stage.name,
+            workers,
             key: &key.key,
             cancel,
             report,
@@ -219,9 +227,19 @@ fn execute(shared: &Shared, job: Job) -> Result<(Manifest, Origin), Error> {
         cancel,
         progress: &progress,
         log: &log,
+        group: None,
     };
     let started = Instant::now();
-    let mut result = run(&mut ctx);
+    let mut result = if workers > 1 {
+        let launch = workers::Launch {
+            file: &p.file,
+            overrides,
+            store: &store.root,
+        };
+        workers::train(&mut ctx, &launch, workers)
+    } else {
+        run(&mut ctx)
+    };
     if result.is_ok() && cancel.load(std::sync::atomic::Ordering::Relaxed) {
         result = Err(Error::Cancelled);
     }
@@ -436,6 +454,7 @@ impl Run<'_> {
             tracking: &lazy_tracking,
             computes: &plan.computes,
             ray: opts.ray.as_deref(),
+            overrides: &opts.overrides,
         };
         let settle = |runs: &mut Runs, id: StageId, outcome: Outcome| {
             report(&Event::finished(&p.stages[id].name, &outcome));

@@ -29,6 +29,9 @@ pub struct RayExecutor {
 /// One stage's job: what to run and who to tell.
 pub struct StageJob<'a> {
     pub stage: &'a str,
+    /// The stage's `workers`: its job asks for that many times `num_cpus` and `num_gpus`, and
+    /// starts its worker processes on the node Ray gives it.
+    pub workers: usize,
     pub key: &'a str,
     pub cancel: &'a AtomicBool,
     pub report: Report<'a>,
@@ -140,12 +143,20 @@ impl RayExecutor {
         cmd
     }
 
-    fn submit(&self, id: &str, stage: &str) -> Result<bool, Error> {
+    /// The CPUs and GPUs a stage's job asks for: `num_cpus` and `num_gpus` per worker.
+    fn resources(&self, job: &StageJob) -> (f64, f64) {
+        let n = job.workers.max(1) as f64;
+        (self.cluster.num_cpus * n, self.cluster.num_gpus * n)
+    }
+
+    fn submit(&self, id: &str, job: &StageJob) -> Result<bool, Error> {
+        let stage = job.stage;
+        let (cpus, gpus) = self.resources(job);
         let body = json!({
             "entrypoint": self.entrypoint(id, stage),
             "submission_id": id,
-            "entrypoint_num_cpus": self.cluster.num_cpus,
-            "entrypoint_num_gpus": self.cluster.num_gpus,
+            "entrypoint_num_cpus": cpus,
+            "entrypoint_num_gpus": gpus,
             "runtime_env": {"env_vars": {"PTL_REMOTE_STORE": self.remote}},
             "metadata": {"ptl_stage": stage, "ptl_pipeline": self.pipeline.to_string_lossy()},
         });
@@ -212,7 +223,7 @@ impl RayExecutor {
                 0 => base.clone(),
                 n => format!("{base}-{n}"),
             };
-            if self.submit(&id, job.stage)? {
+            if self.submit(&id, job)? {
                 return Ok(id);
             }
             // Seen before: follow it unless it ended without the entry (then a new attempt).
@@ -267,13 +278,23 @@ impl RayExecutor {
                 }
                 "PENDING" if started.elapsed().as_secs() >= self.cluster.pending_timeout as u64 => {
                     self.stop(&id);
+                    let asks = match job.workers {
+                        0 | 1 => format!(
+                            "num_cpus = {}, num_gpus = {}",
+                            self.cluster.num_cpus, self.cluster.num_gpus
+                        ),
+                        n => {
+                            let (cpus, gpus) = self.resources(job);
+                            format!(
+                                "{cpus} CPUs and {gpus} GPUs: num_cpus = {}, num_gpus = {} for each of its {n} workers",
+                                self.cluster.num_cpus, self.cluster.num_gpus
+                            )
+                        }
+                    };
                     return Err(Error::Other(format!(
                         "Ray job {id} waited {} s without starting: no node of the cluster offers \
-                         what it asks for (num_cpus = {}, num_gpus = {}); Ray says: {}",
-                        self.cluster.pending_timeout,
-                        self.cluster.num_cpus,
-                        self.cluster.num_gpus,
-                        info.message
+                         what it asks for ({asks}); Ray says: {}",
+                        self.cluster.pending_timeout, info.message
                     )));
                 }
                 _ => {}

@@ -308,6 +308,7 @@ impl Session {
         let out = self.out.clone();
         let tx = self.tx.clone();
         let jobs = self.opts.jobs;
+        let overrides = self.opts.set.clone();
         std::thread::spawn(move || {
             let run = Run {
                 pipeline: &pipeline,
@@ -337,6 +338,7 @@ impl Session {
                 from: None,
                 locked: false,
                 ray: ray.clone(),
+                overrides,
             };
             if let Err(e) = run.run(&options, &control, &report) {
                 out.emit(

@@ -82,6 +82,12 @@ pub fn training(lr: f64, max_len: i64) -> Vec<FieldSchema> {
             "keep only each decoder layer's input in the forward and recompute the layer in the backward: activation memory of one layer instead of all, for about one more forward of compute",
         ),
         field(
+            "workers",
+            Type::Int,
+            Default::Config("workers"),
+            "processes that train the stage together, data-parallel (default: config.workers): each takes `batch_size` rows of every micro-batch and their gradients are summed, so a step sees `workers × batch_size × grad_accum` rows and equals one process's step with `batch_size` × `workers`",
+        ),
+        field(
             "seed",
             Type::Int,
             Default::Config("seed"),
@@ -154,6 +160,44 @@ pub fn training_rules(s: &StageView, d: &mut Vec<Diag>) {
     rules::non_negative(s, d, "save_minutes");
     rules::positive(s, d, "log_every");
     rules::non_negative(s, d, "skip_nonfinite");
+    // (A `config.workers` out of range is the `config` block's error, not every stage's.)
+    if s.locs.contains_key("workers") {
+        rules::positive(s, d, "workers");
+    }
+    workers_rules(s, d);
+}
+
+/// Where `workers` > 1 cannot train yet: the online kinds (their rollouts are not shared out) and
+/// CUDA (the NCCL collective is not built).
+fn workers_rules(s: &StageView, d: &mut Vec<Diag>) {
+    let Some(n) = s.num("workers").filter(|n| *n > 1.0) else {
+        return;
+    };
+    let problem = if matches!(s.kind.name, "ppo" | "grpo") {
+        Some(format!(
+            "{} trains in one process: sharing its rollouts between workers is not built yet",
+            s.kind.name
+        ))
+    } else if s.str("device").is_some_and(|d| d.starts_with("cuda")) {
+        Some("workers on CUDA need the NCCL collective, which is not built yet: data-parallel stages run on the CPU".to_string())
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        let origin = if s.locs.contains_key("workers") {
+            "set here"
+        } else {
+            "from config.workers"
+        };
+        d.push(
+            Diag::error(
+                "ptl::workers_unsupported",
+                format!("stage `{}` cannot train on {n} workers: {problem}", s.name),
+            )
+            .label(s.loc("workers"), format!("workers = {n}, {origin}"))
+            .help("set `workers = 1` on this stage"),
+        );
+    }
 }
 
 /// Fields of preference-optimization kinds: `beta` and `label_smoothing`.

@@ -202,6 +202,7 @@ pub fn fit(
             cancelled: &|| cancel.load(std::sync::atomic::Ordering::Relaxed),
             progress: ctx.progress,
             log: ctx.log,
+            group: ctx.group,
         },
     )?;
     (ctx.log)(&format!(

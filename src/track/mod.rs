@@ -260,6 +260,7 @@ impl Tracking {
         StageTracker {
             tensorboard,
             mlflow,
+            relay: None,
         }
     }
 
@@ -277,13 +278,36 @@ impl Tracking {
     }
 }
 
+/// Values at a step, handed on to another process's tracking (a data-parallel worker's).
+pub type Relay = Box<dyn FnMut(u64, &[(&str, f64)]) + Send>;
+
 /// Tracking for one stage. Dropped without [`StageTracker::finish`], its run ends as failed.
 pub struct StageTracker {
     tensorboard: Option<tensorboard::StageWriter>,
     mlflow: Option<mlflow::StageRun>,
+    relay: Option<Relay>,
 }
 
 impl StageTracker {
+    /// Tracking that hands every logged value to `relay` (a worker process of a data-parallel
+    /// stage sends them to the `ptl run` that launched it, which tracks the stage).
+    pub fn relayed(relay: Relay) -> StageTracker {
+        StageTracker {
+            tensorboard: None,
+            mlflow: None,
+            relay: Some(relay),
+        }
+    }
+
+    /// Tracking that keeps nothing.
+    pub fn none() -> StageTracker {
+        StageTracker {
+            tensorboard: None,
+            mlflow: None,
+            relay: None,
+        }
+    }
+
     /// Logs values at `step` under their tags (`train/loss`, `eval/<metric>`, ...). Returns at once:
     /// TensorBoard's writes and MLflow's calls happen on background threads.
     pub fn log(&mut self, step: u64, metrics: &[(&str, f64)]) {
@@ -292,6 +316,9 @@ impl StageTracker {
         }
         if let Some(run) = &self.mlflow {
             run.log(step, metrics);
+        }
+        if let Some(relay) = self.relay.as_mut() {
+            relay(step, metrics);
         }
     }
 

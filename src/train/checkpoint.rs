@@ -27,6 +27,9 @@ pub struct Position {
     /// Steps skipped because their loss or gradient norm was not finite (`skip_nonfinite`).
     #[serde(default)]
     pub skipped_nonfinite: usize,
+    /// The dropout generators of workers 1.. of a data-parallel stage (worker 0's is `dropout_rng`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub worker_dropout_rngs: Vec<u64>,
 }
 
 /// A checkpoint that cannot be written or read: the disk or the store, not the pipeline.

@@ -1,9 +1,11 @@
 //! Training: the supervised loop, its checkpoints, packing, the optimizer, learning-rate schedules,
-//! gradient clipping and the chunked loss.
+//! gradient clipping, the chunked loss, and the collectives of data-parallel workers.
 
 pub mod checkpoint;
 pub mod clip;
+pub mod collective;
 pub mod completions;
+pub mod data_parallel;
 pub mod grpo;
 pub mod kto;
 pub mod logps;
@@ -17,6 +19,7 @@ pub mod ppo;
 pub mod ppo_rollouts;
 pub mod preference;
 pub mod reward;
+pub mod ring;
 pub mod rollouts;
 pub mod schedule;
 pub mod supervised;

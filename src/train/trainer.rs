@@ -5,6 +5,8 @@
 
 use super::checkpoint::{self, Position};
 use super::clip::clip_grad_norm;
+use super::collective::Collective;
+use super::data_parallel::{self, sum_over_workers, Shares};
 use super::objective::{Metric, MicroLoss, Objective};
 use super::optim::AdamW;
 use super::schedule::{warmup_steps, Schedule};
@@ -67,6 +69,9 @@ pub struct Hooks<'a> {
     /// `step` of `total`, with a note: the step's loss and trained tokens per second.
     pub progress: &'a dyn Fn(u64, u64, &str),
     pub log: &'a dyn Fn(&str),
+    /// The stage's other workers when it trains data-parallel (`workers = N`): each takes its
+    /// share of every step's micro-batches and the gradients are summed before the update.
+    pub group: Option<&'a dyn Collective>,
 }
 
 /// Adds `b`'s gradients into `a` (for accumulation over micro-batches).
@@ -194,6 +199,7 @@ struct Updater<'a> {
     skipped: &'a mut usize,
     /// The loop step (0-based) the updates belong to.
     step: usize,
+    group: Option<&'a dyn Collective>,
 }
 
 impl Updater<'_> {
@@ -217,6 +223,30 @@ impl Updater<'_> {
             totals.metrics.add(micro.metrics);
         }
         let mut grads = grads.ok_or("no micro-batch")?;
+        if let Some(group) = self.group {
+            let mut mine = Shares {
+                loss_sum,
+                weight,
+                tokens: totals.tokens,
+                metrics: std::mem::take(&mut totals.metrics.0)
+                    .into_iter()
+                    .map(|(name, sum, count)| (name.to_string(), sum, count))
+                    .collect(),
+                has_grad: Vec::new(),
+            };
+            sum_over_workers(group, &mut grads, self.vars, &mut mine)?;
+            (loss_sum, weight, totals.tokens) = (mine.loss_sum, mine.weight, mine.tokens);
+            totals.metrics.add(
+                mine.metrics
+                    .iter()
+                    .map(|(name, sum, count)| Metric {
+                        name: super::collective::intern(name),
+                        sum: *sum,
+                        count: *count,
+                    })
+                    .collect(),
+            );
+        }
         for (_, v) in self.vars {
             if let Some(g) = grads.get(v) {
                 let mean = (g / weight.max(1.0))?;
@@ -275,6 +305,34 @@ impl Drop for Recording<'_> {
     }
 }
 
+/// Checkpoints the loop at `pos` into `h.checkpoints`. With several workers every one takes part
+/// (their dropout generators are saved too) and worker 0 writes: all hold the same weights and
+/// optimizer state.
+fn save(
+    model: &Decoder,
+    vars: &[(String, Var)],
+    opt: &AdamW,
+    h: &Hyper,
+    pos: &mut Position,
+    rng: &Rng,
+    group: Option<&dyn Collective>,
+) -> crate::error::Result<()> {
+    let Some(dir) = &h.checkpoints else {
+        return Ok(());
+    };
+    pos.rng = rng.state();
+    pos.dropout_rng = model.dropout_state();
+    if let Some(g) = group {
+        let states = g.gather_u64(pos.dropout_rng)?;
+        pos.dropout_rng = states[0];
+        pos.worker_dropout_rngs = states[1..].to_vec();
+        if g.rank() != 0 {
+            return Ok(());
+        }
+    }
+    checkpoint::save(dir, pos, vars, opt)
+}
+
 /// Trains `model`'s `vars` on `objective`, resuming from the newest checkpoint when there is one.
 pub fn train(
     model: &Decoder,
@@ -286,7 +344,15 @@ pub fn train(
     let rows = objective.rows();
     let (batch_rows, width) = objective.batch_shape(h.batch_size.max(1));
     super::memory::check(&model.cfg, batch_rows, width, h.gradient_checkpointing)?;
-    let per_step = h.batch_size.max(1) * h.grad_accum.max(1);
+    let group = hooks.group;
+    let (rank, world) = group.map_or((0, 1), |g| (g.rank(), g.world()));
+    if world > 1 && objective.online().is_some() {
+        return Err(crate::error::Error::Internal(
+            "an online objective cannot train on several workers".into(),
+        ));
+    }
+    // Every worker reads the same row order; a step takes `world` times the rows of one worker's.
+    let per_step = h.batch_size.max(1) * h.grad_accum.max(1) * world;
     let steps_per_epoch = rows.len().div_ceil(per_step);
     let total = h
         .max_steps
@@ -304,7 +370,13 @@ pub fn train(
         .and_then(crate::store::checkpoints::latest)
     {
         pos = checkpoint::load(&found, vars, &mut opt)?;
-        model.set_dropout_state(pos.dropout_rng);
+        model.set_dropout_state(match rank {
+            0 => pos.dropout_rng,
+            r => match pos.worker_dropout_rngs.get(r - 1) {
+                Some(&state) => state,
+                None => data_parallel::dropout_state(pos.dropout_rng, r),
+            },
+        });
         (hooks.log)(&format!(
             "resuming from the checkpoint at step {}",
             pos.step
@@ -321,6 +393,9 @@ pub fn train(
                 tokens_per_s: None,
             })?;
         }
+    }
+    if pos.step == 0 {
+        model.set_dropout_state(data_parallel::dropout_state(pos.dropout_rng, rank));
     }
     let mut rng = Rng::from_state(pos.rng);
     model
@@ -352,15 +427,16 @@ pub fn train(
     }
     let mut last_save = Instant::now();
     for step in pos.step..total {
-        if (hooks.cancelled)() {
+        let mut stop = (hooks.cancelled)();
+        if let Some(g) = group {
+            // A stop any worker was asked for stops them all at the same step.
+            stop = g.any(stop)?;
+        }
+        if stop {
             // Stopped at a step boundary (Ctrl-C, watch mode): keep what was trained for the rerun.
-            if let Some(dir) = &h.checkpoints {
-                if pos.step > 0 {
-                    pos.rng = rng.state();
-                    pos.dropout_rng = model.dropout_state();
-                    checkpoint::save(dir, &pos, vars, &opt)?;
-                    (hooks.log)(&format!("saved a checkpoint at step {}", pos.step));
-                }
+            if pos.step > 0 && h.checkpoints.is_some() {
+                save(model, vars, &opt, h, &mut pos, &rng, group)?;
+                (hooks.log)(&format!("saved a checkpoint at step {}", pos.step));
             }
             return Err(crate::error::Error::Cancelled);
         }
@@ -376,6 +452,7 @@ pub fn train(
             log: hooks.log,
             skipped: &mut pos.skipped_nonfinite,
             step,
+            group,
         };
         let draw = |micro_index: usize| {
             Rng::new(h.seed ^ ((step as u64) << 20) ^ micro_index as u64).next_u64()
@@ -385,6 +462,7 @@ pub fn train(
                 picked
                     .chunks(per_micro)
                     .enumerate()
+                    .filter(|(i, _)| data_parallel::is_mine(*i, group))
                     .map(|(i, rows)| objective.micro_batch(model, rows, draw(i))),
                 lr,
             )?,
@@ -446,13 +524,15 @@ pub fn train(
             })?;
             pos.metrics.push(line);
         }
-        if let Some(dir) = &h.checkpoints {
+        if h.checkpoints.is_some() && pos.step < total {
             let by_steps = h.save_every > 0 && pos.step.is_multiple_of(h.save_every);
-            let by_time = h.save_interval.is_some_and(|d| last_save.elapsed() >= d);
-            if (by_steps || by_time) && pos.step < total {
-                pos.rng = rng.state();
-                pos.dropout_rng = model.dropout_state();
-                checkpoint::save(dir, &pos, vars, &opt)?;
+            let mut by_time = h.save_interval.is_some_and(|d| last_save.elapsed() >= d);
+            if let Some(g) = group {
+                // Worker 0's clock decides, so that every worker takes part in the same saves.
+                by_time = g.first_says(by_time)?;
+            }
+            if by_steps || by_time {
+                save(model, vars, &opt, h, &mut pos, &rng, group)?;
                 last_save = Instant::now();
             }
         }

@@ -129,6 +129,15 @@ impl Checker {
                 self.error(diag);
             }
         }
+        if let (true, Some(Value::Int(n))) = (is_config, values.get("workers")) {
+            if *n < 1 {
+                let loc = locs.get("workers").copied().unwrap_or(decl);
+                let diag = Diag::error("ptl::out_of_range", "`workers` must be at least 1")
+                    .label(loc, format!("{n} is out of range"))
+                    .help("give how many processes each training stage trains on (1: one process)");
+                self.error(diag);
+            }
+        }
         if let (true, Some(Value::Str(d))) = (is_config, values.get("device")) {
             let loc = locs.get("device").copied().unwrap_or(decl);
             if let Some(diag) = settings::bad_device(d, loc) {
