@@ -51,6 +51,19 @@ fn step_one_matches_trl_for_every_loss_full_and_lora() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// Fails with every metric of `got` (step 1) that differs from TRL's `case`.
+fn assert_matches_trl(name: &str, got: &Value, case: &Value) {
+    let problems = common::compare_metrics(
+        name,
+        got,
+        case,
+        std::iter::once("loss").chain(ptl::train::preference::DPO_METRICS),
+        TOLERANCE,
+        RELATIVE,
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 #[test]
 fn two_workers_of_two_pairs_match_trl_on_four() {
     // TRL's step on a batch of 4 pairs, here shared by 2 worker processes of 2 pairs each: the
@@ -63,15 +76,7 @@ fn two_workers_of_two_pairs_match_trl_on_four() {
             case["label_smoothing"]
         ),
     );
-    let problems = common::compare_metrics(
-        "sigmoid on 2 workers",
-        &got,
-        case,
-        std::iter::once("loss").chain(ptl::train::preference::DPO_METRICS),
-        TOLERANCE,
-        RELATIVE,
-    );
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_matches_trl("sigmoid on 2 workers", &got, case);
 }
 
 #[test]
@@ -85,15 +90,7 @@ fn truncation_and_dropped_rows_match_trl() {
             case["max_length"], case["batch_size"]
         ),
     );
-    let problems = common::compare_metrics(
-        "sigmoid max_len 24",
-        &got,
-        case,
-        std::iter::once("loss").chain(ptl::train::preference::DPO_METRICS),
-        TOLERANCE,
-        RELATIVE,
-    );
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_matches_trl("sigmoid max_len 24", &got, case);
 }
 
 #[test]

@@ -41,9 +41,9 @@ fn stage_out(dir: &Path) -> std::path::PathBuf {
     dir.join(String::from_utf8_lossy(&o.stdout).trim())
 }
 
-fn weights(dir: &Path) -> HashMap<String, Vec<f32>> {
-    let file = stage_out(dir).join("model/model.safetensors");
-    candle_core::safetensors::load(&file, &candle_core::Device::Cpu)
+/// Every tensor of a safetensors file, as f32 values.
+fn safetensors_f32(file: &Path) -> HashMap<String, Vec<f32>> {
+    candle_core::safetensors::load(file, &candle_core::Device::Cpu)
         .unwrap()
         .into_iter()
         .map(|(k, t)| {
@@ -57,6 +57,11 @@ fn weights(dir: &Path) -> HashMap<String, Vec<f32>> {
             (k, v)
         })
         .collect()
+}
+
+/// The trained model's weights.
+fn weights(dir: &Path) -> HashMap<String, Vec<f32>> {
+    safetensors_f32(&stage_out(dir).join("model/model.safetensors"))
 }
 
 fn losses(dir: &Path) -> Vec<f64> {
@@ -133,21 +138,9 @@ fn two_workers_reach_the_weights_of_one_on_the_doubled_batch() {
     assert!(!stage_out(&two_dir.0).join("../workers").exists());
 }
 
+/// The starting model's weights.
 fn weights_of_start(dir: &Path) -> HashMap<String, Vec<f32>> {
-    candle_core::safetensors::load(dir.join("m/model.safetensors"), &candle_core::Device::Cpu)
-        .unwrap()
-        .into_iter()
-        .map(|(k, t)| {
-            let v = t
-                .to_dtype(candle_core::DType::F32)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            (k, v)
-        })
-        .collect()
+    safetensors_f32(&dir.join("m/model.safetensors"))
 }
 
 /// The processes whose parent is `pid`, with their environment's RANK.
