@@ -52,6 +52,8 @@ pub enum Error {
         seq_len: usize,
         needed: u64,
         available: u64,
+        /// Processes on this machine that each need `needed` (a data-parallel stage's workers).
+        workers: usize,
     },
     /// A model that must read the policy's token ids (PPO's reward or value model) has another
     /// vocabulary.
@@ -176,8 +178,9 @@ impl Error {
                 "KTO weighs desirable (label true) against undesirable (label false) completions: add rows with label = {}",
                 !label
             ),
-            Error::OutOfMemory { .. } => {
-                "lower `batch_size` (use `grad_accum` for the same effective batch) or `max_len`, or set `gradient_checkpointing = true`".into()
+            Error::OutOfMemory { workers, .. } => {
+                let fewer = if *workers > 1 { ", or use fewer `workers`" } else { "" };
+                format!("lower `batch_size` (use `grad_accum` for the same effective batch) or `max_len`, or set `gradient_checkpointing = true`{fewer}")
             }
             Error::VocabularyMismatch { .. } => {
                 "PPO scores the policy's own token ids: train the reward model from a model with the policy's tokenizer (e.g. the SFT model the policy starts from)".into()
@@ -279,12 +282,22 @@ impl fmt::Display for Error {
                 seq_len,
                 needed,
                 available,
-            } => write!(
-                f,
-                "a batch of {batch_size} sequences of {seq_len} tokens needs about {} for training, and {} is available",
-                mib(*needed),
-                mib(*available)
-            ),
+                workers,
+            } => {
+                write!(
+                    f,
+                    "a batch of {batch_size} sequences of {seq_len} tokens needs about {} for training",
+                    mib(*needed)
+                )?;
+                if *workers > 1 {
+                    write!(
+                        f,
+                        " in each of the stage's {workers} workers ({} in all)",
+                        mib(needed.saturating_mul(*workers as u64))
+                    )?;
+                }
+                write!(f, ", and {} is available", mib(*available))
+            }
             Error::VocabularyMismatch { dir, detail, .. } => write!(
                 f,
                 "{} does not share the policy's vocabulary: {detail}",

@@ -45,16 +45,26 @@ fn available() -> Option<u64> {
     Some(proc_kib("/proc/meminfo", "MemAvailable")? * 1024)
 }
 
-/// Refuses a micro-batch of `batch` rows as wide as `seq` that cannot fit in the available memory.
-pub fn check(cfg: &ModelConfig, batch: usize, seq: usize, recompute: bool) -> Result<(), Error> {
+/// Refuses a micro-batch of `batch` rows as wide as `seq` that cannot fit in the available memory,
+/// for each of `workers` processes on this machine (a data-parallel stage's workers share it).
+pub fn check(
+    cfg: &ModelConfig,
+    batch: usize,
+    seq: usize,
+    recompute: bool,
+    workers: usize,
+) -> Result<(), Error> {
     let needed = estimate(cfg, batch, seq, recompute);
     match available() {
-        Some(available) if needed > available => Err(Error::OutOfMemory {
-            batch_size: batch,
-            seq_len: seq,
-            needed,
-            available,
-        }),
+        Some(available) if needed.saturating_mul(workers.max(1) as u64) > available => {
+            Err(Error::OutOfMemory {
+                batch_size: batch,
+                seq_len: seq,
+                needed,
+                available,
+                workers: workers.max(1),
+            })
+        }
         _ => Ok(()),
     }
 }

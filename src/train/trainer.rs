@@ -343,9 +343,15 @@ pub fn train(
 ) -> crate::error::Result<Summary> {
     let rows = objective.rows();
     let (batch_rows, width) = objective.batch_shape(h.batch_size.max(1));
-    super::memory::check(&model.cfg, batch_rows, width, h.gradient_checkpointing)?;
     let group = hooks.group;
     let (rank, world) = group.map_or((0, 1), |g| (g.rank(), g.world()));
+    super::memory::check(
+        &model.cfg,
+        batch_rows,
+        width,
+        h.gradient_checkpointing,
+        world,
+    )?;
     if world > 1 && objective.online().is_some() {
         return Err(crate::error::Error::Internal(
             "an online objective cannot train on several workers".into(),
