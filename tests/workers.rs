@@ -319,4 +319,16 @@ fn kinds_that_cannot_share_a_step_say_so_before_running() {
     let t = text(&o);
     assert!(t.contains("ptl::workers_unsupported"), "{t}");
     assert!(t.contains("from config.workers"), "{t}");
+    let d = setup(
+        "dp-check-kinds",
+        "config { workers = 0 }\n\nstage rl = grpo {\n  model = hf_model(\"m\")\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  template = \"chat.jinja\"\n  rewards = [exact_match()]\n  workers = 2\n}\n",
+    );
+    let o = ptl(&d.0, &["check", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(1));
+    let t = text(&o);
+    assert!(t.contains("`workers` must be at least 1"), "{t}");
+    assert!(
+        t.contains("grpo trains in one process: sharing its rollouts between"),
+        "{t}"
+    );
 }
