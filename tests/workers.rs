@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{ptl, setup};
+use common::{ptl, setup, stage_out, text};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -28,19 +28,6 @@ fn run(dir: &Path, env: &[(&str, &str)]) -> std::process::Output {
         .unwrap()
 }
 
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn stage_out(dir: &Path) -> std::path::PathBuf {
-    let o = ptl(dir, &["path", "p.ptl", "tuned"]);
-    dir.join(String::from_utf8_lossy(&o.stdout).trim())
-}
-
 /// Every tensor of a safetensors file, as f32 values.
 fn safetensors_f32(file: &Path) -> HashMap<String, Vec<f32>> {
     candle_core::safetensors::load(file, &candle_core::Device::Cpu)
@@ -61,18 +48,14 @@ fn safetensors_f32(file: &Path) -> HashMap<String, Vec<f32>> {
 
 /// The trained model's weights.
 fn weights(dir: &Path) -> HashMap<String, Vec<f32>> {
-    safetensors_f32(&stage_out(dir).join("model/model.safetensors"))
+    safetensors_f32(&stage_out(dir, "tuned").join("model/model.safetensors"))
 }
 
+/// The loss of every logged step.
 fn losses(dir: &Path) -> Vec<f64> {
-    std::fs::read_to_string(stage_out(dir).join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                .as_f64()
-                .unwrap()
-        })
+    common::stage_metrics(dir, "tuned")
+        .iter()
+        .map(|m| m["loss"].as_f64().unwrap())
         .collect()
 }
 
@@ -135,7 +118,7 @@ fn two_workers_reach_the_weights_of_one_on_the_doubled_batch() {
         );
     }
     // Worker 1's scratch is gone, and the entry holds what a one-process stage writes.
-    assert!(!stage_out(&two_dir.0).join("../workers").exists());
+    assert!(!stage_out(&two_dir.0, "tuned").join("../workers").exists());
 }
 
 /// The starting model's weights.
@@ -215,6 +198,12 @@ fn wait(child: &mut Child, limit: Duration) -> (Option<i32>, Duration) {
     }
 }
 
+/// Whether process `pid` has ended (gone, or a zombie its parent has not reaped yet).
+fn ended(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+        || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
 fn signal(pid: u32, sig: &str) {
     assert!(Command::new("kill")
         .args([&format!("-{sig}"), &pid.to_string()])
@@ -249,12 +238,7 @@ fn a_killed_or_silent_worker_fails_the_stage_within_the_timeout() {
         // Measured: 0.05 s after the kill; 3.1 s for the silent one (the timeout is 3 s).
         assert!(took < Duration::from_secs(15), "{name}: {took:?}");
         for (pid, _) in &workers {
-            assert!(
-                !Path::new(&format!("/proc/{pid}")).exists()
-                    || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                        .is_ok_and(|s| s.contains(") Z ")),
-                "{name}: worker {pid} is left running"
-            );
+            assert!(ended(*pid), "{name}: worker {pid} is left running");
         }
     }
 }
@@ -269,11 +253,9 @@ fn ctrl_c_stops_every_worker_with_a_checkpoint_and_the_rerun_resumes() {
     let out = reader.join().unwrap();
     assert_eq!(code, Some(130), "{out}");
     assert!(out.contains("saved a checkpoint at step"), "{out}");
-    assert!(workers.iter().all(
-        |(pid, _)| !Path::new(&format!("/proc/{pid}/cmdline")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| s.contains(") Z "))
-    ));
+    for (pid, _) in &workers {
+        assert!(ended(*pid), "worker {pid} is left running");
+    }
     let plan = String::from_utf8_lossy(&ptl(&d.0, &["plan", "p.ptl"]).stdout).into_owned();
     assert!(
         plan.contains("resumes from its checkpoint at step"),
@@ -304,31 +286,32 @@ fn a_crashed_two_worker_stage_resumes_and_ends_bit_identical() {
         text(&o)
     );
     assert_eq!(losses(&whole.0), losses(&crashed.0));
-    let (a, b) = (weights(&whole.0), weights(&crashed.0));
-    assert!(a == b, "the resumed run's weights differ");
+    common::same_model(&whole.0, &crashed.0, "tuned");
 }
 
 #[test]
 fn kinds_that_cannot_share_a_step_say_so_before_running() {
-    let d = setup(
-        "dp-check",
-        "config { workers = 2 }\n\nstage tuned = sft {\n  model = hf_model(\"m\")\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  template = \"chat.jinja\"\n  device = \"cuda\"\n}\n",
-    );
-    let o = ptl(&d.0, &["check", "p.ptl"]);
-    assert_eq!(o.status.code(), Some(1));
-    let t = text(&o);
-    assert!(t.contains("ptl::workers_unsupported"), "{t}");
-    assert!(t.contains("from config.workers"), "{t}");
-    let d = setup(
-        "dp-check-kinds",
-        "config { workers = 0 }\n\nstage rl = grpo {\n  model = hf_model(\"m\")\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  template = \"chat.jinja\"\n  rewards = [exact_match()]\n  workers = 2\n}\n",
-    );
-    let o = ptl(&d.0, &["check", "p.ptl"]);
-    assert_eq!(o.status.code(), Some(1));
-    let t = text(&o);
-    assert!(t.contains("`workers` must be at least 1"), "{t}");
-    assert!(
-        t.contains("grpo trains in one process: sharing its rollouts between"),
-        "{t}"
-    );
+    for (name, pipeline, said) in [
+        (
+            "dp-check",
+            "config { workers = 2 }\n\nstage tuned = sft {\n  model = hf_model(\"m\")\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  template = \"chat.jinja\"\n  device = \"cuda\"\n}\n",
+            ["ptl::workers_unsupported", "from config.workers"],
+        ),
+        (
+            "dp-check-kinds",
+            "config { workers = 0 }\n\nstage rl = grpo {\n  model = hf_model(\"m\")\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  template = \"chat.jinja\"\n  rewards = [exact_match()]\n  workers = 2\n}\n",
+            [
+                "`workers` must be at least 1",
+                "grpo trains in one process: sharing its rollouts between",
+            ],
+        ),
+    ] {
+        let d = setup(name, pipeline);
+        let o = ptl(&d.0, &["check", "p.ptl"]);
+        assert_eq!(o.status.code(), Some(1), "{name}");
+        let t = text(&o);
+        for s in said {
+            assert!(t.contains(s), "{name}: {t}");
+        }
+    }
 }

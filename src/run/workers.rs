@@ -265,14 +265,14 @@ fn relay(
                 }
                 if errors[rank]
                     .as_ref()
-                    .is_some_and(|e| e.code == "ptl::cancelled")
+                    .is_some_and(|e| e.code == Error::Cancelled.code())
                 {
                     cancelled = true;
                     continue;
                 }
                 // The first worker to fail is the cause; the others are ended with it.
                 return Err(match errors[rank].take() {
-                    Some(e) if e.code == "ptl::workers" => {
+                    Some(e) if e.code == Error::Workers(String::new()).code() => {
                         Error::Workers(format!("worker {rank}: {}", e.message))
                     }
                     Some(e) => Error::Relayed(e),

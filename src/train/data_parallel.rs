@@ -18,27 +18,20 @@ pub struct Shares {
     pub loss_sum: f64,
     pub weight: f64,
     pub tokens: f64,
-    /// (name, sum, count) of each metric.
+    /// (name, sum, count) of each metric; after [`sum_over_workers`], every worker's in rank order
+    /// (the loop's metric sums merge them by name).
     pub metrics: Vec<(String, f64, f64)>,
     /// Per trained variable, whether this worker's micro-batches gave it a gradient.
     pub has_grad: Vec<bool>,
 }
 
 impl Shares {
-    /// Adds `other`'s sums (metrics by name, in the order first seen).
+    /// Adds `other`'s sums, and appends its metrics.
     fn add(&mut self, other: Shares) {
         self.loss_sum += other.loss_sum;
         self.weight += other.weight;
         self.tokens += other.tokens;
-        for (name, sum, count) in other.metrics {
-            match self.metrics.iter_mut().find(|(n, _, _)| *n == name) {
-                Some((_, s, c)) => {
-                    *s += sum;
-                    *c += count;
-                }
-                None => self.metrics.push((name, sum, count)),
-            }
-        }
+        self.metrics.extend(other.metrics);
         for (a, b) in self.has_grad.iter_mut().zip(other.has_grad) {
             *a |= b;
         }

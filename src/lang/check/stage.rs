@@ -120,22 +120,30 @@ impl Checker {
             decl,
         };
         let (values, locs) = self.fill_fields(frame, word, &schema, block);
-        if let (true, Some(Value::Int(n))) = (is_config, values.get("threads")) {
-            if *n < 0 {
-                let loc = locs.get("threads").copied().unwrap_or(decl);
-                let diag = Diag::error("ptl::out_of_range", "`threads` must not be negative")
-                    .label(loc, format!("{n} is out of range"))
-                    .help("give a number of CPU threads, or 0 for all cores");
-                self.error(diag);
-            }
-        }
-        if let (true, Some(Value::Int(n))) = (is_config, values.get("workers")) {
-            if *n < 1 {
-                let loc = locs.get("workers").copied().unwrap_or(decl);
-                let diag = Diag::error("ptl::out_of_range", "`workers` must be at least 1")
-                    .label(loc, format!("{n} is out of range"))
-                    .help("give how many processes each training stage trains on (1: one process)");
-                self.error(diag);
+        // The config's integer settings and their lower bounds: (field, least, why, help).
+        let bounds = [
+            (
+                "threads",
+                0,
+                "must not be negative",
+                "give a number of CPU threads, or 0 for all cores",
+            ),
+            (
+                "workers",
+                1,
+                "must be at least 1",
+                "give how many processes each training stage trains on (1: one process)",
+            ),
+        ];
+        for (field, least, why, help) in bounds.into_iter().filter(|_| is_config) {
+            if let Some(&Value::Int(n)) = values.get(field) {
+                if n < least {
+                    let loc = locs.get(field).copied().unwrap_or(decl);
+                    let diag = Diag::error("ptl::out_of_range", format!("`{field}` {why}"))
+                        .label(loc, format!("{n} is out of range"))
+                        .help(help);
+                    self.error(diag);
+                }
             }
         }
         if let (true, Some(Value::Str(d))) = (is_config, values.get("device")) {
