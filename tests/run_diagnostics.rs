@@ -143,7 +143,7 @@ fn a_skipped_non_finite_step_is_counted_and_the_stage_goes_on() {
     std::fs::write(dir.0.join("p.ptl"), p).unwrap();
     let out = common::run_ok(&dir.0, &[]);
     assert!(
-        out.contains("cpt: step 2: the gradient norm is NaN; step skipped (1 of at most 10)"),
+        out.contains("cpt: step 2: the loss is NaN; step skipped (1 of at most 10)"),
         "{out}"
     );
     let path = common::ptl(&dir.0, &["path", "p.ptl", "cpt"]);

@@ -273,6 +273,9 @@ pub fn at_least_f32(x: &Tensor) -> candle_core::Result<Tensor> {
 /// RMSNorm as transformers computes it: x / sqrt(mean(x²) + eps) in f32, back in x's dtype, times
 /// weight.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    if super::fused::fusable(x, weight) {
+        return super::fused::rms_norm(x, weight, eps);
+    }
     let x32 = at_least_f32(x)?;
     let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
     x32.broadcast_div(&(var + eps)?.sqrt()?)?
@@ -298,6 +301,21 @@ pub fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
     let shifted = x.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
     shifted.broadcast_sub(&lse)
+}
+
+/// The rotary embedding of queries or keys [b, heads, t, head_dim] with cos and sin [b, 1, t,
+/// head_dim]: one fused op on the CPU (the same bits), the composed ops elsewhere.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    if super::fused::rope_fusable(x, cos, sin) {
+        super::fused::rope(x, cos, sin)
+    } else {
+        rope_composed(x, cos, sin)
+    }
+}
+
+/// x·cos + rotate_half(x)·sin, as transformers' `apply_rotary_pos_emb`.
+pub fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    x.broadcast_mul(cos)? + rotate_half(x)?.broadcast_mul(sin)?
 }
 
 fn rotate_half(x: &Tensor) -> candle_core::Result<Tensor> {
@@ -594,8 +612,8 @@ impl Decoder {
             q = self.norm_with(&q, qn)?;
             k = self.norm_with(&k, kn)?;
         }
-        let q = (q.broadcast_mul(cos)? + rotate_half(&q)?.broadcast_mul(sin)?)?;
-        k = (k.broadcast_mul(cos)? + rotate_half(&k)?.broadcast_mul(sin)?)?;
+        let q = apply_rope(&q, cos, sin)?;
+        k = apply_rope(&k, cos, sin)?;
         let out = match layer {
             LayerPast::None(mask) => self.attend(&q, &k, &v, Some(mask), false)?,
             LayerPast::Batch(((ck, cv), past, capacity), mask) => {
@@ -695,11 +713,18 @@ impl Decoder {
         if let Some(c) = self.cfg.attn_logit_softcapping {
             scores = softcap(&scores, c)?;
         }
-        if let Some(m) = mask {
-            scores = scores.broadcast_add(m)?;
-        }
-        // The softmax in f32 whatever the compute dtype (as transformers' attention).
-        let probs = softmax(&at_least_f32(&scores)?)?.to_dtype(v.dtype())?;
+        let probs = match mask {
+            Some(m) if super::fused::softmax_fusable(&scores, m) => {
+                super::fused::masked_softmax(&scores, m)?
+            }
+            _ => {
+                if let Some(m) = mask {
+                    scores = scores.broadcast_add(m)?;
+                }
+                // The softmax in f32 whatever the compute dtype (as transformers' attention).
+                softmax(&at_least_f32(&scores)?)?.to_dtype(v.dtype())?
+            }
+        };
         super::matmul::matmul(&probs.reshape((b, nkv, rep * t, tk))?, &v)?
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod decoder;
 pub mod frozen;
+pub mod fused;
 pub mod gemm_amx;
 pub mod gemm_bf16;
 pub mod generation;

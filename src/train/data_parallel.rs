@@ -13,7 +13,6 @@ pub fn is_mine(index: usize, group: Option<&dyn Collective>) -> bool {
 }
 
 /// A worker's sums of one update, besides its gradients.
-#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Shares {
     pub loss_sum: f64,
     pub weight: f64,
@@ -38,6 +37,49 @@ impl Shares {
     }
 }
 
+/// [`Shares`] as the workers exchange them: every float as its bits, so that a NaN or infinite
+/// loss (JSON has neither) reaches every worker, which then stops on it together.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Wire {
+    loss_sum: u64,
+    weight: u64,
+    tokens: u64,
+    metrics: Vec<(String, u64, u64)>,
+    has_grad: Vec<bool>,
+}
+
+impl From<&Shares> for Wire {
+    fn from(s: &Shares) -> Wire {
+        Wire {
+            loss_sum: s.loss_sum.to_bits(),
+            weight: s.weight.to_bits(),
+            tokens: s.tokens.to_bits(),
+            metrics: s
+                .metrics
+                .iter()
+                .map(|(n, sum, count)| (n.clone(), sum.to_bits(), count.to_bits()))
+                .collect(),
+            has_grad: s.has_grad.clone(),
+        }
+    }
+}
+
+impl From<Wire> for Shares {
+    fn from(w: Wire) -> Shares {
+        Shares {
+            loss_sum: f64::from_bits(w.loss_sum),
+            weight: f64::from_bits(w.weight),
+            tokens: f64::from_bits(w.tokens),
+            metrics: w
+                .metrics
+                .into_iter()
+                .map(|(n, sum, count)| (n, f64::from_bits(sum), f64::from_bits(count)))
+                .collect(),
+            has_grad: w.has_grad,
+        }
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> crate::error::Error {
     crate::error::Error::Internal(format!("summing over workers: {e}"))
 }
@@ -52,11 +94,11 @@ pub fn sum_over_workers(
     shares: &mut Shares,
 ) -> crate::error::Result<()> {
     shares.has_grad = vars.iter().map(|(_, v)| grads.get(v).is_some()).collect();
-    let mine = serde_json::to_vec(&*shares).map_err(internal)?;
+    let mine = serde_json::to_vec(&Wire::from(&*shares)).map_err(internal)?;
     let mut all: Vec<Shares> = group
         .all_gather(&mine)?
         .iter()
-        .map(|b| serde_json::from_slice(b))
+        .map(|b| serde_json::from_slice::<Wire>(b).map(Shares::from))
         .collect::<Result<_, _>>()
         .map_err(internal)?;
     let mut total = all.remove(0);
