@@ -11,6 +11,10 @@
 //! prompt + 128 completion tokens = 8 sequences of 256, reference log-probs computed before training),
 //! the ratio the preference issue bounds at 2.2×.
 //!
+//! Then the quickstart's model (pipelines/quickstart.ptl: hidden 128, 3 layers, vocab 100 from the
+//! quickstart's character tokenizer, 0.6 M parameters), full tuning on the same batch shape, where
+//! per-op overhead rather than arithmetic sets the rate: `--small-steps N` timed steps (default 30).
+//!
 //! Run with `cargo bench --bench train [-- --steps N]`. The PyTorch side runs when
 //! `PTL_BENCH_PYTHON` (default `python3`) has torch, transformers and peft.
 
@@ -97,12 +101,66 @@ fn step_seconds(dir: &Path, stage: &str) -> f64 {
     secs.iter().sum::<f64>() / secs.len() as f64
 }
 
-fn torch(mode: &str, steps: usize) -> Option<serde_json::Value> {
+fn torch(mode: &str, model: &str, steps: usize) -> Option<serde_json::Value> {
     let steps = steps.to_string();
     common::python_json(
         "benches/reference/torch_train.py",
-        &["--mode", mode, "--steps", &steps],
+        &["--mode", mode, "--model", model, "--steps", &steps],
     )
+}
+
+/// The quickstart's model (its `init` stage's shape and character tokenizer) and a full `pt`
+/// stage on rows of `SEQ` random characters (with the EOS, `SEQ` positions each).
+fn small_pipeline(dir: &Path, steps: usize) {
+    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tokenizers/tiny-chat");
+    std::fs::create_dir_all(dir.join("tiny-chat")).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(tokenizer.join(f), dir.join("tiny-chat").join(f)).unwrap();
+    }
+    let chars: Vec<char> = ('0'..='9').chain('a'..='z').collect();
+    let mut seed = 3u64;
+    let text: String = (0..BATCH * steps)
+        .map(|_| {
+            let row: String = (0..SEQ)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    chars[(seed >> 33) as usize % chars.len()]
+                })
+                .collect();
+            format!("{}\n", serde_json::json!({ "text": row }))
+        })
+        .collect();
+    std::fs::write(dir.join("chars.jsonl"), text).unwrap();
+    std::fs::write(
+        dir.join("small.ptl"),
+        format!(
+            "config {{\n  seed = 0\n}}\n\nstage base = init {{\n  tokenizer = \"tiny-chat\"\n  hidden_size = 128\n  heads = 4\n  kv_heads = 2\n  intermediate_size = 384\n  layers = 3\n}}\n\nstage small_ft = pt {{\n  model = base.model\n  data = jsonl(\"chars.jsonl\", format = \"text\")\n  max_steps = {steps}\n  batch_size = {BATCH}\n  max_len = {}\n  packing = false\n  lr = 1e-4\n  log_every = 1\n  save_every = 0\n  save_minutes = 0\n}}\n",
+            SEQ + 1
+        ),
+    )
+    .unwrap();
+}
+
+/// One line for ptl's rate and, when PyTorch runs, one for its rate and the ratio.
+fn report(ptl_tps: f64, timed: usize, mode: &str, model: &str, torch_steps: usize) {
+    println!(
+        "{}",
+        serde_json::json!({"engine": "ptl run", "model": model, "mode": mode, "timed_steps": timed, "tokens_per_s": (ptl_tps * 10.0).round() / 10.0})
+    );
+    match torch(mode, model, torch_steps) {
+        Some(j) => {
+            let t = j["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "{}",
+                serde_json::json!({"engine": "pytorch", "model": model, "mode": mode, "tokens_per_s": t, "params": j["params"], "trainable": j["trainable"], "peak_rss_mib": j["peak_rss_mib"], "ptl_over_pytorch": (ptl_tps / t * 100.0).round() / 100.0})
+            );
+        }
+        None => println!(
+            "(PyTorch reference not run: PTL_BENCH_PYTHON / python3 lacks torch, transformers or peft)"
+        ),
+    }
 }
 
 fn main() {
@@ -123,21 +181,11 @@ fn main() {
     );
     for mode in ["full", "lora"] {
         let (ptl_tps, timed) = common::tokens_per_s(&dir, "bench", &format!("{mode}_ft"));
-        println!(
-            "{}",
-            serde_json::json!({"engine": "ptl run", "mode": mode, "timed_steps": timed, "tokens_per_s": (ptl_tps * 10.0).round() / 10.0})
-        );
-        match torch(mode, steps) {
-            Some(j) => {
-                let t = j["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
-                println!(
-                    "{}",
-                    serde_json::json!({"engine": "pytorch", "mode": mode, "tokens_per_s": t, "params": j["params"], "trainable": j["trainable"], "ptl_over_pytorch": (ptl_tps / t * 100.0).round() / 100.0})
-                );
-            }
-            None => println!(
-                "(PyTorch reference not run: PTL_BENCH_PYTHON / python3 lacks torch, transformers or peft)"
-            ),
-        }
+        report(ptl_tps, timed, mode, "bench", steps);
     }
+    let small_steps = common::arg("--small-steps", 30);
+    small_pipeline(&dir, small_steps + 1);
+    common::run_pipeline(&dir, "small.ptl");
+    let (ptl_tps, timed) = common::tokens_per_s(&dir, "small", "small_ft");
+    report(ptl_tps, timed, "full", "quickstart", small_steps);
 }

@@ -4,7 +4,9 @@
 
 Qwen3 architecture (Qwen3ForCausalLM from config, random init, f32), vocab 32000, hidden 512,
 intermediate 1536, 8 layers, 8 heads, 4 KV heads, head_dim 64, tied embeddings (41.6 M
-parameters), batch 8 x 256 random token ids, AdamW (lr 1e-4), transformers' default attention (sdpa).
+parameters); with --model quickstart the quickstart's model instead (vocab 100, hidden 128,
+intermediate 384, 3 layers, 4 heads, 2 KV heads, head_dim 32, rope base 10000: 0.6 M parameters);
+batch 8 x 256 random token ids, AdamW (lr 1e-4), transformers' default attention (sdpa).
 One step = forward (labels=input_ids, transformers' own loss) + backward + gradient clipping at 1.0
 (as ptl's and the HF Trainer's default max_grad_norm) + AdamW step + zero_grad.
 With --dtype bf16 the forward runs under `torch.autocast("cpu", dtype=torch.bfloat16)` (bf16
@@ -15,6 +17,7 @@ Warms up 2 steps, then times --steps steps; prints one JSON line
     python benches/reference/torch_train.py --mode full [--steps 5]
     python benches/reference/torch_train.py --mode lora   # LoRA r 16, alpha 32, all linear layers
     python benches/reference/torch_train.py --dtype bf16  # bf16 autocast
+    python benches/reference/torch_train.py --model quickstart  # the quickstart's 0.6 M model
 
 Offline: nothing is downloaded (the model is built from a config).
 """
@@ -34,19 +37,27 @@ BATCH, SEQ = 8, 256
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def config() -> Qwen3Config:
+# (vocab, hidden, intermediate, layers, heads, kv heads, head_dim, rope base, max positions)
+MODELS = {
+    "bench": (32000, 512, 1536, 8, 8, 4, 64, 1000000.0, 4096),
+    "quickstart": (100, 128, 384, 3, 4, 2, 32, 10000.0, 2048),
+}
+
+
+def config(name: str) -> Qwen3Config:
+    vocab, hidden, inter, layers, heads, kv, head_dim, theta, positions = MODELS[name]
     return Qwen3Config(
-        vocab_size=32000,
-        hidden_size=512,
-        intermediate_size=1536,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        head_dim=64,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        head_dim=head_dim,
         tie_word_embeddings=True,
         rms_norm_eps=1e-6,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": theta},
+        max_position_embeddings=positions,
         attention_dropout=0.0,
         use_cache=False,
     )
@@ -58,11 +69,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
+    ap.add_argument("--model", choices=sorted(MODELS), default="bench")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = Qwen3ForCausalLM._from_config(config(), dtype=torch.float32)
+    cfg = config(args.model)
+    model = Qwen3ForCausalLM._from_config(cfg, dtype=torch.float32)
     params = sum(p.numel() for p in model.parameters())  # tied: embed/lm_head counted once
     if args.mode == "lora":
         from peft import LoraConfig, get_peft_model
@@ -79,7 +92,7 @@ def main() -> None:
     n_trainable = sum(p.numel() for p in trainable)
     opt = torch.optim.AdamW(trainable, lr=1e-4)
 
-    ids = torch.randint(0, 32000, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, cfg.vocab_size, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
 
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16")
 
@@ -98,6 +111,7 @@ def main() -> None:
     step_s = (time.perf_counter() - start) / args.steps
     print(json.dumps({
         "mode": args.mode,
+        "model": args.model,
         "dtype": args.dtype,
         "params": params,
         "trainable": n_trainable,

@@ -1,6 +1,7 @@
 //! Training: the supervised loop, its checkpoints, packing, the optimizer, learning-rate schedules,
 //! gradient clipping, the chunked loss, and the collectives of data-parallel workers.
 
+pub mod adamw_cpu;
 pub mod checkpoint;
 pub mod clip;
 pub mod collective;
