@@ -71,6 +71,8 @@ fn detect() -> bool {
 /// What an operand may hold: bf16, or f32 rounded to bf16 (nearest even) as it is packed, so that a
 /// product of f32 tensors with bf16 operands costs no extra pass (autocast's products).
 pub trait Element: Copy + Send + Sync {
+    /// Whether taking the bits rounds (f32), rather than reading them (bf16).
+    const ROUNDS: bool;
     fn bits(self) -> u16;
     /// Every element's bits into `dst`, which is as long as `src`.
     fn bits_into(src: &[Self], dst: &mut [u16]) {
@@ -81,12 +83,14 @@ pub trait Element: Copy + Send + Sync {
 }
 
 impl Element for bf16 {
+    const ROUNDS: bool = false;
     fn bits(self) -> u16 {
         self.to_bits()
     }
 }
 
 impl Element for f32 {
+    const ROUNDS: bool = true;
     fn bits(self) -> u16 {
         bf16::from_f32(self).to_bits()
     }
@@ -205,9 +209,22 @@ pub(super) fn vector_matmul<A: Element, B: Element, T: Output>(
     let mut packed_a = vec![0u32; d.batches * row_blocks * kp * MR];
     // An empty depth leaves every panel empty (and the result zero).
     if kp > 0 {
-        pack_chunks(&mut packed_a, kp * MR, parallel, |panel, dst| {
-            pack_a(a, panel / row_blocks, (panel % row_blocks) * MR, d, dst)
-        });
+        if A::ROUNDS && a.rs == 1 && a.cs != 1 && d.m > 0 {
+            let columns = rounded_columns(a, d, parallel);
+            let view = Strided {
+                data: &columns[..],
+                offsets: (0..d.batches).map(|b| b * d.k * d.m).collect(),
+                rs: 1,
+                cs: d.m,
+            };
+            pack_chunks(&mut packed_a, kp * MR, parallel, |panel, dst| {
+                pack_a(&view, panel / row_blocks, (panel % row_blocks) * MR, d, dst)
+            });
+        } else {
+            pack_chunks(&mut packed_a, kp * MR, parallel, |panel, dst| {
+                pack_a(a, panel / row_blocks, (panel % row_blocks) * MR, d, dst)
+            });
+        }
     }
     let out_ptr = SharedOut(out.as_mut_ptr());
     for_each_b_block(b, d, kp, B_BLOCK_BYTES, parallel, |blk, packed_b| {
@@ -303,10 +320,36 @@ pub(super) fn for_each_b_block<B: Element>(
     }
 }
 
+thread_local! {
+    /// Scratch of this thread's A packing: one row's bf16 bits.
+    static ROW_BITS: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Rows i0 .. i0 + MR of batch `batch` of A: for each column pair, the row's two bf16 as one word
-/// (low half the even column), zeros past the matrix.
+/// (low half the even column), zeros past the matrix (`dst` comes zeroed). A row-major operand is
+/// rounded a row at a time (16 values an instruction for f32); other layouts element by element
+/// (a column-major f32 operand is rounded as a whole first: [`rounded_columns`]).
 fn pack_a<A: Element>(a: &Strided<A>, batch: usize, i0: usize, d: Dims, dst: &mut [u32]) {
-    for r in 0..MR.min(d.m - i0) {
+    let rows = MR.min(d.m - i0);
+    if a.cs == 1 {
+        let kp = d.k.div_ceil(2);
+        let start = a.offsets[batch] + i0 * a.rs;
+        ROW_BITS.with(|cell| {
+            let mut bits = cell.take();
+            bits.clear();
+            bits.resize(2 * kp, 0);
+            for r in 0..rows {
+                A::bits_into(&a.data[start + r * a.rs..][..d.k], &mut bits[..d.k]);
+                // Bits past the depth stay zero: the odd depth's last word has a zero high half.
+                for (p, pair) in bits.chunks_exact(2).enumerate() {
+                    dst[p * MR + r] = u32::from(pair[0]) | u32::from(pair[1]) << 16;
+                }
+            }
+            cell.set(bits);
+        });
+        return;
+    }
+    for r in 0..rows {
         for p in 0..d.k / 2 {
             let (lo, hi) = (a.at(batch, i0 + r, 2 * p), a.at(batch, i0 + r, 2 * p + 1));
             dst[p * MR + r] = u32::from(lo) | u32::from(hi) << 16;
@@ -315,6 +358,21 @@ fn pack_a<A: Element>(a: &Strided<A>, batch: usize, i0: usize, d: Dims, dst: &mu
             dst[(d.k / 2) * MR + r] = u32::from(a.at(batch, i0 + r, d.k - 1));
         }
     }
+}
+
+/// A column-major operand (each column's rows contiguous: a transposed activation in a backward)
+/// rounded to bf16 as a whole, column by column in bulk, laid out as [batch][column][row]; packing
+/// it panel by panel from the f32 values would round each element on its own.
+fn rounded_columns<A: Element>(a: &Strided<A>, d: Dims, parallel: bool) -> Vec<bf16> {
+    let mut out = vec![bf16::ZERO; d.batches * d.k * d.m];
+    // SAFETY: bf16 is a transparent u16.
+    let bits: &mut [u16] =
+        unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u16, out.len()) };
+    pack_chunks(bits, d.m.max(1), parallel, |column, dst| {
+        let (batch, k) = (column / d.k.max(1), column % d.k.max(1));
+        A::bits_into(&a.data[a.offsets[batch] + k * a.cs..][..d.m], dst);
+    });
+    out
 }
 
 /// Columns j0 .. j0 + cols of batch `batch` of B, in panels of NR columns of `kp` row pairs (at
@@ -330,31 +388,39 @@ pub(super) fn pack_b<B: Element>(
     dst: &mut [u16],
 ) {
     let start = b.offsets[batch];
-    if b.cs == 1 && d.k > 0 {
-        // Row-major B: each row pair's columns, two contiguous rows interleaved.
-        let mut row_bits = vec![0u16; cols];
-        for row in 0..d.k {
-            B::bits_into(&b.data[start + row * b.rs + j0..][..cols], &mut row_bits);
-            for (c, &v) in row_bits.iter().enumerate() {
-                let (panel, lane) = (c / NR, c % NR);
-                dst[panel * kp * 2 * NR + (row / 2) * 2 * NR + 2 * lane + row % 2] = v;
+    let pairs = d.k.div_ceil(2);
+    // A row pair of one column is one 32-bit word (the even row in the low half): written as words
+    // where the buffer allows (it always does from the allocator; checked, not assumed).
+    // SAFETY: any bit pattern is a valid u32 and u16; align_to_mut splits at aligned bounds.
+    let (head, words, _) = unsafe { dst.align_to_mut::<u32>() };
+    let at = |c: usize, p: usize| (c / NR) * kp * NR + p * NR + c % NR;
+    if head.is_empty() && b.cs == 1 && d.k > 0 {
+        // Row-major B: two rows at a time, interleaved into words.
+        let (mut lo, mut hi) = (vec![0u16; cols], vec![0u16; cols]);
+        for p in 0..pairs {
+            let row = start + 2 * p * b.rs + j0;
+            B::bits_into(&b.data[row..][..cols], &mut lo);
+            if 2 * p + 1 < d.k {
+                B::bits_into(&b.data[row + b.rs..][..cols], &mut hi);
+            } else {
+                hi.fill(0);
+            }
+            for (c, (&l, &h)) in lo.iter().zip(&hi).enumerate() {
+                words[at(c, p)] = u32::from(l) | u32::from(h) << 16;
             }
         }
         return;
     }
-    if b.rs == 1 && d.k > 0 {
+    if head.is_empty() && b.rs == 1 && d.k > 0 {
         // Column-major B (a transposed weight): each column's rows are contiguous pairs already.
-        let mut column = vec![0u16; d.k];
+        let mut column = vec![0u16; 2 * pairs];
         for c in 0..cols {
-            let (panel, lane) = (c / NR, c % NR);
-            let base = panel * kp * 2 * NR + 2 * lane;
-            B::bits_into(&b.data[start + (j0 + c) * b.cs..][..d.k], &mut column);
-            for (p, pair) in column.chunks(2).enumerate() {
-                let at = base + p * 2 * NR;
-                dst[at] = pair[0];
-                if let Some(&hi) = pair.get(1) {
-                    dst[at + 1] = hi;
-                }
+            B::bits_into(
+                &b.data[start + (j0 + c) * b.cs..][..d.k],
+                &mut column[..d.k],
+            );
+            for (p, pair) in column.chunks_exact(2).enumerate() {
+                words[at(c, p)] = u32::from(pair[0]) | u32::from(pair[1]) << 16;
             }
         }
         return;
@@ -552,6 +618,36 @@ mod tests {
                     assert_eq!(rounded[i], bf16::from_f32(g), "{path}: {d:?} at {i}");
                 }
             }
+            // f32 operands (autocast's), rounded as they are packed: the values are bf16-exact,
+            // so the product is the bf16 operands' bit for bit, through the f32 packing paths.
+            let (fa, fb): (Vec<f32>, Vec<f32>) = (
+                va.iter().map(|v| v.to_f32()).collect(),
+                vb.iter().map(|v| v.to_f32()).collect(),
+            );
+            let (a32, b32) = (
+                Strided {
+                    data: &fa[..],
+                    offsets: a.offsets.clone(),
+                    rs: a.rs,
+                    cs: a.cs,
+                },
+                Strided {
+                    data: &fb[..],
+                    offsets: b.offsets.clone(),
+                    rs: b.rs,
+                    cs: b.cs,
+                },
+            );
+            let (mut from_bf16, mut from_f32) = (vec![0f32; want.len()], vec![0f32; want.len()]);
+            vector_matmul(&a, &b, d, &mut from_bf16, parallel(d));
+            vector_matmul(&a32, &b32, d, &mut from_f32, parallel(d));
+            assert!(
+                from_bf16
+                    .iter()
+                    .zip(&from_f32)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "f32 operands: {d:?} a_t={a_t} b_t={b_t}"
+            );
         }
     }
 }
