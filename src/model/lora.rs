@@ -109,8 +109,9 @@ impl LoraWeights {
             self.a.as_tensor().to_dtype(x.dtype())?,
             self.b.as_tensor().to_dtype(x.dtype())?,
         );
-        let h = super::matmul::broadcast_matmul(&x, &a.t()?)?;
-        super::matmul::broadcast_matmul(&h, &b.t()?)?.affine(self.scaling, 0.0)
+        // Each as one 2-D matmul over all positions (no weight broadcast per batch row).
+        let h = super::decoder::matmul_t(&x, &a)?;
+        super::decoder::matmul_t(&h, &b)?.affine(self.scaling, 0.0)
     }
 
     /// scaling · B A, the change this adapter makes to its weight.
