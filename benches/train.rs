@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{tokenizer, words, INIT_STAGE, VOCAB};
+use common::{tokenizer, words, INIT_STAGE};
 use std::path::Path;
 
 const BATCH: usize = 8;
@@ -29,19 +29,9 @@ const SEQ: usize = 256;
 /// Text rows of `SEQ` random words: with the EOS, each row is one sequence of `SEQ` positions.
 fn rows(path: &Path, n: usize) {
     let mut seed = 1u64;
-    let mut text = String::new();
-    for _ in 0..n {
-        let words: Vec<String> = (0..SEQ)
-            .map(|_| {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                format!("w{}", (seed >> 33) % (VOCAB as u64 - 1))
-            })
-            .collect();
-        text.push_str(&serde_json::json!({"text": words.join(" ")}).to_string());
-        text.push('\n');
-    }
+    let text: String = (0..n)
+        .map(|_| format!("{}\n", serde_json::json!({"text": words(&mut seed, SEQ)})))
+        .collect();
     std::fs::write(path, text).unwrap();
 }
 
@@ -122,12 +112,7 @@ fn small_pipeline(dir: &Path, steps: usize) {
     let text: String = (0..BATCH * steps)
         .map(|_| {
             let row: String = (0..SEQ)
-                .map(|_| {
-                    seed = seed
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    chars[(seed >> 33) as usize % chars.len()]
-                })
+                .map(|_| chars[common::draw(&mut seed) as usize % chars.len()])
                 .collect();
             format!("{}\n", serde_json::json!({ "text": row }))
         })

@@ -136,15 +136,18 @@ pub fn tokenizer(dir: &Path) {
     .unwrap();
 }
 
+/// The next draw of the benches' random text: a 64-bit linear congruential step, its high 31 bits.
+pub fn draw(seed: &mut u64) -> u64 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *seed >> 33
+}
+
 /// Random words.
 pub fn words(seed: &mut u64, n: usize) -> String {
     (0..n)
-        .map(|_| {
-            *seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            format!("w{}", (*seed >> 33) % (VOCAB as u64 - 1))
-        })
+        .map(|_| format!("w{}", draw(seed) % (VOCAB as u64 - 1)))
         .collect::<Vec<_>>()
         .join(" ")
 }

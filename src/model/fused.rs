@@ -5,9 +5,11 @@
 //! other dtypes and devices keep the composed path.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
+};
 use rayon::prelude::*;
-use std::ops::{Add, Mul, Neg};
+use std::ops::Neg;
 
 /// Below this many elements a loop over rows stays on the calling thread.
 const PARALLEL_FROM: usize = 1 << 16;
@@ -22,37 +24,14 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps })
 }
 
-/// The element types the fused ops compute (in f64, stored back in their own type).
-trait Elem: Copy + Send + Sync + 'static {
-    fn get(self) -> f64;
-    fn put(v: f64) -> Self;
-    fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [Self]>;
-    fn storage(v: Vec<Self>) -> CpuStorage;
+/// The elements of a contiguous operand of candle's element type `T` (the fused ops compute in
+/// f64 and store back in `T`; the in-place AdamW computes in `T`).
+pub(crate) fn elements<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((from, to)) => Ok(&T::cpu_storage_as_slice(s)?[from..to]),
+        None => candle_core::bail!("a non-contiguous operand to a fused op"),
+    }
 }
-
-macro_rules! elem {
-    ($t:ty, $variant:ident) => {
-        impl Elem for $t {
-            fn get(self) -> f64 {
-                self as f64
-            }
-            fn put(v: f64) -> Self {
-                v as $t
-            }
-            fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [Self]> {
-                match (s, l.contiguous_offsets()) {
-                    (CpuStorage::$variant(v), Some((from, to))) => Ok(&v[from..to]),
-                    _ => candle_core::bail!("fused op: a non-contiguous or mixed-dtype input"),
-                }
-            }
-            fn storage(v: Vec<Self>) -> CpuStorage {
-                CpuStorage::$variant(v)
-            }
-        }
-    };
-}
-elem!(f32, F32);
-elem!(f64, F64);
 
 /// `body` with `$t` the element type of `dtype` (f32 or f64), its result as storage.
 macro_rules! by_dtype {
@@ -60,11 +39,11 @@ macro_rules! by_dtype {
         match $dtype {
             DType::F32 => {
                 type $t = f32;
-                <$t>::storage($body)
+                <$t as WithDType>::to_cpu_storage_owned($body)
             }
             DType::F64 => {
                 type $t = f64;
-                <$t>::storage($body)
+                <$t as WithDType>::to_cpu_storage_owned($body)
             }
             other => candle_core::bail!("{}: {other:?}", $op),
         }
@@ -72,13 +51,13 @@ macro_rules! by_dtype {
 }
 
 /// 1 / √(mean(row²) + eps).
-fn inverse_rms<T: Elem>(row: &[T], eps: f64) -> f64 {
-    let ms = row.iter().map(|v| v.get() * v.get()).sum::<f64>() / row.len() as f64;
+fn inverse_rms<T: WithDType>(row: &[T], eps: f64) -> f64 {
+    let ms = row.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>() / row.len() as f64;
     1.0 / (ms + eps).sqrt()
 }
 
 /// `f` on each row of `out` with the matching rows of `inputs`, on the thread pool when big.
-fn each_row<T: Elem>(out: &mut [T], h: usize, f: impl Fn(usize, &mut [T]) + Send + Sync) {
+fn each_row<T: WithDType>(out: &mut [T], h: usize, f: impl Fn(usize, &mut [T]) + Send + Sync) {
     if out.len() >= PARALLEL_FROM {
         out.par_chunks_mut(h).enumerate().for_each(|(i, o)| f(i, o));
     } else {
@@ -90,14 +69,14 @@ struct RmsNorm {
     eps: f64,
 }
 
-fn norm_forward<T: Elem>(x: &[T], w: &[T], eps: f64) -> Vec<T> {
+fn norm_forward<T: WithDType>(x: &[T], w: &[T], eps: f64) -> Vec<T> {
     let h = w.len();
-    let mut out = vec![T::put(0.0); x.len()];
+    let mut out = vec![T::from_f64(0.0); x.len()];
     each_row(&mut out, h, |i, o| {
         let row = &x[i * h..(i + 1) * h];
         let r = inverse_rms(row, eps);
         for ((o, v), w) in o.iter_mut().zip(row).zip(w) {
-            *o = T::put(v.get() * r * w.get());
+            *o = T::from_f64(v.to_f64() * r * w.to_f64());
         }
     });
     out
@@ -120,8 +99,8 @@ impl CustomOp2 for RmsNorm {
             candle_core::bail!("fused-rms-norm: x's last dimension is not the weight's {h}")
         }
         let out = by_dtype!(self.name(), xs.dtype(), |T| norm_forward(
-            T::slice(xs, xl)?,
-            T::slice(ws, wl)?,
+            elements::<T>(xs, xl)?,
+            elements::<T>(ws, wl)?,
             self.eps
         ));
         Ok((out, xl.shape().clone()))
@@ -154,10 +133,10 @@ struct RmsNormGrad {
     eps: f64,
 }
 
-fn norm_backward<T: Elem>(x: &[T], w: &[T], g: &[T], eps: f64) -> Vec<T> {
+fn norm_backward<T: WithDType>(x: &[T], w: &[T], g: &[T], eps: f64) -> Vec<T> {
     let h = w.len();
     let rows = x.len() / h.max(1);
-    let mut out = vec![T::put(0.0); x.len() + h];
+    let mut out = vec![T::from_f64(0.0); x.len() + h];
     let (dx, dw_row) = out.split_at_mut(x.len());
     each_row(dx, h, |i, o| {
         let (row, grow) = (&x[i * h..(i + 1) * h], &g[i * h..(i + 1) * h]);
@@ -166,11 +145,11 @@ fn norm_backward<T: Elem>(x: &[T], w: &[T], g: &[T], eps: f64) -> Vec<T> {
             .iter()
             .zip(grow)
             .zip(w)
-            .map(|((v, g), w)| g.get() * w.get() * v.get() * r)
+            .map(|((v, g), w)| g.to_f64() * w.to_f64() * v.to_f64() * r)
             .sum::<f64>()
             / h as f64;
         for (((o, v), g), w) in o.iter_mut().zip(row).zip(grow).zip(w) {
-            *o = T::put(r * (g.get() * w.get() - v.get() * r * dot));
+            *o = T::from_f64(r * (g.to_f64() * w.to_f64() - v.to_f64() * r * dot));
         }
     });
     let partial = |range: std::ops::Range<usize>| {
@@ -179,7 +158,7 @@ fn norm_backward<T: Elem>(x: &[T], w: &[T], g: &[T], eps: f64) -> Vec<T> {
             let (row, grow) = (&x[i * h..(i + 1) * h], &g[i * h..(i + 1) * h]);
             let r = inverse_rms(row, eps);
             for ((a, v), g) in acc.iter_mut().zip(row).zip(grow) {
-                *a += g.get() * v.get() * r;
+                *a += g.to_f64() * v.to_f64() * r;
             }
         }
         acc
@@ -197,7 +176,7 @@ fn norm_backward<T: Elem>(x: &[T], w: &[T], g: &[T], eps: f64) -> Vec<T> {
         partial(0..rows)
     };
     for (o, v) in dw_row.iter_mut().zip(dw) {
-        *o = T::put(v);
+        *o = T::from_f64(v);
     }
     out
 }
@@ -219,9 +198,9 @@ impl CustomOp3 for RmsNormGrad {
         let h = wl.shape().elem_count();
         let rows = xl.shape().elem_count() / h.max(1);
         let out = by_dtype!(self.name(), xs.dtype(), |T| norm_backward(
-            T::slice(xs, xl)?,
-            T::slice(ws, wl)?,
-            T::slice(gs, gl)?,
+            elements::<T>(xs, xl)?,
+            elements::<T>(ws, wl)?,
+            elements::<T>(gs, gl)?,
             self.eps
         ));
         Ok((out, Shape::from((rows + 1, h))))
@@ -250,8 +229,8 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
 
 struct MaskedSoftmax;
 
-fn softmax_forward<T: Elem>(x: &[T], mask: &[T], heads: usize, t: usize, k: usize) -> Vec<T> {
-    let mut out = vec![T::put(0.0); x.len()];
+fn softmax_forward<T: WithDType>(x: &[T], mask: &[T], heads: usize, t: usize, k: usize) -> Vec<T> {
+    let mut out = vec![T::from_f64(0.0); x.len()];
     let shared = mask.len() == t * k;
     each_row(&mut out, k, |i, o| {
         // Row i is (batch, head, query); the mask row is (batch, query), or (query) when one mask
@@ -263,16 +242,16 @@ fn softmax_forward<T: Elem>(x: &[T], mask: &[T], heads: usize, t: usize, k: usiz
         let max = row
             .iter()
             .zip(m)
-            .map(|(v, m)| v.get() + m.get())
+            .map(|(v, m)| v.to_f64() + m.to_f64())
             .fold(f64::NEG_INFINITY, f64::max);
         let mut sum = 0.0;
         for ((o, v), m) in o.iter_mut().zip(row).zip(m) {
-            let e = (v.get() + m.get() - max).exp();
+            let e = (v.to_f64() + m.to_f64() - max).exp();
             sum += e;
-            *o = T::put(e);
+            *o = T::from_f64(e);
         }
         for o in o.iter_mut() {
-            *o = T::put(o.get() / sum);
+            *o = T::from_f64(o.to_f64() / sum);
         }
     });
     out
@@ -292,8 +271,8 @@ impl CustomOp2 for MaskedSoftmax {
     ) -> Result<(CpuStorage, Shape)> {
         let (_, heads, t, k) = xl.shape().dims4()?;
         let out = by_dtype!(self.name(), xs.dtype(), |T| softmax_forward(
-            T::slice(xs, xl)?,
-            T::slice(ms, ml)?,
+            elements::<T>(xs, xl)?,
+            elements::<T>(ms, ml)?,
             heads,
             t,
             k
@@ -318,13 +297,17 @@ impl CustomOp2 for MaskedSoftmax {
 /// Softmax's input gradient from its output y and the output's gradient g: y ⊙ (g − Σ g⊙y), per row.
 struct SoftmaxGrad;
 
-fn softmax_backward<T: Elem>(y: &[T], g: &[T], k: usize) -> Vec<T> {
-    let mut out = vec![T::put(0.0); y.len()];
+fn softmax_backward<T: WithDType>(y: &[T], g: &[T], k: usize) -> Vec<T> {
+    let mut out = vec![T::from_f64(0.0); y.len()];
     each_row(&mut out, k, |i, o| {
         let (yr, gr) = (&y[i * k..(i + 1) * k], &g[i * k..(i + 1) * k]);
-        let dot: f64 = yr.iter().zip(gr).map(|(y, g)| y.get() * g.get()).sum();
+        let dot: f64 = yr
+            .iter()
+            .zip(gr)
+            .map(|(y, g)| y.to_f64() * g.to_f64())
+            .sum();
         for ((o, y), g) in o.iter_mut().zip(yr).zip(gr) {
-            *o = T::put(y.get() * (g.get() - dot));
+            *o = T::from_f64(y.to_f64() * (g.to_f64() - dot));
         }
     });
     out
@@ -344,8 +327,8 @@ impl CustomOp2 for SoftmaxGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let k = yl.shape().dims().last().copied().unwrap_or(1).max(1);
         let out = by_dtype!(self.name(), ys.dtype(), |T| softmax_backward(
-            T::slice(ys, yl)?,
-            T::slice(gs, gl)?,
+            elements::<T>(ys, yl)?,
+            elements::<T>(gs, gl)?,
             k
         ));
         Ok((out, yl.shape().clone()))
@@ -385,10 +368,7 @@ struct Rope {
     inverse: bool,
 }
 
-trait Arith: Elem + Add<Output = Self> + Mul<Output = Self> + Neg<Output = Self> {}
-impl<T: Elem + Add<Output = T> + Mul<Output = T> + Neg<Output = T>> Arith for T {}
-
-fn rope_kernel<T: Arith>(
+fn rope_kernel<T: WithDType + Neg<Output = T>>(
     x: &[T],
     cos: &[T],
     sin: &[T],
@@ -398,7 +378,7 @@ fn rope_kernel<T: Arith>(
     let (heads, t, d) = dims;
     let half = d / 2;
     let per_batch = cos.len() > t * d;
-    let mut out = vec![T::put(0.0); x.len()];
+    let mut out = vec![T::from_f64(0.0); x.len()];
     each_row(&mut out, d, |i, o| {
         let batch = if per_batch { i / (heads * t) } else { 0 };
         let at = (batch * t + i % t) * d;
@@ -437,9 +417,9 @@ impl CustomOp3 for Rope {
     ) -> Result<(CpuStorage, Shape)> {
         let (_, heads, t, d) = xl.shape().dims4()?;
         let out = by_dtype!(self.name(), xs.dtype(), |T| rope_kernel(
-            T::slice(xs, xl)?,
-            T::slice(cs, cl)?,
-            T::slice(ss, sl)?,
+            elements::<T>(xs, xl)?,
+            elements::<T>(cs, cl)?,
+            elements::<T>(ss, sl)?,
             (heads, t, d),
             self.inverse
         ));

@@ -217,13 +217,9 @@ pub(super) fn vector_matmul<A: Element, B: Element, T: Output>(
                 rs: 1,
                 cs: d.m,
             };
-            pack_chunks(&mut packed_a, kp * MR, parallel, |panel, dst| {
-                pack_a(&view, panel / row_blocks, (panel % row_blocks) * MR, d, dst)
-            });
+            pack_panels(&view, d, parallel, &mut packed_a);
         } else {
-            pack_chunks(&mut packed_a, kp * MR, parallel, |panel, dst| {
-                pack_a(a, panel / row_blocks, (panel % row_blocks) * MR, d, dst)
-            });
+            pack_panels(a, d, parallel, &mut packed_a);
         }
     }
     let out_ptr = SharedOut(out.as_mut_ptr());
@@ -360,18 +356,29 @@ fn pack_a<A: Element>(a: &Strided<A>, batch: usize, i0: usize, d: Dims, dst: &mu
     }
 }
 
+/// Every MR-row panel of every batch of A into `packed` ([`pack_a`]'s layout, panel after panel).
+fn pack_panels<A: Element>(a: &Strided<A>, d: Dims, parallel: bool, packed: &mut [u32]) {
+    let (kp, row_blocks) = (d.k.div_ceil(2), d.m.div_ceil(MR));
+    pack_chunks(packed, kp * MR, parallel, |panel, dst| {
+        pack_a(a, panel / row_blocks, (panel % row_blocks) * MR, d, dst)
+    });
+}
+
 /// A column-major operand (each column's rows contiguous: a transposed activation in a backward)
 /// rounded to bf16 as a whole, column by column in bulk, laid out as [batch][column][row]; packing
 /// it panel by panel from the f32 values would round each element on its own.
 fn rounded_columns<A: Element>(a: &Strided<A>, d: Dims, parallel: bool) -> Vec<bf16> {
+    use half::slice::HalfFloatSliceExt;
     let mut out = vec![bf16::ZERO; d.batches * d.k * d.m];
-    // SAFETY: bf16 is a transparent u16.
-    let bits: &mut [u16] =
-        unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u16, out.len()) };
-    pack_chunks(bits, d.m.max(1), parallel, |column, dst| {
-        let (batch, k) = (column / d.k.max(1), column % d.k.max(1));
-        A::bits_into(&a.data[a.offsets[batch] + k * a.cs..][..d.m], dst);
-    });
+    pack_chunks(
+        out.reinterpret_cast_mut(),
+        d.m.max(1),
+        parallel,
+        |column, dst| {
+            let (batch, k) = (column / d.k.max(1), column % d.k.max(1));
+            A::bits_into(&a.data[a.offsets[batch] + k * a.cs..][..d.m], dst);
+        },
+    );
     out
 }
 

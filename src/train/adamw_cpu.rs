@@ -106,14 +106,6 @@ fn sqrt<T: WithDType>(x: T) -> T {
     }
 }
 
-/// The elements of a contiguous operand.
-fn dense<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((from, to)) => Ok(&T::cpu_storage_as_slice(s)?[from..to]),
-        None => candle_core::bail!("adamw: a non-contiguous operand"),
-    }
-}
-
 impl Pass {
     /// The pass over `dst` with `srcs` (the gradient; or the two moments).
     fn apply(
@@ -126,7 +118,7 @@ impl Pass {
             ($t:ty, $variant:ident) => {{
                 let ins = srcs
                     .iter()
-                    .map(|(s, l)| dense::<$t>(s, l))
+                    .map(|(s, l)| crate::model::fused::elements::<$t>(s, l))
                     .collect::<Result<Vec<_>>>()?;
                 match (dst, dst_l.contiguous_offsets()) {
                     (CpuStorage::$variant(d), Some((from, to))) => self.run(&mut d[from..to], &ins),
