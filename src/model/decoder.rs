@@ -62,6 +62,22 @@ impl Linear {
     }
 
     fn base_forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let fused = match &self.lora {
+            Some(l) => {
+                let base = match &self.nf4 {
+                    Some(q) => super::lora_linear::Base::Nf4(q),
+                    None => super::lora_linear::Base::Dense(&self.weight),
+                };
+                super::lora_linear::forward(x, base, l)?
+            }
+            None => None,
+        };
+        if let Some(y) = fused {
+            return match &self.bias {
+                Some(b) => y.broadcast_add(&in_dtype_of(b, x)?),
+                None => Ok(y),
+            };
+        }
         let y = match &self.nf4 {
             Some(q) => on_rows(x, q.shape.0, |x| super::frozen::nf4_matmul_t(x, q))?,
             None => matmul_t(x, &in_dtype_of(&self.weight, x)?)?,
@@ -225,7 +241,7 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
 
 /// `f` applied to x [.., in] seen as one matrix [positions, in], its result [positions, out] given
 /// x's leading shape back.
-fn on_rows(
+pub(super) fn on_rows(
     x: &Tensor,
     out: usize,
     f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,

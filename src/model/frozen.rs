@@ -6,10 +6,22 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
 
 /// x [m, k] · wᵀ on the CPU, w [n, k] a tensor on the CPU (the forward of the ops below).
-fn cpu_matmul_t(
+pub(super) fn cpu_matmul_t(
     x: &CpuStorage,
     x_layout: &Layout,
     w: &Tensor,
+    op: &str,
+) -> Result<(CpuStorage, Shape)> {
+    cpu_matmul_w(x, x_layout, w, true, op)
+}
+
+/// x [m, k] · w (w [k, n]), or x · wᵀ (w [n, k]) when `transpose`, with w a tensor on the CPU: on
+/// the bf16 kernel where products in x's dtype run there ([`super::matmul::kernel_for`]).
+pub(super) fn cpu_matmul_w(
+    x: &CpuStorage,
+    x_layout: &Layout,
+    w: &Tensor,
+    transpose: bool,
     op: &str,
 ) -> Result<(CpuStorage, Shape)> {
     let (m, k) = x_layout.shape().dims2()?;
@@ -17,15 +29,19 @@ fn cpu_matmul_t(
     let Storage::Cpu(w) = &*storage else {
         candle_core::bail!("{op}: the weight is not on the CPU")
     };
-    let (n, wk) = w_layout.shape().dims2()?;
+    let w_layout = if transpose {
+        w_layout.transpose(0, 1)?
+    } else {
+        w_layout.clone()
+    };
+    let (wk, n) = w_layout.shape().dims2()?;
     if wk != k {
         candle_core::bail!("{op}: x has {k} columns, the weight {wk}")
     }
-    let w_t = w_layout.transpose(0, 1)?;
     if super::matmul::kernel_for(x.dtype()) {
-        return super::matmul::cpu_bf16(x, x_layout, w, &w_t);
+        return super::matmul::cpu_bf16(x, x_layout, w, &w_layout);
     }
-    let y = x.matmul(w, (1, m, n, k), x_layout, &w_t)?;
+    let y = x.matmul(w, (1, m, n, k), x_layout, &w_layout)?;
     Ok((y, Shape::from((m, n))))
 }
 

@@ -91,27 +91,38 @@ impl LoraWeights {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = if self.dropout > 0.0 && self.training.load(Ordering::Relaxed) {
-            // Inverted dropout with masks from the seeded generator (candle's rand is not seeded).
-            let (p, scale) = (self.dropout as f32, 1.0 / (1.0 - self.dropout as f32));
-            let keep: Vec<f32> = {
-                let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-                (0..x.elem_count())
-                    .map(|_| if rng.uniform() >= p { scale } else { 0.0 })
-                    .collect()
-            };
-            let keep = Tensor::from_vec(keep, x.shape(), x.device())?.to_dtype(x.dtype())?;
-            (x * keep)?
-        } else {
-            x.clone()
+        let x = match self.dropout_mask(x)? {
+            Some(keep) => (x * keep)?,
+            None => x.clone(),
         };
-        let (a, b) = (
-            self.a.as_tensor().to_dtype(x.dtype())?,
-            self.b.as_tensor().to_dtype(x.dtype())?,
-        );
+        let (a, b) = self.factors(x.dtype())?;
         // Each as one 2-D matmul over all positions (no weight broadcast per batch row).
         let h = super::decoder::matmul_t(&x, &a)?;
         super::decoder::matmul_t(&h, &b)?.affine(self.scaling, 0.0)
+    }
+
+    /// A and B in the activations' dtype (an f32 variable cast still carries its gradient back).
+    pub fn factors(&self, dtype: candle_core::DType) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((
+            self.a.as_tensor().to_dtype(dtype)?,
+            self.b.as_tensor().to_dtype(dtype)?,
+        ))
+    }
+
+    /// Inverted dropout's multiplier for x (0 or 1 / (1 − p) per element), drawn from the seeded
+    /// generator (candle's rand is not seeded); `None` when dropout is off or not training.
+    pub fn dropout_mask(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if self.dropout <= 0.0 || !self.training.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let (p, scale) = (self.dropout as f32, 1.0 / (1.0 - self.dropout as f32));
+        let keep: Vec<f32> = {
+            let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+            (0..x.elem_count())
+                .map(|_| if rng.uniform() >= p { scale } else { 0.0 })
+                .collect()
+        };
+        Some(Tensor::from_vec(keep, x.shape(), x.device())?.to_dtype(x.dtype())).transpose()
     }
 
     /// scaling · B A, the change this adapter makes to its weight.

@@ -9,6 +9,7 @@ pub mod gemm_bf16;
 pub mod generation;
 pub mod gguf;
 pub mod lora;
+pub mod lora_linear;
 pub mod matmul;
 pub mod merge;
 pub mod nf4;
