@@ -257,6 +257,26 @@ fn softmax_forward<T: WithDType>(x: &[T], mask: &[T], heads: usize, t: usize, k:
     out
 }
 
+/// [`softmax_forward`] in f32 for f32 (as transformers computes an f32 softmax), its exp in SIMD
+/// lanes ([`super::exp`]); the f64 path stays for the gradient checks.
+fn softmax_forward_f32(x: &[f32], mask: &[f32], heads: usize, t: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    let shared = mask.len() == t * k;
+    each_row(&mut out, k, |i, o| {
+        let batch = if shared { 0 } else { i / (heads * t) };
+        let query = i % t;
+        let m = &mask[(batch * t + query) * k..(batch * t + query + 1) * k];
+        for ((o, v), m) in o.iter_mut().zip(&x[i * k..(i + 1) * k]).zip(m) {
+            *o = v + m;
+        }
+        let sum = super::exp::exp_sum(o, super::exp::max(o)) as f32;
+        for o in o.iter_mut() {
+            *o /= sum;
+        }
+    });
+    out
+}
+
 impl CustomOp2 for MaskedSoftmax {
     fn name(&self) -> &'static str {
         "fused-masked-softmax"
@@ -270,6 +290,11 @@ impl CustomOp2 for MaskedSoftmax {
         ml: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (_, heads, t, k) = xl.shape().dims4()?;
+        if (xs.dtype(), ms.dtype()) == (DType::F32, DType::F32) {
+            let (x, mask) = (elements::<f32>(xs, xl)?, elements::<f32>(ms, ml)?);
+            let out = softmax_forward_f32(x, mask, heads, t, k);
+            return Ok((CpuStorage::F32(out), xl.shape().clone()));
+        }
         let out = by_dtype!(self.name(), xs.dtype(), |T| softmax_forward(
             elements::<T>(xs, xl)?,
             elements::<T>(ms, ml)?,

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod decoder;
+pub mod exp;
 pub mod frozen;
 pub mod fused;
 pub mod gemm_amx;

@@ -4,9 +4,10 @@
 //! derivative per sequence, and a second pass forms the gradient of Σ_t w_t · log p_t directly
 //! (w_t · (one-hot − softmax) per position), carried into autograd by a surrogate scalar.
 
+use super::target_logps::target_logps;
 use crate::model::decoder::{at_least_f32, Decoder};
 use crate::model::matmul::matmul;
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 
 /// How a chunk's raw logits (h·Wᵀ) become the logits the log-probs are taken of: soft-capped as
 /// c·tanh(l / c) (Gemma 2's final soft-capping, part of the model), then divided by a sampling
@@ -90,18 +91,9 @@ pub fn token_logps(
         // Softmax statistics in f32 whatever the compute dtype.
         let logits = matmul(&h.narrow(0, start, len)?, &w.t()?)?;
         let (logits, _) = map.apply(at_least_f32(&logits)?)?;
-        let logp = log_softmax(&logits)?;
-        let tgt = Tensor::from_vec(targets[start..start + len].to_vec(), (len, 1), h.device())?;
-        out.extend(logp.gather(&tgt, 1)?.flatten_all()?.to_vec1::<f32>()?);
+        out.extend(target_logps(&logits, &targets[start..start + len], None)?.logps);
     }
     Ok(out)
-}
-
-fn log_softmax(logits: &Tensor) -> candle_core::Result<Tensor> {
-    let max = logits.max_keepdim(D::Minus1)?;
-    let shifted = logits.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    shifted.broadcast_sub(&lse)
 }
 
 /// A scalar whose gradient (through `hidden` and `head`) is the gradient of Σ_t weights_t · log p_t.
@@ -118,7 +110,6 @@ pub fn weighted_logp_surrogate(
     let h_detached = hidden.detach();
     // The output matrix computes in the activations' dtype; its gradient sums in its own.
     let w_detached = head.detach().to_dtype(hidden.dtype())?;
-    let vocab = head.dim(0)?;
     let mut grad_h = Vec::new();
     let mut grad_w = head.detach().zeros_like()?;
     for start in (0..targets.len()).step_by(chunk.max(1)) {
@@ -129,20 +120,12 @@ pub fn weighted_logp_surrogate(
         }
         let h = h_detached.narrow(0, start, len)?;
         let (logits, slope) = map.apply(at_least_f32(&matmul(&h, &w_detached.t()?)?)?)?;
-        let probs = log_softmax(&logits)?.exp()?;
-        let stat = probs.dtype();
-        let tgt = Tensor::from_vec(targets[start..start + len].to_vec(), (len, 1), dev)?;
-        let onehot = Tensor::zeros((len, vocab), stat, dev)?.scatter_add(
-            &tgt,
-            &Tensor::ones((len, 1), stat, dev)?,
-            1,
-        )?;
-        let wt = Tensor::from_vec(weights[start..start + len].to_vec(), (len, 1), dev)?
-            .to_dtype(stat)?;
-        // d(w · log p_target)/d logits = w · (one-hot − softmax), formed in f32.
-        let g = slope
-            .back((onehot - probs)?.broadcast_mul(&wt)?)?
-            .to_dtype(dtype)?;
+        // d(w · log p_target)/d logits = w · (one-hot − softmax): the coefficient is −w.
+        let coefs: Vec<f32> = weights[start..start + len].iter().map(|w| -w).collect();
+        let g = target_logps(&logits, &targets[start..start + len], Some(&coefs))?
+            .grad
+            .expect("coefficients give a gradient");
+        let g = slope.back(g)?.to_dtype(dtype)?;
         grad_h.push(matmul(&g, &w_detached)?);
         grad_w = (grad_w + matmul(&g.t()?, &h)?.to_dtype(head.dtype())?)?;
     }

@@ -3,9 +3,10 @@
 //! the hidden states and the output matrix is formed at once (softmax − one-hot), and a surrogate
 //! scalar carries those gradients into autograd.
 
+use super::target_logps::target_logps;
 use crate::model::decoder::at_least_f32;
 use crate::model::matmul::matmul;
-use candle_core::{DType, Tensor, D};
+use candle_core::Tensor;
 
 pub struct ChunkedLoss {
     /// The loss value: Σ mask·nll / Σ mask.
@@ -29,46 +30,32 @@ pub fn chunked_nll(
     let n = targets.len();
     let tokens: f64 = mask.iter().map(|&m| m as f64).sum();
     let dtype = hidden.dtype();
-    let dev = hidden.device();
     let h_detached = hidden.detach();
     // The output matrix computes in the activations' dtype; its gradient sums in its own.
     let w_detached = head.detach().to_dtype(hidden.dtype())?;
     let mut value = 0.0;
     let mut grad_h = Vec::new();
     let mut grad_w = head.detach().zeros_like()?;
-    let vocab = head.dim(0)?;
     for start in (0..n).step_by(chunk.max(1)) {
         let len = chunk.min(n - start);
         let h = h_detached.narrow(0, start, len)?;
         // Softmax statistics in f32 whatever the compute dtype.
         let (logits, slope) = map.apply(at_least_f32(&matmul(&h, &w_detached.t()?)?)?)?;
-        let stat = logits.dtype();
-        let max = logits.max_keepdim(D::Minus1)?;
-        let shifted = logits.broadcast_sub(&max)?;
-        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-        let logp = shifted.broadcast_sub(&lse)?;
-        let tgt = Tensor::from_vec(targets[start..start + len].to_vec(), (len, 1), dev)?;
-        let m =
-            Tensor::from_vec(mask[start..start + len].to_vec(), (len, 1), dev)?.to_dtype(stat)?;
-        let picked = logp.gather(&tgt, 1)?;
-        value -= picked
-            .broadcast_mul(&m)?
-            .sum_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
+        let rows = start..start + len;
         // d(mean nll)/d logits = (softmax − onehot) · mask / tokens.
-        let onehot = Tensor::zeros((len, vocab), stat, dev)?.scatter_add(
-            &tgt,
-            &Tensor::ones((len, 1), stat, dev)?,
-            1,
-        )?;
-        let g = slope
-            .back(
-                (logp.exp()? - onehot)?
-                    .broadcast_mul(&m)?
-                    .affine(1.0 / tokens.max(1.0), 0.0)?,
-            )?
-            .to_dtype(dtype)?;
+        let coefs: Vec<f32> = mask[rows.clone()]
+            .iter()
+            .map(|&m| (f64::from(m) / tokens.max(1.0)) as f32)
+            .collect();
+        let picked = target_logps(&logits, &targets[rows.clone()], Some(&coefs))?;
+        value -= picked
+            .logps
+            .iter()
+            .zip(&mask[rows])
+            .map(|(&lp, &m)| f64::from(lp) * f64::from(m))
+            .sum::<f64>();
+        let g = picked.grad.expect("coefficients give a gradient");
+        let g = slope.back(g)?.to_dtype(dtype)?;
         grad_h.push(matmul(&g, &w_detached)?);
         grad_w = (grad_w + matmul(&g.t()?, &h)?.to_dtype(head.dtype())?)?;
     }

@@ -24,4 +24,5 @@ pub mod ring;
 pub mod rollouts;
 pub mod schedule;
 pub mod supervised;
+pub mod target_logps;
 pub mod trainer;
