@@ -253,6 +253,34 @@ pub fn compare_metrics<'a>(
     problems
 }
 
+/// [`compare_metrics`] for a case that also holds TRL's values from a float64 run of the same
+/// trainer (its "float64" map): those keys against them within `float64_abs`, the others against
+/// TRL's float32 values.
+#[allow(dead_code)]
+pub fn compare_metrics_with_float64<'a>(
+    label: &str,
+    got: &serde_json::Value,
+    want: &serde_json::Value,
+    keys: impl IntoIterator<Item = &'a str>,
+    (abs, rel): (f64, f64),
+    float64_abs: f64,
+) -> Vec<String> {
+    let exact = &want["float64"];
+    let (f32_keys, f64_keys): (Vec<&str>, Vec<&str>) =
+        keys.into_iter().partition(|k| exact.get(k).is_none());
+    let mut problems = compare_metrics(label, got, want, f32_keys, abs, rel);
+    let label = format!("{label} (TRL in float64)");
+    problems.extend(compare_metrics(
+        &label,
+        got,
+        exact,
+        f64_keys,
+        float64_abs,
+        0.0,
+    ));
+    problems
+}
+
 /// A JSON list of token ids.
 pub fn token_ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array()
