@@ -52,7 +52,7 @@ macro_rules! by_dtype {
 
 /// 1 / √(mean(row²) + eps).
 fn inverse_rms<T: WithDType>(row: &[T], eps: f64) -> f64 {
-    let ms = row.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>() / row.len() as f64;
+    let ms = super::rowsum::dot(row, row) / row.len() as f64;
     1.0 / (ms + eps).sqrt()
 }
 
@@ -141,13 +141,7 @@ fn norm_backward<T: WithDType>(x: &[T], w: &[T], g: &[T], eps: f64) -> Vec<T> {
     each_row(dx, h, |i, o| {
         let (row, grow) = (&x[i * h..(i + 1) * h], &g[i * h..(i + 1) * h]);
         let r = inverse_rms(row, eps);
-        let dot = row
-            .iter()
-            .zip(grow)
-            .zip(w)
-            .map(|((v, g), w)| g.to_f64() * w.to_f64() * v.to_f64() * r)
-            .sum::<f64>()
-            / h as f64;
+        let dot = super::rowsum::dot3(grow, w, row) * r / h as f64;
         for (((o, v), g), w) in o.iter_mut().zip(row).zip(grow).zip(w) {
             *o = T::from_f64(r * (g.to_f64() * w.to_f64() - v.to_f64() * r * dot));
         }
@@ -326,11 +320,7 @@ fn softmax_backward<T: WithDType>(y: &[T], g: &[T], k: usize) -> Vec<T> {
     let mut out = vec![T::from_f64(0.0); y.len()];
     each_row(&mut out, k, |i, o| {
         let (yr, gr) = (&y[i * k..(i + 1) * k], &g[i * k..(i + 1) * k]);
-        let dot: f64 = yr
-            .iter()
-            .zip(gr)
-            .map(|(y, g)| y.to_f64() * g.to_f64())
-            .sum();
+        let dot = super::rowsum::dot(yr, gr);
         for ((o, y), g) in o.iter_mut().zip(yr).zip(gr) {
             *o = T::from_f64(y.to_f64() * (g.to_f64() - dot));
         }
