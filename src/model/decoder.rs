@@ -830,13 +830,15 @@ impl Decoder {
             None => self.norm_with(&x, &l.post_norm)?,
         };
         let gate = l.gate.forward_routed(&n, routing)?;
-        let gate = match self.cfg.activation {
-            Activation::Silu => gate.silu()?,
-            Activation::GeluTanh => gate.gelu()?,
+        let up = l.up.forward_routed(&n, routing)?;
+        let product = match self.cfg.activation {
+            Activation::Silu if super::swiglu::fusable(&gate, &up) => {
+                super::swiglu::swiglu(&gate, &up)?
+            }
+            Activation::Silu => (gate.silu()? * up)?,
+            Activation::GeluTanh => (gate.gelu()? * up)?,
         };
-        let mut mlp = l
-            .down
-            .forward_routed(&(gate * l.up.forward_routed(&n, routing)?)?, routing)?;
+        let mut mlp = l.down.forward_routed(&product, routing)?;
         if let Some(w) = &l.post_ff_norm {
             mlp = self.norm_with(&mlp, w)?;
         }

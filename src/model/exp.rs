@@ -1,10 +1,11 @@
-//! exp over rows of f32 in SIMD lanes, for the softmax-shaped kernels (the attention's softmax, the
-//! loss's cross-entropy): Cephes' expf (Cody–Waite reduction by ln 2, a degree-6 polynomial;
-//! within 1 ulp of exp from −87.33 to 88.37, 0 below, ∞ above, NaN kept; the kernels take
-//! x − max(x) ≤ 0, so the top of the range, where exp nears f32's largest value, never comes up). glibc's
-//! expf is scalar and the f64 exp the fused softmax used before is slower still. The lanes are
-//! written out, not left to the compiler's choice, so every CPU gives the same bits: the AVX-512
-//! and AVX2 builds below compile the same scalar operations (no fused multiply-adds).
+//! exp over rows of f32 in SIMD lanes, for the fused kernels (the attention's softmax, the loss's
+//! cross-entropy, SwiGLU's sigmoid): Cephes' expf (Cody–Waite reduction by ln 2, a degree-6 polynomial;
+//! within 1 ulp of exp from −87.33 to 88.37, 0 below, ∞ above, NaN kept; the softmax kernels take
+//! x − max(x) ≤ 0, and for SwiGLU's exp(−g) an ∞ from 88.37 on, where exp itself overflows at
+//! 88.72, gives the same sigmoid of 0). glibc's expf is scalar and the f64 exp the fused softmax
+//! used before is slower still. The lanes are written out, not left to the compiler's choice, so
+//! every CPU gives the same bits: the AVX-512 and AVX2 builds below compile the same scalar
+//! operations (no fused multiply-adds).
 
 /// Below this exp(x) is not a normal f32 (≈ −87.34): the result is 0.
 const LOWEST: f32 = -87.336_55;
@@ -55,52 +56,65 @@ fn exp1(x: f32) -> f32 {
     }
 }
 
-/// buf[j] ← exp(buf[j] − shift); returns their sum, in f64 (`LANES` partial sums, then those in
-/// order): a row of 150k values summed in f32 lanes drifts by a few 1e-6 of the sum.
+/// buf[j] ← exp(buf[j] − shift); with `SUM`, returns their sum in f64 (`LANES` partial sums, then
+/// those in order: a row of 150k values summed in f32 lanes drifts by a few 1e-6 of the sum).
 #[inline(always)]
-fn exp_sum_lanes(buf: &mut [f32], shift: f32) -> f64 {
+fn exp_lanes<const SUM: bool>(buf: &mut [f32], shift: f32) -> f64 {
     let mut sums = [0f64; LANES];
     let mut chunks = buf.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
         for (v, s) in chunk.iter_mut().zip(&mut sums) {
             *v = exp1(*v - shift);
-            *s += f64::from(*v);
+            if SUM {
+                *s += f64::from(*v);
+            }
         }
     }
     for (v, s) in chunks.into_remainder().iter_mut().zip(&mut sums) {
         *v = exp1(*v - shift);
-        *s += f64::from(*v);
+        if SUM {
+            *s += f64::from(*v);
+        }
     }
     sums.iter().sum()
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn exp_sum_avx512(buf: &mut [f32], shift: f32) -> f64 {
-    exp_sum_lanes(buf, shift)
+unsafe fn exp_avx512<const SUM: bool>(buf: &mut [f32], shift: f32) -> f64 {
+    exp_lanes::<SUM>(buf, shift)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn exp_sum_avx2(buf: &mut [f32], shift: f32) -> f64 {
-    exp_sum_lanes(buf, shift)
+unsafe fn exp_avx2<const SUM: bool>(buf: &mut [f32], shift: f32) -> f64 {
+    exp_lanes::<SUM>(buf, shift)
 }
 
-/// buf[j] ← exp(buf[j] − shift), returning Σ_j of the results (summed in f64): the same bits on
-/// every CPU, in AVX-512 or AVX2 where the CPU has them.
-pub fn exp_sum(buf: &mut [f32], shift: f32) -> f64 {
+/// [`exp_lanes`] in AVX-512 or AVX2 where the CPU has them: the same bits on every CPU.
+fn exp_dispatch<const SUM: bool>(buf: &mut [f32], shift: f32) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F.
-            return unsafe { exp_sum_avx512(buf, shift) };
+            return unsafe { exp_avx512::<SUM>(buf, shift) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2.
-            return unsafe { exp_sum_avx2(buf, shift) };
+            return unsafe { exp_avx2::<SUM>(buf, shift) };
         }
     }
-    exp_sum_lanes(buf, shift)
+    exp_lanes::<SUM>(buf, shift)
+}
+
+/// buf[j] ← exp(buf[j] − shift), returning Σ_j of the results (summed in f64).
+pub fn exp_sum(buf: &mut [f32], shift: f32) -> f64 {
+    exp_dispatch::<true>(buf, shift)
+}
+
+/// buf[j] ← exp(buf[j]).
+pub fn exp(buf: &mut [f32]) {
+    exp_dispatch::<false>(buf, 0.0);
 }
 
 /// The largest element (−∞ for an empty row; NaN when one is NaN, as the composed max).
@@ -146,10 +160,16 @@ mod tests {
         assert!(worst <= 1.0, "worst error {worst} ulp");
         let mut lanes = xs.clone();
         assert_eq!(
-            super::exp_sum_lanes(&mut lanes, 0.0).to_bits(),
+            super::exp_lanes::<true>(&mut lanes, 0.0).to_bits(),
             sum.to_bits()
         );
         assert!(lanes
+            .iter()
+            .zip(&ys)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        let mut plain = xs.clone();
+        super::exp(&mut plain);
+        assert!(plain
             .iter()
             .zip(&ys)
             .all(|(a, b)| a.to_bits() == b.to_bits()));
