@@ -5,7 +5,8 @@
 //! f32 and PyTorch under `torch.autocast("cpu", dtype=torch.bfloat16)`
 //! (benches/reference/torch_train.py --dtype). Reports tokens/s over the steps after the first, the
 //! process's peak RSS, and how far the bf16 loss curve lies from the f32 one (ptl's and PyTorch's,
-//! each against its own f32 run on the same batches).
+//! each against its own f32 run on the same batches), and what share of the f32 matmul peak each
+//! step's matmul FLOPs reach (`matmul_flops_per_token`; the peak is the best f32 rate measured below).
 //!
 //! First, matmul throughput on the model's training shapes: candle's f32 matmul, bf16 through
 //! candle's widening path and through ptl's AVX512-BF16 kernel, next to PyTorch's f32 and bf16
@@ -39,8 +40,11 @@ fn gflops(m: usize, k: usize, n: usize, f: impl Fn() -> Tensor) -> f64 {
     2.0 * (m * k * n * reps) as f64 / start.elapsed().as_secs_f64() / 1e9
 }
 
-fn matmuls() {
+/// The f32 matmul peak the bench measured: the highest f32 rate of candle's or PyTorch's matmul
+/// over the training shapes.
+fn matmuls() -> f64 {
     let dev = Device::Cpu;
+    let mut peak = 0f64;
     for (m, k, n) in SHAPES {
         let a = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
         let b = Tensor::randn(0f32, 1.0, (k, n), &dev).unwrap();
@@ -49,7 +53,9 @@ fn matmuls() {
             b.to_dtype(DType::BF16).unwrap(),
         );
         let mut row = serde_json::json!({"engine": "ptl", "m": m, "k": k, "n": n});
-        row["f32_candle"] = round(gflops(m, k, n, || a.matmul(&b).unwrap()), 1).into();
+        let f32_rate = gflops(m, k, n, || a.matmul(&b).unwrap());
+        peak = peak.max(f32_rate);
+        row["f32_candle"] = round(f32_rate, 1).into();
         row["bf16_candle_widening"] = round(gflops(m, k, n, || ah.matmul(&bh).unwrap()), 1).into();
         if ptl::model::gemm_bf16::available() {
             let f = || ptl::model::matmul::kernel_matmul(&ah, &bh).unwrap();
@@ -68,8 +74,49 @@ fn matmuls() {
         .arg("benches/reference/torch_matmul.py")
         .output()
     {
-        Ok(o) if o.status.success() => print!("{}", String::from_utf8_lossy(&o.stdout)),
+        Ok(o) if o.status.success() => {
+            for line in String::from_utf8_lossy(&o.stdout).lines() {
+                println!("{line}");
+                let row: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+                if row["dtype"] == "f32" {
+                    peak = peak.max(row["gflops"].as_f64().unwrap_or(0.0));
+                }
+            }
+        }
         _ => println!("(PyTorch matmul reference not run: PTL_BENCH_PYTHON / python3 lacks torch)"),
+    }
+    println!(
+        "{}",
+        serde_json::json!({"f32_matmul_peak_gflops": round(peak, 1)})
+    );
+    peak
+}
+
+/// Matmul FLOPs per trained token of one step on the bench model (rows of 256 positions): every
+/// projection and the tied LM head 2 per weight forward and 2 for the input's gradient, 2 more for
+/// the weight's gradient when it trains; attention's two products (QKᵀ and PV over all 256 keys,
+/// as both engines multiply them) forward and both operands' gradients; a LoRA adapter 6 per
+/// trainable weight. Element-wise work (norms, softmax, activations, AdamW) is not counted: the
+/// share of the peak this gives is the share of the step's time spent at the matmul peak.
+fn matmul_flops_per_token(mode: &str) -> f64 {
+    let (hidden, inter, layers, heads, kv_heads, head_dim) = (512.0, 1536.0, 8.0, 8.0, 4.0, 64.0);
+    let (vocab, positions, rank) = (common::VOCAB as f64, 256.0, 16.0);
+    let (q, kv) = (heads * head_dim, kv_heads * head_dim);
+    let projections = [
+        (hidden, q),
+        (hidden, kv),
+        (hidden, kv),
+        (q, hidden),
+        (hidden, inter),
+        (hidden, inter),
+        (inter, hidden),
+    ];
+    let weights = layers * projections.iter().map(|(i, o)| i * o).sum::<f64>() + hidden * vocab;
+    let attention = layers * 3.0 * 2.0 * 2.0 * positions * q;
+    let adapters = layers * projections.iter().map(|(i, o)| rank * (i + o)).sum::<f64>();
+    match mode {
+        "full" => 6.0 * weights + attention,
+        _ => 4.0 * weights + attention + 6.0 * adapters,
     }
 }
 
@@ -143,7 +190,7 @@ fn main() {
         "RAYON_NUM_THREADS",
         candle_core::utils::get_num_threads().to_string(),
     );
-    matmuls();
+    let peak = matmuls();
     if std::env::args().any(|a| a == "--matmuls-only") {
         return;
     }
@@ -164,9 +211,10 @@ fn main() {
             let m = run_alone(&dir, &name, &stage(&name, tuning, dtype, steps + 1));
             let t = torch(mode, dtype, steps);
             let t_rate = t.as_ref().and_then(|t| t["tokens_per_s"].as_f64());
+            let share = |rate: f64| round(rate * matmul_flops_per_token(mode) / 1e9 / peak, 2);
             println!(
                 "{}",
-                serde_json::json!({"mode": mode, "dtype": dtype, "ptl_tokens_per_s": round(m.tokens_per_s, 1), "ptl_peak_rss_mib": m.peak_rss_mib, "pytorch_tokens_per_s": t_rate, "pytorch_peak_rss_mib": t.as_ref().map(|t| t["peak_rss_mib"].clone()), "ptl_over_pytorch": t_rate.map(|r| round(m.tokens_per_s / r, 2))})
+                serde_json::json!({"mode": mode, "dtype": dtype, "ptl_tokens_per_s": round(m.tokens_per_s, 1), "ptl_peak_rss_mib": m.peak_rss_mib, "pytorch_tokens_per_s": t_rate, "pytorch_peak_rss_mib": t.as_ref().map(|t| t["peak_rss_mib"].clone()), "ptl_over_pytorch": t_rate.map(|r| round(m.tokens_per_s / r, 2)), "ptl_share_of_f32_matmul_peak": share(m.tokens_per_s), "pytorch_share_of_f32_matmul_peak": t_rate.map(share)})
             );
             ptl.push(m);
             reference.push(t);
