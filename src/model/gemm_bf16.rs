@@ -569,7 +569,7 @@ mod tests {
     }
 
     /// Every shape edge: rows and columns not multiples of the tile, odd depths, a depth of 1 and
-    /// 0, column blocks, batches, and transposed (column-major) operands.
+    /// 0, column blocks, batches, and transposed (column-major) operands; every element stored.
     #[test]
     fn equals_the_f64_product_of_the_same_values_within_f32_rounding() {
         if !kernel_testable() {
@@ -604,8 +604,10 @@ mod tests {
                 if path == "amx" && !amx {
                     continue;
                 }
-                let mut got = vec![0f32; want.len()];
-                let mut rounded = vec![bf16::ZERO; want.len()];
+                // NaN where nothing is stored: every element must be (the outputs are not
+                // zero-filled before the kernel, matmul::unfilled).
+                let mut got = vec![f32::NAN; want.len()];
+                let mut rounded = vec![bf16::NAN; want.len()];
                 if vector {
                     vector_matmul(&a, &b, d, &mut got, parallel(d));
                     vector_matmul(&a, &b, d, &mut rounded, parallel(d));
