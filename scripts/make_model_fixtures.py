@@ -26,6 +26,14 @@ from the checkpoint *as reloaded from disk*, so bf16 checkpoints are rounded fir
                   max_new_tokens=8) with EOS stopping disabled (eos_token_id=None, pad_token_id=0)
   logit_std       std of all logits over all positions of all 3 sequences (shows they are far
                   from uniform)
+  token_logprobs_float64, last_logits_float64
+                  the same two quantities from the same checkpoint run in float64: transformers'
+                  own float32 values lie up to ~8e-6 from these, as close as ptl's do, so the tests
+                  compare ptl with these (an f32 engine against the exact values, not against
+                  another f32 engine's rounding)
+
+Only add the float64 quantities to existing fixtures (weights untouched):
+                                 FLOAT64_ONLY=1 python3 scripts/make_model_fixtures.py
 """
 
 import json
@@ -39,6 +47,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -184,6 +193,21 @@ def reference(model, sequences):
     )
 
 
+@torch.no_grad()
+def float64_reference(d, sequences):
+    """token_logprobs and last_logits of the checkpoint in `d`, computed in float64."""
+    m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float64, attn_implementation="eager")
+    m.eval()
+    token_logprobs, last_logits = [], None
+    for n, s in enumerate(sequences):
+        logits = m(torch.tensor([s])).logits[0]
+        lp = torch.log_softmax(logits, dim=-1)
+        token_logprobs.append([lp[i, s[i + 1]].item() for i in range(len(s) - 1)])
+        if n == 0:
+            last_logits = logits[-1].tolist()
+    return dict(token_logprobs_float64=token_logprobs, last_logits_float64=last_logits)
+
+
 def save(model, name, dtype=torch.float32, max_shard_size="50GB"):
     d = OUT_DIR / name
     if d.exists():
@@ -287,6 +311,22 @@ def main():
     specs.append(("gemma2_bf16", Gemma2ForCausalLM, gemma2(), torch.bfloat16, "50GB"))
 
     only = [n for n in os.environ.get("ONLY", "").split(",") if n]
+    if os.environ.get("FLOAT64_ONLY"):
+        for name, *_ in specs:
+            if only and name not in only:
+                continue
+            path = OUT_DIR / name / "expected.json"
+            expected = json.loads(path.read_text())
+            expected.update(float64_reference(OUT_DIR / name, expected["sequences"]))
+            with open(path, "w") as f:
+                json.dump(expected, f, indent=1)
+                f.write("\n")
+            worst = max(abs(a - b)
+                        for row, row64 in zip(expected["token_logprobs"],
+                                              expected["token_logprobs_float64"])
+                        for a, b in zip(row, row64))
+            print(f"{name:14s} transformers float32 vs float64 log-probs: {worst:.2e}")
+        return
     summary = []
     for seed, (name, cls, config, dtype, shard) in enumerate(specs, start=1):
         if only and name not in only:
@@ -342,6 +382,7 @@ def main():
             "torch": torch.__version__,
             "sequences": sequences,
             **ref,
+            **float64_reference(d, sequences),
         }
         with open(d / "expected.json", "w") as f:
             json.dump(expected, f, indent=1)

@@ -13,8 +13,9 @@ use std::path::Path;
 /// Within this of TRL's values (absolute): losses and rewards (measured ≤ 7e-6).
 const TOLERANCE: f64 = 1e-5;
 /// Summed log-probabilities (about −200 here) are f32 sums in TRL, whose spacing at 200 is 1.5e-5
-/// itself: they agree within this relative difference (measured 3.5e-7, 6.9e-5 absolute).
-const RELATIVE: f64 = 5e-7;
+/// itself: they agree within this relative difference (measured 1.1e-7, 1.7e-5 absolute, since ptl
+/// sums each row's vocabulary in f64; 3.5e-7 before).
+const RELATIVE: f64 = 3e-7;
 
 fn expected() -> Value {
     serde_json::from_str(&std::fs::read_to_string("tests/fixtures/dpo/expected.json").unwrap())
