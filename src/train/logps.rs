@@ -111,7 +111,7 @@ pub fn weighted_logp_surrogate(
     // The output matrix computes in the activations' dtype; its gradient sums in its own.
     let w_detached = head.detach().to_dtype(hidden.dtype())?;
     let mut grad_h = Vec::new();
-    let mut grad_w = head.detach().zeros_like()?;
+    let mut grad_w = super::head_grad::HeadGrad::new(head)?;
     for start in (0..targets.len()).step_by(chunk.max(1)) {
         let len = chunk.min(targets.len() - start);
         if weights[start..start + len].iter().all(|w| *w == 0.0) {
@@ -127,11 +127,9 @@ pub fn weighted_logp_surrogate(
             .expect("coefficients give a gradient");
         let g = slope.back(g)?.to_dtype(dtype)?;
         grad_h.push(matmul(&g, &w_detached)?);
-        grad_w = (grad_w + matmul(&g.t()?, &h)?.to_dtype(head.dtype())?)?;
+        grad_w.add(&g, &h)?;
     }
-    let grad_h = Tensor::cat(&grad_h, 0)?;
-    let head_term = (head * grad_w)?.sum_all()?;
-    (hidden * grad_h)?.sum_all()?.to_dtype(head_term.dtype())? + head_term
+    grad_w.surrogate(head, hidden, &Tensor::cat(&grad_h, 0)?)
 }
 
 /// Positions per chunk of the log-prob passes: about 4M logits, as the supervised loss.

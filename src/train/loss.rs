@@ -35,7 +35,7 @@ pub fn chunked_nll(
     let w_detached = head.detach().to_dtype(hidden.dtype())?;
     let mut value = 0.0;
     let mut grad_h = Vec::new();
-    let mut grad_w = head.detach().zeros_like()?;
+    let mut grad_w = super::head_grad::HeadGrad::new(head)?;
     for start in (0..n).step_by(chunk.max(1)) {
         let len = chunk.min(n - start);
         let h = h_detached.narrow(0, start, len)?;
@@ -57,11 +57,9 @@ pub fn chunked_nll(
         let g = picked.grad.expect("coefficients give a gradient");
         let g = slope.back(g)?.to_dtype(dtype)?;
         grad_h.push(matmul(&g, &w_detached)?);
-        grad_w = (grad_w + matmul(&g.t()?, &h)?.to_dtype(head.dtype())?)?;
+        grad_w.add(&g, &h)?;
     }
-    let grad_h = Tensor::cat(&grad_h, 0)?;
-    let head_term = (head * grad_w)?.sum_all()?;
-    let surrogate = ((hidden * grad_h)?.sum_all()?.to_dtype(head_term.dtype())? + head_term)?;
+    let surrogate = grad_w.surrogate(head, hidden, &Tensor::cat(&grad_h, 0)?)?;
     Ok(ChunkedLoss {
         value: value / tokens.max(1.0),
         tokens,

@@ -8,6 +8,7 @@ pub mod collective;
 pub mod completions;
 pub mod data_parallel;
 pub mod grpo;
+pub mod head_grad;
 pub mod kto;
 pub mod logps;
 pub mod loss;
