@@ -133,7 +133,7 @@ pub fn batch_loss(model: &Decoder, b: &Batch) -> crate::error::Result<super::los
     let width = b.ids.first().map_or(0, Vec::len);
     let hidden = model.hidden_packed(&b.ids, &b.segments)?;
     let hidden = hidden.reshape((b.ids.len() * width, model.cfg.hidden_size))?;
-    // Chunks of about 4M logits (16 MB in f32): big vocabularies get short chunks, small ones long.
+    // Chunks of about 16M logits: big vocabularies get short chunks, small ones long.
     let chunk = super::logps::chunk(model);
     Ok(chunked_nll(
         &hidden,
