@@ -8,14 +8,32 @@ use candle_core::WithDType;
 /// The partial sums each reduction keeps side by side.
 const LANES: usize = 8;
 
-/// Σ terms over `n` positions, term j in lane j mod `LANES`, the lanes summed in order at the end.
+/// Σ_j Π_r rows[r][j] over the rows' common length, term j in lane j mod `LANES`, the lanes
+/// summed in order at the end; each product formed left to right (rows[0] · rows[1] · …).
 #[inline(always)]
-fn lanes(n: usize, term: impl Fn(usize) -> f64) -> f64 {
+fn lanes<T: WithDType, const N: usize>(rows: [&[T]; N]) -> f64 {
+    let n = rows.iter().map(|r| r.len()).min().unwrap_or(0);
+    let term = |j: usize| {
+        let mut p = rows[0][j].to_f64();
+        for r in &rows[1..] {
+            p *= r[j].to_f64();
+        }
+        p
+    };
     let mut acc = [0f64; LANES];
     let whole = n - n % LANES;
     for start in (0..whole).step_by(LANES) {
+        let chunks: [&[T; LANES]; N] = std::array::from_fn(|r| {
+            rows[r][start..start + LANES]
+                .try_into()
+                .expect("a whole chunk")
+        });
         for (lane, a) in acc.iter_mut().enumerate() {
-            *a += term(start + lane);
+            let mut p = chunks[0][lane].to_f64();
+            for c in &chunks[1..] {
+                p *= c[lane].to_f64();
+            }
+            *a += p;
         }
     }
     for (a, j) in acc.iter_mut().zip(whole..n) {
@@ -24,18 +42,42 @@ fn lanes(n: usize, term: impl Fn(usize) -> f64) -> f64 {
     acc.iter().sum()
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn lanes_avx512<T: WithDType, const N: usize>(rows: [&[T]; N]) -> f64 {
+    lanes(rows)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn lanes_avx2<T: WithDType, const N: usize>(rows: [&[T]; N]) -> f64 {
+    lanes(rows)
+}
+
+/// [`lanes`] in AVX-512 or AVX2 where the CPU has them: the same operations, so the same bits.
+fn reduce<T: WithDType, const N: usize>(rows: [&[T]; N]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { lanes_avx512(rows) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { lanes_avx2(rows) };
+        }
+    }
+    lanes(rows)
+}
+
 /// Σ a⊙b in f64.
 pub fn dot<T: WithDType>(a: &[T], b: &[T]) -> f64 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    lanes(n, |j| a[j].to_f64() * b[j].to_f64())
+    reduce([a, b])
 }
 
 /// Σ a⊙b⊙c in f64.
 pub fn dot3<T: WithDType>(a: &[T], b: &[T], c: &[T]) -> f64 {
-    let n = a.len().min(b.len()).min(c.len());
-    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
-    lanes(n, |j| a[j].to_f64() * b[j].to_f64() * c[j].to_f64())
+    reduce([a, b, c])
 }
 
 #[cfg(test)]
@@ -57,11 +99,17 @@ mod tests {
     }
 
     #[test]
-    fn lane_sums_stay_within_rounding_of_a_sequential_sum() {
+    fn lane_sums_stay_within_rounding_of_a_sequential_sum_on_every_build() {
         let a: Vec<f64> = (0..4099).map(|j| ((j * 37 % 101) as f64).sin()).collect();
         let b: Vec<f64> = (0..4099).map(|j| ((j * 53 % 97) as f64).cos()).collect();
         let sequential: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         let scale: f64 = a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum();
         assert!((dot(&a, &b) - sequential).abs() <= 4099.0 * f64::EPSILON * scale);
+        // The AVX-512 or AVX2 build gives the plain build's bits.
+        assert_eq!(lanes([&a[..], &b[..]]).to_bits(), dot(&a, &b).to_bits());
+        assert_eq!(
+            lanes([&a[..], &b[..], &a[..]]).to_bits(),
+            dot3(&a, &b, &a).to_bits()
+        );
     }
 }
