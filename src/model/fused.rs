@@ -50,6 +50,19 @@ macro_rules! by_dtype {
     };
 }
 
+/// An output vector before a kernel writes each of its elements: zero-filling it first would be
+/// a memset overwritten unread (2–3% of a training step); candle allocates its own outputs so.
+/// The kernels that use it (the bf16 products, the fused ops here and in `swiglu`) store every
+/// element; their tests start from NaN or compare every element with the composed ops.
+#[allow(clippy::uninit_vec)]
+pub(crate) fn unfilled<T: Copy>(len: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(len);
+    // SAFETY: T is plain numbers (f32, f64 or bf16: any bit pattern valid); the caller hands the
+    // vector to a kernel that writes each element before anything reads it.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// 1 / √(mean(row²) + eps).
 fn inverse_rms<T: WithDType>(row: &[T], eps: f64) -> f64 {
     let ms = super::rowsum::dot(row, row) / row.len() as f64;
@@ -71,7 +84,7 @@ struct RmsNorm {
 
 fn norm_forward<T: WithDType>(x: &[T], w: &[T], eps: f64) -> Vec<T> {
     let h = w.len();
-    let mut out = vec![T::from_f64(0.0); x.len()];
+    let mut out = unfilled::<T>(x.len());
     each_row(&mut out, h, |i, o| {
         let row = &x[i * h..(i + 1) * h];
         let r = inverse_rms(row, eps);
@@ -136,7 +149,7 @@ struct RmsNormGrad {
 fn norm_backward<T: WithDType>(x: &[T], w: &[T], g: &[T], eps: f64) -> Vec<T> {
     let h = w.len();
     let rows = x.len() / h.max(1);
-    let mut out = vec![T::from_f64(0.0); x.len() + h];
+    let mut out = unfilled::<T>(x.len() + h);
     let (dx, dw_row) = out.split_at_mut(x.len());
     each_row(dx, h, |i, o| {
         let (row, grow) = (&x[i * h..(i + 1) * h], &g[i * h..(i + 1) * h]);
@@ -224,7 +237,7 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
 struct MaskedSoftmax;
 
 fn softmax_forward<T: WithDType>(x: &[T], mask: &[T], heads: usize, t: usize, k: usize) -> Vec<T> {
-    let mut out = vec![T::from_f64(0.0); x.len()];
+    let mut out = unfilled::<T>(x.len());
     let shared = mask.len() == t * k;
     each_row(&mut out, k, |i, o| {
         // Row i is (batch, head, query); the mask row is (batch, query), or (query) when one mask
@@ -254,7 +267,7 @@ fn softmax_forward<T: WithDType>(x: &[T], mask: &[T], heads: usize, t: usize, k:
 /// [`softmax_forward`] in f32 for f32 (as transformers computes an f32 softmax), its exp in SIMD
 /// lanes ([`super::exp`]); the f64 path stays for the gradient checks.
 fn softmax_forward_f32(x: &[f32], mask: &[f32], heads: usize, t: usize, k: usize) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
+    let mut out = unfilled::<f32>(x.len());
     let shared = mask.len() == t * k;
     each_row(&mut out, k, |i, o| {
         let batch = if shared { 0 } else { i / (heads * t) };
@@ -317,7 +330,7 @@ impl CustomOp2 for MaskedSoftmax {
 struct SoftmaxGrad;
 
 fn softmax_backward<T: WithDType>(y: &[T], g: &[T], k: usize) -> Vec<T> {
-    let mut out = vec![T::from_f64(0.0); y.len()];
+    let mut out = unfilled::<T>(y.len());
     each_row(&mut out, k, |i, o| {
         let (yr, gr) = (&y[i * k..(i + 1) * k], &g[i * k..(i + 1) * k]);
         let dot = super::rowsum::dot(yr, gr);

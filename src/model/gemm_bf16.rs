@@ -605,7 +605,7 @@ mod tests {
                     continue;
                 }
                 // NaN where nothing is stored: every element must be (the outputs are not
-                // zero-filled before the kernel, matmul::unfilled).
+                // zero-filled before the kernel, fused::unfilled).
                 let mut got = vec![f32::NAN; want.len()];
                 let mut rounded = vec![bf16::NAN; want.len()];
                 if vector {

@@ -99,30 +99,18 @@ pub fn cpu_bf16(
     shape.push(d.n);
     let out = match (a, b) {
         (CpuStorage::BF16(av), CpuStorage::BF16(bv)) => {
-            let mut out = unfilled::<bf16>(d.batches * d.m * d.n);
+            let mut out = super::fused::unfilled::<bf16>(d.batches * d.m * d.n);
             gemm_bf16::matmul(&strided(av, la), &strided(bv, lb), d, &mut out);
             CpuStorage::BF16(out)
         }
         (CpuStorage::F32(av), CpuStorage::F32(bv)) => {
-            let mut out = unfilled::<f32>(d.batches * d.m * d.n);
+            let mut out = super::fused::unfilled::<f32>(d.batches * d.m * d.n);
             gemm_bf16::matmul(&strided(av, la), &strided(bv, lb), d, &mut out);
             CpuStorage::F32(out)
         }
         _ => candle_core::bail!("bf16 matmul of {:?} and {:?}", a.dtype(), b.dtype()),
     };
     Ok((out, Shape::from(shape)))
-}
-
-/// A product's output before the kernel stores it: the kernels (AVX512-BF16 and AMX alike) store
-/// every tile of [batches, m, n] whole, an empty depth as zeros, so zero-filling it first (a
-/// memset, 2% of a bf16 step) would be overwritten unread. candle allocates its own outputs so.
-#[allow(clippy::uninit_vec)]
-fn unfilled<T: Copy>(len: usize) -> Vec<T> {
-    let mut out = Vec::with_capacity(len);
-    // SAFETY: T is plain numbers (f32 or bf16, any bit pattern valid); the caller hands the vector
-    // to a kernel that writes each element before anything reads it.
-    unsafe { out.set_len(len) };
-    out
 }
 
 /// The product's dimensions from its operands' layouts.

@@ -73,7 +73,7 @@ fn pieces<T: Send>(out: &mut [T], f: impl Fn(usize, &mut [T]) + Send + Sync) {
 
 /// silu(g) = g / (1 + exp(−g)), then ⊙ u: candle's silu and product.
 fn forward<T: Float>(g: &[T], u: &[T]) -> Vec<T> {
-    let mut out = vec![T::ONE; g.len()];
+    let mut out = super::fused::unfilled::<T>(g.len());
     pieces(&mut out, |i, o| {
         let range = i * PIECE..i * PIECE + o.len();
         let (g, u) = (&g[range.clone()], &u[range]);
@@ -89,7 +89,7 @@ fn forward<T: Float>(g: &[T], u: &[T]) -> Vec<T> {
 /// rules give dg = (dy ⊙ u) ⊙ (σ ⊙ (1 − s) + s) and du = dy ⊙ s.
 fn backward<T: Float>(g: &[T], u: &[T], dy: &[T]) -> Vec<T> {
     let n = g.len();
-    let mut out = vec![T::ONE; 2 * n];
+    let mut out = super::fused::unfilled::<T>(2 * n);
     let (dg, du) = out.split_at_mut(n);
     let work = |i: usize, (dg, du): (&mut [T], &mut [T])| {
         let range = i * PIECE..i * PIECE + dg.len();
