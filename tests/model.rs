@@ -206,6 +206,15 @@ fn unknown_architectures_and_missing_tensors_are_clear_errors() {
     std::fs::write(dir.join("pytorch_model.bin"), b"not loaded").unwrap();
     let e = Decoder::load(&dir, &Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("safetensors only"), "{e}");
+    // A zero width is refused by name when the config is read, before any weight.
+    let mut config: Value = serde_json::from_str(
+        &std::fs::read_to_string("tests/fixtures/models/llama/config.json").unwrap(),
+    )
+    .unwrap();
+    config["intermediate_size"] = 0.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let e = Decoder::load(&dir, &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("intermediate_size must be positive"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

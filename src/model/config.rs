@@ -224,6 +224,17 @@ impl ModelConfig {
             Some(h) => h as usize,
             None => hidden_size / num_heads.max(1),
         };
+        // Zero widths would leave rows of no elements for the fused ops to split by.
+        for (field, v) in [
+            ("hidden_size", hidden_size),
+            ("head_dim", head_dim),
+            ("intermediate_size", get_usize(c, "intermediate_size")?),
+            ("vocab_size", get_usize(c, "vocab_size")?),
+        ] {
+            if v == 0 {
+                return Err(format!("{field} must be positive"));
+            }
+        }
         if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
             return Err(format!("num_attention_heads ({num_heads}) must be a multiple of num_key_value_heads ({num_kv_heads})"));
         }
