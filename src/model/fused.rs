@@ -472,7 +472,7 @@ impl CustomOp3 for Rope {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::{Device, Var, D};
 
@@ -481,7 +481,8 @@ mod tests {
         x.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(w)
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    /// The largest element-wise |a − b|, in f64.
+    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         (a - b)
             .unwrap()
             .abs()

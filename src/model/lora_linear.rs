@@ -320,6 +320,7 @@ impl CustomOp3 for LoraLinear {
 #[cfg(test)]
 mod tests {
     use super::super::lora::{LoraWeights, Rng};
+    use crate::model::fused::tests::max_diff;
     use candle_core::{DType, Device, Tensor, Var};
     use std::sync::atomic::AtomicBool;
     use std::sync::{Arc, Mutex};
@@ -351,19 +352,6 @@ mod tests {
         // B starts at zero; a random B makes every gradient term count.
         l.b.set(&random((w.dim(0).unwrap(), 4), 3)).unwrap();
         l
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
     }
 
     /// The fused op against the composed ops (x·Wᵀ + the adapter's forward), in f64: the output
