@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use std::ops::Neg;
 
 /// Below this many elements a loop over rows stays on the calling thread.
-const PARALLEL_FROM: usize = 1 << 16;
+pub(super) const PARALLEL_FROM: usize = 1 << 16;
 
 /// Whether [`rms_norm`] applies to `x` and `w`.
 pub fn fusable(x: &Tensor, w: &Tensor) -> bool {
@@ -49,6 +49,7 @@ macro_rules! by_dtype {
         }
     };
 }
+pub(super) use by_dtype;
 
 /// An output vector before a kernel writes each of its elements: zero-filling it first would be
 /// a memset overwritten unread (2–3% of a training step); candle allocates its own outputs so.
@@ -70,7 +71,11 @@ fn inverse_rms<T: WithDType>(row: &[T], eps: f64) -> f64 {
 }
 
 /// `f` on each row of `out` with the matching rows of `inputs`, on the thread pool when big.
-fn each_row<T: WithDType>(out: &mut [T], h: usize, f: impl Fn(usize, &mut [T]) + Send + Sync) {
+pub(super) fn each_row<T: WithDType>(
+    out: &mut [T],
+    h: usize,
+    f: impl Fn(usize, &mut [T]) + Send + Sync,
+) {
     if out.len() >= PARALLEL_FROM {
         out.par_chunks_mut(h).enumerate().for_each(|(i, o)| f(i, o));
     } else {
@@ -236,15 +241,22 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
 
 struct MaskedSoftmax;
 
+/// The mask row of scores row i, which is (batch, head, query): the mask's (batch, query) row, or
+/// its (query) row when one mask [t, k] serves every batch row.
+fn mask_row<T>(mask: &[T], i: usize, heads: usize, t: usize, k: usize) -> &[T] {
+    let batch = if mask.len() == t * k {
+        0
+    } else {
+        i / (heads * t)
+    };
+    let at = (batch * t + i % t) * k;
+    &mask[at..at + k]
+}
+
 fn softmax_forward<T: WithDType>(x: &[T], mask: &[T], heads: usize, t: usize, k: usize) -> Vec<T> {
     let mut out = unfilled::<T>(x.len());
-    let shared = mask.len() == t * k;
     each_row(&mut out, k, |i, o| {
-        // Row i is (batch, head, query); the mask row is (batch, query), or (query) when one mask
-        // serves every batch row.
-        let batch = if shared { 0 } else { i / (heads * t) };
-        let query = i % t;
-        let m = &mask[(batch * t + query) * k..(batch * t + query + 1) * k];
+        let m = mask_row(mask, i, heads, t, k);
         let row = &x[i * k..(i + 1) * k];
         let max = row
             .iter()
@@ -268,11 +280,8 @@ fn softmax_forward<T: WithDType>(x: &[T], mask: &[T], heads: usize, t: usize, k:
 /// lanes ([`super::exp`]); the f64 path stays for the gradient checks.
 fn softmax_forward_f32(x: &[f32], mask: &[f32], heads: usize, t: usize, k: usize) -> Vec<f32> {
     let mut out = unfilled::<f32>(x.len());
-    let shared = mask.len() == t * k;
     each_row(&mut out, k, |i, o| {
-        let batch = if shared { 0 } else { i / (heads * t) };
-        let query = i % t;
-        let m = &mask[(batch * t + query) * k..(batch * t + query + 1) * k];
+        let m = mask_row(mask, i, heads, t, k);
         for ((o, v), m) in o.iter_mut().zip(&x[i * k..(i + 1) * k]).zip(m) {
             *o = v + m;
         }

@@ -5,15 +5,15 @@
 //! the composed ops', step for step, in the tensors' own type: in f64 the results are those ops' bits;
 //! in f32 the exp is [`super::exp`]'s (≤ 1 ulp from the exact one, the same on every CPU).
 
-use super::fused::elements;
+use super::fused::{by_dtype, each_row, elements, PARALLEL_FROM};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
+};
 use rayon::prelude::*;
 
 /// Elements per piece of work: a piece's exps and products stay in L1.
 const PIECE: usize = 4096;
-/// Below this many elements the op stays on the calling thread.
-const PARALLEL_FROM: usize = 1 << 16;
 
 /// Whether [`swiglu`] applies to `gate` and `up`.
 pub fn fusable(gate: &Tensor, up: &Tensor) -> bool {
@@ -60,21 +60,10 @@ impl Float for f64 {
     }
 }
 
-/// `f(piece index, piece)` over `out` in pieces of [`PIECE`], on the thread pool when big.
-fn pieces<T: Send>(out: &mut [T], f: impl Fn(usize, &mut [T]) + Send + Sync) {
-    if out.len() >= PARALLEL_FROM {
-        out.par_chunks_mut(PIECE)
-            .enumerate()
-            .for_each(|(i, o)| f(i, o));
-    } else {
-        out.chunks_mut(PIECE).enumerate().for_each(|(i, o)| f(i, o));
-    }
-}
-
 /// silu(g) = g / (1 + exp(−g)), then ⊙ u: candle's silu and product.
 fn forward<T: Float>(g: &[T], u: &[T]) -> Vec<T> {
     let mut out = super::fused::unfilled::<T>(g.len());
-    pieces(&mut out, |i, o| {
+    each_row(&mut out, PIECE, |i, o| {
         let range = i * PIECE..i * PIECE + o.len();
         let (g, u) = (&g[range.clone()], &u[range]);
         T::exp_neg(g, o);
@@ -138,15 +127,10 @@ impl CustomOp2 for SwiGlu {
                 ul.shape()
             )
         }
-        let out = match gs.dtype() {
-            DType::F32 => {
-                CpuStorage::F32(forward(elements::<f32>(gs, gl)?, elements::<f32>(us, ul)?))
-            }
-            DType::F64 => {
-                CpuStorage::F64(forward(elements::<f64>(gs, gl)?, elements::<f64>(us, ul)?))
-            }
-            other => candle_core::bail!("fused-swiglu: {other:?}"),
-        };
+        let out = by_dtype!(self.name(), gs.dtype(), |T| forward(
+            elements::<T>(gs, gl)?,
+            elements::<T>(us, ul)?
+        ));
         Ok((out, gl.shape().clone()))
     }
 
@@ -189,19 +173,11 @@ impl CustomOp3 for SwiGluGrad {
         if ul.shape().elem_count() != n || dl.shape().elem_count() != n {
             candle_core::bail!("fused-swiglu-grad: operands of different sizes")
         }
-        let out = match gs.dtype() {
-            DType::F32 => CpuStorage::F32(backward(
-                elements::<f32>(gs, gl)?,
-                elements::<f32>(us, ul)?,
-                elements::<f32>(ds, dl)?,
-            )),
-            DType::F64 => CpuStorage::F64(backward(
-                elements::<f64>(gs, gl)?,
-                elements::<f64>(us, ul)?,
-                elements::<f64>(ds, dl)?,
-            )),
-            other => candle_core::bail!("fused-swiglu-grad: {other:?}"),
-        };
+        let out = by_dtype!(self.name(), gs.dtype(), |T| backward(
+            elements::<T>(gs, gl)?,
+            elements::<T>(us, ul)?,
+            elements::<T>(ds, dl)?
+        ));
         Ok((out, Shape::from((2, n))))
     }
 }

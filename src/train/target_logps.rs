@@ -67,7 +67,8 @@ fn fused(
             .collect();
         return Ok(TargetLogps { logps, grad: None });
     };
-    let mut grad = vec![0f32; x.len()];
+    // Each row is written whole: the logits copied in, then scaled (no zero-fill of 16M values).
+    let mut grad = crate::model::fused::unfilled::<f32>(x.len());
     let logps = grad
         .par_chunks_mut(vocab.max(1))
         .enumerate()
