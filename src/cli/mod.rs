@@ -44,6 +44,7 @@ mod score;
 mod serve;
 mod worker;
 
+use crate::plan::compute::on_pool;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -594,7 +595,7 @@ pub fn main() -> i32 {
                 let Some(compute) = compute.resolve() else {
                     return 2;
                 };
-                generate::run(generate::GenerateArgs {
+                let args = generate::GenerateArgs {
                     model,
                     with: with.loading(),
                     prompt,
@@ -609,7 +610,8 @@ pub fn main() -> i32 {
                     chat,
                     json: format == OutputFormat::Json,
                     compute,
-                })
+                };
+                on_pool(|| generate::run(args))
             }
             Command::Score {
                 model,
@@ -617,7 +619,7 @@ pub fn main() -> i32 {
                 input,
                 compute,
             } => match compute.resolve() {
-                Some(c) => score::run(&model, &with.loading(), &input, &c),
+                Some(c) => on_pool(|| score::run(&model, &with.loading(), &input, &c)),
                 None => 2,
             },
             Command::Reward {
@@ -626,7 +628,9 @@ pub fn main() -> i32 {
                 format,
                 compute,
             } => match compute.resolve() {
-                Some(c) => reward::run(&model, &input, format == OutputFormat::Json, &c),
+                Some(c) => {
+                    on_pool(|| reward::run(&model, &input, format == OutputFormat::Json, &c))
+                }
                 None => 2,
             },
             Command::Data { command } => match command {

@@ -137,7 +137,7 @@ fn run(spec_path: &Path) -> crate::error::Result<()> {
         log: &log,
         group: Some(&ring),
     };
-    let result = run(&mut ctx);
+    let result = crate::plan::compute::on_pool(|| run(&mut ctx));
     if result.is_ok() && ctx.cancelled() {
         return Err(Error::Cancelled);
     }

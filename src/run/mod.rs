@@ -238,7 +238,7 @@ fn execute(shared: &Shared, job: Job) -> Result<(Manifest, Origin), Error> {
         };
         workers::train(&mut ctx, &launch, workers)
     } else {
-        run(&mut ctx)
+        crate::plan::compute::on_pool(|| run(&mut ctx))
     };
     if result.is_ok() && cancel.load(std::sync::atomic::Ordering::Relaxed) {
         result = Err(Error::Cancelled);

@@ -117,7 +117,7 @@ pub fn load(
         let max_batch = settings.max_batch;
         std::thread::Builder::new()
             .name(format!("ptl-serve-{}", spec.name))
-            .spawn(move || engine::run(model, rx, max_batch))
+            .spawn(move || crate::plan::compute::on_pool(|| engine::run(model, rx, max_batch)))
             .map_err(|e| format!("cannot start the engine of {}: {e}", spec.name))?;
         bases.push(Base {
             jobs: tx,

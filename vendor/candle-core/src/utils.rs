@@ -360,6 +360,27 @@ impl Drop for BarrierPool {
     }
 }
 
+/// Runs `f` over `0..n_items` in contiguous ranges on rayon's global pool (ptl's change: the
+/// element-wise ops shared out their work on the barrier pool, a second set of spinning threads
+/// beside rayon's, which the matmuls use; on a machine with as many threads as cores the two pools
+/// took turns stealing each other's cores).
+pub fn par_chunked<F: Fn(std::ops::Range<usize>) + Sync>(n_items: usize, f: F) {
+    use rayon::prelude::*;
+    if n_items == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    if threads <= 1 {
+        f(0..n_items);
+        return;
+    }
+    // ~8 ranges per thread keeps the tail short, as the barrier pool's cursor did
+    let chunk = n_items.div_ceil(threads * 8).max(1);
+    (0..n_items.div_ceil(chunk))
+        .into_par_iter()
+        .for_each(|c| f(c * chunk..n_items.min((c + 1) * chunk)));
+}
+
 static BARRIER_POOL: OnceLock<BarrierPool> = OnceLock::new();
 
 /// Persistent barrier pool
