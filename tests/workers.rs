@@ -299,10 +299,10 @@ fn kinds_that_cannot_share_a_step_say_so_before_running() {
         ),
         (
             "dp-check-kinds",
-            "config { workers = 0 }\n\nstage rl = grpo {\n  model = hf_model(\"m\")\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  template = \"chat.jinja\"\n  rewards = [exact_match()]\n  workers = 2\n}\n",
+            "config { workers = 0 }\n\nstage rl = ppo {\n  model = hf_model(\"m\")\n  reward = hf_model(\"m\")\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  workers = 2\n}\n",
             [
                 "`workers` must be at least 1",
-                "grpo trains in one process: sharing its rollouts between",
+                "ppo trains in one process: its advantages are whitened",
             ],
         ),
     ] {

@@ -78,6 +78,14 @@ pub trait Online {
     fn shuffle(&self) -> bool {
         true
     }
+    /// Whether workers of a data-parallel stage can each sample and train on their own micro-batches'
+    /// rollouts: every update takes all of the batch's rollouts in their order (one mini-batch, no
+    /// shuffle), so a worker's share of it is all of its own, and nothing is computed over the whole
+    /// batch (its rollouts' metrics come with the updates, [`Rollouts::metrics`] empty). PPO
+    /// whitens its advantages over the batch and shuffles it into mini-batches: not yet.
+    fn shards(&self) -> bool {
+        self.mini_batches() == 1 && !self.shuffle()
+    }
     /// Slots per micro-batch when the stage's micro-batch is `batch_size` rows.
     fn slots_per_micro_batch(&self, batch_size: usize) -> usize {
         batch_size

@@ -352,9 +352,9 @@ pub fn train(
         h.gradient_checkpointing,
         world,
     )?;
-    if world > 1 && objective.online().is_some() {
+    if world > 1 && objective.online().is_some_and(|o| !o.shards()) {
         return Err(crate::error::Error::Internal(
-            "an online objective cannot train on several workers".into(),
+            "this online objective cannot train on several workers".into(),
         ));
     }
     // Every worker reads the same row order; a step takes `world` times the rows of one worker's.
@@ -474,8 +474,17 @@ pub fn train(
             )?,
             Some(online) => {
                 // One batch of rollouts, then `epochs` passes over it, each a fresh shuffle cut
-                // into `mini_batches` optimizer steps of micro-batches.
-                let batch = online.sample(model, &picked, per_micro, &draw)?;
+                // into `mini_batches` optimizer steps of micro-batches. Each worker samples its own
+                // micro-batches (the j-th of its own is the step's micro-batch j·N + rank, with that
+                // one's seed), and its rollouts are its share of every update.
+                let mine: Vec<&[usize]> = picked
+                    .chunks(per_micro)
+                    .enumerate()
+                    .filter(|(i, _)| data_parallel::is_mine(*i, group))
+                    .flat_map(|(_, rows)| rows.iter().copied())
+                    .collect();
+                let draw_mine = |j: usize| draw(j * world + rank);
+                let batch = online.sample(model, &mine, per_micro, &draw_mine)?;
                 let n = batch.count();
                 let mini = n.div_ceil(online.mini_batches().max(1)).max(1);
                 let per_micro = online.slots_per_micro_batch(per_micro).max(1);
@@ -497,7 +506,15 @@ pub fn train(
                         totals.add(update);
                     }
                 }
-                totals.metrics.add(batch.metrics());
+                let batch_metrics = batch.metrics();
+                if group.is_some() && !batch_metrics.is_empty() {
+                    // They would be this worker's alone: a sharded objective reports its
+                    // rollouts' metrics with its updates, which sum them over the workers.
+                    return Err(crate::error::Error::Internal(
+                        "an online objective's batch metrics on several workers".into(),
+                    ));
+                }
+                totals.metrics.add(batch_metrics);
                 totals
             }
         };
