@@ -390,23 +390,15 @@ fn trained_weights(dir: &std::path::Path, stage: &str) -> Vec<(String, Vec<f32>)
 /// on the same completions).
 #[test]
 fn two_workers_equal_one_process_accumulating_their_micro_batches() {
+    // STAGES's `rl` on 16 completions a micro-batch (4 prompts), 3 steps, with `fields`.
     let rl = |name: &str, fields: &str| {
-        format!(
-            r#"stage {name} = grpo {{
-  model = tuned.model
-  data = jsonl("data/quickstart/train.jsonl", format = "messages")
-  rewards = [regex_match(pattern = "^1"), exact_match(field = "answer", weight = 0.5)]
-  num_generations = 4
-  batch_size = 16
-  max_completion_length = 5
-  lr = 1e-3
-  max_steps = 3
-  beta = 0.04
-  {fields}
-}}
-
-"#
-        )
+        let body = STAGES.split("stage rl = grpo").nth(1).unwrap();
+        format!("stage {name} = grpo{body}\n")
+            .replace("batch_size = 32", "batch_size = 16")
+            .replace(
+                "max_steps = 16\n  save_every = 3\n",
+                &format!("max_steps = 3\n  {fields}\n"),
+            )
     };
     let stages = STAGES.split("stage rl = grpo").next().unwrap().to_string()
         + &rl("two", "workers = 2")
