@@ -229,6 +229,10 @@ impl Ropes {
 /// over the batch would copy it per row and make backward form a weight gradient per row.
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     on_rows(x, w.dim(0)?, |x| {
+        // A decode step's few rows (no gradient is taken while generating).
+        if let Some(y) = super::skinny::matmul_t(x, w)? {
+            return Ok(y);
+        }
         // A weight that does not train gets no gradient formed in backward (a trained weight cast
         // to the compute dtype is not a variable itself but still carries the gradient back to one).
         if w.track_op() {

@@ -97,6 +97,7 @@ impl Decoder {
         seeds: &[u64],
         g: &Generation,
     ) -> Result<Vec<Vec<u32>>> {
+        let _decoding = super::skinny::Decoding::start();
         let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
         let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
         if g.max_new == 0 || width == 0 {

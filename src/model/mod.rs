@@ -18,6 +18,7 @@ pub mod recompute;
 pub mod rowsum;
 pub mod score;
 pub mod serving;
+pub mod skinny;
 pub mod swiglu;
 pub mod tuning;
 pub mod weights;

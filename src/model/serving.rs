@@ -268,6 +268,7 @@ impl Decoder {
         adapters: &[Option<usize>],
         caches: &mut [&mut KvCache],
     ) -> Result<Vec<Vec<f32>>> {
+        let _decoding = super::skinny::Decoding::start();
         let b = tokens.len();
         let ids = Tensor::from_vec(tokens.to_vec(), (b, 1), &self.device)?;
         let positions: Vec<u32> = caches.iter().map(|c| c.len as u32).collect();
