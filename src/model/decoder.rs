@@ -63,14 +63,15 @@ impl Linear {
 
     fn base_forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let fused = match &self.lora {
-            Some(l) => {
+            // A decode step takes the composed terms below, each as dot products (no backward).
+            Some(l) if !(self.nf4.is_none() && super::skinny::applies(x)) => {
                 let base = match &self.nf4 {
                     Some(q) => super::lora_linear::Base::Nf4(q),
                     None => super::lora_linear::Base::Dense(&self.weight),
                 };
                 super::lora_linear::forward(x, base, l)?
             }
-            None => None,
+            _ => None,
         };
         if let Some(y) = fused {
             return match &self.bias {

@@ -40,18 +40,24 @@ impl Drop for Decoding {
     }
 }
 
+/// Whether a product of x [.., k] (its rows flattened) would take this path now (the weight
+/// stored row-major in f32 as well).
+pub fn applies(x: &Tensor) -> bool {
+    let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
+    DECODING.with(|d| d.get())
+        && x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && !super::matmul::kernel_for(DType::F32)
+        && rows <= MAX_ROWS
+}
+
 /// x · wᵀ this way when [`Decoding`] is on, both are f32 on the CPU, x has at most [`MAX_ROWS`]
 /// rows and w is stored row-major; `None` otherwise (the caller multiplies as usual).
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    let eligible = DECODING.with(|d| d.get())
-        && x.device().is_cpu()
-        && w.device().is_cpu()
-        && x.dtype() == DType::F32
-        && w.dtype() == DType::F32
-        && !super::matmul::kernel_for(DType::F32)
-        && w.is_contiguous();
+    let eligible =
+        applies(x) && w.device().is_cpu() && w.dtype() == DType::F32 && w.is_contiguous();
     let ((m, k), (n, wk)) = (x.dims2()?, w.dims2()?);
-    if !eligible || m > MAX_ROWS || k != wk {
+    if !eligible || k != wk {
         return Ok(None);
     }
     let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
