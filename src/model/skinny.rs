@@ -74,11 +74,14 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tensor>> {
 
 /// x [m, k] · wᵀ (w [n, k]) as [m, n], both row-major.
 fn product(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    if m == 0 || k == 0 {
+        return vec![0f32; m * n];
+    }
     // Worked out column by column ([n, m]: each task owns whole weight rows), then turned.
     let mut yt = vec![0f32; n * m];
-    let rows: Vec<&[f32]> = x.chunks_exact(k.max(1)).take(m).collect();
+    let rows: Vec<&[f32]> = x.chunks_exact(k).take(m).collect();
     let block = |(b, out): (usize, &mut [f32])| {
-        for (j, col) in out.chunks_mut(m.max(1)).enumerate() {
+        for (j, col) in out.chunks_mut(m).enumerate() {
             let wj = &w[(b * BLOCK + j) * k..][..k];
             for (i0, dst) in (0..m).step_by(4).zip(col.chunks_mut(4)) {
                 let four: [&[f32]; 4] = std::array::from_fn(|r| rows[(i0 + r).min(m - 1)]);
@@ -87,9 +90,6 @@ fn product(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
             }
         }
     };
-    if m == 0 || k == 0 {
-        return vec![0f32; m * n];
-    }
     if n * k >= 1 << 15 {
         yt.par_chunks_mut(BLOCK * m).enumerate().for_each(block);
     } else {

@@ -360,10 +360,10 @@ impl Drop for BarrierPool {
     }
 }
 
-/// Runs `f` over `0..n_items` in contiguous ranges on rayon's global pool (ptl's change: the
-/// element-wise ops shared out their work on the barrier pool, a second set of spinning threads
-/// beside rayon's, which the matmuls use; on a machine with as many threads as cores the two pools
-/// took turns stealing each other's cores).
+/// Runs `f` over `0..n_items` in contiguous ranges on the calling thread's rayon pool (the global
+/// one outside any pool). ptl's change: the element-wise ops shared out their work on the barrier
+/// pool, a second set of spinning threads beside rayon's, which the matmuls use; on a machine with
+/// as many threads as cores the two pools took turns stealing each other's cores.
 pub fn par_chunked<F: Fn(std::ops::Range<usize>) + Sync>(n_items: usize, f: F) {
     use rayon::prelude::*;
     if n_items == 0 {
