@@ -367,22 +367,6 @@ fn completions_are_reused_for_num_iterations_updates() {
     );
 }
 
-/// Every tensor of a stage's trained model, as f32 values.
-fn trained_weights(dir: &std::path::Path, stage: &str) -> Vec<(String, Vec<f32>)> {
-    let file = common::stage_out(dir, stage).join("model/model.safetensors");
-    let mut w: Vec<(String, Vec<f32>)> = candle_core::safetensors::load(file, &Device::Cpu)
-        .unwrap()
-        .into_iter()
-        .map(|(k, t)| {
-            let t = t.to_dtype(candle_core::DType::F32).unwrap();
-            let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            (k, v)
-        })
-        .collect();
-    w.sort_by(|a, b| a.0.cmp(&b.0));
-    w
-}
-
 /// `workers = 2`: each worker samples and trains on its own micro-batches of prompts (with the
 /// seeds those micro-batches have in one process), and their gradients and reward metrics are
 /// summed; the stage ends with the weights and metrics of one process accumulating the same
@@ -410,20 +394,13 @@ fn two_workers_equal_one_process_accumulating_their_micro_batches() {
     let t = common::text(&o);
     assert_eq!(o.status.code(), Some(0), "{t}");
     assert!(t.contains("training on 2 workers"), "{t}");
-    let tuned = trained_weights(&d.0, "tuned");
+    let tuned = common::trained_weights(&d.0, "tuned");
     for (two, one) in [("two", "one"), ("two_reused", "one_reused")] {
-        let (a, b) = (trained_weights(&d.0, two), trained_weights(&d.0, one));
-        let furthest = |x: &[(String, Vec<f32>)], y: &[(String, Vec<f32>)]| {
-            assert_eq!(x.len(), y.len());
-            x.iter()
-                .zip(y)
-                .flat_map(|((n, x), (m, y))| {
-                    assert_eq!(n, m);
-                    x.iter().zip(y).map(|(x, y)| (x - y).abs())
-                })
-                .fold(0f32, f32::max)
-        };
-        let (moved, apart) = (furthest(&b, &tuned), furthest(&a, &b));
+        let (a, b) = (
+            common::trained_weights(&d.0, two),
+            common::trained_weights(&d.0, one),
+        );
+        let (moved, apart) = (common::furthest(&b, &tuned), common::furthest(&a, &b));
         eprintln!("{two} vs {one}: moved {moved:e}, apart {apart:e}");
         assert!(moved > 1e-3, "{one} moved the weights by at most {moved}");
         // One micro-batch per worker: the ring's sum of two gradients is the one process's

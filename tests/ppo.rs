@@ -7,7 +7,7 @@ use ptl::model::decoder::Decoder;
 use ptl::train::completions::Rollout;
 use ptl::train::objective::MicroLoss;
 use ptl::train::optim::AdamW;
-use ptl::train::ppo::{micro_loss, KlEstimator, PpoSettings, LOSS_METRICS};
+use ptl::train::ppo::{micro_loss, Buffer, KlEstimator, PpoSettings, LOSS_METRICS};
 use ptl::train::ppo_rollouts::{Ppo, PpoModels};
 use serde_json::Value as Json;
 use std::path::Path;
@@ -138,7 +138,7 @@ fn an_update_equals_trl() {
             2,
             1,
         );
-        let buffer = ppo.measure(&policy, rollouts).unwrap();
+        let buffer = Buffer::new(ppo.measure(&policy, rollouts).unwrap(), &settings);
         for (k, (x, t)) in buffer.samples.iter().zip(&buffer.targets).enumerate() {
             worst.see("score", x.score, f64s(&case["scores"])[k]);
             for (j, v) in t.values.iter().enumerate() {
@@ -343,4 +343,74 @@ fn a_reward_model_of_another_vocabulary_is_refused() {
             && text.contains("does not share the policy's vocabulary: 256 tokens, the policy 100"),
         "{text}"
     );
+}
+
+/// `workers = 2`: each worker samples and measures its own micro-batches of prompts (with the
+/// seeds those micro-batches have in one process), the workers gather them so that each holds the
+/// whole batch (its width, whitened advantages, metrics and shuffle), and each update's micro-batch
+/// i is worker i mod 2's. The stage ends with the weights and metrics of one process accumulating
+/// the same micro-batches, bit for bit: with one mini-batch a step, with two, and with two
+/// mini-batches of one micro-batch each (worker 1 has none and adds zeros).
+#[test]
+fn two_workers_equal_one_process_accumulating_their_micro_batches() {
+    // STAGES's `rl` for 3 steps with `fields`.
+    let rl = |name: &str, fields: &str| {
+        let body = STAGES.split("stage rl = ppo").nth(1).unwrap();
+        format!("stage {name} = ppo{body}\n")
+            .replace("  batch_size = 16\n", "")
+            .replace(
+                "max_steps = 16\n  save_every = 3\n",
+                &format!("max_steps = 3\n  {fields}\n"),
+            )
+    };
+    let cases = [
+        (
+            "two",
+            "one",
+            "batch_size = 8",
+            "workers = 2",
+            "grad_accum = 2",
+        ),
+        (
+            "two_mini",
+            "one_mini",
+            "batch_size = 4\n  num_mini_batches = 2",
+            "grad_accum = 2\n  workers = 2",
+            "grad_accum = 4",
+        ),
+        (
+            "two_idle",
+            "one_idle",
+            "batch_size = 8\n  num_mini_batches = 2",
+            "workers = 2",
+            "grad_accum = 2",
+        ),
+    ];
+    let mut stages = STAGES.split("stage rl = ppo").next().unwrap().to_string();
+    for (two, one, both, workers, accumulating) in cases {
+        stages += &rl(two, &format!("{both}\n  {workers}"));
+        stages += &rl(one, &format!("{both}\n  {accumulating}"));
+    }
+    let d = ppo_dir("workers", &stages);
+    let o = common::ptl(&d.0, &["run", "p.ptl"]);
+    let t = common::text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("training on 2 workers"), "{t}");
+    let tuned = common::trained_weights(&d.0, "tuned");
+    for (two, one, ..) in cases {
+        let (a, b) = (
+            common::trained_weights(&d.0, two),
+            common::trained_weights(&d.0, one),
+        );
+        let (moved, apart) = (common::furthest(&b, &tuned), common::furthest(&a, &b));
+        eprintln!("{two} vs {one}: moved {moved:e}, apart {apart:e}");
+        assert!(moved > 1e-3, "{one} moved the weights by at most {moved}");
+        assert_eq!(apart, 0.0, "{two} vs {one}");
+        let (ma, mb) = (
+            common::stage_metrics(&d.0, two),
+            common::stage_metrics(&d.0, one),
+        );
+        assert_eq!(ma.len(), 3);
+        assert_eq!(ma, mb, "{two} vs {one}");
+    }
 }

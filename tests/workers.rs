@@ -290,7 +290,7 @@ fn a_crashed_two_worker_stage_resumes_and_ends_bit_identical() {
 }
 
 #[test]
-fn kinds_that_cannot_share_a_step_say_so_before_running() {
+fn stages_that_cannot_share_a_step_say_so_before_running() {
     for (name, pipeline, said) in [
         (
             "dp-check",
@@ -299,10 +299,10 @@ fn kinds_that_cannot_share_a_step_say_so_before_running() {
         ),
         (
             "dp-check-kinds",
-            "config { workers = 0 }\n\nstage rl = ppo {\n  model = hf_model(\"m\")\n  reward = hf_model(\"m\")\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  workers = 2\n}\n",
+            "config { workers = 0 }\n\nstage rl = ppo {\n  model = hf_model(\"m\")\n  reward = hf_model(\"m\")\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  workers = 2\n  device = \"cuda\"\n}\n",
             [
                 "`workers` must be at least 1",
-                "ppo trains in one process: its advantages are whitened",
+                "workers = 2, set here",
             ],
         ),
     ] {

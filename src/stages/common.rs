@@ -167,19 +167,15 @@ pub fn training_rules(s: &StageView, d: &mut Vec<Diag>) {
     workers_rules(s, d);
 }
 
-/// Where `workers` > 1 cannot train yet: PPO (its advantages are whitened over the whole batch of
-/// rollouts and its mini-batches shuffled from it) and CUDA (the NCCL collective is not built).
+/// Where `workers` > 1 cannot train yet: CUDA (the NCCL collective is not built).
 fn workers_rules(s: &StageView, d: &mut Vec<Diag>) {
     let Some(n) = s.num("workers").filter(|n| *n > 1.0) else {
         return;
     };
-    let problem = if s.kind.name == "ppo" {
-        Some("ppo trains in one process: its advantages are whitened over the whole batch of rollouts, which the workers do not share yet".to_string())
-    } else if s.str("device").is_some_and(|d| d.starts_with("cuda")) {
-        Some("workers on CUDA need the NCCL collective, which is not built yet: data-parallel stages run on the CPU".to_string())
-    } else {
-        None
-    };
+    let problem = s
+        .str("device")
+        .filter(|d| d.starts_with("cuda"))
+        .map(|_| "workers on CUDA need the NCCL collective, which is not built yet: data-parallel stages run on the CPU");
     if let Some(problem) = problem {
         let origin = if s.locs.contains_key("workers") {
             "set here"

@@ -100,7 +100,9 @@ fn ppo_rules(s: &StageView, d: &mut Vec<Diag>) {
     rules::positive(s, d, "temperature");
     rules::non_negative(s, d, "missing_eos_penalty");
     rules::positive(s, d, "num_mini_batches");
-    let rollouts = s.num("batch_size").unwrap_or(8.0) * s.num("grad_accum").unwrap_or(1.0);
+    let rollouts = s.num("batch_size").unwrap_or(8.0)
+        * s.num("grad_accum").unwrap_or(1.0)
+        * s.num("workers").unwrap_or(1.0).max(1.0);
     if let Some(m) = s
         .num("num_mini_batches")
         .filter(|m| *m > 0.0 && rollouts % m != 0.0)
@@ -110,8 +112,8 @@ fn ppo_rules(s: &StageView, d: &mut Vec<Diag>) {
                 "ptl::out_of_range",
                 format!("ppo stage `{}`: {m} mini-batches do not divide {rollouts} rollouts", s.name),
             )
-            .label(s.loc("num_mini_batches"), "must divide batch_size × grad_accum")
-            .help("a step samples batch_size × grad_accum responses and cuts them into equal mini-batches"),
+            .label(s.loc("num_mini_batches"), "must divide batch_size × grad_accum × workers")
+            .help("a step samples batch_size × grad_accum × workers responses and cuts them into equal mini-batches"),
         );
     }
     same_vocabulary_rule(s, d);

@@ -18,6 +18,7 @@ pub mod objective;
 pub mod optim;
 pub mod pack;
 pub mod ppo;
+pub mod ppo_gather;
 pub mod ppo_rollouts;
 pub mod preference;
 pub mod reward;

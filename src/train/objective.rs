@@ -1,6 +1,7 @@
 //! What a training objective gives the shared loop (`trainer`): the rows it shuffles and batches, and
 //! each micro-batch's loss with the surrogate that carries its gradients.
 
+use super::collective::Collective;
 use crate::model::decoder::Decoder;
 use candle_core::Tensor;
 
@@ -78,27 +79,44 @@ pub trait Online {
     fn shuffle(&self) -> bool {
         true
     }
-    /// Whether workers of a data-parallel stage can each sample and train on their own micro-batches'
-    /// rollouts: every update takes all of the batch's rollouts in their order (one mini-batch, no
-    /// shuffle), so a worker's share of it is all of its own, and nothing is computed over the whole
-    /// batch (its rollouts' metrics come with the updates, [`Rollouts::metrics`] empty). PPO
-    /// whitens its advantages over the batch and shuffles it into mini-batches: not yet.
-    fn shards(&self) -> bool {
-        self.mini_batches() == 1 && !self.shuffle()
+    /// How the workers of a data-parallel stage share a step's rollouts.
+    fn sharing(&self) -> Sharing {
+        if self.mini_batches() == 1 && !self.shuffle() {
+            Sharing::Own
+        } else {
+            Sharing::Gathered
+        }
     }
     /// Slots per micro-batch when the stage's micro-batch is `batch_size` rows.
     fn slots_per_micro_batch(&self, batch_size: usize) -> usize {
         batch_size
     }
     /// The rollouts of `rows` (one loop step's, `batch_size` per micro-batch); `draw(i)` seeds the
-    /// sampling of the step's micro-batch i.
+    /// sampling of the step's micro-batch i. On a worker of `group` the rows are the worker's
+    /// micro-batches, and an objective of [`Sharing::Gathered`] returns the whole step's rollouts.
     fn sample<'s>(
         &'s self,
         model: &Decoder,
         rows: &[&[usize]],
         batch_size: usize,
         draw: &dyn Fn(usize) -> u64,
+        group: Option<&dyn Collective>,
     ) -> crate::error::Result<Box<dyn Rollouts + 's>>;
+}
+
+/// How the workers of a data-parallel stage divide an online objective's step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Sharing {
+    /// Each worker samples and trains on the rollouts of its own micro-batches: every update takes
+    /// the whole batch in its order (one mini-batch, no shuffle), so a worker's share of each update
+    /// is all of its own rollouts, and nothing is computed over the whole batch (the rollouts'
+    /// metrics come with the updates, [`Rollouts::metrics`] empty). GRPO.
+    Own,
+    /// Each worker samples and measures its own micro-batches, then the workers gather them, so
+    /// that every worker holds the whole batch in its one-process order: its batch-wide statistics
+    /// (PPO's whitened advantages, the width of its padded grid) and metrics, and its shuffle (the
+    /// workers' data-order generators agree). Micro-batch i of each update is worker i mod N's.
+    Gathered,
 }
 
 /// One loop step's rollouts, read by slot.

@@ -3,9 +3,11 @@
 //! values, the reward model's score), builds the advantages (`ppo::Buffer`), and the loop then
 //! trains `epochs` passes of mini-batches on it, the policy and the value model together.
 
+use super::collective::Collective;
 use super::completions::{completion_logps, sample};
 use super::objective::{Metric, MicroLoss, Objective, Online, Rollouts};
 use super::ppo::{micro_loss, Buffer, PpoSettings, Sample};
+use super::ppo_gather::gather;
 use crate::model::decoder::Decoder;
 use crate::model::generation::{Generation, Sampling};
 
@@ -61,7 +63,7 @@ impl Ppo {
         &self,
         policy: &Decoder,
         rollouts: Vec<super::completions::Rollout>,
-    ) -> crate::error::Result<Buffer> {
+    ) -> crate::error::Result<Vec<Sample>> {
         let t = self.settings.logit_temperature();
         let logps = completion_logps(policy, &rollouts, t)?;
         let ref_logps = completion_logps(&self.models.reference, &rollouts, t)?;
@@ -73,7 +75,7 @@ impl Ppo {
         let scores: Vec<f32> = self.models.reward.rewards(&refs)?.detach().to_vec1()?;
         let (values, width) = self.models.critic.values(&refs)?;
         let values: Vec<f32> = values.detach().flatten_all()?.to_vec1()?;
-        let samples = rollouts
+        Ok(rollouts
             .into_iter()
             .zip(logps)
             .zip(ref_logps)
@@ -90,8 +92,7 @@ impl Ppo {
                     score: scores[k] as f64,
                 }
             })
-            .collect();
-        Ok(Buffer::new(samples, &self.settings))
+            .collect())
     }
 }
 
@@ -134,13 +135,10 @@ impl Online for Ppo {
         &'s self,
         model: &Decoder,
         rows: &[&[usize]],
-        _batch_size: usize,
+        batch_size: usize,
         draw: &dyn Fn(usize) -> u64,
+        group: Option<&dyn Collective>,
     ) -> crate::error::Result<Box<dyn Rollouts + 's>> {
-        let prompts: Vec<Vec<u32>> = rows
-            .iter()
-            .flat_map(|r| r.iter().map(|&i| self.prompts[i].clone()))
-            .collect();
         let generation = Generation {
             max_new: self.response_length,
             stop: self.stop.clone(),
@@ -151,9 +149,22 @@ impl Online for Ppo {
                 top_p: 1.0,
             },
         };
-        let rollouts = sample(model, prompts, draw(0), &generation)?;
+        // Each micro-batch is sampled from its own seed and measured on its own, so that a
+        // worker's micro-batches are the same bits as one process's.
+        let mut samples = Vec::with_capacity(rows.len());
+        for (i, micro) in rows.chunks(batch_size.max(1)).enumerate() {
+            let prompts: Vec<Vec<u32>> = micro
+                .iter()
+                .flat_map(|r| r.iter().map(|&p| self.prompts[p].clone()))
+                .collect();
+            let rollouts = sample(model, prompts, draw(i), &generation)?;
+            samples.extend(self.measure(model, rollouts)?);
+        }
+        if let Some(group) = group {
+            samples = gather(group, samples, batch_size)?;
+        }
         Ok(Box::new(Step {
-            buffer: self.measure(model, rollouts)?,
+            buffer: Buffer::new(samples, &self.settings),
             ppo: self,
         }))
     }

@@ -2,6 +2,7 @@
 //! the policy being trained (dropout off, no graph), scores them with the pipeline's reward
 //! functions, and returns their GRPO loss (`grpo`).
 
+use super::collective::Collective;
 use super::grpo::{advantages, completion_logps, rollout_loss, GrpoSettings, Rollout};
 use super::objective::{Metric, MicroLoss, Objective, Online, Rollouts};
 use crate::lang::value::{Reward, RewardRule};
@@ -389,6 +390,7 @@ impl Online for Grpo<'_> {
         rows: &[&[usize]],
         batch_size: usize,
         draw: &dyn Fn(usize) -> u64,
+        _group: Option<&dyn Collective>,
     ) -> crate::error::Result<Box<dyn Rollouts + 's>> {
         let mut scored = Vec::new();
         // Each micro-batch samples from the seed it has with `num_iterations` 1.

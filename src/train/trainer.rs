@@ -7,7 +7,7 @@ use super::checkpoint::{self, Position};
 use super::clip::clip_grad_norm;
 use super::collective::Collective;
 use super::data_parallel::{self, sum_over_workers, Shares};
-use super::objective::{Metric, MicroLoss, Objective};
+use super::objective::{Metric, MicroLoss, Objective, Sharing};
 use super::optim::AdamW;
 use super::schedule::{warmup_steps, Schedule};
 use crate::model::decoder::Decoder;
@@ -222,7 +222,13 @@ impl Updater<'_> {
             totals.tokens += micro.tokens;
             totals.metrics.add(micro.metrics);
         }
-        let mut grads = grads.ok_or("no micro-batch")?;
+        // A worker can have no micro-batch of an update (fewer of them than workers): it adds
+        // nothing to the sums.
+        let mut grads = match (grads, self.group) {
+            (Some(grads), _) => grads,
+            (None, Some(_)) => GradStore::default(),
+            (None, None) => return Err("no micro-batch".into()),
+        };
         if let Some(group) = self.group {
             let mut mine = Shares {
                 loss_sum,
@@ -352,11 +358,6 @@ pub fn train(
         h.gradient_checkpointing,
         world,
     )?;
-    if world > 1 && objective.online().is_some_and(|o| !o.shards()) {
-        return Err(crate::error::Error::Internal(
-            "this online objective cannot train on several workers".into(),
-        ));
-    }
     // Every worker reads the same row order; a step takes `world` times the rows of one worker's.
     let per_step = h.batch_size.max(1) * h.grad_accum.max(1) * world;
     let steps_per_epoch = rows.len().div_ceil(per_step);
@@ -476,7 +477,8 @@ pub fn train(
                 // One batch of rollouts, then `epochs` passes over it, each a fresh shuffle cut
                 // into `mini_batches` optimizer steps of micro-batches. Each worker samples its own
                 // micro-batches (the j-th of its own is the step's micro-batch j·N + rank, with that
-                // one's seed), and its rollouts are its share of every update.
+                // one's seed); its rollouts are its share of every update, or, gathered, the whole
+                // batch, of which it trains every N-th micro-batch of each update.
                 let mine: Vec<&[usize]> = picked
                     .chunks(per_micro)
                     .enumerate()
@@ -484,7 +486,8 @@ pub fn train(
                     .flat_map(|(_, rows)| rows.iter().copied())
                     .collect();
                 let draw_mine = |j: usize| draw(j * world + rank);
-                let batch = online.sample(model, &mine, per_micro, &draw_mine)?;
+                let batch = online.sample(model, &mine, per_micro, &draw_mine, group)?;
+                let gathered = online.sharing() == Sharing::Gathered;
                 let n = batch.count();
                 let mini = n.div_ceil(online.mini_batches().max(1)).max(1);
                 let per_micro = online.slots_per_micro_batch(per_micro).max(1);
@@ -500,16 +503,19 @@ pub fn train(
                         let update = updater.apply(
                             slots
                                 .chunks(per_micro)
-                                .map(|micro| batch.micro_batch(model, micro)),
+                                .enumerate()
+                                .filter(|(i, _)| !gathered || data_parallel::is_mine(*i, group))
+                                .map(|(_, micro)| batch.micro_batch(model, micro)),
                             lr,
                         )?;
                         totals.add(update);
                     }
                 }
                 let batch_metrics = batch.metrics();
-                if group.is_some() && !batch_metrics.is_empty() {
-                    // They would be this worker's alone: a sharded objective reports its
-                    // rollouts' metrics with its updates, which sum them over the workers.
+                if group.is_some() && !gathered && !batch_metrics.is_empty() {
+                    // They would be this worker's alone: an objective whose workers keep their own
+                    // rollouts reports their metrics with its updates, which sum them over the
+                    // workers (gathered rollouts' metrics are the whole batch's on every worker).
                     return Err(crate::error::Error::Internal(
                         "an online objective's batch metrics on several workers".into(),
                     ));

@@ -177,6 +177,36 @@ pub fn stage_metrics(dir: &Path, stage: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Every tensor of a stage's trained model, as f32 values.
+pub fn trained_weights(dir: &Path, stage: &str) -> Vec<(String, Vec<f32>)> {
+    let file = stage_out(dir, stage).join("model/model.safetensors");
+    let mut w: Vec<(String, Vec<f32>)> =
+        candle_core::safetensors::load(file, &candle_core::Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(k, t)| {
+                let t = t.to_dtype(candle_core::DType::F32).unwrap();
+                let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                (k, v)
+            })
+            .collect();
+    w.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
+
+/// The largest difference between two models' weights (as [`trained_weights`] reads them; same
+/// tensor names).
+pub fn furthest(x: &[(String, Vec<f32>)], y: &[(String, Vec<f32>)]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    x.iter()
+        .zip(y)
+        .flat_map(|((n, x), (m, y))| {
+            assert_eq!(n, m);
+            x.iter().zip(y).map(|(x, y)| (x - y).abs())
+        })
+        .fold(0f32, f32::max)
+}
+
 /// Asserts that two runs wrote the same model for `stage`, byte for byte.
 pub fn same_model(a: &Path, b: &Path, stage: &str) {
     for f in ["model.safetensors", "config.json"] {
