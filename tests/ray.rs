@@ -217,10 +217,14 @@ fn two_worker_stage(bucket: &str, extra: &str) -> String {
 }
 
 #[test]
-fn a_two_worker_stage_is_one_job_that_asks_for_every_workers_cpus() {
+fn a_two_worker_stage_is_a_job_and_a_placement_group_asking_for_each_workers_cpus() {
     let bucket = bucket("workers");
+    let python = format!(", python = \"{}\"", ray::shared().python.display());
     // 2 CPUs for each of the 2 workers: the head's 4.
-    let d = common::setup("ray-workers", &two_worker_stage(&bucket, ", num_cpus = 2"));
+    let d = common::setup(
+        "ray-workers",
+        &two_worker_stage(&bucket, &format!(", num_cpus = 2{python}")),
+    );
     let m = Machine {
         dir: d.0.clone(),
         env: s3::shared().env().to_vec(),
@@ -228,13 +232,15 @@ fn a_two_worker_stage_is_one_job_that_asks_for_every_workers_cpus() {
     let said = m.run_ok();
     assert!(said.contains("tuned: Ray job ptl-"), "{said}");
     assert!(said.contains("tuned: training on 2 workers"), "{said}");
+    assert!(said.contains("tuned: worker 1 runs on Ray node"), "{said}");
     assert!(said.contains("tuned: step 3/3"), "{said}");
-    // 3 CPUs for each: 6, more than any node has (another bucket: this one has the stage now).
+    // 3 CPUs for each: the job's 3 leave 1, too few for worker 1 (another bucket: this one has
+    // the stage now).
     let d = common::setup(
         "ray-workers-big",
         &two_worker_stage(
             &self::bucket("workers-big"),
-            ", num_cpus = 3, pending_timeout = 3",
+            &format!(", num_cpus = 3, pending_timeout = 3{python}"),
         ),
     );
     let m = Machine {
@@ -246,7 +252,70 @@ fn a_two_worker_stage_is_one_job_that_asks_for_every_workers_cpus() {
     // The diagnostic's lines joined again.
     let e = err(&o).replace("\n  │ ", " ");
     assert!(
-        e.contains("6 CPUs and 0 GPUs: num_cpus = 3, num_gpus = 0 for each of its 2 workers"),
+        e.contains("the Ray cluster did not place worker 1 within 3 s (pending_timeout): no room on its nodes for a placement group of 1 bundle(s) of num_cpus = 3, num_gpus = 0"),
         "{e}"
     );
+}
+
+/// Two sft stages on the test model, the second (`tuned`, from the first's model) on two workers;
+/// `header` comes first (the executor and the remote store, or nothing).
+fn two_stages_on_two_workers(header: &str) -> String {
+    format!(
+        "{header}stage first = sft {{\n  model = hf_model(\"m\")\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  template = \"chat.jinja\"\n  tuning = full\n  lr = 1e-3\n  max_steps = 1\n  batch_size = 2\n}}\n\nstage tuned = sft {{\n  model = first.model\n  data = jsonl(\"train.jsonl\", format = \"messages\")\n  template = \"chat.jinja\"\n  tuning = full\n  lr = 1e-3\n  max_steps = 3\n  batch_size = 2\n  workers = 2\n}}\n"
+    )
+}
+
+/// A cluster of two nodes of one CPU each (a head of its own and a node that joins it): a
+/// two-worker stage's job (worker 0, one CPU) takes one node and its placement group (worker 1, one
+/// CPU) the other. Worker 1 downloads the stage's input (the first stage's model) from the remote
+/// store into a store of its own, the two train over their nodes, and the stage ends with the
+/// weights of the same pipeline run here on two local workers, bit for bit.
+#[test]
+fn a_two_worker_stage_spreads_over_two_ray_nodes() {
+    let mut head = ray::start_with(1);
+    head.join(1);
+    let bucket = bucket("nodes");
+    let executor = format!(
+        "ray(address = \"{}\", python = \"{}\")",
+        head.address,
+        head.python.display()
+    );
+    let d = common::setup(
+        "ray-nodes",
+        &two_stages_on_two_workers(&format!(
+            "config {{\n  executor = {executor}\n}}\n\nstore {{\n  remote = \"s3://{bucket}/team\"\n}}\n\n"
+        )),
+    );
+    let m = Machine {
+        dir: d.0.clone(),
+        env: s3::shared().env().to_vec(),
+    };
+    let said = m.run_ok();
+    let node_of = |prefix: &str| {
+        let at = said
+            .find(prefix)
+            .unwrap_or_else(|| panic!("{prefix}: {said}"))
+            + prefix.len();
+        said[at..].split_whitespace().next().unwrap().to_string()
+    };
+    let (zero, one) = (
+        node_of("worker 0 here on Ray node "),
+        node_of("worker 1 runs on Ray node "),
+    );
+    assert_ne!(zero, one, "{said}");
+    assert!(
+        said.contains("worker 1: downloaded 1 input entry from the remote store"),
+        "{said}"
+    );
+    assert!(said.contains("tuned: step 3/3"), "{said}");
+    let here = common::setup("ray-nodes-here", &two_stages_on_two_workers(""));
+    let o = common::ptl(&here.0, &["run", "p.ptl"]);
+    assert_eq!(o.status.code(), Some(0), "{}", common::text(&o));
+    let (on_ray, local) = (
+        common::trained_weights(&d.0, "tuned"),
+        common::trained_weights(&here.0, "tuned"),
+    );
+    let first = common::trained_weights(&here.0, "first");
+    assert!(common::furthest(&local, &first) > 1e-4);
+    assert_eq!(common::furthest(&on_ray, &local), 0.0);
 }

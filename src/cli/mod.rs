@@ -43,6 +43,7 @@ mod reward;
 mod score;
 mod serve;
 mod worker;
+mod worker_store;
 
 use crate::plan::compute::on_pool;
 use clap::{Parser, Subcommand, ValueEnum};

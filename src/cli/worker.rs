@@ -31,7 +31,7 @@ pub fn main(spec: &Path) -> i32 {
 }
 
 fn run(spec_path: &Path) -> crate::error::Result<()> {
-    let spec: Spec = std::fs::read(spec_path)
+    let mut spec: Spec = std::fs::read(spec_path)
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
         .map_err(|e| {
@@ -81,7 +81,19 @@ fn run(spec_path: &Path) -> crate::error::Result<()> {
         .kind
         .run
         .ok_or_else(|| Error::Internal("a stage kind that cannot run was started".into()))?;
-    let store = Store::at(&spec.store);
+    // On another node than the launcher (placed by Ray), a store of its own with the inputs.
+    let own = if spec.own_store {
+        Some(super::worker_store::open(
+            &mut spec,
+            &p,
+            rank,
+            &membership.token,
+        )?)
+    } else {
+        None
+    };
+    let launcher_store = Store::at(&spec.store);
+    let store = own.as_ref().map_or(&launcher_store, |own| &own.store);
     let ring = Ring::join(&membership, collective_timeout())?;
     let first = rank == 0;
     let (out, run_dir) = if first {
@@ -130,7 +142,7 @@ fn run(spec_path: &Path) -> crate::error::Result<()> {
         out,
         run_dir,
         checkpoints: spec.checkpoints.clone(),
-        store: &store,
+        store,
         base_dir: p.dir().to_path_buf(),
         cancel,
         progress: &progress,

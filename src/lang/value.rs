@@ -67,12 +67,14 @@ pub struct RayCluster {
     pub pending_timeout: i64,
     /// The command that runs ptl on the workers (unset: this ptl's own path).
     pub ptl: Option<String>,
+    /// The Python with Ray on the cluster's nodes, which places a data-parallel stage's workers.
+    pub python: String,
 }
 
 impl RayCluster {
     pub fn to_json(&self) -> Json {
         json!({"ray": self.address, "num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
-               "pending_timeout": self.pending_timeout, "ptl": self.ptl})
+               "pending_timeout": self.pending_timeout, "ptl": self.ptl, "python": self.python})
     }
 }
 

@@ -5,6 +5,7 @@ pub mod context;
 pub mod event;
 pub mod outcome;
 pub mod ray;
+pub mod ray_workers;
 pub mod remote;
 pub mod schedule;
 pub mod tracking;

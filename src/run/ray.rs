@@ -2,6 +2,7 @@
 //! `ptl run --only STAGE` of the same pipeline on a worker; the result comes back through the remote
 //! store. The job's JSON events stream back as this run's progress and log lines.
 
+use super::ray_workers::Placement;
 use super::{Event, Report};
 use crate::error::Error;
 use crate::lang::value::RayCluster;
@@ -29,8 +30,8 @@ pub struct RayExecutor {
 /// One stage's job: what to run and who to tell.
 pub struct StageJob<'a> {
     pub stage: &'a str,
-    /// The stage's `workers`: its job asks for that many times `num_cpus` and `num_gpus`, and
-    /// starts its worker processes on the node Ray gives it.
+    /// The stage's `workers`: its job (worker 0) asks for `num_cpus` and `num_gpus`, and places
+    /// the others in a placement group of a bundle of as much each.
     pub workers: usize,
     pub key: &'a str,
     pub cancel: &'a AtomicBool,
@@ -62,6 +63,7 @@ pub fn chosen(
                     num_gpus: 0.0,
                     pending_timeout: 600,
                     ptl: None,
+                    python: "python3".into(),
                 })
             }
             _ => {
@@ -122,14 +124,7 @@ impl RayExecutor {
     /// that machine (not Ray again), events as JSON lines, into a store of the job's own that is
     /// removed afterwards (upstream entries come from the remote store, the result goes to it).
     fn entrypoint(&self, id: &str, stage: &str) -> String {
-        let ptl = match &self.cluster.ptl {
-            Some(cmd) => cmd.clone(),
-            None => quote(
-                &std::env::current_exe()
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .unwrap_or_else(|_| "ptl".into()),
-            ),
-        };
+        let ptl = self.ptl();
         let mut cmd = format!(
             "store=\"${{TMPDIR:-/tmp}}/{id}\"; {ptl} run {} --only {} --executor local --format json \
              --store \"$store\" --lock-file \"$store.lock\"",
@@ -143,21 +138,44 @@ impl RayExecutor {
         cmd
     }
 
-    /// The CPUs and GPUs a stage's job asks for: `num_cpus` and `num_gpus` per worker.
-    fn resources(&self, job: &StageJob) -> (f64, f64) {
-        let n = job.workers.max(1) as f64;
-        (self.cluster.num_cpus * n, self.cluster.num_gpus * n)
+    /// The shell command that runs ptl on a node of the cluster.
+    fn ptl(&self) -> String {
+        match &self.cluster.ptl {
+            Some(cmd) => cmd.clone(),
+            None => quote(
+                &std::env::current_exe()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| "ptl".into()),
+            ),
+        }
+    }
+
+    /// The variables of a stage's job: the remote store, and for a data-parallel stage how its
+    /// workers beyond the first are placed.
+    fn env_vars(&self, job: &StageJob) -> Json {
+        let mut vars = json!({"PTL_REMOTE_STORE": self.remote});
+        if job.workers > 1 {
+            let placement = Placement {
+                python: self.cluster.python.clone(),
+                ptl: self.ptl(),
+                cpus: self.cluster.num_cpus,
+                gpus: self.cluster.num_gpus,
+                timeout: self.cluster.pending_timeout,
+            };
+            vars[super::ray_workers::ENV] =
+                serde_json::to_string(&placement).unwrap_or_default().into();
+        }
+        vars
     }
 
     fn submit(&self, id: &str, job: &StageJob) -> Result<bool, Error> {
         let stage = job.stage;
-        let (cpus, gpus) = self.resources(job);
         let body = json!({
             "entrypoint": self.entrypoint(id, stage),
             "submission_id": id,
-            "entrypoint_num_cpus": cpus,
-            "entrypoint_num_gpus": gpus,
-            "runtime_env": {"env_vars": {"PTL_REMOTE_STORE": self.remote}},
+            "entrypoint_num_cpus": self.cluster.num_cpus,
+            "entrypoint_num_gpus": self.cluster.num_gpus,
+            "runtime_env": {"env_vars": self.env_vars(job)},
             "metadata": {"ptl_stage": stage, "ptl_pipeline": self.pipeline.to_string_lossy()},
         });
         let mut r = self
@@ -283,13 +301,10 @@ impl RayExecutor {
                             "num_cpus = {}, num_gpus = {}",
                             self.cluster.num_cpus, self.cluster.num_gpus
                         ),
-                        n => {
-                            let (cpus, gpus) = self.resources(job);
-                            format!(
-                                "{cpus} CPUs and {gpus} GPUs: num_cpus = {}, num_gpus = {} for each of its {n} workers",
-                                self.cluster.num_cpus, self.cluster.num_gpus
-                            )
-                        }
+                        _ => format!(
+                            "num_cpus = {}, num_gpus = {} for its first worker",
+                            self.cluster.num_cpus, self.cluster.num_gpus
+                        ),
                     };
                     return Err(Error::Other(format!(
                         "Ray job {id} waited {} s without starting: no node of the cluster offers \

@@ -4,10 +4,11 @@
 //! the stage's).
 
 use super::context::RunContext;
+use super::ray_workers::{Driver, Placement, Tail};
 use crate::error::{Error, Relayed};
 use crate::train::ring;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -31,6 +32,10 @@ pub struct Spec {
     pub run_dir: PathBuf,
     pub checkpoints: PathBuf,
     pub scratch: PathBuf,
+    /// The worker runs on another node (placed by Ray): it keeps a store of its own, downloads
+    /// the stage's inputs into it from the remote store, and writes its scratch there.
+    #[serde(default)]
+    pub own_store: bool,
 }
 
 /// What a worker prints on its stdout, one JSON object a line.
@@ -69,34 +74,58 @@ pub struct Launch<'a> {
     pub store: &'a Path,
 }
 
-/// A worker process: its child, the pipe a stop goes down, the last lines of its stderr.
+/// A worker: its process when it runs here (else Ray's driver runs it), the pipe a stop goes
+/// down, the last lines of its stderr.
 struct Worker {
-    child: Child,
+    child: Option<Child>,
     stdin: Option<ChildStdin>,
-    stderr: std::sync::Arc<std::sync::Mutex<VecDeque<String>>>,
+    stderr: Tail,
     ended: bool,
 }
 
-/// The workers; dropping them kills whichever still runs.
-struct Workers(Vec<Worker>);
+/// The workers; dropping them kills whichever still runs here, and the Ray driver (which ends the
+/// ones it placed).
+struct Workers {
+    each: Vec<Worker>,
+    ray: Option<Driver>,
+}
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        for w in self.0.iter_mut().filter(|w| !w.ended) {
-            let _ = w.child.kill();
-            let _ = w.child.wait();
+        for w in self.each.iter_mut().filter(|w| !w.ended) {
+            if let Some(child) = w.child.as_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
 }
 
-/// What arrives from the workers' pipes.
-enum Arrival {
+/// What arrives from the workers.
+pub enum Arrival {
     Line(usize, String),
-    /// Worker `rank` closed its stdout (it ended).
+    /// Worker `rank`, a process here, closed its stdout (it ended).
     Closed(usize),
+    /// Worker `rank`, placed by Ray, ended: well, or how not.
+    Exited(usize, Result<(), String>),
+    /// Where Ray placed worker `rank`.
+    Placed(usize, String),
+    /// Ray could not place the workers, or its driver ended before them.
+    Failed(String),
 }
 
-const TAIL: usize = 20;
+/// How many of a worker's last stderr lines its failure shows.
+pub const TAIL: usize = 20;
+
+/// The variables a worker on another node needs from this one's environment: ptl's own and the
+/// remote store's credentials (AWS_*), not this node's paths.
+fn passed_on_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            (k.starts_with("PTL_") || k.starts_with("AWS_")) && k != super::ray_workers::ENV
+        })
+        .collect()
+}
 
 /// How a worker ended, in words.
 fn ended(status: ExitStatus) -> String {
@@ -129,12 +158,23 @@ pub fn train(ctx: &mut RunContext, launch: &Launch, n: usize) -> crate::error::R
         run_dir: ctx.run_dir.clone(),
         checkpoints: ctx.checkpoints.clone(),
         scratch: scratch.clone(),
+        own_store: false,
     };
     let spec_path = scratch.join("spec.json");
     std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap_or_default())
         .map_err(|e| io("cannot write the workers' spec", e))?;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| io("cannot open the rendezvous", e))?;
+    let placement = match Placement::from_env().filter(|_| n > 1) {
+        Some(p) => Some(p?),
+        None => None,
+    };
+    // Workers on other nodes reach the rendezvous at this node's address.
+    let bind = if placement.is_some() {
+        "0.0.0.0:0"
+    } else {
+        "127.0.0.1:0"
+    };
+    let listener =
+        std::net::TcpListener::bind(bind).map_err(|e| io("cannot open the rendezvous", e))?;
     let port = listener
         .local_addr()
         .map_err(|e| io("cannot open the rendezvous", e))?
@@ -144,16 +184,63 @@ pub fn train(ctx: &mut RunContext, launch: &Launch, n: usize) -> crate::error::R
     )
     .to_hex()
     .to_string();
-    let threads = (candle_core::utils::get_num_threads() / n).max(1);
+    let here = if placement.is_some() { 1 } else { n };
+    let threads = (candle_core::utils::get_num_threads() / here).max(1);
     let timeout = collective_timeout();
     let exe = std::env::current_exe().map_err(|e| io("cannot find the ptl binary", e))?;
     let (tx, rx) = mpsc::channel::<Arrival>();
-    let mut workers = Workers(Vec::with_capacity(n));
-    for rank in 0..n {
+    let tails: Vec<Tail> = (0..n).map(|_| Tail::default()).collect();
+    let mut workers = Workers {
+        each: Vec::with_capacity(n),
+        ray: None,
+    };
+    let mut master = "127.0.0.1".to_string();
+    if let Some(p) = &placement {
+        let spec = Spec {
+            own_store: true,
+            ..spec
+        };
+        let spec = serde_json::to_string(&spec).unwrap_or_default();
+        let mut env = passed_on_env();
+        env.extend([
+            ("MASTER_PORT".to_string(), port.to_string()),
+            ("WORLD_SIZE".to_string(), n.to_string()),
+            ("PTL_GROUP_TOKEN".to_string(), token.clone()),
+            (
+                "RAYON_NUM_THREADS".to_string(),
+                (p.cpus.floor() as usize).max(1).to_string(),
+            ),
+        ]);
+        // The driver names this node's address (the rendezvous's and worker 0's) before anything
+        // starts here, and gives it to the workers it places as MASTER_ADDR.
+        let driver = Driver::start(
+            p,
+            &scratch,
+            1..n,
+            &spec,
+            env,
+            tx.clone(),
+            tails[1..].to_vec(),
+        )?;
+        master = driver.ip.clone();
+        (ctx.log)(&format!(
+            "training on {n} workers: worker 0 here on Ray node {} ({}), {threads} thread{}; workers 1..{} in a Ray placement group of {} bundle{} ({} CPU, {} GPU each)",
+            driver.node,
+            driver.ip,
+            if threads == 1 { "" } else { "s" },
+            n - 1,
+            n - 1,
+            if n == 2 { "" } else { "s" },
+            p.cpus,
+            p.gpus
+        ));
+        workers.ray = Some(driver);
+    }
+    for (rank, tail) in tails.iter().enumerate().take(here) {
         let mut child = Command::new(&exe)
             .arg("worker")
             .arg(&spec_path)
-            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_ADDR", &master)
             .env("MASTER_PORT", port.to_string())
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", rank.to_string())
@@ -166,7 +253,6 @@ pub fn train(ctx: &mut RunContext, launch: &Launch, n: usize) -> crate::error::R
             .spawn()
             .map_err(|e| io("cannot start a worker", e))?;
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        let tail = std::sync::Arc::new(std::sync::Mutex::new(VecDeque::new()));
         if let Some(stdout) = stdout {
             let tx = tx.clone();
             std::thread::spawn(move || {
@@ -180,30 +266,43 @@ pub fn train(ctx: &mut RunContext, launch: &Launch, n: usize) -> crate::error::R
             let tail = tail.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
-                    t.push_back(line);
-                    if t.len() > TAIL {
-                        t.pop_front();
-                    }
+                    super::ray_workers::push(&tail, line);
                 }
             });
         }
-        workers.0.push(Worker {
+        workers.each.push(Worker {
             stdin: child.stdin.take(),
-            child,
-            stderr: tail,
+            child: Some(child),
+            stderr: tail.clone(),
+            ended: false,
+        });
+    }
+    for tail in &tails[here..] {
+        workers.each.push(Worker {
+            child: None,
+            stdin: None,
+            stderr: tail.clone(),
             ended: false,
         });
     }
     drop(tx);
-    let rendezvous =
-        std::thread::spawn(move || ring::serve_rendezvous(&listener, n, &token, timeout));
-    (ctx.log)(&format!(
-        "training on {n} workers, {threads} thread{} each",
-        if threads == 1 { "" } else { "s" }
-    ));
+    let abandoned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rendezvous = {
+        let abandoned = abandoned.clone();
+        std::thread::spawn(move || {
+            ring::serve_rendezvous(&listener, n, &token, timeout, &abandoned)
+        })
+    };
+    if placement.is_none() {
+        (ctx.log)(&format!(
+            "training on {n} workers, {threads} thread{} each",
+            if threads == 1 { "" } else { "s" }
+        ));
+    }
     let outcome = relay(ctx, &mut workers, &rx);
     drop(workers);
+    // Workers that never came (Ray could not place them) are not waited for.
+    abandoned.store(true, std::sync::atomic::Ordering::Relaxed);
     let rendezvous = rendezvous.join().unwrap_or(Ok(()));
     let _ = std::fs::remove_dir_all(&scratch);
     match (outcome, rendezvous) {
@@ -220,7 +319,7 @@ fn relay(
     workers: &mut Workers,
     rx: &mpsc::Receiver<Arrival>,
 ) -> crate::error::Result<()> {
-    let n = workers.0.len();
+    let n = workers.each.len();
     let mut errors: Vec<Option<Relayed>> = vec![None; n];
     let mut stopping = false;
     // Workers that stopped on request: the others are stopping too (worker 0 may be saving a
@@ -229,10 +328,13 @@ fn relay(
     loop {
         if !stopping && ctx.cancelled() {
             stopping = true;
-            for w in &mut workers.0 {
+            for w in &mut workers.each {
                 if let Some(stdin) = w.stdin.as_mut() {
                     let _ = stdin.write_all(b"stop\n").and_then(|()| stdin.flush());
                 }
+            }
+            if let Some(driver) = workers.ray.as_mut() {
+                driver.stop();
             }
         }
         let arrival = match rx.recv_timeout(Duration::from_millis(100)) {
@@ -245,6 +347,10 @@ fn relay(
         match arrival {
             Arrival::Line(rank, line) => match serde_json::from_str::<Message>(&line) {
                 Ok(Message::Error(e)) => errors[rank] = Some(e),
+                // The only lines the others log: where a worker on another node got its inputs.
+                Ok(Message::Log { line }) if rank != 0 => {
+                    (ctx.log)(&format!("worker {rank}: {line}"))
+                }
                 Ok(_) if rank != 0 => {}
                 Ok(Message::Progress { step, total, note }) => (ctx.progress)(step, total, &note),
                 Ok(Message::Log { line }) => (ctx.log)(&line),
@@ -256,44 +362,81 @@ fn relay(
                 // Something else on its stdout: shown as the stage's output.
                 Err(_) => (ctx.log)(&format!("worker {rank}: {line}")),
             },
+            Arrival::Placed(rank, node) => (ctx.log)(&format!("worker {rank} runs on {node}")),
+            Arrival::Failed(why) => return Err(Error::Workers(why)),
             Arrival::Closed(rank) => {
-                let w = &mut workers.0[rank];
-                let status = w.child.wait();
+                let w = &mut workers.each[rank];
+                let status = match w.child.as_mut() {
+                    Some(child) => child.wait(),
+                    None => continue,
+                };
                 w.ended = true;
-                if status.as_ref().is_ok_and(ExitStatus::success) {
-                    continue;
+                let how = match status {
+                    Ok(s) if s.success() => Ok(()),
+                    Ok(s) => Err(ended(s)),
+                    Err(e) => Err(e.to_string()),
+                };
+                match finished(&mut errors, rank, n, how, &workers.each[rank].stderr) {
+                    Finished::Well => {}
+                    Finished::Cancelled => cancelled = true,
+                    Finished::Failed(e) => return Err(e),
                 }
-                if errors[rank]
-                    .as_ref()
-                    .is_some_and(|e| e.code == Error::Cancelled.code())
-                {
-                    cancelled = true;
-                    continue;
+            }
+            Arrival::Exited(rank, how) => {
+                workers.each[rank].ended = true;
+                match finished(&mut errors, rank, n, how, &workers.each[rank].stderr) {
+                    Finished::Well => {}
+                    Finished::Cancelled => cancelled = true,
+                    Finished::Failed(e) => return Err(e),
                 }
-                // The first worker to fail is the cause; the others are ended with it.
-                return Err(match errors[rank].take() {
-                    Some(e) if e.code == Error::Workers(String::new()).code() => {
-                        Error::Workers(format!("worker {rank}: {}", e.message))
-                    }
-                    Some(e) => Error::Relayed(e),
-                    None => {
-                        let how = status.map_or_else(|e| e.to_string(), ended);
-                        let tail = w
-                            .stderr
-                            .lock()
-                            .map(|t| t.iter().cloned().collect::<Vec<_>>())
-                            .unwrap_or_default();
-                        let tail = if tail.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; its last output:\n  {}", tail.join("\n  "))
-                        };
-                        Error::Workers(format!("worker {rank} of {n} {how}{tail}"))
-                    }
-                });
             }
         }
     }
+}
+
+/// What a worker's end means for the stage.
+enum Finished {
+    Well,
+    /// It stopped on request (the others are stopping too).
+    Cancelled,
+    /// The first worker to fail is the cause; the others are ended with it.
+    Failed(Error),
+}
+
+fn finished(
+    errors: &mut [Option<Relayed>],
+    rank: usize,
+    n: usize,
+    how: Result<(), String>,
+    stderr: &Tail,
+) -> Finished {
+    let Err(how) = how else {
+        return Finished::Well;
+    };
+    if errors[rank]
+        .as_ref()
+        .is_some_and(|e| e.code == Error::Cancelled.code())
+    {
+        return Finished::Cancelled;
+    }
+    Finished::Failed(match errors[rank].take() {
+        Some(e) if e.code == Error::Workers(String::new()).code() => {
+            Error::Workers(format!("worker {rank}: {}", e.message))
+        }
+        Some(e) => Error::Relayed(e),
+        None => {
+            let tail = stderr
+                .lock()
+                .map(|t| t.iter().cloned().collect::<Vec<_>>())
+                .unwrap_or_default();
+            let tail = if tail.is_empty() {
+                String::new()
+            } else {
+                format!("; its last output:\n  {}", tail.join("\n  "))
+            };
+            Error::Workers(format!("worker {rank} of {n} {how}{tail}"))
+        }
+    })
 }
 
 /// The messages a worker prints for its launcher.

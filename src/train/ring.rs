@@ -65,12 +65,14 @@ fn with_timeout(s: &TcpStream, timeout: Duration) -> std::io::Result<()> {
 }
 
 /// Serves the rendezvous on `listener` for `world` workers that present `token`: waits (at most
-/// `timeout`) until all have said hello, then sends each the roster.
+/// `timeout`, or until `abandoned`: the stage failed before they all came) until all have said
+/// hello, then sends each the roster.
 pub fn serve_rendezvous(
     listener: &TcpListener,
     world: usize,
     token: &str,
     timeout: Duration,
+    abandoned: &std::sync::atomic::AtomicBool,
 ) -> Result<(), CollectiveError> {
     let deadline = Instant::now() + timeout;
     let mut joined: Vec<Option<(TcpStream, SocketAddr)>> = (0..world).map(|_| None).collect();
@@ -81,6 +83,10 @@ pub fn serve_rendezvous(
         let (mut s, _) = match listener.accept() {
             Ok(c) => c,
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if abandoned.load(std::sync::atomic::Ordering::Relaxed) {
+                    // The launcher already has the stage's cause; nothing is left to serve.
+                    return Ok(());
+                }
                 if Instant::now() >= deadline {
                     let missing: Vec<String> = (0..world)
                         .filter(|r| joined[*r].is_none())
@@ -441,7 +447,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let master = listener.local_addr().unwrap();
         std::thread::scope(|scope| {
-            scope.spawn(|| serve_rendezvous(&listener, world, "t", timeout).unwrap());
+            scope.spawn(|| {
+                serve_rendezvous(&listener, world, "t", timeout, &Default::default()).unwrap()
+            });
             let workers: Vec<_> = (0..world)
                 .map(|rank| {
                     let work = &work;
@@ -526,7 +534,14 @@ mod tests {
             let mut s = TcpStream::connect(addr).unwrap();
             let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
         });
-        let e = serve_rendezvous(&listener, 2, "t", Duration::from_millis(500)).unwrap_err();
+        let e = serve_rendezvous(
+            &listener,
+            2,
+            "t",
+            Duration::from_millis(500),
+            &Default::default(),
+        )
+        .unwrap_err();
         stranger.join().unwrap();
         assert_eq!(e.0, "worker 0, 1 did not join the group within 0.5 s");
     }

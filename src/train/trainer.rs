@@ -401,6 +401,15 @@ pub fn train(
             })?;
         }
     }
+    if let Some(g) = group {
+        // Each worker reads the checkpoint on its own disk: they must start at the same step.
+        let steps = g.gather_u64(pos.step as u64)?;
+        if steps.iter().any(|&s| s != steps[0]) {
+            return Err(crate::error::Error::Workers(format!(
+                "the workers found checkpoints of different steps (by rank: {steps:?}): each resumes from the stage's checkpoint folder, which they must all see"
+            )));
+        }
+    }
     if pos.step == 0 {
         model.set_dropout_state(data_parallel::dropout_state(pos.dropout_rng, rank));
     }

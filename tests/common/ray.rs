@@ -2,12 +2,26 @@
 //! (tests/common/venv.rs), every port on a free port of 127.0.0.1, its Jobs API on the dashboard's
 //! port; its workers reach the shared moto server (tests/common/s3.rs) through the AWS variables.
 
-use super::mlflow::free_port;
 use super::venv::python_env;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// A free port of 127.0.0.1 that no other Ray process of this test binary was given (two asks of
+/// the system's free port can return the same one, and Ray refuses a port given twice).
+fn free_port() -> u16 {
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = super::mlflow::free_port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
 
 /// The Ray the tests run against.
 pub const VERSION: &str = "2.60.0";
@@ -15,11 +29,23 @@ pub const VERSION: &str = "2.60.0";
 pub struct Head {
     /// The Jobs API: `http://127.0.0.1:PORT`.
     pub address: String,
+    /// Its GCS (`127.0.0.1:PORT`), which another node joins.
+    pub gcs: String,
+    /// The Python of the harness's Ray.
+    pub python: std::path::PathBuf,
     child: Child,
+    /// Nodes that joined it (`join`), ended before it.
+    nodes: Vec<Child>,
 }
 
 impl Drop for Head {
     fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = Command::new("kill")
+                .args(["-TERM", &node.id().to_string()])
+                .status();
+            let _ = node.wait();
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -34,13 +60,24 @@ pub fn shared() -> &'static Head {
 }
 
 fn start() -> Head {
+    start_with(4)
+}
+
+/// A head of its own with `cpus` CPUs (it ends when dropped).
+pub fn start_with(cpus: u32) -> Head {
     let venv = python_env(
         &format!("ray-{VERSION}"),
         &[&format!("ray[default]=={VERSION}")],
     );
     let s3 = super::s3::shared();
     let dashboard = free_port();
-    let temp = std::env::temp_dir().join(format!("ptl-ray-{}", std::process::id()));
+    // A folder per head: a test may start a cluster of its own beside the shared one.
+    static HEADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let temp = std::env::temp_dir().join(format!(
+        "ptl-ray-{}-{}",
+        std::process::id(),
+        HEADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&temp);
     std::fs::create_dir_all(&temp).unwrap();
     let log_path = temp.join("head.log");
@@ -56,12 +93,13 @@ fn start() -> Head {
             "--dashboard-host",
             "127.0.0.1",
         ])
-        .args(["--num-cpus", "4", "--num-gpus", "0"])
+        .args(["--num-cpus", &cpus.to_string(), "--num-gpus", "0"])
         .args(["--dashboard-port", &dashboard.to_string()])
         .arg("--temp-dir")
         .arg(&temp);
+    let gcs = free_port();
+    cmd.args(["--port", &gcs.to_string()]);
     for flag in [
-        "--port",
         "--ray-client-server-port",
         "--node-manager-port",
         "--object-manager-port",
@@ -79,7 +117,10 @@ fn start() -> Head {
         .stderr(log);
     let mut head = Head {
         address: format!("http://127.0.0.1:{dashboard}"),
+        gcs: format!("127.0.0.1:{gcs}"),
+        python: venv.join("bin/python"),
         child: cmd.spawn().expect("starting `ray start --head`"),
+        nodes: Vec::new(),
     };
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -105,6 +146,83 @@ fn start() -> Head {
 }
 
 impl Head {
+    /// Starts another node of `cpus` CPUs on this machine that joins the head, and waits until the
+    /// cluster counts it.
+    pub fn join(&mut self, cpus: u32) {
+        let venv = self
+            .python
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let temp = std::env::temp_dir()
+            .join(format!(
+                "ptl-ray-{}-{}",
+                std::process::id(),
+                self.gcs.replace(['.', ':'], "-")
+            ))
+            .join(format!("node{}", self.nodes.len() + 1));
+        let _ = std::fs::remove_dir_all(&temp);
+        std::fs::create_dir_all(&temp).unwrap();
+        let log_path = temp.join("node.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(&self.python);
+        cmd.arg(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/run_until_parent_exits.py"),
+        )
+        .arg(venv.join("bin/ray"))
+        .args(["start", "--block", "--disable-usage-stats"])
+        .args(["--address", &self.gcs, "--node-ip-address", "127.0.0.1"])
+        .args(["--num-cpus", &cpus.to_string(), "--num-gpus", "0"]);
+        for flag in [
+            "--node-manager-port",
+            "--object-manager-port",
+            "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port",
+            "--runtime-env-agent-port",
+            "--metrics-export-port",
+        ] {
+            cmd.args([flag.to_string(), free_port().to_string()]);
+        }
+        cmd.envs(super::s3::shared().env())
+            .env("RAY_USAGE_STATS_ENABLED", "0")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.nodes
+            .push(cmd.spawn().expect("starting `ray start --address`"));
+        let want = self.nodes.len() + 1;
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let alive = self.nodes_alive().unwrap_or(0);
+            if alive >= want {
+                return;
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!("the Ray node did not join ({alive} of {want} alive); its log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// How many nodes the dashboard counts alive.
+    fn nodes_alive(&self) -> Option<usize> {
+        let mut r = ureq::get(format!("{}/nodes?view=summary", self.address))
+            .call()
+            .ok()?;
+        let j: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()?;
+        let nodes = j["data"]["summary"].as_array()?;
+        Some(
+            nodes
+                .iter()
+                .filter(|n| n["raylet"]["state"] == "ALIVE")
+                .count(),
+        )
+    }
+
     /// What the Jobs API says of job `id`.
     pub fn job(&self, id: &str) -> serde_json::Value {
         let mut r = ureq::get(format!("{}/api/jobs/{id}", self.address))

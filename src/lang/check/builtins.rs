@@ -121,6 +121,7 @@ pub fn call(
             P("num_gpus", Type::Float, Some(Value::Float(0.0))),
             P("pending_timeout", Type::Int, Some(Value::Int(600))),
             P("ptl", Type::Str, Some(Value::None)),
+            P("python", Type::Str, Some(Value::Str("python3".into()))),
         ],
         "env" => return env(c, frame, binding, args, span),
         _ => return Value::Error,
@@ -256,7 +257,7 @@ pub fn call(
     }
 }
 
-/// `ray(address, num_cpus, num_gpus, pending_timeout, ptl)`, its numbers checked.
+/// `ray(address, num_cpus, num_gpus, pending_timeout, ptl, python)`, its numbers checked.
 fn ray(c: &mut Checker, values: &[Value], locs: &[Loc]) -> Value {
     let number = |v: &Value| match v {
         Value::Float(x) => *x,
@@ -309,6 +310,10 @@ fn ray(c: &mut Checker, values: &[Value], locs: &[Loc]) -> Value {
         ptl: match &values[4] {
             Value::Str(s) => Some(s.clone()),
             _ => None,
+        },
+        python: match &values[5] {
+            Value::Str(s) => s.clone(),
+            _ => "python3".into(),
         },
     })
 }
