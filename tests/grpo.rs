@@ -390,27 +390,10 @@ fn two_workers_equal_one_process_accumulating_their_micro_batches() {
         + &rl("two_reused", "workers = 2\n  num_iterations = 2")
         + &rl("one_reused", "grad_accum = 2\n  num_iterations = 2");
     let d = grpo_dir("workers", &[], &stages);
-    let o = common::ptl(&d.0, &["run", "p.ptl"]);
-    let t = common::text(&o);
-    assert_eq!(o.status.code(), Some(0), "{t}");
-    assert!(t.contains("training on 2 workers"), "{t}");
-    let tuned = common::trained_weights(&d.0, "tuned");
-    for (two, one) in [("two", "one"), ("two_reused", "one_reused")] {
-        let (a, b) = (
-            common::trained_weights(&d.0, two),
-            common::trained_weights(&d.0, one),
-        );
-        let (moved, apart) = (common::furthest(&b, &tuned), common::furthest(&a, &b));
-        eprintln!("{two} vs {one}: moved {moved:e}, apart {apart:e}");
-        assert!(moved > 1e-3, "{one} moved the weights by at most {moved}");
-        // One micro-batch per worker: the ring's sum of two gradients is the one process's
-        // (a + b either way), so the weights are the same bits.
-        assert_eq!(apart, 0.0, "{two} vs {one}");
-        let (ma, mb) = (
-            common::stage_metrics(&d.0, two),
-            common::stage_metrics(&d.0, one),
-        );
-        assert_eq!(ma.len(), 3);
+    // One micro-batch per worker: the ring's sum of two gradients is the one process's (a + b
+    // either way), so the weights are the same bits.
+    let pairs = [("two", "one"), ("two_reused", "one_reused")];
+    for (ma, mb) in common::two_workers_as_one(&d.0, "tuned", &pairs) {
         for (x, y) in ma.iter().zip(&mb) {
             for name in [
                 "reward",

@@ -392,25 +392,11 @@ fn two_workers_equal_one_process_accumulating_their_micro_batches() {
         stages += &rl(one, &format!("{both}\n  {accumulating}"));
     }
     let d = ppo_dir("workers", &stages);
-    let o = common::ptl(&d.0, &["run", "p.ptl"]);
-    let t = common::text(&o);
-    assert_eq!(o.status.code(), Some(0), "{t}");
-    assert!(t.contains("training on 2 workers"), "{t}");
-    let tuned = common::trained_weights(&d.0, "tuned");
-    for (two, one, ..) in cases {
-        let (a, b) = (
-            common::trained_weights(&d.0, two),
-            common::trained_weights(&d.0, one),
-        );
-        let (moved, apart) = (common::furthest(&b, &tuned), common::furthest(&a, &b));
-        eprintln!("{two} vs {one}: moved {moved:e}, apart {apart:e}");
-        assert!(moved > 1e-3, "{one} moved the weights by at most {moved}");
-        assert_eq!(apart, 0.0, "{two} vs {one}");
-        let (ma, mb) = (
-            common::stage_metrics(&d.0, two),
-            common::stage_metrics(&d.0, one),
-        );
-        assert_eq!(ma.len(), 3);
+    let pairs: Vec<(&str, &str)> = cases.iter().map(|c| (c.0, c.1)).collect();
+    for ((ma, mb), (two, one)) in common::two_workers_as_one(&d.0, "tuned", &pairs)
+        .iter()
+        .zip(&pairs)
+    {
         assert_eq!(ma, mb, "{two} vs {one}");
     }
 }

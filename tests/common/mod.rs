@@ -207,6 +207,34 @@ pub fn furthest(x: &[(String, Vec<f32>)], y: &[(String, Vec<f32>)]) -> f32 {
         .fold(0f32, f32::max)
 }
 
+/// Runs p.ptl in `dir` (which must train on 2 workers) and, for each `(two, one)` pair of its
+/// stages, asserts that `one` moved the weights of `from` by more than 1e-3 and that `two` ended
+/// with the same weights, bit for bit; returns each pair's metrics (3 steps each).
+pub fn two_workers_as_one(
+    dir: &Path,
+    from: &str,
+    pairs: &[(&str, &str)],
+) -> Vec<(Vec<serde_json::Value>, Vec<serde_json::Value>)> {
+    let o = ptl(dir, &["run", "p.ptl"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("training on 2 workers"), "{t}");
+    let start = trained_weights(dir, from);
+    pairs
+        .iter()
+        .map(|&(two, one)| {
+            let (a, b) = (trained_weights(dir, two), trained_weights(dir, one));
+            let (moved, apart) = (furthest(&b, &start), furthest(&a, &b));
+            eprintln!("{two} vs {one}: moved {moved:e}, apart {apart:e}");
+            assert!(moved > 1e-3, "{one} moved the weights by at most {moved}");
+            assert_eq!(apart, 0.0, "{two} vs {one}");
+            let (ma, mb) = (stage_metrics(dir, two), stage_metrics(dir, one));
+            assert_eq!(ma.len(), 3);
+            (ma, mb)
+        })
+        .collect()
+}
+
 /// Asserts that two runs wrote the same model for `stage`, byte for byte.
 pub fn same_model(a: &Path, b: &Path, stage: &str) {
     for f in ["model.safetensors", "config.json"] {

@@ -23,6 +23,16 @@ fn free_port() -> u16 {
     }
 }
 
+/// The ports every node of a cluster opens (each given its own free port).
+const NODE_PORTS: [&str; 6] = [
+    "--node-manager-port",
+    "--object-manager-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+];
+
 /// The Ray the tests run against.
 pub const VERSION: &str = "2.60.0";
 
@@ -99,15 +109,8 @@ pub fn start_with(cpus: u32) -> Head {
         .arg(&temp);
     let gcs = free_port();
     cmd.args(["--port", &gcs.to_string()]);
-    for flag in [
-        "--ray-client-server-port",
-        "--node-manager-port",
-        "--object-manager-port",
-        "--dashboard-agent-listen-port",
-        "--dashboard-agent-grpc-port",
-        "--runtime-env-agent-port",
-        "--metrics-export-port",
-    ] {
+    cmd.args(port("--ray-client-server-port"));
+    for flag in NODE_PORTS {
         cmd.args(port(flag));
     }
     cmd.envs(s3.env())
@@ -175,14 +178,7 @@ impl Head {
         .args(["start", "--block", "--disable-usage-stats"])
         .args(["--address", &self.gcs, "--node-ip-address", "127.0.0.1"])
         .args(["--num-cpus", &cpus.to_string(), "--num-gpus", "0"]);
-        for flag in [
-            "--node-manager-port",
-            "--object-manager-port",
-            "--dashboard-agent-listen-port",
-            "--dashboard-agent-grpc-port",
-            "--runtime-env-agent-port",
-            "--metrics-export-port",
-        ] {
+        for flag in NODE_PORTS {
             cmd.args([flag.to_string(), free_port().to_string()]);
         }
         cmd.envs(super::s3::shared().env())
