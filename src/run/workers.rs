@@ -117,6 +117,52 @@ pub enum Arrival {
 /// How many of a worker's last stderr lines its failure shows.
 pub const TAIL: usize = 20;
 
+/// Starts worker `rank` as a process of this machine, with the group's variables; its stdout
+/// lines and end arrive through `tx`, its stderr's last lines in `tail`.
+fn start_here(
+    exe: &Path,
+    spec: &Path,
+    rank: usize,
+    group: &[(&str, String)],
+    tail: &Tail,
+    tx: &mpsc::Sender<Arrival>,
+) -> crate::error::Result<Worker> {
+    let mut child = Command::new(exe)
+        .arg("worker")
+        .arg(spec)
+        .envs(group.iter().map(|(k, v)| (k, v)))
+        .env("RANK", rank.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Workers(format!("cannot start a worker: {e}")))?;
+    if let Some(stdout) = child.stdout.take() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(Arrival::Line(rank, line));
+            }
+            let _ = tx.send(Arrival::Closed(rank));
+        });
+    }
+    if let Some(stderr) = child.stderr.take() {
+        let tail = tail.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                super::ray_workers::push(&tail, line);
+            }
+        });
+    }
+    Ok(Worker {
+        stdin: child.stdin.take(),
+        child: Some(child),
+        stderr: tail.clone(),
+        ended: false,
+    })
+}
+
 /// The variables a worker on another node needs from this one's environment: ptl's own and the
 /// remote store's credentials (AWS_*), not this node's paths.
 fn passed_on_env() -> Vec<(String, String)> {
@@ -236,46 +282,17 @@ pub fn train(ctx: &mut RunContext, launch: &Launch, n: usize) -> crate::error::R
         ));
         workers.ray = Some(driver);
     }
+    let group = [
+        ("MASTER_ADDR", master),
+        ("MASTER_PORT", port.to_string()),
+        ("WORLD_SIZE", n.to_string()),
+        ("PTL_GROUP_TOKEN", token.clone()),
+        ("RAYON_NUM_THREADS", threads.to_string()),
+    ];
     for (rank, tail) in tails.iter().enumerate().take(here) {
-        let mut child = Command::new(&exe)
-            .arg("worker")
-            .arg(&spec_path)
-            .env("MASTER_ADDR", &master)
-            .env("MASTER_PORT", port.to_string())
-            .env("RANK", rank.to_string())
-            .env("LOCAL_RANK", rank.to_string())
-            .env("WORLD_SIZE", n.to_string())
-            .env("PTL_GROUP_TOKEN", &token)
-            .env("RAYON_NUM_THREADS", threads.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| io("cannot start a worker", e))?;
-        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        if let Some(stdout) = stdout {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    let _ = tx.send(Arrival::Line(rank, line));
-                }
-                let _ = tx.send(Arrival::Closed(rank));
-            });
-        }
-        if let Some(stderr) = stderr {
-            let tail = tail.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    super::ray_workers::push(&tail, line);
-                }
-            });
-        }
-        workers.each.push(Worker {
-            stdin: child.stdin.take(),
-            child: Some(child),
-            stderr: tail.clone(),
-            ended: false,
-        });
+        workers
+            .each
+            .push(start_here(&exe, &spec_path, rank, &group, tail, &tx)?);
     }
     for tail in &tails[here..] {
         workers.each.push(Worker {
