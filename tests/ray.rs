@@ -318,4 +318,55 @@ fn a_two_worker_stage_spreads_over_two_ray_nodes() {
     let first = common::trained_weights(&here.0, "first");
     assert!(common::furthest(&local, &first) > 1e-4);
     assert_eq!(common::furthest(&on_ray, &local), 0.0);
+
+    // Ctrl-C while a long stage trains over the two nodes: the run exits 130, and the worker Ray
+    // placed (its spec file is named after the stage) ends with the job.
+    let bucket = self::bucket("nodes-stop");
+    let pipeline = two_stages_on_two_workers(&format!(
+        "config {{\n  executor = {executor}\n}}\n\nstore {{\n  remote = \"s3://{bucket}/team\"\n}}\n\n"
+    ))
+    .replace("stage tuned = sft", "stage long_run = sft")
+    .replace("max_steps = 3\n", "max_steps = 100000\n");
+    let d = common::setup("ray-nodes-stop", &pipeline);
+    let m = Machine {
+        dir: d.0.clone(),
+        env: s3::shared().env().to_vec(),
+    };
+    let placed = || processes_running("ptl-worker-long_run-");
+    let mut child = m
+        .cmd(&["run", "p.ptl"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while placed() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "worker 1 of long_run never started"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while placed() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the placed worker still runs 60 s after the run stopped"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// How many processes of this machine have `pattern` in their command line.
+fn processes_running(pattern: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).contains(pattern))
+        .count()
 }

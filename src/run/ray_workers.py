@@ -43,8 +43,8 @@ class Worker:
     def where(self):
         return ray.get_runtime_context().get_node_id()
 
-    def start(self, argv, env, spec):
-        fd, path = tempfile.mkstemp(prefix="ptl-worker-", suffix=".json")
+    def start(self, argv, env, spec, stage):
+        fd, path = tempfile.mkstemp(prefix=f"ptl-worker-{stage}-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             f.write(spec)
         self.lines = queue.Queue()
@@ -133,7 +133,7 @@ def main():
         node = ray.get(actor.where.remote())
         say({"rank": rank, "node": node, "ip": address(node)})
         env = dict(config["env"], RANK=str(rank), LOCAL_RANK="0", MASTER_ADDR=address(here))
-        ray.get(actor.start.remote(config["argv"], env, config["spec"]))
+        ray.get(actor.start.remote(config["argv"], env, config["spec"], config["stage"]))
 
     def stop_all():
         for line in sys.stdin:

@@ -3,7 +3,7 @@
 //! a bundle per worker, starts `ptl worker` in an actor on each bundle's node, and relays their
 //! output to the launcher as JSON lines.
 
-use super::workers::Arrival;
+use super::workers::{Arrival, Spec};
 use crate::error::Error;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -52,6 +52,8 @@ struct Config<'a> {
     argv: Vec<String>,
     env: Vec<(String, String)>,
     spec: &'a str,
+    /// The stage, in the names of the workers' spec files (`ptl-worker-STAGE-...json`).
+    stage: &'a str,
 }
 
 /// The running driver; dropping it kills it (Ray then ends its actors and their workers).
@@ -88,13 +90,13 @@ fn joined(tail: &Tail) -> String {
 }
 
 impl Driver {
-    /// Starts the driver for workers `ranks` (each with `env` and the spec `spec`), and waits for it
-    /// to name its node. Their lines, ends and stderr arrive through `tx` and `tails` (by rank).
+    /// Starts the driver for workers `ranks` (each with `env` and `spec`), and waits for it to name
+    /// its node. Their lines, ends and stderr arrive through `tx` and `tails` (by rank).
     pub fn start(
         p: &Placement,
         dir: &Path,
         ranks: std::ops::Range<usize>,
-        spec: &str,
+        spec: &Spec,
         env: Vec<(String, String)>,
         tx: mpsc::Sender<Arrival>,
         tails: Vec<Tail>,
@@ -103,6 +105,7 @@ impl Driver {
         let script = dir.join("ray_workers.py");
         std::fs::write(&script, include_str!("ray_workers.py"))
             .map_err(|e| io("cannot write the Ray driver", e))?;
+        let spec_json = serde_json::to_string(spec).unwrap_or_default();
         let config = Config {
             ranks: ranks.clone().collect(),
             cpus: p.cpus,
@@ -114,7 +117,8 @@ impl Driver {
                 format!("exec {} worker \"$0\"", p.ptl),
             ],
             env,
-            spec,
+            spec: &spec_json,
+            stage: &spec.stage,
         };
         let config_path = dir.join("ray_workers.json");
         std::fs::write(

@@ -246,7 +246,6 @@ pub fn train(ctx: &mut RunContext, launch: &Launch, n: usize) -> crate::error::R
             own_store: true,
             ..spec
         };
-        let spec = serde_json::to_string(&spec).unwrap_or_default();
         let mut env = passed_on_env();
         env.extend([
             ("MASTER_PORT".to_string(), port.to_string()),
