@@ -105,7 +105,8 @@ def main():
         return ray.util.get_node_ip_address()
 
     here = ray.get_runtime_context().get_node_id()
-    say({"node": here, "ip": address(here)})
+    master = address(here)
+    say({"node": here, "ip": master})
     ranks = config["ranks"]
     bundle = {}
     if config["cpus"] > 0:
@@ -132,7 +133,7 @@ def main():
     for rank, actor in actors.items():
         node = ray.get(actor.where.remote())
         say({"rank": rank, "node": node, "ip": address(node)})
-        env = dict(config["env"], RANK=str(rank), LOCAL_RANK="0", MASTER_ADDR=address(here))
+        env = dict(config["env"], RANK=str(rank), LOCAL_RANK="0", MASTER_ADDR=master)
         ray.get(actor.start.remote(config["argv"], env, config["spec"], config["stage"]))
 
     def stop_all():

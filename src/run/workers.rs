@@ -123,7 +123,7 @@ fn start_here(
     exe: &Path,
     spec: &Path,
     rank: usize,
-    group: &[(&str, String)],
+    group: &[(String, String)],
     tail: &Tail,
     tx: &mpsc::Sender<Arrival>,
 ) -> crate::error::Result<Worker> {
@@ -240,6 +240,15 @@ pub fn train(ctx: &mut RunContext, launch: &Launch, n: usize) -> crate::error::R
         each: Vec::with_capacity(n),
         ray: None,
     };
+    // What every worker is told of its group (torch's variables), with its threads.
+    let group = |threads: usize| {
+        vec![
+            ("MASTER_PORT".to_string(), port.to_string()),
+            ("WORLD_SIZE".to_string(), n.to_string()),
+            ("PTL_GROUP_TOKEN".to_string(), token.clone()),
+            ("RAYON_NUM_THREADS".to_string(), threads.to_string()),
+        ]
+    };
     let mut master = "127.0.0.1".to_string();
     if let Some(p) = &placement {
         let spec = Spec {
@@ -247,15 +256,7 @@ pub fn train(ctx: &mut RunContext, launch: &Launch, n: usize) -> crate::error::R
             ..spec
         };
         let mut env = passed_on_env();
-        env.extend([
-            ("MASTER_PORT".to_string(), port.to_string()),
-            ("WORLD_SIZE".to_string(), n.to_string()),
-            ("PTL_GROUP_TOKEN".to_string(), token.clone()),
-            (
-                "RAYON_NUM_THREADS".to_string(),
-                (p.cpus.floor() as usize).max(1).to_string(),
-            ),
-        ]);
+        env.extend(group((p.cpus.floor() as usize).max(1)));
         // The driver names this node's address (the rendezvous's and worker 0's) before anything
         // starts here, and gives it to the workers it places as MASTER_ADDR.
         let driver = Driver::start(
@@ -281,13 +282,8 @@ pub fn train(ctx: &mut RunContext, launch: &Launch, n: usize) -> crate::error::R
         ));
         workers.ray = Some(driver);
     }
-    let group = [
-        ("MASTER_ADDR", master),
-        ("MASTER_PORT", port.to_string()),
-        ("WORLD_SIZE", n.to_string()),
-        ("PTL_GROUP_TOKEN", token.clone()),
-        ("RAYON_NUM_THREADS", threads.to_string()),
-    ];
+    let mut group = group(threads);
+    group.push(("MASTER_ADDR".to_string(), master));
     for (rank, tail) in tails.iter().enumerate().take(here) {
         workers
             .each
@@ -360,6 +356,8 @@ fn relay(
             Err(mpsc::RecvTimeoutError::Disconnected) if cancelled => return Err(Error::Cancelled),
             Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
         };
+        // A worker that ended, and how.
+        let mut ends = None;
         match arrival {
             Arrival::Line(rank, line) => match serde_json::from_str::<Message>(&line) {
                 Ok(Message::Error(e)) => errors[rank] = Some(e),
@@ -381,31 +379,26 @@ fn relay(
             Arrival::Placed(rank, node) => (ctx.log)(&format!("worker {rank} runs on {node}")),
             Arrival::Failed(why) => return Err(Error::Workers(why)),
             Arrival::Closed(rank) => {
-                let w = &mut workers.each[rank];
-                let status = match w.child.as_mut() {
-                    Some(child) => child.wait(),
-                    None => continue,
+                let Some(child) = workers.each[rank].child.as_mut() else {
+                    continue;
                 };
-                w.ended = true;
-                let how = match status {
+                let how = match child.wait() {
                     Ok(s) if s.success() => Ok(()),
                     Ok(s) => Err(ended(s)),
                     Err(e) => Err(e.to_string()),
                 };
-                match finished(&mut errors, rank, n, how, &workers.each[rank].stderr) {
-                    Finished::Well => {}
-                    Finished::Cancelled => cancelled = true,
-                    Finished::Failed(e) => return Err(e),
-                }
+                ends = Some((rank, how));
             }
-            Arrival::Exited(rank, how) => {
-                workers.each[rank].ended = true;
-                match finished(&mut errors, rank, n, how, &workers.each[rank].stderr) {
-                    Finished::Well => {}
-                    Finished::Cancelled => cancelled = true,
-                    Finished::Failed(e) => return Err(e),
-                }
-            }
+            Arrival::Exited(rank, how) => ends = Some((rank, how)),
+        }
+        let Some((rank, how)) = ends else {
+            continue;
+        };
+        workers.each[rank].ended = true;
+        match finished(&mut errors, rank, n, how, &workers.each[rank].stderr) {
+            Finished::Well => {}
+            Finished::Cancelled => cancelled = true,
+            Finished::Failed(e) => return Err(e),
         }
     }
 }

@@ -100,12 +100,15 @@ fn ppo_rules(s: &StageView, d: &mut Vec<Diag>) {
     rules::positive(s, d, "temperature");
     rules::non_negative(s, d, "missing_eos_penalty");
     rules::positive(s, d, "num_mini_batches");
-    let rollouts = s.num("batch_size").unwrap_or(8.0)
-        * s.num("grad_accum").unwrap_or(1.0)
-        * s.num("workers").unwrap_or(1.0).max(1.0);
-    if let Some(m) = s
+    // The schema fills every default; a field that is not a number has its own error.
+    let rollouts: Option<f64> = ["batch_size", "grad_accum", "workers"]
+        .iter()
+        .map(|f| s.num(f))
+        .product();
+    if let Some((m, rollouts)) = s
         .num("num_mini_batches")
-        .filter(|m| *m > 0.0 && rollouts % m != 0.0)
+        .zip(rollouts)
+        .filter(|(m, r)| *m > 0.0 && r % m != 0.0)
     {
         d.push(
             Diag::error(
