@@ -1499,10 +1499,18 @@ impl Map2 for MatMul {
             // over itself, so a stride-zero batch on lhs goes through the loop below.
             (b, m, n, k)
         };
-        for step in 0..b {
+        // ptl: a batch of at least as many products as threads (the attention's, one per head
+        // group) is split over the threads one product each, every product single-threaded;
+        // splitting each small product over the threads instead costs a hand-off per product.
+        // gemm computes each element the same way whatever its parallelism: the same bits.
+        let (parallelism, batch_parallel) = if num_threads > 1 && b >= num_threads && c_skip > 0 {
+            (Parallelism::None, true)
+        } else {
+            (parallelism, false)
+        };
+        let one = |step: usize, dst_p: &mut [T]| {
             let lhs_p = &lhs[step * a_skip..];
             let rhs_p = &rhs[step * b_skip..];
-            let dst_p = &mut dst[step * c_skip..];
             unsafe {
                 gemm(
                     /* m: usize = */ m,
@@ -1525,6 +1533,15 @@ impl Map2 for MatMul {
                     /* conj_rhs: bool = */ false,
                     parallelism,
                 )
+            }
+        };
+        if batch_parallel {
+            dst.par_chunks_mut(c_skip)
+                .enumerate()
+                .for_each(|(step, dst_p)| one(step, dst_p));
+        } else {
+            for step in 0..b {
+                one(step, &mut dst[step * c_skip..]);
             }
         }
         Ok(dst)
