@@ -3,7 +3,7 @@
 //! a bundle per worker, starts `ptl worker` in an actor on each bundle's node, and relays their
 //! output to the launcher as JSON lines.
 
-use super::workers::{Arrival, Spec};
+use super::workers::{io, Arrival, Spec};
 use crate::error::Error;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -101,7 +101,6 @@ impl Driver {
         tx: mpsc::Sender<Arrival>,
         tails: Vec<Tail>,
     ) -> crate::error::Result<Driver> {
-        let io = |what: &str, e: std::io::Error| Error::Workers(format!("{what}: {e}"));
         let script = dir.join("ray_workers.py");
         std::fs::write(&script, include_str!("ray_workers.py"))
             .map_err(|e| io("cannot write the Ray driver", e))?;

@@ -114,6 +114,11 @@ pub enum Arrival {
     Failed(String),
 }
 
+/// A failed file, socket or process operation of the launcher, said with what it was doing.
+pub(super) fn io(what: &str, e: std::io::Error) -> Error {
+    Error::Workers(format!("{what}: {e}"))
+}
+
 /// How many of a worker's last stderr lines its failure shows.
 pub const TAIL: usize = 20;
 
@@ -137,7 +142,7 @@ fn start_here(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::Workers(format!("cannot start a worker: {e}")))?;
+        .map_err(|e| io("cannot start a worker", e))?;
     if let Some(stdout) = child.stdout.take() {
         let tx = tx.clone();
         std::thread::spawn(move || {
@@ -190,7 +195,6 @@ pub fn train(ctx: &mut RunContext, launch: &Launch, n: usize) -> crate::error::R
             "workers on CUDA need the NCCL collective, which is not built yet: set `device = \"cpu\"` or `workers = 1`".into(),
         ));
     }
-    let io = |what: &str, e: std::io::Error| Error::Workers(format!("{what}: {e}"));
     let scratch = ctx.run_dir.join("workers");
     std::fs::create_dir_all(&scratch).map_err(|e| io("cannot create the workers' folder", e))?;
     let spec = Spec {
